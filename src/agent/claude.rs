@@ -1,0 +1,110 @@
+//! The `claude` backend: the real Claude Code CLI in two-way stream-json mode, as the Agent SDK drives it.
+
+use std::path::PathBuf;
+
+use super::{Agent, AgentError, AgentKind, CommandLine, SessionSpec, find_program};
+
+/// Runs `claude --input-format stream-json --output-format stream-json --verbose …`.
+#[derive(Debug, Clone)]
+pub struct ClaudeAgent {
+    bin: PathBuf,
+}
+
+impl ClaudeAgent {
+    /// `bin` from `--claude-bin` / config / `OPERATOR_CLAUDE_BIN`, else `claude` on `PATH`.
+    pub fn new(bin: Option<PathBuf>) -> Self {
+        Self {
+            bin: bin.unwrap_or_else(|| PathBuf::from("claude")),
+        }
+    }
+}
+
+impl Agent for ClaudeAgent {
+    fn kind(&self) -> AgentKind {
+        AgentKind::Claude
+    }
+
+    fn command(&self, spec: &SessionSpec) -> CommandLine {
+        let mut args: Vec<String> = [
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend([
+            "--max-turns".into(),
+            spec.max_turns.to_string(),
+            "--model".into(),
+            spec.model.clone(),
+            "--permission-mode".into(),
+            spec.permission_mode.clone(),
+            "--append-system-prompt".into(),
+            spec.system_prompt.clone(),
+        ]);
+        if let Some(id) = &spec.resume_id {
+            args.extend(["--resume".into(), id.clone()]);
+        }
+        CommandLine {
+            program: self.bin.clone(),
+            args,
+            cwd: spec.workdir.clone(),
+            env: Vec::new(),
+            // A session started from inside another Claude Code session must not be
+            // treated as nested; nothing else is removed.
+            env_remove: vec!["CLAUDECODE".into()],
+        }
+    }
+
+    fn preflight(&self) -> Result<(), AgentError> {
+        find_program(&self.bin).map(|_| ()).ok_or_else(|| AgentError::MissingBinary {
+            agent: AgentKind::Claude,
+            bin: self.bin.display().to_string(),
+            hint: "install it with `npm install -g @anthropic-ai/claude-code`, or set --claude-bin / OPERATOR_CLAUDE_BIN".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SessionSpec {
+        SessionSpec {
+            chain_id: "c".into(),
+            index: 2,
+            prompt: "p".into(),
+            system_prompt: "SYS".into(),
+            model: "sonnet".into(),
+            max_turns: 30,
+            permission_mode: "acceptEdits".into(),
+            resume_id: Some("abc".into()),
+            workdir: "/w".into(),
+            sim: Default::default(),
+        }
+    }
+
+    #[test]
+    fn command_line_is_the_two_way_mode() {
+        let c = ClaudeAgent::new(Some("/opt/claude".into())).command(&spec());
+        let line = c.args.join(" ");
+        assert!(line.starts_with("--input-format stream-json --output-format stream-json --verbose"));
+        assert!(line.contains("--max-turns 30"));
+        assert!(line.contains("--model sonnet"));
+        assert!(line.contains("--permission-mode acceptEdits"));
+        assert!(line.contains("--append-system-prompt SYS"));
+        assert!(line.ends_with("--resume abc"));
+        assert_eq!(c.cwd, PathBuf::from("/w"));
+        assert_eq!(c.env_remove, vec!["CLAUDECODE".to_string()]);
+        assert!(!line.contains(" -p "), "the prompt goes on stdin");
+    }
+
+    #[test]
+    fn missing_binary_is_reported() {
+        let err = ClaudeAgent::new(Some("/no/such/claude".into())).preflight().unwrap_err();
+        assert!(err.to_string().contains("/no/such/claude"));
+    }
+}

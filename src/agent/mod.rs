@@ -1,0 +1,182 @@
+//! Agents: the `Agent` trait that turns a session's spec into a command line, and its backends
+//! (`claude`, the real Claude Code CLI; `sim`, the built-in simulated agent).
+//!
+//! Both backends speak the same two-way stream-json protocol ([`stream`]), so the session
+//! code is one code path for both; a backend only decides what to run and how.
+
+pub mod claude;
+pub mod sim;
+pub mod stream;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Which agent runs a chain's sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentKind {
+    Claude,
+    #[default]
+    Sim,
+}
+
+impl AgentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Claude => "claude",
+            AgentKind::Sim => "sim",
+        }
+    }
+}
+
+impl fmt::Display for AgentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything a backend needs to start one session.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    pub chain_id: String,
+    pub index: u32,
+    pub prompt: String,
+    pub system_prompt: String,
+    pub model: String,
+    pub max_turns: u32,
+    pub permission_mode: String,
+    /// Continue the agent's own session instead of starting fresh.
+    pub resume_id: Option<String>,
+    pub workdir: PathBuf,
+    pub sim: sim::SimConfig,
+}
+
+/// A program to run: what a backend produces, what `--dry-run` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandLine {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// Variables to set on top of the operator's own environment.
+    pub env: Vec<(String, String)>,
+    /// Variables to remove from the inherited environment.
+    pub env_remove: Vec<String>,
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+impl fmt::Display for CommandLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "(cd {} && ", shell_quote(&self.cwd.to_string_lossy()))?;
+        for k in &self.env_remove {
+            write!(f, "env -u {k} ")?;
+        }
+        for (k, v) in &self.env {
+            write!(f, "{k}={} ", shell_quote(v))?;
+        }
+        write!(f, "{}", shell_quote(&self.program.to_string_lossy()))?;
+        for a in &self.args {
+            write!(f, " {}", shell_quote(a))?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// Errors found before a session starts.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the {agent} agent binary `{bin}` was not found ({hint})")]
+    MissingBinary {
+        agent: AgentKind,
+        bin: String,
+        hint: String,
+    },
+}
+
+/// A backend: how to start a session of one kind of agent.
+pub trait Agent: Send + Sync + fmt::Debug + 'static {
+    fn kind(&self) -> AgentKind;
+    /// The command line for one session.
+    fn command(&self, spec: &SessionSpec) -> CommandLine;
+    /// Checks made once before any chain starts (the binary exists…).
+    fn preflight(&self) -> Result<(), AgentError>;
+    /// How long a closed agent gets to exit before its process group is killed.
+    fn exit_grace(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
+/// Settings a backend is built from.
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    pub claude_bin: Option<PathBuf>,
+}
+
+/// Builds the backend for `kind`.
+pub fn backend(kind: AgentKind, opts: &BackendOptions) -> Arc<dyn Agent> {
+    match kind {
+        AgentKind::Sim => Arc::new(sim::SimAgent::current_exe()),
+        AgentKind::Claude => Arc::new(claude::ClaudeAgent::new(opts.claude_bin.clone())),
+    }
+}
+
+/// Finds `name` on `PATH` (or accepts a path that exists).
+pub fn find_program(name: &std::path::Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("plain-word"), "plain-word");
+        assert_eq!(shell_quote("two words"), "'two words'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn command_line_display_is_a_shell_line() {
+        let c = CommandLine {
+            program: "/bin/echo".into(),
+            args: vec!["a b".into(), "c".into()],
+            cwd: "/tmp".into(),
+            env: vec![("X".into(), "1".into())],
+            env_remove: vec!["CLAUDECODE".into()],
+        };
+        assert_eq!(
+            c.to_string(),
+            "(cd /tmp && env -u CLAUDECODE X=1 /bin/echo 'a b' c)"
+        );
+    }
+
+    #[test]
+    fn find_program_on_path_and_by_path() {
+        assert!(find_program(std::path::Path::new("sh")).is_some());
+        assert!(find_program(std::path::Path::new("/bin/sh")).is_some());
+        assert!(find_program(std::path::Path::new("no-such-program-xyz")).is_none());
+        assert!(find_program(std::path::Path::new("/no/such/dir/claude")).is_none());
+    }
+}

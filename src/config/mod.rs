@@ -1,0 +1,593 @@
+//! Configuration: `operator.toml`, mission files, `OPERATOR_*` variables and CLI flags, layered with the
+//! `config` crate into typed settings for the operator and for each chain.
+//!
+//! Precedence, lowest first: built-in defaults < `operator.toml` < mission `[defaults]` <
+//! the mission's `[[chain]]` entry < environment `OPERATOR_*` < command-line flags.
+//! Errors are collected, not returned at the first one, and each names its file and key.
+
+mod keys;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat, Map, Source, Value, ValueKind};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentKind;
+use crate::agent::sim::SimConfig;
+
+pub use keys::suggest;
+
+/// Settings of one chain, after layering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainSettings {
+    pub agent: AgentKind,
+    pub model: String,
+    pub max_turns: u32,
+    /// Sessions after the first; the chain runs at most `1 + max_continuations` sessions per run.
+    pub max_continuations: u32,
+    pub max_budget_usd: f64,
+    pub workdir: PathBuf,
+    pub permission_mode: String,
+    /// Consecutive failed sessions that open the circuit breaker.
+    pub breaker_threshold: u32,
+    pub sim: SimConfig,
+}
+
+/// Operator-wide settings (top level of `operator.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatorSettings {
+    pub data_dir: PathBuf,
+    pub claude_bin: Option<PathBuf>,
+    /// POST a JSON summary here when a chain ends.
+    pub notify_webhook: Option<String>,
+    /// How long running sessions get to stop on a graceful shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// One chain to run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChainPlan {
+    pub name: String,
+    pub task: String,
+    /// Names of chains of the same mission that must complete first.
+    pub after: Vec<String>,
+    pub settings: ChainSettings,
+}
+
+/// What `operator run` will do.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub mission: Option<String>,
+    pub source: Option<PathBuf>,
+    /// Chains running at once.
+    pub concurrency: usize,
+    pub chains: Vec<ChainPlan>,
+}
+
+/// One problem in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub file: Option<String>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, &self.key) {
+            (Some(file), Some(key)) => write!(f, "{file}: `{key}`: {}", self.message),
+            (Some(file), None) => write!(f, "{file}: {}", self.message),
+            (None, Some(key)) => write!(f, "`{key}`: {}", self.message),
+            (None, None) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// Every problem found, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<Issue>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "{n} configuration error{}:", if n == 1 { "" } else { "s" })?;
+        for issue in &self.0 {
+            writeln!(f, "  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    fn one(file: Option<&str>, key: Option<&str>, message: impl Into<String>) -> Self {
+        Self(vec![Issue {
+            file: file.map(str::to_string),
+            key: key.map(str::to_string),
+            message: message.into(),
+        }])
+    }
+}
+
+/// The process environment as seen by the configuration (`OPERATOR_*` only), so tests
+/// can pass their own instead of calling `std::env::set_var`.
+#[derive(Debug, Clone, Default)]
+pub struct Env(pub BTreeMap<String, String>);
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self(
+            std::env::vars()
+                .filter(|(k, _)| k.starts_with("OPERATOR_"))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn source(&self) -> Environment {
+        let map: Map<String, String> = self
+            .0
+            .iter()
+            // OPERATOR_CONFIG names the file itself; it is not a setting.
+            .filter(|(k, _)| k.as_str() != "OPERATOR_CONFIG")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Environment::with_prefix("OPERATOR")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(map))
+    }
+}
+
+/// Values from the command line, the top layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides(pub Vec<(String, Value)>);
+
+impl Overrides {
+    pub fn set(&mut self, key: &str, value: impl Into<ValueKind>) {
+        self.0.push((
+            key.to_string(),
+            Value::new(Some(&"the command line".to_string()), value),
+        ));
+    }
+
+    fn layer(&self) -> Layer {
+        let mut map = Map::new();
+        for (k, v) in &self.0 {
+            // Nested keys (`sim.scenario`) become nested tables.
+            insert_path(&mut map, k, v.clone());
+        }
+        Layer(map)
+    }
+}
+
+fn insert_path(map: &mut Map<String, Value>, key: &str, v: Value) {
+    match key.split_once('.') {
+        None => {
+            map.insert(key.to_string(), v);
+        }
+        Some((head, rest)) => {
+            let entry = map
+                .entry(head.to_string())
+                .or_insert_with(|| Value::new(None, ValueKind::Table(Map::new())));
+            if !matches!(entry.kind, ValueKind::Table(_)) {
+                entry.kind = ValueKind::Table(Map::new());
+            }
+            if let ValueKind::Table(t) = &mut entry.kind {
+                insert_path(t, rest, v);
+            }
+        }
+    }
+}
+
+/// A table of values that keep their origin (file name) for error messages.
+#[derive(Debug, Clone, Default)]
+struct Layer(Map<String, Value>);
+
+impl Source for Layer {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        Ok(self.0.clone())
+    }
+}
+
+fn builtin_chain_defaults() -> Result<config::ConfigBuilder<config::builder::DefaultState>, config::ConfigError> {
+    let sim = SimConfig::default();
+    Config::builder()
+        .set_default("agent", "sim")?
+        .set_default("model", "sonnet")?
+        .set_default("max_turns", 30)?
+        .set_default("max_continuations", 5)?
+        .set_default("max_budget_usd", 5.0)?
+        .set_default("workdir", ".")?
+        .set_default("permission_mode", "default")?
+        .set_default("breaker_threshold", 3)?
+        .set_default("sim.scenario", sim.scenario.as_str())?
+        .set_default("sim.complete_after", i64::from(sim.complete_after))?
+        .set_default("sim.step", humantime::format_duration(sim.step).to_string())?
+        .set_default("sim.turns", i64::from(sim.turns))
+}
+
+/// A TOML file read through the `config` crate (values remember the file name).
+struct LoadedFile {
+    name: String,
+    table: Map<String, Value>,
+}
+
+fn load_file(path: &Path) -> Result<LoadedFile, ConfigErrors> {
+    let name = path.display().to_string();
+    if !path.is_file() {
+        return Err(ConfigErrors::one(Some(&name), None, "file not found"));
+    }
+    let cfg = Config::builder()
+        .add_source(File::from(path).format(FileFormat::Toml).required(true))
+        .build()
+        .map_err(|e| ConfigErrors::one(Some(&name), None, clean_error(&e, &name)))?;
+    let table = Source::collect(&cfg)
+        .map_err(|e| ConfigErrors::one(Some(&name), None, clean_error(&e, &name)))?;
+    Ok(LoadedFile { name, table })
+}
+
+/// The `config` crate appends ` in <file>`; we print the file first, so drop it.
+fn clean_error(e: &config::ConfigError, file: &str) -> String {
+    clean_error_str(&e.to_string(), file)
+}
+
+fn sub_table(table: &Map<String, Value>, key: &str) -> Map<String, Value> {
+    match table.get(key).map(|v| &v.kind) {
+        Some(ValueKind::Table(t)) => t.clone(),
+        _ => Map::new(),
+    }
+}
+
+/// Where the operator finds `operator.toml`: `--config`, else `OPERATOR_CONFIG`, else
+/// `config/operator.toml` when it exists.
+pub fn operator_file(explicit: Option<&Path>, env: &Env) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = env.get("OPERATOR_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let default = PathBuf::from("config/operator.toml");
+    default.is_file().then_some(default)
+}
+
+/// Everything loaded from the files, ready to be layered per chain.
+pub struct Loaded {
+    operator_file: Option<LoadedFile>,
+    pub operator: OperatorSettings,
+    env: Env,
+}
+
+/// Loads `operator.toml` (if any) and resolves the operator-wide settings.
+pub fn load_operator(
+    file: Option<&Path>,
+    env: &Env,
+    overrides: &Overrides,
+) -> Result<Loaded, ConfigErrors> {
+    let mut issues = Vec::new();
+    let operator_file = match file {
+        Some(p) => match load_file(p) {
+            Ok(f) => {
+                issues.extend(keys::check_operator(&f.name, &f.table));
+                Some(f)
+            }
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let mut top = operator_file
+        .as_ref()
+        .map(|f| f.table.clone())
+        .unwrap_or_default();
+    top.remove("defaults");
+    let built = Config::builder()
+        .set_default("data_dir", ".operator")
+        .and_then(|b| b.set_default("shutdown_grace", "10s"))
+        .map(|b| {
+            b.add_source(Layer(top))
+                .add_source(env.source())
+                .add_source(overrides.layer())
+        })
+        .and_then(|b| b.build())
+        .and_then(|c| c.try_deserialize::<OperatorSettings>());
+    let file_name = operator_file.as_ref().map(|f| f.name.clone());
+    let operator = match built {
+        Ok(o) => Some(o),
+        Err(e) => {
+            issues.push(Issue {
+                file: file_name.clone(),
+                key: None,
+                message: clean_error(&e, file_name.as_deref().unwrap_or("")),
+            });
+            None
+        }
+    };
+    match operator {
+        Some(operator) if issues.is_empty() => Ok(Loaded {
+            operator_file,
+            operator,
+            env: env.clone(),
+        }),
+        _ => Err(ConfigErrors(issues)),
+    }
+}
+
+impl Loaded {
+    fn chain_settings(
+        &self,
+        mission_defaults: Option<(&str, &Map<String, Value>)>,
+        chain_table: Option<Map<String, Value>>,
+        overrides: &Overrides,
+    ) -> Result<ChainSettings, String> {
+        let mut b = builtin_chain_defaults().map_err(|e| e.to_string())?;
+        if let Some(f) = &self.operator_file {
+            b = b.add_source(Layer(sub_table(&f.table, "defaults")));
+        }
+        if let Some((_, d)) = mission_defaults {
+            b = b.add_source(Layer(d.clone()));
+        }
+        if let Some(t) = chain_table {
+            b = b.add_source(Layer(t));
+        }
+        b = b.add_source(self.env.source()).add_source(overrides.layer());
+        let settings: ChainSettings = b
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| e.to_string())?;
+        check_chain_settings(&settings)?;
+        Ok(settings)
+    }
+
+    /// A plan of one chain from `--task`.
+    pub fn plan_for_task(&self, task: &str, overrides: &Overrides) -> Result<Plan, ConfigErrors> {
+        if task.trim().is_empty() {
+            return Err(ConfigErrors::one(None, Some("--task"), "the task is empty"));
+        }
+        let settings = self
+            .chain_settings(None, None, overrides)
+            .map_err(|m| ConfigErrors::one(None, None, m))?;
+        Ok(Plan {
+            mission: None,
+            source: None,
+            concurrency: 1,
+            chains: vec![ChainPlan {
+                name: "main".into(),
+                task: task.trim().to_string(),
+                after: Vec::new(),
+                settings,
+            }],
+        })
+    }
+
+    /// A plan from a mission file; every error in it is reported at once.
+    pub fn plan_for_mission(&self, path: &Path, overrides: &Overrides) -> Result<Plan, ConfigErrors> {
+        let file = load_file(path)?;
+        let mut issues = keys::check_mission(&file.name, &file.table);
+        let defaults = sub_table(&file.table, "defaults");
+        let name = match file.table.get("name").map(|v| v.clone().into_string()) {
+            Some(Ok(n)) => n,
+            _ => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "mission".into()),
+        };
+        let concurrency = match file.table.get("concurrency").map(|v| v.clone().into_int()) {
+            None => None,
+            Some(Ok(n)) if n >= 1 => Some(n as usize),
+            Some(_) => {
+                issues.push(issue(&file.name, "concurrency", "expected a whole number of at least 1"));
+                None
+            }
+        };
+        let entries = match file.table.get("chain").map(|v| v.clone().into_array()) {
+            Some(Ok(a)) if !a.is_empty() => a,
+            Some(Ok(_)) | None => {
+                issues.push(issue(&file.name, "chain", "the mission defines no [[chain]]"));
+                Vec::new()
+            }
+            Some(Err(_)) => {
+                issues.push(issue(&file.name, "chain", "expected an array of tables ([[chain]])"));
+                Vec::new()
+            }
+        };
+        let mut chains = Vec::new();
+        // (name, after) of every entry, valid or not, for the ordering checks.
+        let mut order: Vec<(String, Vec<String>)> = Vec::new();
+        for (i, entry) in entries.into_iter().enumerate() {
+            let at = format!("chain[{i}]");
+            let Ok(mut table) = entry.into_table() else {
+                issues.push(issue(&file.name, &at, "expected a table"));
+                continue;
+            };
+            let chain_name = match table.remove("name").map(Value::into_string) {
+                Some(Ok(n)) if crate::model::is_valid_chain_id(&n) => n,
+                Some(Ok(n)) => {
+                    issues.push(issue(&file.name, &format!("{at}.name"), &format!("`{n}` is not a valid name (letters, digits, `-` and `_` only)")));
+                    continue;
+                }
+                Some(Err(_)) => {
+                    issues.push(issue(&file.name, &format!("{at}.name"), "expected a string"));
+                    continue;
+                }
+                None => format!("chain-{}", i + 1),
+            };
+            let task = match table.remove("task").map(Value::into_string) {
+                Some(Ok(t)) if !t.trim().is_empty() => t.trim().to_string(),
+                Some(Ok(_)) => {
+                    issues.push(issue(&file.name, &format!("{at}.task"), "the task is empty"));
+                    continue;
+                }
+                Some(Err(_)) => {
+                    issues.push(issue(&file.name, &format!("{at}.task"), "expected a string"));
+                    continue;
+                }
+                None => {
+                    issues.push(issue(&file.name, &format!("{at}.task"), "missing: every chain needs a task"));
+                    continue;
+                }
+            };
+            let after = match table.remove("after").map(Value::into_array) {
+                None => Vec::new(),
+                Some(Ok(a)) => a.into_iter().filter_map(|v| v.into_string().ok()).collect(),
+                Some(Err(_)) => {
+                    issues.push(issue(&file.name, &format!("{at}.after"), "expected a list of chain names"));
+                    Vec::new()
+                }
+            };
+            order.push((chain_name.clone(), after.clone()));
+            match self.chain_settings(Some((&file.name, &defaults)), Some(table), overrides) {
+                Ok(settings) => chains.push(ChainPlan {
+                    name: chain_name,
+                    task,
+                    after,
+                    settings,
+                }),
+                Err(m) => issues.push(Issue {
+                    file: Some(file.name.clone()),
+                    key: Some(format!("{at} ({chain_name})")),
+                    message: clean_error_str(&m, &file.name),
+                }),
+            }
+        }
+        let names: Vec<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
+        for (i, (name, after)) in order.iter().enumerate() {
+            if names[..i].contains(&name.as_str()) {
+                issues.push(issue(&file.name, "chain", &format!("two chains are named `{name}`")));
+            }
+            for dep in after {
+                if !names.contains(&dep.as_str()) {
+                    issues.push(issue(&file.name, &format!("{name}.after"), &format!("no chain named `{dep}` in this mission")));
+                }
+            }
+        }
+        if let Some(cycle) = find_cycle(&order) {
+            issues.push(issue(&file.name, "after", &format!("the ordering has a cycle: {cycle}")));
+        }
+        if !issues.is_empty() {
+            return Err(ConfigErrors(issues));
+        }
+        Ok(Plan {
+            mission: Some(name),
+            source: Some(path.to_path_buf()),
+            concurrency: concurrency.unwrap_or(chains.len().max(1)),
+            chains,
+        })
+    }
+}
+
+fn clean_error_str(s: &str, file: &str) -> String {
+    // The origin may be spelled relative to the current directory: match on the file name.
+    let base = Path::new(file)
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match s.rfind(" in ") {
+        Some(pos) if !base.is_empty() && s[pos + 4..].trim_end().ends_with(&base) => {
+            s[..pos].trim().to_string()
+        }
+        _ => s.trim().to_string(),
+    }
+}
+
+fn issue(file: &str, key: &str, message: &str) -> Issue {
+    Issue {
+        file: Some(file.to_string()),
+        key: Some(key.to_string()),
+        message: message.to_string(),
+    }
+}
+
+const PERMISSION_MODES: [&str; 5] = [
+    "default",
+    "acceptEdits",
+    "plan",
+    "bypassPermissions",
+    "dontAsk",
+];
+
+fn check_chain_settings(s: &ChainSettings) -> Result<(), String> {
+    if s.max_turns == 0 {
+        return Err("`max_turns` must be at least 1".into());
+    }
+    if s.model.trim().is_empty() {
+        return Err("`model` is empty".into());
+    }
+    if !PERMISSION_MODES.contains(&s.permission_mode.as_str()) {
+        return Err(format!(
+            "`permission_mode` is `{}`; expected one of {}",
+            s.permission_mode,
+            PERMISSION_MODES.join(", ")
+        ));
+    }
+    if !(s.max_budget_usd.is_finite() && s.max_budget_usd > 0.0) {
+        return Err("`max_budget_usd` must be a positive number".into());
+    }
+    if s.breaker_threshold == 0 {
+        return Err("`breaker_threshold` must be at least 1".into());
+    }
+    if !s.workdir.is_dir() {
+        return Err(format!(
+            "`workdir` {} is not a directory",
+            s.workdir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A dependency cycle among `after` lists, as `a → b → a`.
+fn find_cycle(chains: &[(String, Vec<String>)]) -> Option<String> {
+    fn visit<'a>(
+        name: &'a str,
+        chains: &'a [(String, Vec<String>)],
+        stack: &mut Vec<&'a str>,
+        done: &mut Vec<&'a str>,
+    ) -> Option<String> {
+        if let Some(pos) = stack.iter().position(|n| *n == name) {
+            let mut cycle: Vec<&str> = stack[pos..].to_vec();
+            cycle.push(name);
+            return Some(cycle.join(" → "));
+        }
+        if done.contains(&name) {
+            return None;
+        }
+        stack.push(name);
+        if let Some((_, after)) = chains.iter().find(|(n, _)| n == name) {
+            for dep in after {
+                if let Some(found) = visit(dep, chains, stack, done) {
+                    return Some(found);
+                }
+            }
+        }
+        stack.pop();
+        done.push(name);
+        None
+    }
+    let mut done = Vec::new();
+    chains
+        .iter()
+        .find_map(|(n, _)| visit(n, chains, &mut Vec::new(), &mut done))
+}
+
+/// `operator run demo` means `config/missions/demo.toml`.
+pub fn resolve_mission(arg: &str) -> PathBuf {
+    let p = PathBuf::from(arg);
+    if p.extension().is_some() || p.components().count() > 1 {
+        return p;
+    }
+    let candidate = Path::new("config/missions").join(format!("{arg}.toml"));
+    if candidate.is_file() { candidate } else { p }
+}
+
+#[cfg(test)]
+mod tests;

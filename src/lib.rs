@@ -1,0 +1,16 @@
+//! `operator` keeps AI coding agents working on a task for hours: it runs chains of agent sessions
+//! joined by written handoffs, under an Erlang-style supervision tree, with a SQLite store.
+//!
+//! # Layout
+//! - [`model`]: chain, session, handoff and event records, with the JSON names of the original.
+//! - [`config`]: `operator.toml`, missions, environment and flags layered into typed settings.
+//! - [`handoff`]: finding, validating and synthesising handoffs; building prompts.
+//! - [`agent`]: the `Agent` trait, the stream-json protocol, and the `claude` and `sim` backends.
+//! - [`sim`]: the simulated agent program behind `operator sim-agent`.
+
+pub mod agent;
+pub mod config;
+pub mod handoff;
+pub mod model;
+pub mod sim;
+pub mod store;

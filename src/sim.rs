@@ -1,0 +1,338 @@
+//! `operator sim-agent`: a simulated agent that speaks Claude Code's two-way stream-json protocol
+//! with scripted scenarios, so demos and tests exercise the real session code without an API key.
+//!
+//! Like the CLI it reads an `initialize` control request and user messages on stdin, prints
+//! `system/init`, `assistant`, `user` (tool results) and `result` lines, answers follow-up
+//! messages in the same process with a cumulative `total_cost_usd`, honours `interrupt`,
+//! and exits 0 when stdin closes.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::agent::sim::Scenario;
+use crate::agent::stream::control_success;
+
+/// The scripted behaviour, from the command line.
+#[derive(Debug, Clone)]
+pub struct SimArgs {
+    pub scenario: Scenario,
+    pub complete_after: u32,
+    pub session_index: u32,
+    pub step: Duration,
+    pub turns: u32,
+    pub max_turns: u32,
+    pub model: String,
+    pub resume: Option<String>,
+}
+
+/// Sonnet-like prices, so the sim's costs look like real ones.
+const USD_PER_INPUT_TOKEN: f64 = 3.0 / 1_000_000.0;
+const USD_PER_OUTPUT_TOKEN: f64 = 15.0 / 1_000_000.0;
+
+enum Input {
+    User,
+    Interrupt(String),
+    Other(Value),
+    Eof,
+}
+
+struct Sim {
+    args: SimArgs,
+    session_id: String,
+    inbox: mpsc::UnboundedReceiver<Input>,
+    cost: f64,
+    turns_in_process: u32,
+    started_at: std::time::Instant,
+    initialized: bool,
+    follow_ups: u32,
+}
+
+fn emit(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout means the operator is gone: nothing useful is left to do.
+    if writeln!(out, "{v}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+fn emit_raw(s: &str) {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{s}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// Why a turn stopped early.
+enum Stop {
+    Interrupted(String),
+    Eof,
+}
+
+impl Sim {
+    /// Waits one step, watching stdin for an interrupt.
+    async fn step(&mut self) -> Result<(), Stop> {
+        let sleep = tokio::time::sleep(self.args.step);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return Ok(()),
+                msg = self.inbox.recv() => match msg {
+                    Some(Input::Interrupt(id)) => return Err(Stop::Interrupted(id)),
+                    Some(Input::Eof) | None => return Err(Stop::Eof),
+                    Some(Input::Other(v)) => self.answer_control(&v),
+                    // A user message during a turn is queued by the real CLI; the sim ignores it.
+                    Some(Input::User) => {}
+                }
+            }
+        }
+    }
+
+    fn answer_control(&mut self, v: &Value) {
+        if v.get("type").and_then(Value::as_str) == Some("control_request") {
+            let id = v.get("request_id").and_then(Value::as_str).unwrap_or("");
+            emit_raw(&control_success(
+                id,
+                json!({"commands": [], "models": [self.args.model]}),
+            ));
+            self.initialized = true;
+        }
+    }
+
+    fn usage(&self, turn: u32) -> Value {
+        json!({"input_tokens": 1500 + 200 * turn, "output_tokens": 250,
+               "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0})
+    }
+
+    fn add_cost(&mut self, turn: u32) {
+        self.cost += (1500 + 200 * turn) as f64 * USD_PER_INPUT_TOKEN
+            + 250.0 * USD_PER_OUTPUT_TOKEN;
+    }
+
+    fn assistant_text(&mut self, turn: u32, text: &str) {
+        self.add_cost(turn);
+        emit(&json!({"type": "assistant", "session_id": self.session_id,
+            "message": {"role": "assistant", "model": self.args.model,
+                "content": [{"type": "text", "text": text}], "usage": self.usage(turn)}}));
+    }
+
+    fn tool_round(&mut self, turn: u32) {
+        self.add_cost(turn);
+        let id = format!("toolu_{turn}");
+        emit(&json!({"type": "assistant", "session_id": self.session_id,
+            "message": {"role": "assistant", "model": self.args.model,
+                "content": [{"type": "text", "text": format!("Step {turn}: looking at the code.")},
+                            {"type": "tool_use", "id": id, "name": "Bash",
+                             "input": {"command": format!("ls src # step {turn}")}}],
+                "usage": self.usage(turn)}}));
+        emit(&json!({"type": "user", "session_id": self.session_id,
+            "message": {"role": "user", "content": [{"type": "tool_result",
+                "tool_use_id": id, "content": "main.rs\nlib.rs", "is_error": false}]}}));
+    }
+
+    fn result(&mut self, subtype: &str, is_error: bool, text: &str, extra: Value) {
+        let mut v = json!({"type": "result", "subtype": subtype, "is_error": is_error,
+            "num_turns": self.turns_in_process, "total_cost_usd": self.cost,
+            "duration_ms": self.started_at.elapsed().as_millis() as u64,
+            "duration_api_ms": self.started_at.elapsed().as_millis() as u64 / 2,
+            "session_id": self.session_id, "result": text,
+            "usage": {"input_tokens": 1500, "output_tokens": 250},
+            "modelUsage": {self.args.model.clone(): {"costUSD": self.cost}},
+            "permission_denials": [], "terminal_reason": "completed", "errors": []});
+        if let (Some(obj), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, x) in extra {
+                obj.insert(k.clone(), x.clone());
+            }
+        }
+        emit(&v);
+    }
+
+    fn handoff(&self, complete: bool) -> String {
+        let n = self.args.session_index;
+        if complete {
+            format!(
+                "All done.\n\n## HANDOFF: COMPLETE\n\n### Accomplished\nSession {n} finished the \
+                 last part of the task and checked the result.\n\n### Remaining\nNothing.\n\n\
+                 ### Context\nThe work was simulated by the sim agent."
+            )
+        } else {
+            format!(
+                "Stopping here for now.\n\n## HANDOFF\n\n### Accomplished\nSession {n} did part \
+                 {n} of the task (simulated).\n\n### Remaining\n- part {} of the task\n- final \
+                 check\n\n### Context\nThe sim agent was told to finish after {} sessions.",
+                n + 1,
+                self.args.complete_after
+            )
+        }
+    }
+
+    fn completes_now(&self) -> bool {
+        self.args.session_index > self.args.complete_after
+    }
+
+    fn init(&self) {
+        emit(&json!({"type": "system", "subtype": "init", "session_id": self.session_id,
+            "model": self.args.model, "claude_code_version": concat!("sim-", env!("CARGO_PKG_VERSION")),
+            "tools": ["Bash", "Read", "Edit"], "permissionMode": "default", "cwd":
+            std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default()}));
+    }
+
+    /// One turn, answering the first prompt of the process.
+    async fn first_turn(&mut self) -> Result<(), Stop> {
+        let args = self.args.clone();
+        match args.scenario {
+            Scenario::Hang => {
+                std::future::pending::<()>().await;
+            }
+            Scenario::Crash => {
+                self.step().await?;
+                self.assistant_text(1, "Starting work…");
+                std::process::exit(3);
+            }
+            Scenario::Error => {
+                self.step().await?;
+                self.assistant_text(1, "Starting work…");
+                self.result("success", true, "API Error: 500 Internal server error",
+                    json!({"terminal_reason": "api_error", "api_error_status": 500}));
+                std::process::exit(1);
+            }
+            Scenario::MaxTurns => {
+                for turn in 1..=args.max_turns {
+                    self.step().await?;
+                    self.turns_in_process += 1;
+                    self.tool_round(turn);
+                }
+                self.turns_in_process += 1;
+                let msg = format!("Reached maximum number of turns ({})", args.max_turns);
+                self.result("error_max_turns", true, "",
+                    json!({"terminal_reason": "max_turns", "errors": [msg]}));
+                return Ok(());
+            }
+            _ => {}
+        }
+        for turn in 1..=args.turns {
+            self.step().await?;
+            self.turns_in_process += 1;
+            if args.scenario == Scenario::Garbage {
+                emit_raw("this is not json {{{");
+                emit_raw(r#"{"type":"mystery_event","payload":[1,2,3]}"#);
+                emit_raw("\u{1b}[31mcolour codes and stray bytes\u{1b}[0m");
+            }
+            self.tool_round(turn);
+        }
+        if args.scenario == Scenario::Slow {
+            for i in 1..=20 {
+                self.step().await?;
+                self.assistant_text(args.turns + 1, &format!("Thinking slowly, line {i} of 20…"));
+            }
+        }
+        self.step().await?;
+        self.turns_in_process += 1;
+        let text = match args.scenario {
+            Scenario::NoHandoff | Scenario::Forgetful => {
+                "I changed a few files and I think it works now.".to_string()
+            }
+            Scenario::Incomplete => self.handoff(self.completes_now()),
+            _ => self.handoff(true),
+        };
+        self.assistant_text(args.turns + 1, &text);
+        self.result("success", false, &text, json!({}));
+        Ok(())
+    }
+
+    /// A later user message in the same process: the "write your HANDOFF now" follow-up.
+    async fn follow_up_turn(&mut self) -> Result<(), Stop> {
+        self.follow_ups += 1;
+        self.step().await?;
+        self.turns_in_process += 1;
+        let text = match self.args.scenario {
+            Scenario::NoHandoff => "Sorry, I am not sure what you mean.".to_string(),
+            Scenario::MaxTurns => self.handoff(false),
+            _ => self.handoff(self.completes_now()),
+        };
+        let turn = self.args.turns + 1 + self.follow_ups;
+        self.assistant_text(turn, &text);
+        self.result("success", false, &text, json!({}));
+        Ok(())
+    }
+
+    fn interrupted(&mut self, id: &str) {
+        emit_raw(&control_success(id, json!({})));
+        self.result("error_during_execution", true, "[Request interrupted by user]",
+            json!({"terminal_reason": "aborted_streaming"}));
+    }
+}
+
+/// Runs the simulated agent on stdin/stdout; returns the process exit code.
+pub async fn run(args: SimArgs) -> i32 {
+    let (tx, inbox) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
+            let sub = v.pointer("/request/subtype").and_then(Value::as_str).unwrap_or("");
+            let msg = match (ty, sub) {
+                ("user", _) => Input::User,
+                ("control_request", "interrupt") => Input::Interrupt(
+                    v.get("request_id").and_then(Value::as_str).unwrap_or("").to_string(),
+                ),
+                _ => Input::Other(v),
+            };
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Input::Eof);
+    });
+    let session_id = args.resume.clone().unwrap_or_else(|| {
+        format!("sim-{:08x}-{:04x}", fastrand::u32(..), fastrand::u16(..))
+    });
+    let mut sim = Sim {
+        args,
+        session_id,
+        inbox,
+        cost: 0.0,
+        turns_in_process: 0,
+        started_at: std::time::Instant::now(),
+        initialized: false,
+        follow_ups: 0,
+    };
+    let mut prompts = 0u32;
+    loop {
+        let Some(msg) = sim.inbox.recv().await else {
+            return 0;
+        };
+        let outcome = match msg {
+            Input::Eof => return 0,
+            Input::Other(v) => {
+                sim.answer_control(&v);
+                continue;
+            }
+            Input::Interrupt(id) => {
+                // Nothing runs: acknowledge and carry on.
+                emit_raw(&control_success(&id, json!({})));
+                continue;
+            }
+            Input::User => {
+                prompts += 1;
+                if prompts == 1 {
+                    sim.init();
+                    sim.first_turn().await
+                } else {
+                    sim.follow_up_turn().await
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(Stop::Interrupted(id)) => sim.interrupted(&id),
+            Err(Stop::Eof) => return 0,
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The store: the `Store` trait over chains, sessions, handoffs and the events journal, and its backends
+//! (`sqlite`, embedded default; PostgreSQL for fleets comes behind the same trait).
+//!
+//! Every call is one small transaction: recording a session or an event never rewrites
+//! anything else, so the cost of a write does not grow with the number of chains.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::model::{
+    ChainRecord, ChainStatus, EventRecord, HandoffRecord, SessionRecord,
+};
+
+/// Errors from a store backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("could not create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("corrupt record in the store: {0}")]
+    Corrupt(String),
+    #[error("the store was written by a newer operator (schema version {found}, this one knows up to {known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A chain to create.
+#[derive(Debug, Clone)]
+pub struct NewChain {
+    pub id: String,
+    pub name: String,
+    pub mission: Option<String>,
+    pub task: String,
+    pub config: serde_json::Value,
+    pub status: ChainStatus,
+}
+
+/// Which chains `list_chains` returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ChainQuery {
+    pub status: Option<ChainStatus>,
+    pub include_archived: bool,
+    /// Only chains started strictly before this (id of the last chain of the previous page).
+    pub before: Option<String>,
+    pub limit: u32,
+    /// Include each chain's sessions (otherwise only totals).
+    pub with_sessions: bool,
+}
+
+/// The session's state recorded at its start, before the agent runs.
+#[derive(Debug, Clone)]
+pub struct SessionStart {
+    pub chain_id: String,
+    pub index: u32,
+    pub prompt: String,
+    pub started_at: String,
+}
+
+/// How many chains to keep listed by default; older ones are archived, never deleted.
+pub const KEEP_UNARCHIVED: u32 = 50;
+
+/// The persistence the supervisor relies on.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    async fn create_chain(&self, chain: &NewChain) -> StoreResult<()>;
+    async fn get_chain(&self, id: &str) -> StoreResult<Option<ChainRecord>>;
+    async fn list_chains(&self, q: &ChainQuery) -> StoreResult<Vec<ChainRecord>>;
+    /// Sets status and reason; records which process owns the chain while it runs.
+    async fn set_chain_status(
+        &self,
+        id: &str,
+        status: ChainStatus,
+        reason: Option<&str>,
+        owner_pid: Option<u32>,
+    ) -> StoreResult<()>;
+    /// The process that last ran the chain, if it recorded one.
+    async fn chain_owner(&self, id: &str) -> StoreResult<Option<u32>>;
+    /// Sessions of a run are counted from here (set when a finished chain is resumed).
+    async fn set_session_base(&self, id: &str, base: u32) -> StoreResult<()>;
+    async fn session_base(&self, id: &str) -> StoreResult<u32>;
+    async fn start_session(&self, s: &SessionStart) -> StoreResult<()>;
+    /// Records a session's end and its handoff in one transaction.
+    async fn finish_session(
+        &self,
+        chain_id: &str,
+        s: &SessionRecord,
+        handoff: Option<&HandoffRecord>,
+    ) -> StoreResult<()>;
+    async fn sessions(&self, chain_id: &str) -> StoreResult<Vec<SessionRecord>>;
+    async fn session_prompt(&self, chain_id: &str, index: u32) -> StoreResult<Option<String>>;
+    async fn last_handoff(&self, chain_id: &str) -> StoreResult<Option<HandoffRecord>>;
+    async fn handoffs(&self, chain_id: &str) -> StoreResult<Vec<HandoffRecord>>;
+    async fn append_event(
+        &self,
+        chain_id: Option<&str>,
+        session_index: Option<u32>,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> StoreResult<i64>;
+    async fn events(&self, chain_id: Option<&str>, after_id: i64, limit: u32)
+    -> StoreResult<Vec<EventRecord>>;
+    /// Archives all but the newest `keep` chains that are not running.
+    async fn archive_old(&self, keep: u32) -> StoreResult<u64>;
+    /// Operator-wide flags that must survive a restart (e.g. `paused`).
+    async fn get_flag(&self, key: &str) -> StoreResult<Option<String>>;
+    async fn set_flag(&self, key: &str, value: Option<&str>) -> StoreResult<()>;
+}
+
+pub type SharedStore = Arc<dyn Store>;

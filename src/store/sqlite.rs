@@ -1,0 +1,701 @@
+//! The embedded SQLite store: WAL mode, numbered migrations tracked in `PRAGMA user_version`,
+//! one small transaction per write.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{ChainQuery, NewChain, SessionStart, Store, StoreError, StoreResult};
+use crate::model::{
+    ChainRecord, ChainStatus, ErrorKind, EventRecord, HandoffRecord, SessionRecord,
+    SessionStatus, Totals, now_rfc3339,
+};
+
+/// Each entry moves the schema one version up; never edit a released one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE chains (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        mission TEXT,
+        task TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        started_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        config TEXT NOT NULL,
+        archived INTEGER NOT NULL DEFAULT 0,
+        owner_pid INTEGER,
+        session_base INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX chains_by_start ON chains (archived, started_at DESC, id DESC);
+    CREATE INDEX chains_by_status ON chains (status, started_at DESC);
+    CREATE TABLE sessions (
+        chain_id TEXT NOT NULL REFERENCES chains (id),
+        idx INTEGER NOT NULL,
+        session_id TEXT,
+        status TEXT NOT NULL,
+        turns INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        duration_ms INTEGER NOT NULL DEFAULT 0,
+        hit_max_turns INTEGER NOT NULL DEFAULT 0,
+        pre_compacted INTEGER NOT NULL DEFAULT 0,
+        handoff_complete INTEGER NOT NULL DEFAULT 0,
+        handoff_synthetic INTEGER NOT NULL DEFAULT 0,
+        asked_again INTEGER NOT NULL DEFAULT 0,
+        handoff_file TEXT,
+        error TEXT,
+        error_kind TEXT,
+        prompt TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        PRIMARY KEY (chain_id, idx)
+    );
+    CREATE TABLE handoffs (
+        chain_id TEXT NOT NULL REFERENCES chains (id),
+        idx INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        complete INTEGER NOT NULL,
+        synthetic INTEGER NOT NULL,
+        reason TEXT,
+        file TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (chain_id, idx)
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        chain_id TEXT,
+        session_idx INTEGER,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX events_by_chain ON events (chain_id, id);
+    CREATE TABLE flags (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
+];
+
+/// The SQLite backend.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<data_dir>/operator.db` and migrates it.
+    pub async fn open(data_dir: &Path) -> StoreResult<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        Self::open_file(&data_dir.join("operator.db")).await
+    }
+
+    pub async fn open_file(path: &Path) -> StoreResult<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode: a commit survives a crash of the process (kill -9),
+            // which is the failure the supervisor must survive; only a power loss can
+            // lose the last transactions.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let version: i64 = sqlx::query("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                found: version,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                .execute(&mut *tx)
+                .await?;
+            let bump = format!("PRAGMA user_version = {}", i + 1);
+            sqlx::raw_sql(sqlx::AssertSqlSafe(bump))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The pool, for benches and tests that inspect the database directly.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn session_from_row(r: &SqliteRow) -> StoreResult<SessionRecord> {
+    let status: String = r.try_get("status")?;
+    let error_kind: Option<String> = r.try_get("error_kind")?;
+    Ok(SessionRecord {
+        index: r.try_get::<i64, _>("idx")? as u32,
+        session_id: r.try_get("session_id")?,
+        status: SessionStatus::from_str(&status).map_err(StoreError::Corrupt)?,
+        turns: r.try_get::<i64, _>("turns")? as u32,
+        cost_usd: r.try_get("cost_usd")?,
+        duration_ms: r.try_get::<i64, _>("duration_ms")? as u64,
+        hit_max_turns: r.try_get("hit_max_turns")?,
+        pre_compacted: r.try_get("pre_compacted")?,
+        handoff_complete: r.try_get("handoff_complete")?,
+        handoff_file: r.try_get("handoff_file")?,
+        error: r.try_get("error")?,
+        error_kind: match error_kind.as_deref() {
+            Some("transient") => Some(ErrorKind::Transient),
+            Some("fatal") => Some(ErrorKind::Fatal),
+            _ => None,
+        },
+        handoff_synthetic: r.try_get("handoff_synthetic")?,
+        asked_again: r.try_get("asked_again")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+    })
+}
+
+fn handoff_from_row(r: &SqliteRow) -> StoreResult<HandoffRecord> {
+    Ok(HandoffRecord {
+        chain_id: r.try_get("chain_id")?,
+        index: r.try_get::<i64, _>("idx")? as u32,
+        text: r.try_get("text")?,
+        complete: r.try_get("complete")?,
+        synthetic: r.try_get("synthetic")?,
+        reason: r.try_get("reason")?,
+        file: r.try_get("file")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn chain_from_row(r: &SqliteRow) -> StoreResult<ChainRecord> {
+    let status: String = r.try_get("status")?;
+    let config: String = r.try_get("config")?;
+    Ok(ChainRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        mission: r.try_get("mission")?,
+        task: r.try_get("task")?,
+        status: ChainStatus::from_str(&status).map_err(StoreError::Corrupt)?,
+        reason: r.try_get("reason")?,
+        started_at: r.try_get("started_at")?,
+        updated_at: r.try_get("updated_at")?,
+        config: serde_json::from_str(&config)
+            .map_err(|e| StoreError::Corrupt(format!("config of a chain: {e}")))?,
+        sessions: Vec::new(),
+        totals: Totals {
+            sessions: r.try_get::<i64, _>("n_sessions")? as u32,
+            turns: r.try_get::<i64, _>("n_turns")? as u64,
+            cost_usd: r.try_get("sum_cost")?,
+            duration_ms: r.try_get::<i64, _>("sum_duration")? as u64,
+        },
+        archived: r.try_get("archived")?,
+    })
+}
+
+/// A chain row with its totals, aggregated from its sessions (indexed by chain id).
+const CHAIN_SELECT: &str = "SELECT c.*, \
+    (SELECT COUNT(*) FROM sessions s WHERE s.chain_id = c.id) AS n_sessions, \
+    (SELECT COALESCE(SUM(turns), 0) FROM sessions s WHERE s.chain_id = c.id) AS n_turns, \
+    (SELECT COALESCE(SUM(cost_usd), 0.0) FROM sessions s WHERE s.chain_id = c.id) AS sum_cost, \
+    (SELECT COALESCE(SUM(duration_ms), 0) FROM sessions s WHERE s.chain_id = c.id) AS sum_duration \
+    FROM chains c";
+
+async fn touch(tx: &mut Transaction<'_, Sqlite>, chain_id: &str) -> StoreResult<()> {
+    sqlx::query("UPDATE chains SET updated_at = ?1 WHERE id = ?2")
+        .bind(now_rfc3339())
+        .bind(chain_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_chain(&self, c: &NewChain) -> StoreResult<()> {
+        let now = now_rfc3339();
+        sqlx::query(
+            "INSERT INTO chains (id, name, mission, task, status, started_at, updated_at, config) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+        )
+        .bind(&c.id)
+        .bind(&c.name)
+        .bind(&c.mission)
+        .bind(&c.task)
+        .bind(c.status.as_str())
+        .bind(&now)
+        .bind(c.config.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_chain(&self, id: &str) -> StoreResult<Option<ChainRecord>> {
+        let sql = format!("{CHAIN_SELECT} WHERE c.id = ?1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut chain = chain_from_row(&row)?;
+        chain.sessions = self.sessions(id).await?;
+        Ok(Some(chain))
+    }
+
+    async fn list_chains(&self, q: &ChainQuery) -> StoreResult<Vec<ChainRecord>> {
+        // The cursor is the id of the last chain of the previous page; order is
+        // (started_at, id) descending so the cursor is stable under equal timestamps.
+        let sql = format!(
+            "{CHAIN_SELECT} WHERE (?1 IS NULL OR c.status = ?1) AND (?2 OR c.archived = 0) \
+             AND (?3 IS NULL OR (c.started_at, c.id) < \
+                  (SELECT started_at, id FROM chains WHERE id = ?3)) \
+             ORDER BY c.started_at DESC, c.id DESC LIMIT ?4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(q.status.map(|s| s.as_str()))
+            .bind(q.include_archived)
+            .bind(q.before.as_deref())
+            .bind(i64::from(q.limit.max(1)))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut chains = rows.iter().map(chain_from_row).collect::<StoreResult<Vec<_>>>()?;
+        if q.with_sessions {
+            for c in &mut chains {
+                c.sessions = self.sessions(&c.id).await?;
+            }
+        }
+        Ok(chains)
+    }
+
+    async fn set_chain_status(
+        &self,
+        id: &str,
+        status: ChainStatus,
+        reason: Option<&str>,
+        owner_pid: Option<u32>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE chains SET status = ?1, reason = ?2, updated_at = ?3, \
+             owner_pid = COALESCE(?4, owner_pid) WHERE id = ?5",
+        )
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(now_rfc3339())
+        .bind(owner_pid.map(i64::from))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn chain_owner(&self, id: &str) -> StoreResult<Option<u32>> {
+        let row = sqlx::query("SELECT owner_pid FROM chains WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten())
+            .map(|p| p as u32))
+    }
+
+    async fn set_session_base(&self, id: &str, base: u32) -> StoreResult<()> {
+        sqlx::query("UPDATE chains SET session_base = ?1 WHERE id = ?2")
+            .bind(i64::from(base))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_base(&self, id: &str) -> StoreResult<u32> {
+        let row = sqlx::query("SELECT session_base FROM chains WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?.unwrap_or(0) as u32)
+    }
+
+    async fn start_session(&self, s: &SessionStart) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (chain_id, idx, status, prompt, started_at) \
+             VALUES (?1, ?2, 'running', ?3, ?4)",
+        )
+        .bind(&s.chain_id)
+        .bind(i64::from(s.index))
+        .bind(&s.prompt)
+        .bind(&s.started_at)
+        .execute(&mut *tx)
+        .await?;
+        touch(&mut tx, &s.chain_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finish_session(
+        &self,
+        chain_id: &str,
+        s: &SessionRecord,
+        handoff: Option<&HandoffRecord>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE sessions SET session_id = ?1, status = ?2, turns = ?3, cost_usd = ?4, \
+             duration_ms = ?5, hit_max_turns = ?6, pre_compacted = ?7, handoff_complete = ?8, \
+             handoff_synthetic = ?9, asked_again = ?10, handoff_file = ?11, error = ?12, \
+             error_kind = ?13, ended_at = ?14 WHERE chain_id = ?15 AND idx = ?16",
+        )
+        .bind(&s.session_id)
+        .bind(s.status.as_str())
+        .bind(i64::from(s.turns))
+        .bind(s.cost_usd)
+        .bind(s.duration_ms as i64)
+        .bind(s.hit_max_turns)
+        .bind(s.pre_compacted)
+        .bind(s.handoff_complete)
+        .bind(s.handoff_synthetic)
+        .bind(s.asked_again)
+        .bind(&s.handoff_file)
+        .bind(&s.error)
+        .bind(s.error_kind.map(|k| match k {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Fatal => "fatal",
+        }))
+        .bind(&s.ended_at)
+        .bind(chain_id)
+        .bind(i64::from(s.index))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(h) = handoff {
+            sqlx::query(
+                "INSERT OR REPLACE INTO handoffs \
+                 (chain_id, idx, text, complete, synthetic, reason, file, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .bind(&h.chain_id)
+            .bind(i64::from(h.index))
+            .bind(&h.text)
+            .bind(h.complete)
+            .bind(h.synthetic)
+            .bind(&h.reason)
+            .bind(&h.file)
+            .bind(&h.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        touch(&mut tx, chain_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn sessions(&self, chain_id: &str) -> StoreResult<Vec<SessionRecord>> {
+        let rows = sqlx::query("SELECT * FROM sessions WHERE chain_id = ?1 ORDER BY idx")
+            .bind(chain_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn session_prompt(&self, chain_id: &str, index: u32) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT prompt FROM sessions WHERE chain_id = ?1 AND idx = ?2")
+            .bind(chain_id)
+            .bind(i64::from(index))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn last_handoff(&self, chain_id: &str) -> StoreResult<Option<HandoffRecord>> {
+        let row = sqlx::query(
+            "SELECT * FROM handoffs WHERE chain_id = ?1 ORDER BY idx DESC LIMIT 1",
+        )
+        .bind(chain_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(handoff_from_row).transpose()
+    }
+
+    async fn handoffs(&self, chain_id: &str) -> StoreResult<Vec<HandoffRecord>> {
+        let rows = sqlx::query("SELECT * FROM handoffs WHERE chain_id = ?1 ORDER BY idx")
+            .bind(chain_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(handoff_from_row).collect()
+    }
+
+    async fn append_event(
+        &self,
+        chain_id: Option<&str>,
+        session_index: Option<u32>,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "INSERT INTO events (chain_id, session_idx, kind, data, at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+        )
+        .bind(chain_id)
+        .bind(session_index.map(i64::from))
+        .bind(kind)
+        .bind(data.to_string())
+        .bind(now_rfc3339())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn events(
+        &self,
+        chain_id: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE (?1 IS NULL OR chain_id = ?1) AND id > ?2 \
+             ORDER BY id LIMIT ?3",
+        )
+        .bind(chain_id)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let data: String = r.try_get("data")?;
+                Ok(EventRecord {
+                    id: r.try_get("id")?,
+                    chain_id: r.try_get("chain_id")?,
+                    session_index: r.try_get::<Option<i64>, _>("session_idx")?.map(|i| i as u32),
+                    kind: r.try_get("kind")?,
+                    data: serde_json::from_str(&data)
+                        .map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn archive_old(&self, keep: u32) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE chains SET archived = 1 WHERE archived = 0 \
+             AND status NOT IN ('running', 'queued', 'paused', 'waiting') \
+             AND id NOT IN (SELECT id FROM chains ORDER BY started_at DESC, id DESC LIMIT ?1)",
+        )
+        .bind(i64::from(keep))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn get_flag(&self, key: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT value FROM flags WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn set_flag(&self, key: &str, value: Option<&str>) -> StoreResult<()> {
+        match value {
+            Some(v) => {
+                sqlx::query("INSERT OR REPLACE INTO flags (key, value) VALUES (?1, ?2)")
+                    .bind(key)
+                    .bind(v)
+                    .execute(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM flags WHERE key = ?1")
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).await.unwrap();
+        (dir, s)
+    }
+
+    fn new_chain(id: &str) -> NewChain {
+        NewChain {
+            id: id.into(),
+            name: "main".into(),
+            mission: None,
+            task: "do it".into(),
+            config: serde_json::json!({"model": "sonnet"}),
+            status: ChainStatus::Running,
+        }
+    }
+
+    fn session(index: u32, cost: f64) -> SessionRecord {
+        SessionRecord {
+            index,
+            session_id: Some(format!("s{index}")),
+            status: SessionStatus::Completed,
+            turns: 3,
+            cost_usd: cost,
+            duration_ms: 100,
+            hit_max_turns: false,
+            pre_compacted: false,
+            handoff_complete: false,
+            handoff_file: None,
+            error: None,
+            error_kind: None,
+            handoff_synthetic: false,
+            asked_again: false,
+            started_at: now_rfc3339(),
+            ended_at: Some(now_rfc3339()),
+        }
+    }
+
+    #[tokio::test]
+    async fn chain_session_and_handoff_round_trip() {
+        let (_d, s) = store().await;
+        s.create_chain(&new_chain("c-1")).await.unwrap();
+        for i in 1..=2 {
+            s.start_session(&SessionStart {
+                chain_id: "c-1".into(),
+                index: i,
+                prompt: format!("prompt {i}"),
+                started_at: now_rfc3339(),
+            })
+            .await
+            .unwrap();
+            let h = HandoffRecord {
+                chain_id: "c-1".into(),
+                index: i,
+                text: format!("## HANDOFF {i}"),
+                complete: i == 2,
+                synthetic: false,
+                reason: None,
+                file: format!("handoff-{i}.md"),
+                created_at: now_rfc3339(),
+            };
+            s.finish_session("c-1", &session(i, 0.5), Some(&h)).await.unwrap();
+        }
+        let c = s.get_chain("c-1").await.unwrap().unwrap();
+        assert_eq!(c.sessions.len(), 2);
+        assert_eq!(c.totals.sessions, 2);
+        assert_eq!(c.totals.turns, 6);
+        assert!((c.totals.cost_usd - 1.0).abs() < 1e-9);
+        assert_eq!(c.config["model"], "sonnet");
+        let last = s.last_handoff("c-1").await.unwrap().unwrap();
+        assert_eq!(last.index, 2);
+        assert!(last.complete);
+        assert_eq!(s.session_prompt("c-1", 1).await.unwrap().as_deref(), Some("prompt 1"));
+        assert!(s.get_chain("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_index_is_never_used_twice() {
+        let (_d, s) = store().await;
+        s.create_chain(&new_chain("c-1")).await.unwrap();
+        let start = SessionStart {
+            chain_id: "c-1".into(),
+            index: 1,
+            prompt: "p".into(),
+            started_at: now_rfc3339(),
+        };
+        s.start_session(&start).await.unwrap();
+        assert!(s.start_session(&start).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn list_pages_newest_first_and_archives_without_deleting() {
+        let (_d, s) = store().await;
+        for i in 0..7 {
+            s.create_chain(&new_chain(&format!("c-{i}"))).await.unwrap();
+            s.set_chain_status(&format!("c-{i}"), ChainStatus::Complete, None, None)
+                .await
+                .unwrap();
+        }
+        let q = ChainQuery { limit: 3, ..Default::default() };
+        let p1 = s.list_chains(&q).await.unwrap();
+        assert_eq!(p1.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c-6", "c-5", "c-4"]);
+        let p2 = s
+            .list_chains(&ChainQuery { before: Some("c-4".into()), ..q.clone() })
+            .await
+            .unwrap();
+        assert_eq!(p2.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c-3", "c-2", "c-1"]);
+        assert_eq!(s.archive_old(5).await.unwrap(), 2);
+        let visible = s.list_chains(&ChainQuery { limit: 50, ..Default::default() }).await.unwrap();
+        assert_eq!(visible.len(), 5);
+        let all = s
+            .list_chains(&ChainQuery { limit: 50, include_archived: true, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 7);
+        assert!(s.get_chain("c-0").await.unwrap().unwrap().archived);
+    }
+
+    #[tokio::test]
+    async fn events_are_appended_and_read_back_in_order() {
+        let (_d, s) = store().await;
+        let a = s.append_event(Some("c"), Some(1), "chain:started", &serde_json::json!({"x": 1})).await.unwrap();
+        let b = s.append_event(None, None, "orchestrator:paused", &serde_json::json!({})).await.unwrap();
+        assert!(b > a);
+        let all = s.events(None, 0, 10).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(s.events(Some("c"), 0, 10).await.unwrap().len(), 1);
+        assert_eq!(s.events(None, a, 10).await.unwrap()[0].kind, "orchestrator:paused");
+    }
+
+    #[tokio::test]
+    async fn flags_and_reopen_keep_data() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SqliteStore::open(dir.path()).await.unwrap();
+            s.set_flag("paused", Some("1")).await.unwrap();
+            s.create_chain(&new_chain("c-1")).await.unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).await.unwrap();
+        assert_eq!(s.get_flag("paused").await.unwrap().as_deref(), Some("1"));
+        s.set_flag("paused", None).await.unwrap();
+        assert_eq!(s.get_flag("paused").await.unwrap(), None);
+        assert!(s.get_chain("c-1").await.unwrap().is_some());
+        let mode: String = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(s.pool())
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}
