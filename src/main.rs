@@ -1,1 +1,5 @@
-fn main() {}
+//! The `operator` binary: a startup script; everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    operator::cli::main()
+}

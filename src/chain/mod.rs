@@ -1,0 +1,535 @@
+//! The Chain actor: runs a chain's sessions one after another, supervising its Session, Cost and Handoff
+//! children, and records every step in the store before acting on it.
+//!
+//! It is a state machine driven by messages: `Next` starts a session (or ends the chain),
+//! `TurnEnded` decides whether the agent is asked again for its handoff, `SessionEnded`
+//! records the session and applies [`policy::decide`].
+
+pub mod cost;
+pub mod handoffs;
+pub mod policy;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::agent::{Agent, SessionSpec};
+use crate::config::ChainSettings;
+use crate::control::{Mode, ModeRx};
+use crate::events::Bus;
+use crate::handoff::prompt;
+use crate::model::{ChainStatus, SessionRecord, SessionStatus, now_rfc3339};
+use crate::process::Registry;
+use crate::session::{Session, SessionArgs, SessionMsg, SessionOutcome};
+use crate::store::{SessionStart, SharedStore};
+use cost::{Cost, CostArgs, CostMsg};
+use handoffs::{HandoffArgs, HandoffMsg, Handoffs};
+use policy::{AfterSession, Next, SessionFacts};
+
+/// Timeout of calls from the chain to its own children.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks a child and waits for its answer.
+async fn ask<M: ractor::Message, T: Send + 'static>(
+    actor: &ActorRef<M>,
+    f: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T, ActorProcessingErr> {
+    match actor.call(f, Some(CALL_TIMEOUT)).await {
+        Ok(CallResult::Success(v)) => Ok(v),
+        Ok(CallResult::Timeout) => Err("a child actor did not answer in time".into()),
+        Ok(CallResult::SenderError) => Err("a child actor dropped the call".into()),
+        Err(e) => Err(format!("a child actor is gone: {e}").into()),
+    }
+}
+
+pub enum ChainMsg {
+    Next,
+    /// A turn ended (a `result` line); `handoff` is `Ok(complete)` or why it is invalid.
+    TurnEnded { index: u32, handoff: Result<bool, String>, hit_max_turns: bool, is_error: bool },
+    SessionEnded(Box<SessionOutcome>),
+    /// The operator's run mode changed (pause, resume, stop).
+    ModeChanged,
+    /// Stop the chain as `aborted`.
+    Abort,
+}
+
+/// What every chain shares with the operator.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub store: SharedStore,
+    pub bus: Bus,
+    pub registry: Registry,
+    pub data_dir: PathBuf,
+    pub mode: ModeRx,
+    pub shutdown_grace: Duration,
+}
+
+pub struct ChainArgs {
+    pub chain_id: String,
+    pub task: String,
+    pub settings: ChainSettings,
+    pub agent: Arc<dyn Agent>,
+    pub ctx: Ctx,
+}
+
+struct Running {
+    index: u32,
+    /// `None` when the agent could not be started.
+    actor: Option<ActorRef<SessionMsg>>,
+    asked_again: bool,
+    started_at: String,
+}
+
+pub struct ChainState {
+    id: String,
+    task: String,
+    settings: ChainSettings,
+    agent: Arc<dyn Agent>,
+    ctx: Ctx,
+    cost: ActorRef<CostMsg>,
+    handoffs: ActorRef<HandoffMsg>,
+    session: Option<Running>,
+    next_index: u32,
+    session_base: u32,
+    consecutive_failures: u32,
+    /// Why the previous session failed, for the next prompt.
+    note: Option<String>,
+    aborting: bool,
+    paused_recorded: bool,
+    finished: bool,
+    span: tracing::Span,
+}
+
+pub struct Chain;
+
+impl ChainState {
+    fn dir(&self) -> PathBuf {
+        chain_dir(&self.ctx, &self.id)
+    }
+
+    async fn set_status(&self, status: ChainStatus, reason: Option<&str>) -> Result<(), ActorProcessingErr> {
+        self.ctx
+            .store
+            .set_chain_status(&self.id, status, reason, Some(std::process::id()))
+            .await?;
+        Ok(())
+    }
+
+    async fn finish(&mut self, me: &ActorRef<ChainMsg>, status: ChainStatus, reason: Option<String>) -> Result<(), ActorProcessingErr> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        self.set_status(status, reason.as_deref()).await?;
+        let kind = match status {
+            ChainStatus::Complete | ChainStatus::AssumedComplete | ChainStatus::MaxContinuations => "chain:complete",
+            ChainStatus::Aborted => "chain:aborted",
+            ChainStatus::Interrupted => "chain:interrupted",
+            _ => "chain:error",
+        };
+        self.ctx
+            .bus
+            .emit(kind, Some(&self.id), None, json!({"status": status, "reason": reason}))
+            .await;
+        tracing::info!(parent: &self.span, status = %status, reason = reason.as_deref().unwrap_or(""), "chain ended");
+        me.stop(Some(status.as_str().to_string()));
+        Ok(())
+    }
+
+    async fn respawn_cost(&mut self, me: &ActorRef<ChainMsg>) -> Result<(), ActorProcessingErr> {
+        self.cost = spawn_cost(me, &self.id, &self.ctx).await?;
+        Ok(())
+    }
+
+    async fn respawn_handoffs(&mut self, me: &ActorRef<ChainMsg>) -> Result<(), ActorProcessingErr> {
+        self.handoffs = spawn_handoffs(me, &self.id, &self.task, &self.ctx).await?;
+        Ok(())
+    }
+
+    /// Starts the next session, or ends the chain when a limit says so.
+    async fn next(&mut self, me: &ActorRef<ChainMsg>) -> Result<(), ActorProcessingErr> {
+        if self.finished || self.session.is_some() {
+            return Ok(());
+        }
+        if self.aborting {
+            return self.finish(me, ChainStatus::Aborted, Some("aborted".into())).await;
+        }
+        let mode = *self.ctx.mode.borrow();
+        match mode {
+            Mode::Stopping => {
+                return self
+                    .finish(me, ChainStatus::Interrupted, Some("the operator was stopped".into()))
+                    .await;
+            }
+            Mode::Paused => {
+                if !self.paused_recorded {
+                    self.paused_recorded = true;
+                    self.set_status(ChainStatus::Paused, None).await?;
+                    self.ctx.bus.emit("chain:paused", Some(&self.id), None, json!({})).await;
+                }
+                return Ok(());
+            }
+            Mode::Running => {}
+        }
+        if self.paused_recorded {
+            self.paused_recorded = false;
+            self.ctx.bus.emit("chain:resumed", Some(&self.id), None, json!({})).await;
+        }
+        let total: f64 = ask(&self.cost, CostMsg::Total).await?;
+        if total >= self.settings.max_budget_usd {
+            let reason = format!("spent ${total:.4} of a ${:.2} budget", self.settings.max_budget_usd);
+            return self.finish(me, ChainStatus::BudgetExceeded, Some(reason)).await;
+        }
+        let index = self.next_index;
+        let note = self.note.take();
+        let user_prompt: String = ask(&self.handoffs, |reply| HandoffMsg::Prompt { index, note, reply }).await?;
+        let started_at = now_rfc3339();
+        // Committed before the agent starts: a crash from here on finds the session in the store.
+        self.ctx
+            .store
+            .start_session(&SessionStart {
+                chain_id: self.id.clone(),
+                index,
+                prompt: user_prompt.clone(),
+                started_at: started_at.clone(),
+            })
+            .await?;
+        self.next_index += 1;
+        self.set_status(ChainStatus::Running, None).await?;
+        self.ctx
+            .bus
+            .emit(
+                "chain:session-started",
+                Some(&self.id),
+                Some(index),
+                json!({"max": self.session_base + 1 + self.settings.max_continuations}),
+            )
+            .await;
+        let spec = SessionSpec {
+            chain_id: self.id.clone(),
+            index,
+            prompt: user_prompt,
+            system_prompt: prompt::CONTINUATION_PROTOCOL.to_string(),
+            model: self.settings.model.clone(),
+            max_turns: self.settings.max_turns,
+            permission_mode: self.settings.permission_mode.clone(),
+            resume_id: None,
+            workdir: self.settings.workdir.clone(),
+            sim: self.settings.sim.clone(),
+        };
+        let args = SessionArgs {
+            spec,
+            agent: self.agent.clone(),
+            chain: me.clone(),
+            cost: self.cost.clone(),
+            bus: self.ctx.bus.clone(),
+            registry: self.ctx.registry.clone(),
+            transcript: self.dir().join(format!("session-{index}.jsonl")),
+        };
+        match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
+            Ok((actor, _)) => {
+                self.session = Some(Running { index, actor: Some(actor), asked_again: false, started_at });
+            }
+            Err(e) => {
+                // The agent could not even start: record a failed session like any other.
+                let outcome = SessionOutcome {
+                    index,
+                    session_id: None,
+                    output: String::new(),
+                    facts: SessionFacts { spawn_error: Some(e.to_string()), ..Default::default() },
+                    turns: 0,
+                    reported_cost: None,
+                    pre_compacted: false,
+                    duration: Duration::ZERO,
+                    transcript: self.dir().join(format!("session-{index}.jsonl")),
+                    transcript_truncated: false,
+                };
+                self.session = Some(Running { index, actor: None, asked_again: false, started_at });
+                me.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn turn_ended(&mut self, index: u32, handoff: Result<bool, String>, hit_max_turns: bool, is_error: bool) {
+        let stopping = *self.ctx.mode.borrow() == Mode::Stopping || self.aborting;
+        let span = self.span.clone();
+        let Some(run) = self.session.as_mut().filter(|r| r.index == index) else {
+            return;
+        };
+        let msg = match handoff {
+            Ok(_) => SessionMsg::Close,
+            // An agent whose API call failed cannot write anything; don't ask.
+            Err(_) if is_error && !stopping => SessionMsg::Close,
+            Err(reason) if !run.asked_again => {
+                run.asked_again = true;
+                let why = if stopping {
+                    "the operator is stopping".to_string()
+                } else if hit_max_turns {
+                    "you reached the turn limit".to_string()
+                } else {
+                    reason
+                };
+                tracing::info!(parent: &span, session.index = index, reason = %why, "asking the agent for its handoff");
+                SessionMsg::FollowUp(prompt::follow_up(&why))
+            }
+            Err(_) => SessionMsg::Close,
+        };
+        if let Some(a) = &run.actor {
+            let _ = a.cast(msg);
+        }
+    }
+
+    async fn session_ended(&mut self, me: &ActorRef<ChainMsg>, o: SessionOutcome) -> Result<(), ActorProcessingErr> {
+        let Some(run) = self.session.take() else {
+            return Ok(());
+        };
+        let verdict = policy::classify(&o.facts);
+        let reported = o.reported_cost;
+        let cost: f64 = ask(&self.cost, |reply| CostMsg::EndSession { reported, reply }).await?;
+        let (index, output, error) = (o.index, o.output, verdict.error.clone());
+        let handoff = ask(&self.handoffs, |reply| HandoffMsg::Finalize { index, output, error, reply }).await?;
+        if verdict.status == SessionStatus::Failed {
+            self.consecutive_failures += 1;
+            self.note = verdict.error.as_ref().map(|e| format!("The previous session failed: {e}"));
+        } else if verdict.status == SessionStatus::Completed {
+            self.consecutive_failures = 0;
+        }
+        let record = SessionRecord {
+            index: o.index,
+            session_id: o.session_id.clone(),
+            status: verdict.status,
+            turns: o.turns,
+            cost_usd: cost,
+            duration_ms: o.duration.as_millis() as u64,
+            hit_max_turns: o.facts.hit_max_turns,
+            pre_compacted: o.pre_compacted,
+            handoff_complete: handoff.complete,
+            handoff_file: Some(handoff.file.clone()),
+            error: verdict.error.clone(),
+            error_kind: verdict.error_kind,
+            handoff_synthetic: handoff.synthetic,
+            asked_again: run.asked_again,
+            started_at: run.started_at,
+            ended_at: Some(now_rfc3339()),
+        };
+        self.ctx.store.finish_session(&self.id, &record, Some(&handoff)).await?;
+        let _ = self.handoffs.cast(HandoffMsg::Committed(handoff.clone()));
+        tracing::info!(
+            parent: &self.span,
+            session.index = o.index,
+            status = verdict.status.as_str(),
+            turns = o.turns,
+            cost_usd = cost,
+            handoff = if handoff.synthetic { "synthetic" } else if handoff.complete { "complete" } else { "written" },
+            "session ended"
+        );
+        self.ctx
+            .bus
+            .emit(
+                "chain:session-complete",
+                Some(&self.id),
+                Some(o.index),
+                json!({"session": record, "transcriptTruncated": o.transcript_truncated}),
+            )
+            .await;
+        let total: f64 = ask(&self.cost, CostMsg::Total).await?;
+        let after = AfterSession {
+            verdict: verdict.clone(),
+            complete: handoff.complete && !handoff.synthetic,
+            agent_handoff: !handoff.synthetic,
+            hit_max_turns: o.facts.hit_max_turns,
+            consecutive_failures: self.consecutive_failures,
+            sessions_in_run: o.index - self.session_base,
+            max_continuations: self.settings.max_continuations,
+            breaker_threshold: self.settings.breaker_threshold,
+            total_cost_usd: total,
+            max_budget_usd: self.settings.max_budget_usd,
+        };
+        let decision = if self.aborting {
+            Next::Finish(ChainStatus::Aborted, Some("aborted".into()))
+        } else {
+            policy::decide(&after)
+        };
+        match decision {
+            Next::Continue => me.cast(ChainMsg::Next)?,
+            Next::Finish(status, reason) => self.finish(me, status, reason).await?,
+        }
+        Ok(())
+    }
+}
+
+fn chain_dir(ctx: &Ctx, id: &str) -> PathBuf {
+    ctx.data_dir.join("chains").join(id)
+}
+
+async fn spawn_cost(me: &ActorRef<ChainMsg>, id: &str, ctx: &Ctx) -> Result<ActorRef<CostMsg>, ActorProcessingErr> {
+    let args = CostArgs { chain_id: id.to_string(), store: ctx.store.clone() };
+    Ok(Actor::spawn_linked(None, Cost, args, me.get_cell()).await?.0)
+}
+
+async fn spawn_handoffs(
+    me: &ActorRef<ChainMsg>,
+    id: &str,
+    task: &str,
+    ctx: &Ctx,
+) -> Result<ActorRef<HandoffMsg>, ActorProcessingErr> {
+    let args = HandoffArgs {
+        chain_id: id.to_string(),
+        task: task.to_string(),
+        dir: chain_dir(ctx, id),
+        store: ctx.store.clone(),
+    };
+    Ok(Actor::spawn_linked(None, Handoffs, args, me.get_cell()).await?.0)
+}
+
+impl Actor for Chain {
+    type Msg = ChainMsg;
+    type State = ChainState;
+    type Arguments = ChainArgs;
+
+    async fn pre_start(&self, me: ActorRef<ChainMsg>, a: ChainArgs) -> Result<ChainState, ActorProcessingErr> {
+        let span = tracing::info_span!("chain", chain.id = %a.chain_id, agent = %a.agent.kind());
+        let store = a.ctx.store.clone();
+        // The chain's state lives in the store: a restarted chain rebuilds itself from it.
+        let mut sessions = store.sessions(&a.chain_id).await?;
+        for s in sessions.iter_mut().filter(|s| s.status == SessionStatus::Running) {
+            // Left running by an operator that died: it will not finish now.
+            s.status = SessionStatus::Interrupted;
+            s.error = Some("the operator stopped during this session".into());
+            s.ended_at = Some(now_rfc3339());
+            store.finish_session(&a.chain_id, s, None).await?;
+        }
+        let next_index = sessions.last().map(|s| s.index + 1).unwrap_or(1);
+        let consecutive_failures = sessions
+            .iter()
+            .rev()
+            .take_while(|s| s.status == SessionStatus::Failed)
+            .count() as u32;
+        let session_base = store.session_base(&a.chain_id).await?;
+        let cost = spawn_cost(&me, &a.chain_id, &a.ctx).await?;
+        let handoffs = spawn_handoffs(&me, &a.chain_id, &a.task, &a.ctx).await?;
+        let st = ChainState {
+            id: a.chain_id,
+            task: a.task,
+            settings: a.settings,
+            agent: a.agent,
+            ctx: a.ctx,
+            cost,
+            handoffs,
+            session: None,
+            next_index,
+            session_base,
+            consecutive_failures,
+            note: None,
+            aborting: false,
+            paused_recorded: false,
+            finished: false,
+            span,
+        };
+        st.set_status(ChainStatus::Running, None).await?;
+        // Forward run-mode changes (pause, resume, stop) as messages.
+        let mut rx = st.ctx.mode.clone();
+        let me2 = me.clone();
+        tokio::spawn(
+            async move {
+                while rx.changed().await.is_ok() {
+                    if me2.cast(ChainMsg::ModeChanged).is_err() {
+                        return;
+                    }
+                }
+            }
+            .instrument(st.span.clone()),
+        );
+        st.ctx
+            .bus
+            .emit("chain:started", Some(&st.id), None, json!({"resumedAt": if next_index > 1 { Some(next_index) } else { None }}))
+            .await;
+        me.cast(ChainMsg::Next)?;
+        Ok(st)
+    }
+
+    async fn handle(&self, me: ActorRef<ChainMsg>, msg: ChainMsg, st: &mut ChainState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ChainMsg::Next => st.next(&me).await?,
+            ChainMsg::TurnEnded { index, handoff, hit_max_turns, is_error } => {
+                st.turn_ended(index, handoff, hit_max_turns, is_error).await
+            }
+            ChainMsg::SessionEnded(o) => st.session_ended(&me, *o).await?,
+            ChainMsg::ModeChanged => {
+                let mode = *st.ctx.mode.borrow();
+                match (&st.session, mode) {
+                    (Some(run), Mode::Stopping) => {
+                        if let Some(a) = &run.actor {
+                            let _ = a.cast(SessionMsg::Stop { grace: st.ctx.shutdown_grace });
+                        }
+                    }
+                    (None, _) => st.next(&me).await?,
+                    _ => {}
+                }
+            }
+            ChainMsg::Abort => {
+                st.aborting = true;
+                match &st.session {
+                    Some(run) => {
+                        if let Some(a) = &run.actor {
+                            let _ = a.cast(SessionMsg::Stop { grace: Duration::from_secs(2) });
+                        }
+                    }
+                    None => st.next(&me).await?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, me: ActorRef<ChainMsg>, evt: SupervisionEvent, st: &mut ChainState) -> Result<(), ActorProcessingErr> {
+        // The default would stop the chain when any child ends: every parent overrides it.
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let id = cell.get_id();
+                if id == st.cost.get_id() {
+                    tracing::error!(parent: &st.span, cause = %err, "the Cost actor crashed; restarting it from the store");
+                    st.respawn_cost(&me).await?;
+                } else if id == st.handoffs.get_id() {
+                    tracing::error!(parent: &st.span, cause = %err, "the Handoff actor crashed; restarting it from the store");
+                    st.respawn_handoffs(&me).await?;
+                } else if let Some(run) = st.session.as_ref().filter(|r| r.actor.as_ref().is_some_and(|a| a.get_id() == id)) {
+                    // The session actor crashed: its process group died with its state.
+                    tracing::error!(parent: &st.span, session.index = run.index, cause = %err, "the Session actor crashed");
+                    let outcome = SessionOutcome {
+                        index: run.index,
+                        session_id: None,
+                        output: String::new(),
+                        facts: SessionFacts {
+                            saw_result: false,
+                            stderr_tail: format!("session actor crashed: {err}"),
+                            ..Default::default()
+                        },
+                        turns: 0,
+                        reported_cost: None,
+                        pre_compacted: false,
+                        duration: Duration::ZERO,
+                        transcript: st.dir().join(format!("session-{}.jsonl", run.index)),
+                        transcript_truncated: false,
+                    };
+                    me.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
+                }
+            }
+            SupervisionEvent::ActorTerminated(..) | SupervisionEvent::ActorStarted(_) => {}
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _me: ActorRef<ChainMsg>, st: &mut ChainState) -> Result<(), ActorProcessingErr> {
+        st.cost.stop(None);
+        st.handoffs.stop(None);
+        Ok(())
+    }
+}

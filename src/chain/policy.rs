@@ -1,0 +1,287 @@
+//! The chain's decisions as plain functions: how a session ended, and what the chain does next.
+
+use crate::model::{ChainStatus, ErrorKind, SessionStatus};
+
+/// Facts about a finished session, gathered by the session actor.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFacts {
+    /// A `result` line was seen.
+    pub saw_result: bool,
+    /// The last result said `is_error`.
+    pub result_is_error: bool,
+    pub result_subtype: String,
+    pub terminal_reason: Option<String>,
+    pub api_error_status: Option<u16>,
+    pub result_text: Option<String>,
+    pub errors: Vec<String>,
+    pub hit_max_turns: bool,
+    /// Exit code, or `None` when killed by a signal.
+    pub exit_code: Option<i32>,
+    /// The operator stopped the session (shutdown, abort, watchdog).
+    pub stopped_by_operator: bool,
+    pub spawn_error: Option<String>,
+    pub stderr_tail: String,
+}
+
+/// How the session is recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub status: SessionStatus,
+    pub error: Option<String>,
+    pub error_kind: Option<ErrorKind>,
+}
+
+/// Reads all the facts together: never `subtype` or the exit code alone.
+pub fn classify(f: &SessionFacts) -> Verdict {
+    let failed = |error: String, kind: ErrorKind| Verdict {
+        status: SessionStatus::Failed,
+        error: Some(error),
+        error_kind: Some(kind),
+    };
+    if let Some(e) = &f.spawn_error {
+        return failed(format!("could not start the agent: {e}"), ErrorKind::Fatal);
+    }
+    if f.stopped_by_operator {
+        return Verdict {
+            status: SessionStatus::Interrupted,
+            error: Some("stopped by the operator".into()),
+            error_kind: None,
+        };
+    }
+    if f.hit_max_turns {
+        // Max turns without COMPLETE is a reason to continue, not a failure.
+        return Verdict { status: SessionStatus::Completed, error: None, error_kind: None };
+    }
+    if !f.saw_result {
+        let how = match f.exit_code {
+            Some(c) => format!("exit code {c}"),
+            None => "killed by a signal".to_string(),
+        };
+        let tail = f.stderr_tail.trim();
+        let error = if tail.is_empty() {
+            format!("the agent ended without a result ({how})")
+        } else {
+            format!("the agent ended without a result ({how}): {tail}")
+        };
+        return failed(error, ErrorKind::Transient);
+    }
+    if f.result_is_error {
+        let text = f
+            .result_text
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .or_else(|| f.errors.first().cloned())
+            .unwrap_or_else(|| format!("error result ({})", f.result_subtype));
+        let kind = match f.api_error_status {
+            Some(401 | 403) => ErrorKind::Fatal,
+            _ => ErrorKind::Transient,
+        };
+        return failed(text, kind);
+    }
+    if let Some(c) = f.exit_code.filter(|c| *c != 0) {
+        return failed(format!("the agent exited with code {c}"), ErrorKind::Transient);
+    }
+    Verdict { status: SessionStatus::Completed, error: None, error_kind: None }
+}
+
+/// What the chain knows after a session, for deciding the next step.
+#[derive(Debug, Clone)]
+pub struct AfterSession {
+    pub verdict: Verdict,
+    /// The agent wrote a valid COMPLETE handoff.
+    pub complete: bool,
+    /// The agent wrote a valid handoff (as opposed to a synthetic one).
+    pub agent_handoff: bool,
+    pub hit_max_turns: bool,
+    pub consecutive_failures: u32,
+    /// Sessions run by this run of the chain, this one included.
+    pub sessions_in_run: u32,
+    pub max_continuations: u32,
+    pub breaker_threshold: u32,
+    pub total_cost_usd: f64,
+    pub max_budget_usd: f64,
+}
+
+/// The next step of a chain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    Continue,
+    Finish(ChainStatus, Option<String>),
+}
+
+/// M1's continuation rules plus the breaker and the budget.
+pub fn decide(a: &AfterSession) -> Next {
+    match a.verdict.status {
+        SessionStatus::Interrupted => {
+            return Next::Finish(ChainStatus::Interrupted, Some("stopped by the operator".into()));
+        }
+        SessionStatus::Failed => {
+            let error = a.verdict.error.clone().unwrap_or_default();
+            if a.verdict.error_kind == Some(ErrorKind::Fatal) {
+                return Next::Finish(ChainStatus::Failed, Some(format!("fatal: {error}")));
+            }
+            if a.consecutive_failures >= a.breaker_threshold {
+                return Next::Finish(
+                    ChainStatus::Failed,
+                    Some(format!(
+                        "circuit-open: {} consecutive failed sessions; last: {error}",
+                        a.consecutive_failures
+                    )),
+                );
+            }
+        }
+        SessionStatus::Completed | SessionStatus::Running => {
+            if a.complete {
+                return Next::Finish(ChainStatus::Complete, None);
+            }
+            if !a.agent_handoff && !a.hit_max_turns {
+                return Next::Finish(
+                    ChainStatus::AssumedComplete,
+                    Some("the agent stopped without a handoff and no limit was hit".into()),
+                );
+            }
+        }
+    }
+    if a.total_cost_usd >= a.max_budget_usd {
+        return Next::Finish(
+            ChainStatus::BudgetExceeded,
+            Some(format!(
+                "spent ${:.4} of a ${:.2} budget",
+                a.total_cost_usd, a.max_budget_usd
+            )),
+        );
+    }
+    if a.sessions_in_run > a.max_continuations {
+        return Next::Finish(
+            ChainStatus::MaxContinuations,
+            Some(format!("{} sessions run without COMPLETE", a.sessions_in_run)),
+        );
+    }
+    Next::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok_facts() -> SessionFacts {
+        SessionFacts { saw_result: true, result_subtype: "success".into(), exit_code: Some(0), ..Default::default() }
+    }
+
+    fn after(verdict: Verdict) -> AfterSession {
+        AfterSession {
+            verdict,
+            complete: false,
+            agent_handoff: true,
+            hit_max_turns: false,
+            consecutive_failures: 0,
+            sessions_in_run: 1,
+            max_continuations: 5,
+            breaker_threshold: 3,
+            total_cost_usd: 0.1,
+            max_budget_usd: 5.0,
+        }
+    }
+
+    fn completed() -> Verdict {
+        classify(&ok_facts())
+    }
+
+    #[test]
+    fn normal_end_is_completed() {
+        assert_eq!(completed().status, SessionStatus::Completed);
+    }
+
+    #[test]
+    fn api_error_with_success_subtype_is_a_failure() {
+        let f = SessionFacts {
+            result_is_error: true,
+            api_error_status: Some(429),
+            result_text: Some("API Error: 429".into()),
+            exit_code: Some(1),
+            ..ok_facts()
+        };
+        let v = classify(&f);
+        assert_eq!(v.status, SessionStatus::Failed);
+        assert_eq!(v.error_kind, Some(ErrorKind::Transient));
+        assert_eq!(v.error.as_deref(), Some("API Error: 429"));
+        let auth = classify(&SessionFacts { api_error_status: Some(401), ..f });
+        assert_eq!(auth.error_kind, Some(ErrorKind::Fatal));
+    }
+
+    #[test]
+    fn exit_zero_without_result_is_a_failure() {
+        let f = SessionFacts { saw_result: false, exit_code: Some(0), ..Default::default() };
+        assert_eq!(classify(&f).status, SessionStatus::Failed);
+        let killed = SessionFacts { saw_result: false, exit_code: None, stderr_tail: "boom".into(), ..Default::default() };
+        let v = classify(&killed);
+        assert!(v.error.unwrap().contains("killed by a signal): boom"));
+    }
+
+    #[test]
+    fn max_turns_is_not_a_failure() {
+        let f = SessionFacts { hit_max_turns: true, result_is_error: true, exit_code: Some(1), ..ok_facts() };
+        assert_eq!(classify(&f).status, SessionStatus::Completed);
+    }
+
+    #[test]
+    fn stopped_and_spawn_errors() {
+        let f = SessionFacts { stopped_by_operator: true, ..ok_facts() };
+        assert_eq!(classify(&f).status, SessionStatus::Interrupted);
+        let s = SessionFacts { spawn_error: Some("No such file".into()), ..Default::default() };
+        assert_eq!(classify(&s).error_kind, Some(ErrorKind::Fatal));
+    }
+
+    #[test]
+    fn complete_handoff_completes_the_chain() {
+        let a = AfterSession { complete: true, ..after(completed()) };
+        assert_eq!(decide(&a), Next::Finish(ChainStatus::Complete, None));
+    }
+
+    #[test]
+    fn incomplete_handoff_continues_until_max_continuations() {
+        assert_eq!(decide(&after(completed())), Next::Continue);
+        let a = AfterSession { sessions_in_run: 6, ..after(completed()) };
+        assert!(matches!(decide(&a), Next::Finish(ChainStatus::MaxContinuations, _)));
+        let a = AfterSession { sessions_in_run: 5, ..after(completed()) };
+        assert_eq!(decide(&a), Next::Continue);
+    }
+
+    #[test]
+    fn no_handoff_without_limit_is_assumed_complete() {
+        let a = AfterSession { agent_handoff: false, ..after(completed()) };
+        assert!(matches!(decide(&a), Next::Finish(ChainStatus::AssumedComplete, _)));
+        let at_limit = AfterSession { agent_handoff: false, hit_max_turns: true, ..after(completed()) };
+        assert_eq!(decide(&at_limit), Next::Continue);
+    }
+
+    #[test]
+    fn breaker_opens_at_threshold() {
+        let failed = classify(&SessionFacts { saw_result: false, exit_code: Some(3), ..Default::default() });
+        let a = AfterSession { consecutive_failures: 2, agent_handoff: false, ..after(failed.clone()) };
+        assert_eq!(decide(&a), Next::Continue, "a failure with a synthetic handoff goes on");
+        let a = AfterSession { consecutive_failures: 3, ..after(failed) };
+        match decide(&a) {
+            Next::Finish(ChainStatus::Failed, Some(r)) => assert!(r.starts_with("circuit-open"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fatal_errors_end_at_once() {
+        let v = classify(&SessionFacts { spawn_error: Some("x".into()), ..Default::default() });
+        assert!(matches!(decide(&after(v)), Next::Finish(ChainStatus::Failed, Some(r)) if r.starts_with("fatal")));
+    }
+
+    #[test]
+    fn budget_is_checked_after_each_session() {
+        let a = AfterSession { total_cost_usd: 5.0, ..after(completed()) };
+        assert!(matches!(decide(&a), Next::Finish(ChainStatus::BudgetExceeded, _)));
+    }
+
+    #[test]
+    fn interrupted_session_interrupts_the_chain() {
+        let v = classify(&SessionFacts { stopped_by_operator: true, ..Default::default() });
+        assert!(matches!(decide(&after(v)), Next::Finish(ChainStatus::Interrupted, _)));
+    }
+}

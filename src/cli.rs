@@ -1,0 +1,705 @@
+//! The command line (clap): `run`, `list`, `show`, `validate`, `pause|resume|stop|status`, and the hidden
+//! `sim-agent`; each subcommand maps to a library call, and every outcome to a documented exit code.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::agent::sim::Scenario;
+use crate::agent::{self, AgentKind, BackendOptions, SessionSpec};
+use crate::config::{self, ConfigErrors, Env, Overrides, Plan};
+use crate::daemon::{self, RunOptions};
+use crate::events::Bus;
+use crate::handoff::prompt;
+use crate::model::{ChainRecord, ChainStatus, is_valid_chain_id};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{ChainQuery, SharedStore};
+
+/// `println!` that reports a closed stdout (`operator list | head`) as an error instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
+/// Exit codes (also in the README).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const MAX_CONTINUATIONS: u8 = 3;
+    pub const BUDGET: u8 = 4;
+    pub const ABORTED: u8 = 5;
+    pub const INTERNAL: u8 = 10;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "operator", version, about = "Keeps AI coding agents working on a task for hours: chains of sessions joined by handoffs, supervised.")]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// operator.toml to read (default: $OPERATOR_CONFIG, else config/operator.toml if present).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Where the store and chain folders live (default ./.operator, or $OPERATOR_DATA_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a mission (a file or a name in config/missions/) or a single task.
+    Run(RunArgs),
+    /// List chains, newest first.
+    List(ListArgs),
+    /// Show one chain with its sessions and handoffs.
+    Show {
+        chain_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a mission file without running it; reports every error at once.
+    Validate { mission: String },
+    /// Pause the running operator: no new session starts (SIGUSR1).
+    Pause,
+    /// Resume a paused operator (SIGUSR2).
+    Resume,
+    /// Stop the running operator gracefully (SIGTERM).
+    Stop,
+    /// Is an operator running on this data dir, and what are its chains doing?
+    Status,
+    /// The simulated agent (used by the `sim` backend).
+    #[command(hide = true)]
+    SimAgent(SimAgentArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Mission file, or the name of one in config/missions/.
+    mission: Option<String>,
+    /// Run one chain on this task instead of a mission.
+    #[arg(long, conflicts_with = "mission")]
+    task: Option<String>,
+    /// Continue the newest incomplete chain, or the one named.
+    #[arg(long, value_name = "CHAIN_ID", num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["mission", "task"])]
+    resume: Option<String>,
+    #[arg(long, value_enum)]
+    agent: Option<AgentArg>,
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    max_turns: Option<u32>,
+    #[arg(long)]
+    max_continuations: Option<u32>,
+    #[arg(long)]
+    max_budget_usd: Option<f64>,
+    /// Permission mode for the agent; `bypassPermissions` can only be set here or in config files.
+    #[arg(long)]
+    permission_mode: Option<String>,
+    /// Working directory of the agent.
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Scenario of the sim agent (for demos and tests).
+    #[arg(long, value_parser = parse_scenario)]
+    scenario: Option<Scenario>,
+    /// Chains of a mission running at once (default: the mission's `concurrency`).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Path of the Claude Code CLI.
+    #[arg(long, value_name = "PATH")]
+    claude_bin: Option<PathBuf>,
+    /// POST a JSON summary of each chain to this URL when it ends.
+    #[arg(long, value_name = "URL")]
+    notify_webhook: Option<String>,
+    /// Print the plan, the agent command lines and the prompts; run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// At the end, print one JSON object per chain, one per line, on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AgentArg {
+    Claude,
+    Sim,
+}
+
+fn parse_scenario(s: &str) -> Result<Scenario, String> {
+    s.parse()
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[arg(long)]
+    json: bool,
+    /// Include archived chains.
+    #[arg(long)]
+    all: bool,
+    /// Only chains in this state.
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+#[derive(Debug, Args)]
+struct SimAgentArgs {
+    #[arg(long, default_value = "stream-json")]
+    input_format: String,
+    #[arg(long, default_value = "stream-json")]
+    output_format: String,
+    #[arg(long, default_value_t = 30)]
+    max_turns: u32,
+    #[arg(long, default_value = "sonnet")]
+    model: String,
+    #[arg(long, value_parser = parse_scenario, default_value = "complete")]
+    scenario: Scenario,
+    #[arg(long, default_value_t = 2)]
+    complete_after: u32,
+    #[arg(long, default_value_t = 1)]
+    session_index: u32,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    step: Duration,
+    #[arg(long, default_value_t = 3)]
+    turns: u32,
+    #[arg(long)]
+    resume: Option<String>,
+}
+
+/// Sets up logging. On a terminal with the live view only warnings are logged, so the
+/// view stays readable; otherwise each event is a log line.
+fn init_tracing(verbose: u8, quiet: bool, live_view: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose, live_view) {
+        (true, _, _) => "warn",
+        (_, 0, true) => "warn",
+        (_, 0, false) => "info",
+        (_, 1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("OPERATOR_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("operator={default},warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::SimAgent(a) = &cli.command {
+        return sim_agent(a);
+    }
+    let live_view = matches!(&cli.command, Command::Run(r) if !r.dry_run && !r.json)
+        && std::io::stderr().is_terminal()
+        && !cli.quiet;
+    init_tracing(cli.verbose, cli.quiet, live_view);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the runtime: {e}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    match rt.block_on(dispatch(cli, live_view)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<ConfigErrors>() {
+                eprint!("error: {c}");
+                return ExitCode::from(exit::USAGE);
+            }
+            if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+                return ExitCode::from(exit::OK);
+            }
+            if let Some(u) = e.downcast_ref::<UsageError>() {
+                eprintln!("error: {u}");
+                return ExitCode::from(exit::USAGE);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::INTERNAL)
+        }
+    }
+}
+
+/// A mistake in how operator was called (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn sim_agent(a: &SimAgentArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(_) => return ExitCode::from(exit::INTERNAL),
+    };
+    let code = rt.block_on(crate::sim::run(crate::sim::SimArgs {
+        scenario: a.scenario,
+        complete_after: a.complete_after,
+        session_index: a.session_index,
+        step: a.step,
+        turns: a.turns,
+        max_turns: a.max_turns,
+        model: a.model.clone(),
+        resume: a.resume.clone(),
+    }));
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
+    let mut o = Overrides::default();
+    if let Some(d) = &cli.data_dir {
+        o.set("data_dir", d.display().to_string());
+    }
+    let Some(r) = r else { return o };
+    if let Some(a) = r.agent {
+        o.set("agent", match a { AgentArg::Claude => "claude", AgentArg::Sim => "sim" });
+    }
+    if let Some(m) = &r.model {
+        o.set("model", m.as_str());
+    }
+    if let Some(n) = r.max_turns {
+        o.set("max_turns", i64::from(n));
+    }
+    if let Some(n) = r.max_continuations {
+        o.set("max_continuations", i64::from(n));
+    }
+    if let Some(b) = r.max_budget_usd {
+        o.set("max_budget_usd", b);
+    }
+    if let Some(p) = &r.permission_mode {
+        o.set("permission_mode", p.as_str());
+    }
+    if let Some(w) = &r.workdir {
+        o.set("workdir", w.display().to_string());
+    }
+    if let Some(s) = r.scenario {
+        o.set("sim.scenario", s.as_str());
+    }
+    if let Some(b) = &r.claude_bin {
+        o.set("claude_bin", b.display().to_string());
+    }
+    if let Some(u) = &r.notify_webhook {
+        o.set("notify_webhook", u.as_str());
+    }
+    o
+}
+
+async fn open_store(data_dir: &Path) -> Result<SharedStore> {
+    let s = SqliteStore::open(data_dir)
+        .await
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    Ok(Arc::new(s))
+}
+
+async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
+    let env = Env::from_process();
+    let op_file = config::operator_file(cli.config.as_deref(), &env);
+    let run_args = match &cli.command {
+        Command::Run(r) => Some(r),
+        _ => None,
+    };
+    let ov = overrides(&cli, run_args);
+    let loaded = config::load_operator(op_file.as_deref(), &env, &ov)?;
+    let data_dir = loaded.operator.data_dir.clone();
+    match &cli.command {
+        Command::Run(r) => run(&cli, r, &loaded, &ov, live_view).await,
+        Command::List(l) => list(&data_dir, l).await,
+        Command::Show { chain_id, json } => show(&data_dir, chain_id, *json).await,
+        Command::Validate { mission } => {
+            let path = config::resolve_mission(mission);
+            let plan = loaded.plan_for_mission(&path, &Overrides::default())?;
+            say!(
+                "{}: ok — mission `{}`, {} chain(s), concurrency {}",
+                path.display(),
+                plan.mission.as_deref().unwrap_or("-"),
+                plan.chains.len(),
+                plan.concurrency
+            );
+            Ok(exit::OK)
+        }
+        Command::Pause => signal_running(&data_dir, nix::sys::signal::Signal::SIGUSR1, "paused"),
+        Command::Resume => signal_running(&data_dir, nix::sys::signal::Signal::SIGUSR2, "resumed"),
+        Command::Stop => signal_running(&data_dir, nix::sys::signal::Signal::SIGTERM, "asked to stop"),
+        Command::Status => status(&data_dir).await,
+        Command::SimAgent(_) => Ok(exit::OK),
+    }
+}
+
+async fn run(cli: &Cli, r: &RunArgs, loaded: &config::Loaded, ov: &Overrides, live_view: bool) -> Result<u8> {
+    let op = &loaded.operator;
+    let opts = RunOptions {
+        data_dir: op.data_dir.clone(),
+        shutdown_grace: op.shutdown_grace,
+        concurrency: 1,
+        backend: BackendOptions { claude_bin: op.claude_bin.clone() },
+        notify_webhook: op.notify_webhook.clone(),
+    };
+    let plan: Option<Plan> = match (&r.mission, &r.task, &r.resume) {
+        (_, _, Some(_)) => None,
+        (Some(m), None, None) => Some(loaded.plan_for_mission(&config::resolve_mission(m), ov)?),
+        (None, Some(t), None) => Some(loaded.plan_for_task(t, ov)?),
+        (None, None, None) => {
+            return Err(UsageError("say what to run: a mission (`operator run demo`), `--task \"…\"`, or `--resume`".into()).into());
+        }
+        (Some(_), Some(_), _) => unreachable!("clap rejects --task with a mission"),
+    };
+    if r.dry_run {
+        let Some(plan) = plan else {
+            return Err(UsageError("--dry-run needs a mission or --task".into()).into());
+        };
+        print_plan(&plan, &opts.backend)?;
+        return Ok(exit::OK);
+    }
+    let _pid = PidFile::create(&opts.data_dir)?;
+    let store = open_store(&opts.data_dir).await?;
+    let (jobs, concurrency) = match plan {
+        Some(plan) => {
+            for c in daemon::incomplete_chains(&store).await? {
+                tracing::warn!(chain.id = %c.id, status = %c.status, "an earlier chain is incomplete; `operator run --resume {}` continues it", c.id);
+                if !live_view {
+                    continue;
+                }
+                eprintln!("warning: chain {} ({}) is {}; `operator run --resume {}` continues it", c.id, c.name, c.status, c.id);
+            }
+            let concurrency = r.concurrency.unwrap_or(plan.concurrency);
+            (daemon::prepare_new(&store, &plan, &opts).await?, concurrency)
+        }
+        None => {
+            let id = r.resume.as_deref().filter(|s| !s.is_empty());
+            if let Some(id) = id.filter(|i| !is_valid_chain_id(i)) {
+                return Err(UsageError(format!("`{id}` is not a chain id")).into());
+            }
+            let flags = ov.clone();
+            let jobs = daemon::prepare_resume(&store, id, &opts, |s| apply_flags(s, &flags)).await?;
+            (jobs, 1)
+        }
+    };
+    let opts = RunOptions { concurrency, ..opts };
+    let bus = Bus::new(store.clone());
+    let signals = crate::signals::listen().context("installing signal handlers")?;
+    let (stop_view, stop_rx) = tokio::sync::oneshot::channel();
+    let view = live_view.then(|| {
+        let names: HashMap<String, String> = jobs.iter().map(|j| (j.chain_id.clone(), j.name.clone())).collect();
+        crate::progress::spawn(&bus, names, stop_rx)
+    });
+    for j in &jobs {
+        tracing::info!(chain.id = %j.chain_id, name = %j.name, agent = %j.settings.agent, "chain queued");
+    }
+    let report = daemon::run(store.clone(), jobs, &opts, signals, bus).await?;
+    let _ = stop_view.send(());
+    if let Some(v) = view {
+        let _ = v.await;
+    }
+    if r.json {
+        for c in &report.chains {
+            say!("{}", serde_json::to_string(c)?);
+        }
+    } else {
+        eprint!("{}", summary_table(&report.chains));
+    }
+    let _ = cli;
+    Ok(if report.immediate { exit::INTERRUPTED } else { exit_code(&report.chains) })
+}
+
+/// CLI flags given with `--resume` override the stored settings.
+fn apply_flags(mut s: config::ChainSettings, ov: &Overrides) -> config::ChainSettings {
+    for (k, v) in &ov.0 {
+        let v = v.clone();
+        match k.as_str() {
+            "model" => s.model = v.into_string().unwrap_or(s.model),
+            "max_turns" => s.max_turns = v.into_uint().map(|n| n as u32).unwrap_or(s.max_turns),
+            "max_continuations" => s.max_continuations = v.into_uint().map(|n| n as u32).unwrap_or(s.max_continuations),
+            "max_budget_usd" => s.max_budget_usd = v.into_float().unwrap_or(s.max_budget_usd),
+            "permission_mode" => s.permission_mode = v.into_string().unwrap_or(s.permission_mode),
+            "sim.scenario" => {
+                if let Some(sc) = v.into_string().ok().and_then(|x| x.parse().ok()) {
+                    s.sim.scenario = sc;
+                }
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+/// The exit status of a run: the most serious outcome decides.
+pub fn exit_code(chains: &[ChainRecord]) -> u8 {
+    let has = |st: ChainStatus| chains.iter().any(|c| c.status == st);
+    if chains.iter().any(|c| matches!(c.status, ChainStatus::Interrupted | ChainStatus::Paused | ChainStatus::Running | ChainStatus::Queued | ChainStatus::Waiting)) {
+        exit::INTERRUPTED
+    } else if has(ChainStatus::Failed) {
+        exit::FAILED
+    } else if has(ChainStatus::BudgetExceeded) {
+        exit::BUDGET
+    } else if has(ChainStatus::Aborted) {
+        exit::ABORTED
+    } else if has(ChainStatus::MaxContinuations) {
+        exit::MAX_CONTINUATIONS
+    } else {
+        exit::OK
+    }
+}
+
+fn summary_table(chains: &[ChainRecord]) -> String {
+    let mut s = String::from("\nchain                 name           status             sessions  turns      cost\n");
+    for c in chains {
+        s.push_str(&format!(
+            "{:<21} {:<14} {:<18} {:>8} {:>6} {:>9}\n",
+            c.id,
+            truncate(&c.name, 14),
+            c.status.as_str(),
+            c.totals.sessions,
+            c.totals.turns,
+            format!("${:.4}", c.totals.cost_usd)
+        ));
+        if let Some(r) = &c.reason {
+            s.push_str(&format!("  └ {}\n", truncate(r, 76)));
+        }
+    }
+    s
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n - 1).collect::<String>()) }
+}
+
+fn print_plan(plan: &Plan, backend: &BackendOptions) -> std::io::Result<()> {
+    say!("DRY RUN — nothing will be started.");
+    say!(
+        "mission: {}  ({} chain(s), {} at once)",
+        plan.mission.as_deref().unwrap_or("(single task)"),
+        plan.chains.len(),
+        plan.concurrency
+    );
+    say!("\nsystem prompt (appended to the agent's, every session):\n{}\n", indent(prompt::CONTINUATION_PROTOCOL));
+    for c in &plan.chains {
+        let s = &c.settings;
+        say!("── chain `{}`", c.name);
+        say!("   agent {} · model {} · max turns {} · up to {} sessions · budget ${:.2} · permission mode {}",
+            s.agent, s.model, s.max_turns, 1 + s.max_continuations, s.max_budget_usd, s.permission_mode);
+        if s.agent == AgentKind::Sim {
+            say!("   sim scenario {} (complete after {}, step {})", s.sim.scenario.as_str(), s.sim.complete_after, humantime::format_duration(s.sim.step));
+        }
+        if !c.after.is_empty() {
+            say!("   starts after: {}", c.after.join(", "));
+        }
+        let first = prompt::session_prompt(&c.task, 1, None);
+        let spec = SessionSpec {
+            chain_id: "<new>".into(),
+            index: 1,
+            prompt: first.clone(),
+            system_prompt: prompt::CONTINUATION_PROTOCOL.into(),
+            model: s.model.clone(),
+            max_turns: s.max_turns,
+            permission_mode: s.permission_mode.clone(),
+            resume_id: None,
+            workdir: s.workdir.clone(),
+            sim: s.sim.clone(),
+        };
+        let cmd = agent::backend(s.agent, backend).command(&spec);
+        say!("   command (session 1): {cmd}");
+        say!("   stdin: initialize (PreCompact hook), then the prompt:\n{}", indent(&first));
+        let example = prompt::session_prompt(&c.task, 2, Some(&prompt::PreviousHandoff { index: 1, text: "<the handoff of session 1>", synthetic: false, note: None }));
+        say!("   later sessions get:\n{}", indent(&example));
+    }
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("     │ {l}")).collect::<Vec<_>>().join("\n")
+}
+
+async fn list(data_dir: &Path, l: &ListArgs) -> Result<u8> {
+    let status = match &l.status {
+        Some(s) => Some(s.parse::<ChainStatus>().map_err(UsageError)?),
+        None => None,
+    };
+    let store = open_store(data_dir).await?;
+    let chains = store
+        .list_chains(&ChainQuery { status, include_archived: l.all, before: None, limit: l.limit, with_sessions: l.json })
+        .await?;
+    if l.json {
+        for c in &chains {
+            say!("{}", serde_json::to_string(c)?);
+        }
+    } else if chains.is_empty() {
+        say!("no chains in {}", data_dir.display());
+    } else {
+        say!("{:<21} {:<14} {:<18} {:<24} {:>8} {:>9}  task", "chain", "name", "status", "started", "sessions", "cost");
+        for c in &chains {
+            say!(
+                "{:<21} {:<14} {:<18} {:<24} {:>8} {:>9}  {}",
+                c.id,
+                truncate(&c.name, 14),
+                c.status.as_str(),
+                c.started_at,
+                c.totals.sessions,
+                format!("${:.4}", c.totals.cost_usd),
+                truncate(c.task.lines().next().unwrap_or(""), 40)
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn show(data_dir: &Path, id: &str, json: bool) -> Result<u8> {
+    if !is_valid_chain_id(id) {
+        return Err(UsageError(format!("`{id}` is not a chain id")).into());
+    }
+    let store = open_store(data_dir).await?;
+    let Some(chain) = store.get_chain(id).await? else {
+        eprintln!("error: no chain `{id}` in {}", data_dir.display());
+        return Ok(exit::USAGE);
+    };
+    let handoffs = store.handoffs(id).await?;
+    if json {
+        let mut v = serde_json::to_value(&chain)?;
+        v["handoffs"] = serde_json::to_value(&handoffs)?;
+        say!("{v}");
+        return Ok(exit::OK);
+    }
+    say!("chain {} ({}) — {}", chain.id, chain.name, chain.status);
+    if let Some(r) = &chain.reason {
+        say!("reason: {r}");
+    }
+    say!("task: {}", chain.task);
+    say!("started {} · updated {}", chain.started_at, chain.updated_at);
+    say!("totals: {} sessions · {} turns · ${:.4} · {:.1}s", chain.totals.sessions, chain.totals.turns, chain.totals.cost_usd, chain.totals.duration_ms as f64 / 1000.0);
+    for s in &chain.sessions {
+        say!(
+            "\n── session {} · {} · {} turns · ${:.4} · {:.1}s{}{}{}",
+            s.index,
+            s.status.as_str(),
+            s.turns,
+            s.cost_usd,
+            s.duration_ms as f64 / 1000.0,
+            if s.hit_max_turns { " · hit max turns" } else { "" },
+            if s.asked_again { " · asked again for its handoff" } else { "" },
+            if s.handoff_synthetic { " · synthetic handoff" } else { "" },
+        );
+        if let Some(e) = &s.error {
+            say!("   error: {e}");
+        }
+        if let Some(h) = handoffs.iter().find(|h| h.index == s.index) {
+            say!("{}", indent(&h.text));
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// The pid file of a running operator; removed on drop.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let path = daemon::pid_file(data_dir);
+        if let Some(pid) = read_live_pid(&path) {
+            return Err(UsageError(format!(
+                "another operator (pid {pid}) is running on {}; stop it, or use another --data-dir",
+                data_dir.display()
+            ))
+            .into());
+        }
+        std::fs::write(&path, format!("{}\n", std::process::id())).with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The pid in a pid file, if that process is alive and is an operator (stale files are ignored).
+fn read_live_pid(path: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    if pid == std::process::id() || !crate::process::is_alive(pid) {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).contains("operator").then_some(pid)
+}
+
+fn signal_running(data_dir: &Path, sig: nix::sys::signal::Signal, what: &str) -> Result<u8> {
+    let path = daemon::pid_file(data_dir);
+    let Some(pid) = read_live_pid(&path) else {
+        eprintln!("no operator is running on {}", data_dir.display());
+        return Ok(exit::FAILED);
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).with_context(|| format!("signalling pid {pid}"))?;
+    say!("operator (pid {pid}) {what}");
+    Ok(exit::OK)
+}
+
+async fn status(data_dir: &Path) -> Result<u8> {
+    let pid = read_live_pid(&daemon::pid_file(data_dir));
+    let store = open_store(data_dir).await?;
+    let paused = store.get_flag("paused").await?.is_some();
+    match pid {
+        Some(p) => say!("operator running (pid {p}){}", if paused { ", paused" } else { "" }),
+        None => say!("no operator running on {}{}", data_dir.display(), if paused { " (paused flag set)" } else { "" }),
+    }
+    let chains = store.list_chains(&ChainQuery { limit: 50, ..Default::default() }).await?;
+    for c in chains.iter().filter(|c| !c.status.is_terminal() || c.status == ChainStatus::Interrupted) {
+        say!("  {} {:<14} {:<12} {} sessions  ${:.4}", c.id, truncate(&c.name, 14), c.status.as_str(), c.totals.sessions, c.totals.cost_usd);
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(status: ChainStatus) -> ChainRecord {
+        ChainRecord {
+            id: "c".into(),
+            name: "n".into(),
+            mission: None,
+            task: "t".into(),
+            status,
+            reason: None,
+            started_at: String::new(),
+            updated_at: String::new(),
+            config: serde_json::Value::Null,
+            sessions: vec![],
+            totals: Default::default(),
+            archived: false,
+        }
+    }
+
+    #[test]
+    fn exit_codes_by_outcome() {
+        use ChainStatus::*;
+        assert_eq!(exit_code(&[chain(Complete), chain(AssumedComplete)]), exit::OK);
+        assert_eq!(exit_code(&[chain(Complete), chain(MaxContinuations)]), exit::MAX_CONTINUATIONS);
+        assert_eq!(exit_code(&[chain(Failed), chain(MaxContinuations)]), exit::FAILED);
+        assert_eq!(exit_code(&[chain(BudgetExceeded)]), exit::BUDGET);
+        assert_eq!(exit_code(&[chain(Aborted)]), exit::ABORTED);
+        assert_eq!(exit_code(&[chain(Interrupted), chain(Failed)]), exit::INTERRUPTED);
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,81 @@
+//! The event bus: typed events broadcast to the terminal, webhooks and (later) the API, and persisted
+//! to the store's append-only journal when they record a state change.
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::model::now_rfc3339;
+use crate::store::SharedStore;
+
+/// One event, as subscribers see it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// The journal id; `None` for live-only events (`session:output`).
+    pub id: Option<i64>,
+    /// `chain:started`, `chain:session-complete`, `chain:complete`, `session:output`, …
+    pub kind: String,
+    pub chain_id: Option<String>,
+    pub session_index: Option<u32>,
+    pub data: Value,
+    pub at: String,
+}
+
+/// Sender side of the bus; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    tx: broadcast::Sender<Event>,
+    store: SharedStore,
+}
+
+/// How many events a slow subscriber may fall behind before it is told it lagged.
+const CAPACITY: usize = 1024;
+
+impl Bus {
+    pub fn new(store: SharedStore) -> Self {
+        let (tx, _) = broadcast::channel(CAPACITY);
+        Self { tx, store }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    /// Records the event in the journal, then broadcasts it. A journal failure is
+    /// logged and the event still goes out: observers must not stop the work.
+    pub async fn emit(&self, kind: &str, chain_id: Option<&str>, session_index: Option<u32>, data: Value) {
+        let id = match self.store.append_event(chain_id, session_index, kind, &data).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(cause = %e, kind, "could not journal an event");
+                None
+            }
+        };
+        self.send(Event {
+            id,
+            kind: kind.to_string(),
+            chain_id: chain_id.map(str::to_string),
+            session_index,
+            data,
+            at: now_rfc3339(),
+        });
+    }
+
+    /// Broadcasts without journaling (live output, activity).
+    pub fn live(&self, kind: &str, chain_id: &str, session_index: u32, data: Value) {
+        self.send(Event {
+            id: None,
+            kind: kind.to_string(),
+            chain_id: Some(chain_id.to_string()),
+            session_index: Some(session_index),
+            data,
+            at: now_rfc3339(),
+        });
+    }
+
+    fn send(&self, ev: Event) {
+        // No subscriber is not an error.
+        let _ = self.tx.send(ev);
+    }
+}

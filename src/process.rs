@@ -1,0 +1,144 @@
+//! Agent processes: spawned in their own process group, tracked in a registry, and killed as a group so
+//! that nothing an agent started outlives its session or the operator.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::agent::CommandLine;
+
+/// Process groups of live agents, so an immediate stop can kill them all.
+#[derive(Debug, Clone, Default)]
+pub struct Registry(Arc<Mutex<HashSet<i32>>>);
+
+impl Registry {
+    fn insert(&self, pgid: i32) {
+        if let Ok(mut set) = self.0.lock() {
+            set.insert(pgid);
+        }
+    }
+
+    fn remove(&self, pgid: i32) {
+        if let Ok(mut set) = self.0.lock() {
+            set.remove(&pgid);
+        }
+    }
+
+    /// Sends `sig` to every registered group.
+    pub fn signal_all(&self, sig: Signal) {
+        let groups: Vec<i32> = self.0.lock().map(|s| s.iter().copied().collect()).unwrap_or_default();
+        for g in groups {
+            let _ = killpg(Pid::from_raw(g), sig);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Owns an agent's process group: dropping it kills the whole group.
+#[derive(Debug)]
+pub struct Group {
+    pgid: Option<i32>,
+    registry: Registry,
+}
+
+impl Group {
+    pub fn signal(&self, sig: Signal) {
+        if let Some(g) = self.pgid {
+            let _ = killpg(Pid::from_raw(g), sig);
+        }
+    }
+
+    /// Kills whatever is left of the group (the leader has exited) and forgets it.
+    pub fn finish(&mut self) {
+        if let Some(g) = self.pgid.take() {
+            let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+            self.registry.remove(g);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Spawns `cmd` with piped stdio in a new process group.
+pub fn spawn(cmd: &CommandLine, registry: &Registry) -> std::io::Result<(Child, Group)> {
+    let mut c = Command::new(&cmd.program);
+    c.args(&cmd.args)
+        .current_dir(&cmd.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for k in &cmd.env_remove {
+        c.env_remove(k);
+    }
+    for (k, v) in &cmd.env {
+        c.env(k, v);
+    }
+    let child = c.spawn()?;
+    let pgid = child.id().map(|p| p as i32);
+    if let Some(g) = pgid {
+        registry.insert(g);
+    }
+    Ok((
+        child,
+        Group {
+            pgid,
+            registry: registry.clone(),
+        },
+    ))
+}
+
+/// Is a process with this pid alive (and ours to signal)?
+pub fn is_alive(pid: u32) -> bool {
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dropping_the_group_kills_grandchildren() {
+        let reg = Registry::default();
+        let cmd = CommandLine {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "sleep 30 & echo $!; wait".into()],
+            cwd: std::env::temp_dir(),
+            env: vec![],
+            env_remove: vec![],
+        };
+        let (mut child, group) = spawn(&cmd, &reg).unwrap();
+        assert_eq!(reg.len(), 1);
+        use tokio::io::AsyncBufReadExt;
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let grandchild: u32 = out.next_line().await.unwrap().unwrap().trim().parse().unwrap();
+        assert!(is_alive(grandchild));
+        drop(group);
+        assert!(reg.is_empty());
+        let _ = child.wait().await;
+        // Reaped by init eventually; poll until it is gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while is_alive(grandchild) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // A zombie still answers kill(0); check /proc state instead.
+        let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+        assert!(state.is_empty() || state.contains(") Z"), "grandchild still running: {state}");
+    }
+}

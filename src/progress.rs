@@ -1,0 +1,183 @@
+//! The terminal view: on a TTY, one live line per chain (state, session n/max, turns, cost, latest
+//! activity) redrawn in place with indicatif; elsewhere the tracing log lines are the view.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::events::{Bus, Event};
+
+/// What the view shows of one chain.
+#[derive(Debug, Clone, Default)]
+pub struct Line {
+    pub name: String,
+    pub state: String,
+    pub session: u32,
+    pub max: u32,
+    pub turns: u64,
+    pub cost: f64,
+    pub activity: String,
+}
+
+/// Renders a chain's line to fit `width` columns.
+pub fn render(l: &Line, width: usize) -> String {
+    let head = format!(
+        "{:<14} {:<11} {:>2}/{:<2} {:>4}t ${:>7.4}  ",
+        truncate(&l.name, 14),
+        truncate(&l.state, 11),
+        l.session,
+        l.max,
+        l.turns,
+        l.cost
+    );
+    let room = width.saturating_sub(head.chars().count() + 2);
+    format!("{head}{}", truncate(&l.activity.replace(['\n', '\r', '\t'], " "), room))
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else if n == 0 {
+        String::new()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Applies an event to the chain's line.
+pub fn apply(l: &mut Line, ev: &Event) {
+    let d = &ev.data;
+    match ev.kind.as_str() {
+        "chain:started" => l.state = "running".into(),
+        "chain:session-started" => {
+            l.state = "running".into();
+            l.session = ev.session_index.unwrap_or(l.session);
+            l.max = d.get("max").and_then(Value::as_u64).unwrap_or(l.max as u64) as u32;
+            l.activity = "starting the agent".into();
+        }
+        "session:output" => {
+            if let Some(t) = d.get("text").and_then(Value::as_str) {
+                l.activity = t.to_string();
+            }
+        }
+        "chain:session-complete" => {
+            let s = &d["session"];
+            l.turns += s.get("turns").and_then(Value::as_u64).unwrap_or(0);
+            l.cost += s.get("costUsd").and_then(Value::as_f64).unwrap_or(0.0);
+            let status = s.get("status").and_then(Value::as_str).unwrap_or("?");
+            let handoff = if s.get("handoffSynthetic").and_then(Value::as_bool) == Some(true) {
+                "synthetic handoff"
+            } else if s.get("handoffComplete").and_then(Value::as_bool) == Some(true) {
+                "COMPLETE handoff"
+            } else {
+                "handoff written"
+            };
+            l.activity = format!("session {} {status}, {handoff}", ev.session_index.unwrap_or(0));
+        }
+        "chain:paused" => l.state = "paused".into(),
+        "chain:resumed" => l.state = "running".into(),
+        "chain:complete" | "chain:error" | "chain:aborted" | "chain:interrupted" => {
+            l.state = d.get("status").and_then(Value::as_str).unwrap_or("ended").into();
+            if let Some(r) = d.get("reason").and_then(Value::as_str) {
+                l.activity = r.to_string();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Runs the live view until the bus closes or `stop` fires.
+pub fn spawn(bus: &Bus, names: HashMap<String, String>, mut stop: tokio::sync::oneshot::Receiver<()>) -> tokio::task::JoinHandle<()> {
+    let mut rx = bus.subscribe();
+    tokio::spawn(async move {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+        let style = ProgressStyle::with_template("{spinner:.cyan} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let width = || {
+            console_width().unwrap_or(80).clamp(40, 160)
+        };
+        let mut bars: HashMap<String, (ProgressBar, Line)> = HashMap::new();
+        let mut order: Vec<String> = names.keys().cloned().collect();
+        order.sort();
+        for id in &order {
+            let pb = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
+            pb.enable_steady_tick(Duration::from_millis(120));
+            let line = Line { name: names[id].clone(), state: "queued".into(), ..Default::default() };
+            pb.set_message(render(&line, width()));
+            bars.insert(id.clone(), (pb, line));
+        }
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                _ = &mut stop => break,
+            };
+            match ev {
+                Ok(ev) => {
+                    let Some(id) = ev.chain_id.clone() else { continue };
+                    let Some((pb, line)) = bars.get_mut(&id) else { continue };
+                    apply(line, &ev);
+                    pb.set_message(render(line, width()));
+                    if matches!(ev.kind.as_str(), "chain:complete" | "chain:error" | "chain:aborted" | "chain:interrupted") {
+                        pb.finish_with_message(render(line, width()));
+                    }
+                }
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => break,
+            }
+        }
+        for (pb, line) in bars.values() {
+            if !pb.is_finished() {
+                pb.finish_with_message(render(line, width()));
+            }
+        }
+    })
+}
+
+fn console_width() -> Option<usize> {
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: &str, idx: Option<u32>, data: Value) -> Event {
+        Event { id: None, kind: kind.into(), chain_id: Some("c".into()), session_index: idx, data, at: String::new() }
+    }
+
+    #[test]
+    fn a_line_fits_80_columns() {
+        let l = Line {
+            name: "a-very-long-chain-name".into(),
+            state: "running".into(),
+            session: 3,
+            max: 6,
+            turns: 120,
+            cost: 1.23456,
+            activity: "x".repeat(200),
+        };
+        let r = render(&l, 80);
+        assert!(r.chars().count() <= 80, "{}", r.chars().count());
+        assert!(r.contains(" 3/6 "));
+        assert!(r.contains("$ 1.2346"));
+    }
+
+    #[test]
+    fn events_update_the_line() {
+        let mut l = Line::default();
+        apply(&mut l, &ev("chain:session-started", Some(2), serde_json::json!({"max": 6})));
+        assert_eq!((l.session, l.max), (2, 6));
+        apply(&mut l, &ev("session:output", Some(2), serde_json::json!({"text": "tool: Bash"})));
+        assert_eq!(l.activity, "tool: Bash");
+        apply(&mut l, &ev("chain:session-complete", Some(2), serde_json::json!({"session": {"turns": 4, "costUsd": 0.5, "status": "completed", "handoffComplete": true}})));
+        assert_eq!(l.turns, 4);
+        assert!(l.activity.contains("COMPLETE"));
+        apply(&mut l, &ev("chain:complete", None, serde_json::json!({"status": "complete"})));
+        assert_eq!(l.state, "complete");
+    }
+}

@@ -1,0 +1,385 @@
+//! The Session actor: one agent process from spawn to exit — stdin messages, typed stdout stream,
+//! transcript, live usage to the Cost actor, the follow-up for a missing handoff, and stopping.
+//!
+//! The actor is a shell: decisions (is the handoff valid, what does the chain do) are made by
+//! the pure functions in `handoff` and `chain::policy`, and by the Chain actor.
+
+mod reader;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStdin};
+
+use crate::agent::stream::{self, AgentEvent, ResultInfo};
+use crate::agent::{Agent, SessionSpec};
+use crate::chain::ChainMsg;
+use crate::chain::cost::CostMsg;
+use crate::chain::policy::SessionFacts;
+use crate::events::Bus;
+use crate::handoff;
+use crate::process::{self, Group, Registry};
+
+/// Transcripts beyond this size are cut (and the cut is recorded).
+pub const TRANSCRIPT_CAP_BYTES: u64 = 50 * 1024 * 1024;
+/// The assistant text kept in memory for handoff parsing and synthetic handoffs.
+const OUTPUT_CAP_BYTES: usize = 8 * 1024 * 1024;
+/// What the PreCompact hook answers: it shapes the compaction summary into a handoff.
+const PRECOMPACT_INSTRUCTIONS: &str = "The session will end after this compaction. Write the \
+summary as a handoff: a `## HANDOFF` heading with the sections Accomplished, Remaining and \
+Context, as the AUTO-CONTINUATION PROTOCOL describes.";
+
+pub enum SessionMsg {
+    Line(String),
+    Stderr(String),
+    /// stdout closed.
+    Eof,
+    /// Sends another user message in the same process.
+    FollowUp(String),
+    /// Closes stdin: the agent should exit.
+    Close,
+    /// Interrupt the agent, then terminate it if it has not ended within `grace`.
+    Stop { grace: Duration },
+    Terminate,
+    Kill,
+}
+
+/// Everything the chain learns when a session ends.
+#[derive(Debug)]
+pub struct SessionOutcome {
+    pub index: u32,
+    pub session_id: Option<String>,
+    pub output: String,
+    pub facts: SessionFacts,
+    pub turns: u32,
+    pub reported_cost: Option<f64>,
+    pub pre_compacted: bool,
+    pub duration: Duration,
+    pub transcript: PathBuf,
+    pub transcript_truncated: bool,
+}
+
+pub struct SessionArgs {
+    pub spec: SessionSpec,
+    pub agent: Arc<dyn Agent>,
+    pub chain: ActorRef<ChainMsg>,
+    pub cost: ActorRef<CostMsg>,
+    pub bus: Bus,
+    pub registry: Registry,
+    pub transcript: PathBuf,
+}
+
+pub struct SessionState {
+    spec: SessionSpec,
+    chain: ActorRef<ChainMsg>,
+    cost: ActorRef<CostMsg>,
+    bus: Bus,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    group: Group,
+    exit_grace: Duration,
+    started: Instant,
+    output: String,
+    session_id: Option<String>,
+    last_result: Option<ResultInfo>,
+    turns: u32,
+    hit_max_turns: bool,
+    pre_compacted: bool,
+    stopped: bool,
+    stderr_tail: Vec<String>,
+    transcript: std::io::BufWriter<std::fs::File>,
+    transcript_path: PathBuf,
+    transcript_bytes: u64,
+    transcript_truncated: bool,
+    last_live: Option<Instant>,
+    next_request: u32,
+}
+
+pub struct Session;
+
+impl SessionState {
+    async fn write_line(&mut self, line: &str) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return;
+        };
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        // A closed pipe means the agent is gone; its exit is handled on EOF.
+        if stdin.write_all(&buf).await.is_err() || stdin.flush().await.is_err() {
+            self.stdin = None;
+        }
+    }
+
+    fn record(&mut self, line: &str) {
+        if self.transcript_truncated {
+            return;
+        }
+        if self.transcript_bytes + line.len() as u64 + 1 > TRANSCRIPT_CAP_BYTES {
+            self.transcript_truncated = true;
+            let _ = writeln!(
+                self.transcript,
+                "{}",
+                json!({"type": "operator", "subtype": "transcript_truncated", "cap_bytes": TRANSCRIPT_CAP_BYTES})
+            );
+            return;
+        }
+        self.transcript_bytes += line.len() as u64 + 1;
+        let _ = writeln!(self.transcript, "{line}");
+    }
+
+    fn push_output(&mut self, text: &str) {
+        if !self.output.is_empty() {
+            self.output.push_str("\n\n");
+        }
+        self.output.push_str(text);
+        if self.output.len() > OUTPUT_CAP_BYTES {
+            // Keep the tail: the handoff is at the end.
+            let cut = self.output.len() - OUTPUT_CAP_BYTES / 2;
+            let cut = (cut..self.output.len())
+                .find(|i| self.output.is_char_boundary(*i))
+                .unwrap_or(self.output.len());
+            self.output.drain(..cut);
+        }
+    }
+
+    /// Live output for the terminal and the API, at most about once a second per session
+    /// for text (tool calls and results always go out: they are few and informative).
+    fn live(&mut self, activity: String, always: bool) {
+        let now = Instant::now();
+        if !always && self.last_live.is_some_and(|t| now.duration_since(t) < Duration::from_millis(900)) {
+            return;
+        }
+        self.last_live = Some(now);
+        self.bus.live(
+            "session:output",
+            &self.spec.chain_id,
+            self.spec.index,
+            json!({"text": activity, "turns": self.turns}),
+        );
+    }
+
+    fn request_id(&mut self) -> String {
+        self.next_request += 1;
+        format!("op_{}", self.next_request)
+    }
+}
+
+impl Actor for Session {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SessionArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let cmd = args.agent.command(&args.spec);
+        tracing::debug!(command = %cmd, "starting the agent");
+        let (mut child, group) = process::spawn(&cmd, &args.registry)?;
+        let stdout = child.stdout.take().ok_or("the agent has no stdout")?;
+        let stderr = child.stderr.take().ok_or("the agent has no stderr")?;
+        let stdin = child.stdin.take();
+        reader::forward_lines(stdout, myself.clone(), SessionMsg::Line, Some(SessionMsg::Eof));
+        reader::forward_lines(stderr, myself.clone(), SessionMsg::Stderr, None);
+        if let Some(dir) = args.transcript.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::File::create(&args.transcript)?;
+        let mut state = SessionState {
+            spec: args.spec,
+            chain: args.chain,
+            cost: args.cost,
+            bus: args.bus,
+            child,
+            stdin,
+            group,
+            exit_grace: args.agent.exit_grace(),
+            started: Instant::now(),
+            output: String::new(),
+            session_id: None,
+            last_result: None,
+            turns: 0,
+            hit_max_turns: false,
+            pre_compacted: false,
+            stopped: false,
+            stderr_tail: Vec::new(),
+            transcript: std::io::BufWriter::new(file),
+            transcript_path: args.transcript,
+            transcript_bytes: 0,
+            transcript_truncated: false,
+            last_live: None,
+            next_request: 0,
+        };
+        state.write_line(&stream::initialize_request("init_1")).await;
+        let prompt = state.spec.prompt.clone();
+        state.write_line(&stream::user_message(&prompt)).await;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: SessionMsg,
+        st: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Line(line) => {
+                st.record(&line);
+                for ev in stream::parse_line(&line) {
+                    handle_event(st, ev).await;
+                }
+            }
+            SessionMsg::Stderr(line) => {
+                st.record(&json!({"type": "operator", "subtype": "stderr", "line": line}).to_string());
+                st.stderr_tail.push(line);
+                if st.stderr_tail.len() > 20 {
+                    st.stderr_tail.remove(0);
+                }
+            }
+            SessionMsg::FollowUp(text) => {
+                st.record(&json!({"type": "operator", "subtype": "follow_up", "text": text}).to_string());
+                st.write_line(&stream::user_message(&text)).await;
+            }
+            SessionMsg::Close => {
+                // EOF on stdin: the agent finishes and exits; give it a grace period.
+                st.stdin = None;
+                let grace = st.exit_grace;
+                myself.send_after(grace, || SessionMsg::Terminate);
+            }
+            SessionMsg::Stop { grace } => {
+                if !st.stopped {
+                    st.stopped = true;
+                    let id = st.request_id();
+                    st.write_line(&stream::interrupt_request(&id)).await;
+                    st.stdin = None;
+                    myself.send_after(grace, || SessionMsg::Terminate);
+                }
+            }
+            SessionMsg::Terminate => {
+                st.group.signal(Signal::SIGTERM);
+                myself.send_after(Duration::from_secs(3), || SessionMsg::Kill);
+            }
+            SessionMsg::Kill => st.group.signal(Signal::SIGKILL),
+            SessionMsg::Eof => {
+                let status = match tokio::time::timeout(st.exit_grace, st.child.wait()).await {
+                    Ok(s) => s.ok(),
+                    Err(_) => {
+                        st.group.signal(Signal::SIGKILL);
+                        st.child.wait().await.ok()
+                    }
+                };
+                // Anything the agent left running in its group goes with it.
+                st.group.finish();
+                let _ = st.transcript.flush();
+                let result = st.last_result.take();
+                let facts = SessionFacts {
+                    saw_result: result.is_some(),
+                    result_is_error: result.as_ref().is_some_and(|r| r.is_error),
+                    result_subtype: result.as_ref().map(|r| r.subtype.clone()).unwrap_or_default(),
+                    terminal_reason: result.as_ref().and_then(|r| r.terminal_reason.clone()),
+                    api_error_status: result.as_ref().and_then(|r| r.api_error_status),
+                    result_text: result.as_ref().and_then(|r| r.result.clone()),
+                    errors: result.as_ref().map(|r| r.errors.clone()).unwrap_or_default(),
+                    hit_max_turns: st.hit_max_turns,
+                    exit_code: status.and_then(|s| s.code()),
+                    stopped_by_operator: st.stopped,
+                    spawn_error: None,
+                    stderr_tail: st.stderr_tail.join("\n"),
+                };
+                let outcome = SessionOutcome {
+                    index: st.spec.index,
+                    session_id: st.session_id.clone(),
+                    output: std::mem::take(&mut st.output),
+                    facts,
+                    turns: st.turns,
+                    reported_cost: result.map(|r| r.total_cost_usd),
+                    pre_compacted: st.pre_compacted,
+                    duration: st.started.elapsed(),
+                    transcript: st.transcript_path.clone(),
+                    transcript_truncated: st.transcript_truncated,
+                };
+                st.chain.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
+                myself.stop(None);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
+    match ev {
+        AgentEvent::Init { session_id, model, .. } => {
+            st.session_id = Some(session_id);
+            st.live(format!("started ({})", model.unwrap_or_default()), true);
+        }
+        AgentEvent::Text { text, usage } => {
+            if let Some(u) = usage {
+                let _ = st.cost.cast(CostMsg::Usage { model: st.spec.model.clone(), usage: u });
+            }
+            if !text.is_empty() {
+                let first = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+                st.push_output(&text);
+                st.live(first, false);
+            }
+        }
+        AgentEvent::ToolUse { name, usage } => {
+            if let Some(u) = usage {
+                let _ = st.cost.cast(CostMsg::Usage { model: st.spec.model.clone(), usage: u });
+            }
+            st.live(format!("tool: {name}"), true);
+        }
+        AgentEvent::ToolResult { .. } | AgentEvent::Status(_) | AgentEvent::ControlResponse { .. } => {}
+        AgentEvent::ApiRetry { attempt, error, error_status, .. } => {
+            tracing::warn!(attempt, error = %error, status = ?error_status, "the agent is retrying an API call");
+            st.live(format!("API retry {attempt}: {error}"), true);
+        }
+        AgentEvent::RateLimit { status, resets_at } => {
+            tracing::info!(status = %status, resets_at = ?resets_at, "rate limit event");
+        }
+        AgentEvent::CompactBoundary => {
+            st.pre_compacted = true;
+            st.live("context compacted".into(), true);
+        }
+        AgentEvent::ControlRequest(req) => {
+            let reply = if req.subtype == "hook_callback"
+                && req.callback_id.as_deref() == Some(stream::PRECOMPACT_CALLBACK)
+            {
+                st.pre_compacted = true;
+                stream::control_success(&req.request_id, json!({"systemMessage": PRECOMPACT_INSTRUCTIONS}))
+            } else {
+                stream::control_error(
+                    &req.request_id,
+                    &format!("operator does not handle `{}` requests", req.subtype),
+                )
+            };
+            st.write_line(&reply).await;
+        }
+        AgentEvent::Result(r) => {
+            st.turns += r.num_turns;
+            if r.subtype == "error_max_turns" || r.terminal_reason.as_deref() == Some("max_turns") {
+                st.hit_max_turns = true;
+            }
+            if st.session_id.is_none() {
+                st.session_id = r.session_id.clone();
+            }
+            let _ = st.transcript.flush();
+            let verdict = handoff::extract(&st.output).map(|h| h.complete);
+            let _ = st.chain.cast(ChainMsg::TurnEnded {
+                index: st.spec.index,
+                handoff: verdict.map_err(|e| e.to_string()),
+                hit_max_turns: st.hit_max_turns,
+                is_error: r.is_error && !st.hit_max_turns,
+            });
+            st.last_result = Some(r);
+        }
+        AgentEvent::Unknown(_) | AgentEvent::Garbage => {}
+    }
+}

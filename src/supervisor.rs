@@ -1,0 +1,266 @@
+//! The Operator: the root actor. It queues chains, starts them within the concurrency limit and their
+//! `after` ordering, and supervises them `one_for_one`: a crashed chain is restarted from the store
+//! (at most `RESTART_INTENSITY` times in `RESTART_PERIOD`), without touching its siblings.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::oneshot;
+
+use crate::agent::Agent;
+use crate::chain::{Chain, ChainArgs, ChainMsg, Ctx};
+use crate::config::ChainSettings;
+use crate::control::Mode;
+use crate::model::ChainStatus;
+
+/// OTP's restart intensity for chains: at most this many restarts …
+pub const RESTART_INTENSITY: usize = 3;
+/// … within this period, after which the chain is given up as `failed`.
+pub const RESTART_PERIOD: Duration = Duration::from_secs(60);
+
+/// A chain to run (already created in the store).
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub chain_id: String,
+    pub name: String,
+    pub task: String,
+    pub after: Vec<String>,
+    pub settings: ChainSettings,
+    pub agent: Arc<dyn Agent>,
+}
+
+pub enum OperatorMsg {
+    Submit(Vec<Job>),
+    ModeChanged,
+    Abort(String, RpcReplyPort<bool>),
+    /// (running chain ids, queued chain ids)
+    Status(RpcReplyPort<(Vec<String>, Vec<String>)>),
+}
+
+pub struct OperatorArgs {
+    pub ctx: Ctx,
+    pub concurrency: usize,
+    /// Fired when nothing runs and nothing waits.
+    pub done: oneshot::Sender<()>,
+}
+
+struct RunningChain {
+    job: Job,
+    actor: ActorRef<ChainMsg>,
+    restarts: Vec<Instant>,
+}
+
+pub struct OperatorState {
+    ctx: Ctx,
+    concurrency: usize,
+    queue: Vec<Job>,
+    running: HashMap<ActorId, RunningChain>,
+    /// Final status of each ended chain, by name (for `after`).
+    ended: HashMap<String, ChainStatus>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+pub struct Operator;
+
+/// Whether a queued job may start, must wait, or can never start.
+#[derive(Debug, PartialEq)]
+enum Ready {
+    Yes,
+    Wait,
+    Never(String),
+}
+
+fn readiness(after: &[String], ended: &HashMap<String, ChainStatus>) -> Ready {
+    for dep in after {
+        match ended.get(dep) {
+            None => return Ready::Wait,
+            Some(s) if s.is_success() => {}
+            Some(s) => return Ready::Never(format!("chain `{dep}`, which it comes after, ended {s}")),
+        }
+    }
+    Ready::Yes
+}
+
+impl OperatorState {
+    async fn spawn(&mut self, me: &ActorRef<OperatorMsg>, job: Job, restarts: Vec<Instant>) {
+        let args = ChainArgs {
+            chain_id: job.chain_id.clone(),
+            task: job.task.clone(),
+            settings: job.settings.clone(),
+            agent: job.agent.clone(),
+            ctx: self.ctx.clone(),
+        };
+        match Actor::spawn_linked(None, Chain, args, me.get_cell()).await {
+            Ok((actor, _)) => {
+                self.running.insert(actor.get_id(), RunningChain { job, actor, restarts });
+            }
+            Err(e) => {
+                tracing::error!(chain.id = %job.chain_id, cause = %e, "the chain could not start");
+                self.end(&job, ChainStatus::Failed, Some(format!("the chain could not start: {e}"))).await;
+            }
+        }
+    }
+
+    async fn end(&mut self, job: &Job, status: ChainStatus, reason: Option<String>) {
+        if let Err(e) = self.ctx.store.set_chain_status(&job.chain_id, status, reason.as_deref(), None).await {
+            tracing::error!(chain.id = %job.chain_id, cause = %e, "could not record the chain's end");
+        }
+        self.ctx
+            .bus
+            .emit(
+                if status == ChainStatus::Interrupted { "chain:interrupted" } else { "chain:error" },
+                Some(&job.chain_id),
+                None,
+                serde_json::json!({"status": status, "reason": reason}),
+            )
+            .await;
+        self.ended.insert(job.name.clone(), status);
+    }
+
+    /// Starts what may start; settles what never will; reports when all is done.
+    async fn pump(&mut self, me: &ActorRef<OperatorMsg>) {
+        loop {
+            let stopping = *self.ctx.mode.borrow() == Mode::Stopping;
+            if stopping {
+                for job in std::mem::take(&mut self.queue) {
+                    self.end(&job, ChainStatus::Interrupted, Some("the operator was stopped before it started".into())).await;
+                }
+                break;
+            }
+            let mut progressed = false;
+            let mut i = 0;
+            while i < self.queue.len() {
+                match readiness(&self.queue[i].after, &self.ended) {
+                    Ready::Never(reason) => {
+                        let job = self.queue.remove(i);
+                        self.end(&job, ChainStatus::Failed, Some(reason)).await;
+                        progressed = true;
+                    }
+                    Ready::Yes if self.running.len() < self.concurrency => {
+                        let job = self.queue.remove(i);
+                        self.spawn(me, job, Vec::new()).await;
+                        progressed = true;
+                    }
+                    _ => i += 1,
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if self.queue.is_empty() && self.running.is_empty() {
+            if let Some(done) = self.done.take() {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+impl Actor for Operator {
+    type Msg = OperatorMsg;
+    type State = OperatorState;
+    type Arguments = OperatorArgs;
+
+    async fn pre_start(&self, me: ActorRef<OperatorMsg>, a: OperatorArgs) -> Result<OperatorState, ActorProcessingErr> {
+        let mut rx = a.ctx.mode.clone();
+        let me2 = me.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                if me2.cast(OperatorMsg::ModeChanged).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(OperatorState {
+            ctx: a.ctx,
+            concurrency: a.concurrency.max(1),
+            queue: Vec::new(),
+            running: HashMap::new(),
+            ended: HashMap::new(),
+            done: Some(a.done),
+        })
+    }
+
+    async fn handle(&self, me: ActorRef<OperatorMsg>, msg: OperatorMsg, st: &mut OperatorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            OperatorMsg::Submit(jobs) => {
+                st.queue.extend(jobs);
+                st.pump(&me).await;
+            }
+            OperatorMsg::ModeChanged => st.pump(&me).await,
+            OperatorMsg::Abort(chain_id, reply) => {
+                let found = st.running.values().find(|r| r.job.chain_id == chain_id);
+                if let Some(r) = found {
+                    let _ = r.actor.cast(ChainMsg::Abort);
+                    let _ = reply.send(true);
+                } else if let Some(pos) = st.queue.iter().position(|j| j.chain_id == chain_id) {
+                    let job = st.queue.remove(pos);
+                    st.end(&job, ChainStatus::Aborted, Some("aborted before it started".into())).await;
+                    let _ = reply.send(true);
+                    st.pump(&me).await;
+                } else {
+                    let _ = reply.send(false);
+                }
+            }
+            OperatorMsg::Status(reply) => {
+                let running = st.running.values().map(|r| r.job.chain_id.clone()).collect();
+                let queued = st.queue.iter().map(|j| j.chain_id.clone()).collect();
+                let _ = reply.send((running, queued));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, me: ActorRef<OperatorMsg>, evt: SupervisionEvent, st: &mut OperatorState) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                if let Some(r) = st.running.remove(&cell.get_id()) {
+                    let status = match st.ctx.store.get_chain(&r.job.chain_id).await {
+                        Ok(Some(c)) => c.status,
+                        _ => reason.as_deref().and_then(|s| s.parse().ok()).unwrap_or(ChainStatus::Failed),
+                    };
+                    st.ended.insert(r.job.name.clone(), status);
+                    st.pump(&me).await;
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(mut r) = st.running.remove(&cell.get_id()) {
+                    // one_for_one: only this chain is restarted, from its state in the store.
+                    let now = Instant::now();
+                    r.restarts.retain(|t| now.duration_since(*t) < RESTART_PERIOD);
+                    if r.restarts.len() >= RESTART_INTENSITY {
+                        tracing::error!(chain.id = %r.job.chain_id, cause = %err, "the chain crashed too often; giving up");
+                        let reason = format!("the chain crashed {} times in {:?}; last: {err}", r.restarts.len() + 1, RESTART_PERIOD);
+                        st.end(&r.job, ChainStatus::Failed, Some(reason)).await;
+                        st.pump(&me).await;
+                    } else {
+                        tracing::warn!(chain.id = %r.job.chain_id, cause = %err, "the chain crashed; restarting it from the store");
+                        r.restarts.push(now);
+                        st.spawn(&me, r.job, r.restarts).await;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_after() {
+        let mut ended = HashMap::new();
+        assert_eq!(readiness(&[], &ended), Ready::Yes);
+        let after = vec!["a".to_string()];
+        assert_eq!(readiness(&after, &ended), Ready::Wait);
+        ended.insert("a".to_string(), ChainStatus::Complete);
+        assert_eq!(readiness(&after, &ended), Ready::Yes);
+        ended.insert("a".to_string(), ChainStatus::Failed);
+        assert!(matches!(readiness(&after, &ended), Ready::Never(r) if r.contains("ended failed")));
+    }
+}
