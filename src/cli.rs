@@ -42,7 +42,11 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "operator", version, about = "Keeps AI coding agents working on a task for hours: chains of sessions joined by handoffs, supervised.")]
+#[command(
+    name = "operator",
+    version,
+    about = "Keeps AI coding agents working on a task for hours: chains of sessions joined by handoffs, supervised."
+)]
 pub struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -212,7 +216,10 @@ pub fn main() -> ExitCode {
         && std::io::stderr().is_terminal()
         && !cli.quiet;
     init_tracing(cli.verbose, cli.quiet, live_view);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the runtime: {e}");
@@ -226,8 +233,24 @@ pub fn main() -> ExitCode {
                 eprint!("error: {c}");
                 return ExitCode::from(exit::USAGE);
             }
-            if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
                 return ExitCode::from(exit::OK);
+            }
+            if let Some(r) = e.downcast_ref::<daemon::RunError>() {
+                use daemon::RunError::*;
+                if matches!(
+                    r,
+                    Agent(_)
+                        | UnknownChain(_)
+                        | NotResumable { .. }
+                        | NothingToResume
+                        | Busy { .. }
+                ) {
+                    eprintln!("error: {r}");
+                    return ExitCode::from(exit::USAGE);
+                }
             }
             if let Some(u) = e.downcast_ref::<UsageError>() {
                 eprintln!("error: {u}");
@@ -245,7 +268,10 @@ pub fn main() -> ExitCode {
 struct UsageError(String);
 
 fn sim_agent(a: &SimAgentArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(_) => return ExitCode::from(exit::INTERNAL),
     };
@@ -269,7 +295,13 @@ fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
     }
     let Some(r) = r else { return o };
     if let Some(a) = r.agent {
-        o.set("agent", match a { AgentArg::Claude => "claude", AgentArg::Sim => "sim" });
+        o.set(
+            "agent",
+            match a {
+                AgentArg::Claude => "claude",
+                AgentArg::Sim => "sim",
+            },
+        );
     }
     if let Some(m) = &r.model {
         o.set("model", m.as_str());
@@ -336,19 +368,31 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
         }
         Command::Pause => signal_running(&data_dir, nix::sys::signal::Signal::SIGUSR1, "paused"),
         Command::Resume => signal_running(&data_dir, nix::sys::signal::Signal::SIGUSR2, "resumed"),
-        Command::Stop => signal_running(&data_dir, nix::sys::signal::Signal::SIGTERM, "asked to stop"),
+        Command::Stop => signal_running(
+            &data_dir,
+            nix::sys::signal::Signal::SIGTERM,
+            "asked to stop",
+        ),
         Command::Status => status(&data_dir).await,
         Command::SimAgent(_) => Ok(exit::OK),
     }
 }
 
-async fn run(cli: &Cli, r: &RunArgs, loaded: &config::Loaded, ov: &Overrides, live_view: bool) -> Result<u8> {
+async fn run(
+    cli: &Cli,
+    r: &RunArgs,
+    loaded: &config::Loaded,
+    ov: &Overrides,
+    live_view: bool,
+) -> Result<u8> {
     let op = &loaded.operator;
     let opts = RunOptions {
         data_dir: op.data_dir.clone(),
         shutdown_grace: op.shutdown_grace,
         concurrency: 1,
-        backend: BackendOptions { claude_bin: op.claude_bin.clone() },
+        backend: BackendOptions {
+            claude_bin: op.claude_bin.clone(),
+        },
         notify_webhook: op.notify_webhook.clone(),
     };
     let plan: Option<Plan> = match (&r.mission, &r.task, &r.resume) {
@@ -356,7 +400,11 @@ async fn run(cli: &Cli, r: &RunArgs, loaded: &config::Loaded, ov: &Overrides, li
         (Some(m), None, None) => Some(loaded.plan_for_mission(&config::resolve_mission(m), ov)?),
         (None, Some(t), None) => Some(loaded.plan_for_task(t, ov)?),
         (None, None, None) => {
-            return Err(UsageError("say what to run: a mission (`operator run demo`), `--task \"…\"`, or `--resume`".into()).into());
+            return Err(UsageError(
+                "say what to run: a mission (`operator run demo`), `--task \"…\"`, or `--resume`"
+                    .into(),
+            )
+            .into());
         }
         (Some(_), Some(_), _) => unreachable!("clap rejects --task with a mission"),
     };
@@ -376,10 +424,16 @@ async fn run(cli: &Cli, r: &RunArgs, loaded: &config::Loaded, ov: &Overrides, li
                 if !live_view {
                     continue;
                 }
-                eprintln!("warning: chain {} ({}) is {}; `operator run --resume {}` continues it", c.id, c.name, c.status, c.id);
+                eprintln!(
+                    "warning: chain {} ({}) is {}; `operator run --resume {}` continues it",
+                    c.id, c.name, c.status, c.id
+                );
             }
             let concurrency = r.concurrency.unwrap_or(plan.concurrency);
-            (daemon::prepare_new(&store, &plan, &opts).await?, concurrency)
+            (
+                daemon::prepare_new(&store, &plan, &opts).await?,
+                concurrency,
+            )
         }
         None => {
             let id = r.resume.as_deref().filter(|s| !s.is_empty());
@@ -387,16 +441,23 @@ async fn run(cli: &Cli, r: &RunArgs, loaded: &config::Loaded, ov: &Overrides, li
                 return Err(UsageError(format!("`{id}` is not a chain id")).into());
             }
             let flags = ov.clone();
-            let jobs = daemon::prepare_resume(&store, id, &opts, |s| apply_flags(s, &flags)).await?;
+            let jobs =
+                daemon::prepare_resume(&store, id, &opts, |s| apply_flags(s, &flags)).await?;
             (jobs, 1)
         }
     };
-    let opts = RunOptions { concurrency, ..opts };
+    let opts = RunOptions {
+        concurrency,
+        ..opts
+    };
     let bus = Bus::new(store.clone());
     let signals = crate::signals::listen().context("installing signal handlers")?;
     let (stop_view, stop_rx) = tokio::sync::oneshot::channel();
     let view = live_view.then(|| {
-        let names: HashMap<String, String> = jobs.iter().map(|j| (j.chain_id.clone(), j.name.clone())).collect();
+        let names: HashMap<String, String> = jobs
+            .iter()
+            .map(|j| (j.chain_id.clone(), j.name.clone()))
+            .collect();
         crate::progress::spawn(&bus, names, stop_rx)
     });
     for j in &jobs {
@@ -415,7 +476,11 @@ async fn run(cli: &Cli, r: &RunArgs, loaded: &config::Loaded, ov: &Overrides, li
         eprint!("{}", summary_table(&report.chains));
     }
     let _ = cli;
-    Ok(if report.immediate { exit::INTERRUPTED } else { exit_code(&report.chains) })
+    Ok(if report.immediate {
+        exit::INTERRUPTED
+    } else {
+        exit_code(&report.chains)
+    })
 }
 
 /// CLI flags given with `--resume` override the stored settings.
@@ -425,7 +490,12 @@ fn apply_flags(mut s: config::ChainSettings, ov: &Overrides) -> config::ChainSet
         match k.as_str() {
             "model" => s.model = v.into_string().unwrap_or(s.model),
             "max_turns" => s.max_turns = v.into_uint().map(|n| n as u32).unwrap_or(s.max_turns),
-            "max_continuations" => s.max_continuations = v.into_uint().map(|n| n as u32).unwrap_or(s.max_continuations),
+            "max_continuations" => {
+                s.max_continuations = v
+                    .into_uint()
+                    .map(|n| n as u32)
+                    .unwrap_or(s.max_continuations)
+            }
             "max_budget_usd" => s.max_budget_usd = v.into_float().unwrap_or(s.max_budget_usd),
             "permission_mode" => s.permission_mode = v.into_string().unwrap_or(s.permission_mode),
             "sim.scenario" => {
@@ -442,7 +512,16 @@ fn apply_flags(mut s: config::ChainSettings, ov: &Overrides) -> config::ChainSet
 /// The exit status of a run: the most serious outcome decides.
 pub fn exit_code(chains: &[ChainRecord]) -> u8 {
     let has = |st: ChainStatus| chains.iter().any(|c| c.status == st);
-    if chains.iter().any(|c| matches!(c.status, ChainStatus::Interrupted | ChainStatus::Paused | ChainStatus::Running | ChainStatus::Queued | ChainStatus::Waiting)) {
+    if chains.iter().any(|c| {
+        matches!(
+            c.status,
+            ChainStatus::Interrupted
+                | ChainStatus::Paused
+                | ChainStatus::Running
+                | ChainStatus::Queued
+                | ChainStatus::Waiting
+        )
+    }) {
         exit::INTERRUPTED
     } else if has(ChainStatus::Failed) {
         exit::FAILED
@@ -458,7 +537,9 @@ pub fn exit_code(chains: &[ChainRecord]) -> u8 {
 }
 
 fn summary_table(chains: &[ChainRecord]) -> String {
-    let mut s = String::from("\nchain                 name           status             sessions  turns      cost\n");
+    let mut s = String::from(
+        "\nchain                 name           status             sessions  turns      cost\n",
+    );
     for c in chains {
         s.push_str(&format!(
             "{:<21} {:<14} {:<18} {:>8} {:>6} {:>9}\n",
@@ -477,7 +558,11 @@ fn summary_table(chains: &[ChainRecord]) -> String {
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n - 1).collect::<String>()) }
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
 }
 
 fn print_plan(plan: &Plan, backend: &BackendOptions) -> std::io::Result<()> {
@@ -488,14 +573,29 @@ fn print_plan(plan: &Plan, backend: &BackendOptions) -> std::io::Result<()> {
         plan.chains.len(),
         plan.concurrency
     );
-    say!("\nsystem prompt (appended to the agent's, every session):\n{}\n", indent(prompt::CONTINUATION_PROTOCOL));
+    say!(
+        "\nsystem prompt (appended to the agent's, every session):\n{}\n",
+        indent(prompt::CONTINUATION_PROTOCOL)
+    );
     for c in &plan.chains {
         let s = &c.settings;
         say!("── chain `{}`", c.name);
-        say!("   agent {} · model {} · max turns {} · up to {} sessions · budget ${:.2} · permission mode {}",
-            s.agent, s.model, s.max_turns, 1 + s.max_continuations, s.max_budget_usd, s.permission_mode);
+        say!(
+            "   agent {} · model {} · max turns {} · up to {} sessions · budget ${:.2} · permission mode {}",
+            s.agent,
+            s.model,
+            s.max_turns,
+            1 + s.max_continuations,
+            s.max_budget_usd,
+            s.permission_mode
+        );
         if s.agent == AgentKind::Sim {
-            say!("   sim scenario {} (complete after {}, step {})", s.sim.scenario.as_str(), s.sim.complete_after, humantime::format_duration(s.sim.step));
+            say!(
+                "   sim scenario {} (complete after {}, step {})",
+                s.sim.scenario.as_str(),
+                s.sim.complete_after,
+                humantime::format_duration(s.sim.step)
+            );
         }
         if !c.after.is_empty() {
             say!("   starts after: {}", c.after.join(", "));
@@ -515,15 +615,30 @@ fn print_plan(plan: &Plan, backend: &BackendOptions) -> std::io::Result<()> {
         };
         let cmd = agent::backend(s.agent, backend).command(&spec);
         say!("   command (session 1): {cmd}");
-        say!("   stdin: initialize (PreCompact hook), then the prompt:\n{}", indent(&first));
-        let example = prompt::session_prompt(&c.task, 2, Some(&prompt::PreviousHandoff { index: 1, text: "<the handoff of session 1>", synthetic: false, note: None }));
+        say!(
+            "   stdin: initialize (PreCompact hook), then the prompt:\n{}",
+            indent(&first)
+        );
+        let example = prompt::session_prompt(
+            &c.task,
+            2,
+            Some(&prompt::PreviousHandoff {
+                index: 1,
+                text: "<the handoff of session 1>",
+                synthetic: false,
+                note: None,
+            }),
+        );
         say!("   later sessions get:\n{}", indent(&example));
     }
     Ok(())
 }
 
 fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("     │ {l}")).collect::<Vec<_>>().join("\n")
+    s.lines()
+        .map(|l| format!("     │ {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 async fn list(data_dir: &Path, l: &ListArgs) -> Result<u8> {
@@ -533,7 +648,13 @@ async fn list(data_dir: &Path, l: &ListArgs) -> Result<u8> {
     };
     let store = open_store(data_dir).await?;
     let chains = store
-        .list_chains(&ChainQuery { status, include_archived: l.all, before: None, limit: l.limit, with_sessions: l.json })
+        .list_chains(&ChainQuery {
+            status,
+            include_archived: l.all,
+            before: None,
+            limit: l.limit,
+            with_sessions: l.json,
+        })
         .await?;
     if l.json {
         for c in &chains {
@@ -542,7 +663,15 @@ async fn list(data_dir: &Path, l: &ListArgs) -> Result<u8> {
     } else if chains.is_empty() {
         say!("no chains in {}", data_dir.display());
     } else {
-        say!("{:<21} {:<14} {:<18} {:<24} {:>8} {:>9}  task", "chain", "name", "status", "started", "sessions", "cost");
+        say!(
+            "{:<21} {:<14} {:<18} {:<24} {:>8} {:>9}  task",
+            "chain",
+            "name",
+            "status",
+            "started",
+            "sessions",
+            "cost"
+        );
         for c in &chains {
             say!(
                 "{:<21} {:<14} {:<18} {:<24} {:>8} {:>9}  {}",
@@ -580,8 +709,18 @@ async fn show(data_dir: &Path, id: &str, json: bool) -> Result<u8> {
         say!("reason: {r}");
     }
     say!("task: {}", chain.task);
-    say!("started {} · updated {}", chain.started_at, chain.updated_at);
-    say!("totals: {} sessions · {} turns · ${:.4} · {:.1}s", chain.totals.sessions, chain.totals.turns, chain.totals.cost_usd, chain.totals.duration_ms as f64 / 1000.0);
+    say!(
+        "started {} · updated {}",
+        chain.started_at,
+        chain.updated_at
+    );
+    say!(
+        "totals: {} sessions · {} turns · ${:.4} · {:.1}s",
+        chain.totals.sessions,
+        chain.totals.turns,
+        chain.totals.cost_usd,
+        chain.totals.duration_ms as f64 / 1000.0
+    );
     for s in &chain.sessions {
         say!(
             "\n── session {} · {} · {} turns · ${:.4} · {:.1}s{}{}{}",
@@ -590,9 +729,21 @@ async fn show(data_dir: &Path, id: &str, json: bool) -> Result<u8> {
             s.turns,
             s.cost_usd,
             s.duration_ms as f64 / 1000.0,
-            if s.hit_max_turns { " · hit max turns" } else { "" },
-            if s.asked_again { " · asked again for its handoff" } else { "" },
-            if s.handoff_synthetic { " · synthetic handoff" } else { "" },
+            if s.hit_max_turns {
+                " · hit max turns"
+            } else {
+                ""
+            },
+            if s.asked_again {
+                " · asked again for its handoff"
+            } else {
+                ""
+            },
+            if s.handoff_synthetic {
+                " · synthetic handoff"
+            } else {
+                ""
+            },
         );
         if let Some(e) = &s.error {
             say!("   error: {e}");
@@ -609,7 +760,8 @@ struct PidFile(PathBuf);
 
 impl PidFile {
     fn create(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
         let path = daemon::pid_file(data_dir);
         if let Some(pid) = read_live_pid(&path) {
             return Err(UsageError(format!(
@@ -618,7 +770,8 @@ impl PidFile {
             ))
             .into());
         }
-        std::fs::write(&path, format!("{}\n", std::process::id())).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
         Ok(Self(path))
     }
 }
@@ -636,7 +789,9 @@ fn read_live_pid(path: &Path) -> Option<u32> {
         return None;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmdline).contains("operator").then_some(pid)
+    String::from_utf8_lossy(&cmdline)
+        .contains("operator")
+        .then_some(pid)
 }
 
 fn signal_running(data_dir: &Path, sig: nix::sys::signal::Signal, what: &str) -> Result<u8> {
@@ -645,7 +800,8 @@ fn signal_running(data_dir: &Path, sig: nix::sys::signal::Signal, what: &str) ->
         eprintln!("no operator is running on {}", data_dir.display());
         return Ok(exit::FAILED);
     };
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).with_context(|| format!("signalling pid {pid}"))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+        .with_context(|| format!("signalling pid {pid}"))?;
     say!("operator (pid {pid}) {what}");
     Ok(exit::OK)
 }
@@ -655,12 +811,34 @@ async fn status(data_dir: &Path) -> Result<u8> {
     let store = open_store(data_dir).await?;
     let paused = store.get_flag("paused").await?.is_some();
     match pid {
-        Some(p) => say!("operator running (pid {p}){}", if paused { ", paused" } else { "" }),
-        None => say!("no operator running on {}{}", data_dir.display(), if paused { " (paused flag set)" } else { "" }),
+        Some(p) => say!(
+            "operator running (pid {p}){}",
+            if paused { ", paused" } else { "" }
+        ),
+        None => say!(
+            "no operator running on {}{}",
+            data_dir.display(),
+            if paused { " (paused flag set)" } else { "" }
+        ),
     }
-    let chains = store.list_chains(&ChainQuery { limit: 50, ..Default::default() }).await?;
-    for c in chains.iter().filter(|c| !c.status.is_terminal() || c.status == ChainStatus::Interrupted) {
-        say!("  {} {:<14} {:<12} {} sessions  ${:.4}", c.id, truncate(&c.name, 14), c.status.as_str(), c.totals.sessions, c.totals.cost_usd);
+    let chains = store
+        .list_chains(&ChainQuery {
+            limit: 50,
+            ..Default::default()
+        })
+        .await?;
+    for c in chains
+        .iter()
+        .filter(|c| !c.status.is_terminal() || c.status == ChainStatus::Interrupted)
+    {
+        say!(
+            "  {} {:<14} {:<12} {} sessions  ${:.4}",
+            c.id,
+            truncate(&c.name, 14),
+            c.status.as_str(),
+            c.totals.sessions,
+            c.totals.cost_usd
+        );
     }
     Ok(exit::OK)
 }
@@ -689,12 +867,24 @@ mod tests {
     #[test]
     fn exit_codes_by_outcome() {
         use ChainStatus::*;
-        assert_eq!(exit_code(&[chain(Complete), chain(AssumedComplete)]), exit::OK);
-        assert_eq!(exit_code(&[chain(Complete), chain(MaxContinuations)]), exit::MAX_CONTINUATIONS);
-        assert_eq!(exit_code(&[chain(Failed), chain(MaxContinuations)]), exit::FAILED);
+        assert_eq!(
+            exit_code(&[chain(Complete), chain(AssumedComplete)]),
+            exit::OK
+        );
+        assert_eq!(
+            exit_code(&[chain(Complete), chain(MaxContinuations)]),
+            exit::MAX_CONTINUATIONS
+        );
+        assert_eq!(
+            exit_code(&[chain(Failed), chain(MaxContinuations)]),
+            exit::FAILED
+        );
         assert_eq!(exit_code(&[chain(BudgetExceeded)]), exit::BUDGET);
         assert_eq!(exit_code(&[chain(Aborted)]), exit::ABORTED);
-        assert_eq!(exit_code(&[chain(Interrupted), chain(Failed)]), exit::INTERRUPTED);
+        assert_eq!(
+            exit_code(&[chain(Interrupted), chain(Failed)]),
+            exit::INTERRUPTED
+        );
     }
 
     #[test]

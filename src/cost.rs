@@ -16,12 +16,27 @@ pub struct Rates {
 pub fn rates_for(model: &str) -> Rates {
     let m = model.to_ascii_lowercase();
     if m.contains("opus") {
-        Rates { input: 15.0, output: 75.0, cache_write: 18.75, cache_read: 1.5 }
+        Rates {
+            input: 15.0,
+            output: 75.0,
+            cache_write: 18.75,
+            cache_read: 1.5,
+        }
     } else if m.contains("haiku") {
-        Rates { input: 1.0, output: 5.0, cache_write: 1.25, cache_read: 0.1 }
+        Rates {
+            input: 1.0,
+            output: 5.0,
+            cache_write: 1.25,
+            cache_read: 0.1,
+        }
     } else {
         // Sonnet, and the default for unknown models (an estimate is better than zero).
-        Rates { input: 3.0, output: 15.0, cache_write: 3.75, cache_read: 0.3 }
+        Rates {
+            input: 3.0,
+            output: 15.0,
+            cache_write: 3.75,
+            cache_read: 0.3,
+        }
     }
 }
 
@@ -50,14 +65,21 @@ mod tests {
 
     #[test]
     fn sonnet_prices() {
-        let u = Usage { input_tokens: 1_000_000, output_tokens: 1_000_000, ..Default::default() };
+        let u = Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 1_000_000,
+            ..Default::default()
+        };
         assert!((price("claude-sonnet-4-5", &u) - 18.0).abs() < 1e-9);
         assert!((price("sonnet", &u) - 18.0).abs() < 1e-9);
     }
 
     #[test]
     fn families_differ() {
-        let u = Usage { input_tokens: 1_000_000, ..Default::default() };
+        let u = Usage {
+            input_tokens: 1_000_000,
+            ..Default::default()
+        };
         assert!(price("opus", &u) > price("sonnet", &u));
         assert!(price("haiku", &u) < price("sonnet", &u));
     }

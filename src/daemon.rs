@@ -69,7 +69,10 @@ fn chain_config(name: &str, after: &[String], settings: &ChainSettings) -> serde
     v
 }
 
-fn backends(settings: &[&ChainSettings], opts: &BackendOptions) -> Result<Vec<Arc<dyn Agent>>, AgentError> {
+fn backends(
+    settings: &[&ChainSettings],
+    opts: &BackendOptions,
+) -> Result<Vec<Arc<dyn Agent>>, AgentError> {
     let mut out = Vec::new();
     for s in settings {
         let a = agent::backend(s.agent, opts);
@@ -81,8 +84,15 @@ fn backends(settings: &[&ChainSettings], opts: &BackendOptions) -> Result<Vec<Ar
 
 /// Creates the plan's chains in the store (status `queued`) and returns them as jobs.
 /// Agents are checked first: a missing binary fails before anything is written.
-pub async fn prepare_new(store: &SharedStore, plan: &Plan, opts: &RunOptions) -> Result<Vec<Job>, RunError> {
-    let agents = backends(&plan.chains.iter().map(|c| &c.settings).collect::<Vec<_>>(), &opts.backend)?;
+pub async fn prepare_new(
+    store: &SharedStore,
+    plan: &Plan,
+    opts: &RunOptions,
+) -> Result<Vec<Job>, RunError> {
+    let agents = backends(
+        &plan.chains.iter().map(|c| &c.settings).collect::<Vec<_>>(),
+        &opts.backend,
+    )?;
     let mut jobs = Vec::new();
     for (c, agent) in plan.chains.iter().zip(agents) {
         let id = new_chain_id();
@@ -111,8 +121,16 @@ pub async fn prepare_new(store: &SharedStore, plan: &Plan, opts: &RunOptions) ->
 
 /// Chains that look incomplete, newest first (for the warning at start).
 pub async fn incomplete_chains(store: &SharedStore) -> Result<Vec<ChainRecord>, StoreError> {
-    let recent = store.list_chains(&ChainQuery { limit: 50, ..Default::default() }).await?;
-    Ok(recent.into_iter().filter(|c| c.status.is_resumable()).collect())
+    let recent = store
+        .list_chains(&ChainQuery {
+            limit: 50,
+            ..Default::default()
+        })
+        .await?;
+    Ok(recent
+        .into_iter()
+        .filter(|c| c.status.is_resumable())
+        .collect())
 }
 
 /// Prepares `operator run --resume [ID]`: the named chain, or the newest resumable one.
@@ -124,7 +142,10 @@ pub async fn prepare_resume(
     apply: impl Fn(ChainSettings) -> ChainSettings,
 ) -> Result<Vec<Job>, RunError> {
     let chain = match id {
-        Some(id) => store.get_chain(id).await?.ok_or_else(|| RunError::UnknownChain(id.to_string()))?,
+        Some(id) => store
+            .get_chain(id)
+            .await?
+            .ok_or_else(|| RunError::UnknownChain(id.to_string()))?,
         None => {
             let candidates = incomplete_chains(store).await?;
             let mut found = None;
@@ -139,22 +160,45 @@ pub async fn prepare_resume(
         }
     };
     if chain.status.is_success() {
-        return Err(RunError::NotResumable { id: chain.id, status: chain.status });
+        return Err(RunError::NotResumable {
+            id: chain.id,
+            status: chain.status,
+        });
     }
-    if matches!(chain.status, ChainStatus::Running | ChainStatus::Paused | ChainStatus::Waiting) {
-        if let Some(pid) = store.chain_owner(&chain.id).await?.filter(|p| owner_is_live(Some(*p))) {
+    if matches!(
+        chain.status,
+        ChainStatus::Running | ChainStatus::Paused | ChainStatus::Waiting
+    ) {
+        if let Some(pid) = store
+            .chain_owner(&chain.id)
+            .await?
+            .filter(|p| owner_is_live(Some(*p)))
+        {
             return Err(RunError::Busy { id: chain.id, pid });
         }
     }
-    let settings: ChainSettings = serde_json::from_value(chain.config.clone())
-        .map_err(|e| RunError::BadStoredConfig { id: chain.id.clone(), cause: e.to_string() })?;
+    let settings: ChainSettings =
+        serde_json::from_value(chain.config.clone()).map_err(|e| RunError::BadStoredConfig {
+            id: chain.id.clone(),
+            cause: e.to_string(),
+        })?;
     let settings = apply(settings);
     let agent = backends(&[&settings], &opts.backend)?.remove(0);
-    if matches!(chain.status, ChainStatus::MaxContinuations | ChainStatus::BudgetExceeded | ChainStatus::Failed | ChainStatus::Aborted) {
+    if matches!(
+        chain.status,
+        ChainStatus::MaxContinuations
+            | ChainStatus::BudgetExceeded
+            | ChainStatus::Failed
+            | ChainStatus::Aborted
+    ) {
         // An explicit resume of an ended chain grants it a new allowance of sessions.
-        store.set_session_base(&chain.id, chain.sessions.len() as u32).await?;
+        store
+            .set_session_base(&chain.id, chain.sessions.len() as u32)
+            .await?;
     }
-    store.set_chain_status(&chain.id, ChainStatus::Queued, None, None).await?;
+    store
+        .set_chain_status(&chain.id, ChainStatus::Queued, None, None)
+        .await?;
     let after = Vec::new();
     Ok(vec![Job {
         chain_id: chain.id.clone(),
@@ -202,7 +246,11 @@ pub async fn run(
     let (operator, handle) = Actor::spawn(
         None,
         Operator,
-        OperatorArgs { ctx, concurrency: opts.concurrency, done: done_tx },
+        OperatorArgs {
+            ctx,
+            concurrency: opts.concurrency,
+            done: done_tx,
+        },
     )
     .await
     .map_err(|e| RunError::Spawn(e.to_string()))?;
@@ -262,7 +310,12 @@ pub async fn run(
         if let Some(mut c) = store.get_chain(id).await? {
             if immediate && !c.status.is_terminal() {
                 store
-                    .set_chain_status(id, ChainStatus::Interrupted, Some("stopped at once by a second SIGINT"), None)
+                    .set_chain_status(
+                        id,
+                        ChainStatus::Interrupted,
+                        Some("stopped at once by a second SIGINT"),
+                        None,
+                    )
                     .await?;
                 c.status = ChainStatus::Interrupted;
             }

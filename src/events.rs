@@ -44,8 +44,18 @@ impl Bus {
 
     /// Records the event in the journal, then broadcasts it. A journal failure is
     /// logged and the event still goes out: observers must not stop the work.
-    pub async fn emit(&self, kind: &str, chain_id: Option<&str>, session_index: Option<u32>, data: Value) {
-        let id = match self.store.append_event(chain_id, session_index, kind, &data).await {
+    pub async fn emit(
+        &self,
+        kind: &str,
+        chain_id: Option<&str>,
+        session_index: Option<u32>,
+        data: Value,
+    ) {
+        let id = match self
+            .store
+            .append_event(chain_id, session_index, kind, &data)
+            .await
+        {
             Ok(id) => Some(id),
             Err(e) => {
                 tracing::warn!(cause = %e, kind, "could not journal an event");

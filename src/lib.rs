@@ -9,20 +9,20 @@
 //! - [`sim`]: the simulated agent program behind `operator sim-agent`.
 
 pub mod agent;
-pub mod config;
-pub mod handoff;
-pub mod model;
-pub mod sim;
-pub mod store;
 pub mod chain;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod cost;
 pub mod daemon;
 pub mod events;
+pub mod handoff;
+pub mod model;
 pub mod notify;
 pub mod process;
 pub mod progress;
 pub mod session;
 pub mod signals;
+pub mod sim;
+pub mod store;
 pub mod supervisor;

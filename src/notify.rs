@@ -19,7 +19,10 @@ pub struct Notifier {
 
 /// Events after which a summary is sent.
 fn is_final(kind: &str) -> bool {
-    matches!(kind, "chain:complete" | "chain:error" | "chain:aborted" | "chain:interrupted")
+    matches!(
+        kind,
+        "chain:complete" | "chain:error" | "chain:aborted" | "chain:interrupted"
+    )
 }
 
 /// Starts delivering summaries to `url`.
@@ -67,7 +70,14 @@ impl Notifier {
     }
 }
 
-async fn deliver(client: &reqwest::Client, url: &str, store: &SharedStore, bus: &Bus, chain_id: &str, kind: &str) {
+async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    store: &SharedStore,
+    bus: &Bus,
+    chain_id: &str,
+    kind: &str,
+) {
     let chain = match store.get_chain(chain_id).await {
         Ok(Some(c)) => c,
         _ => return,
@@ -80,7 +90,13 @@ async fn deliver(client: &reqwest::Client, url: &str, store: &SharedStore, bus: 
         }
         match client.post(url).json(&payload).send().await {
             Ok(r) if r.status().is_success() => {
-                bus.emit("notify:delivered", Some(chain_id), None, json!({"attempts": attempt + 1, "status": r.status().as_u16()})).await;
+                bus.emit(
+                    "notify:delivered",
+                    Some(chain_id),
+                    None,
+                    json!({"attempts": attempt + 1, "status": r.status().as_u16()}),
+                )
+                .await;
                 return;
             }
             Ok(r) => last_error = format!("HTTP {}", r.status()),
@@ -88,5 +104,11 @@ async fn deliver(client: &reqwest::Client, url: &str, store: &SharedStore, bus: 
         }
     }
     tracing::warn!(chain.id = chain_id, error = %last_error, "webhook delivery failed");
-    bus.emit("notify:failed", Some(chain_id), None, json!({"attempts": BACKOFF.len() + 1, "error": last_error})).await;
+    bus.emit(
+        "notify:failed",
+        Some(chain_id),
+        None,
+        json!({"attempts": BACKOFF.len() + 1, "error": last_error}),
+    )
+    .await;
 }

@@ -30,7 +30,11 @@ impl Registry {
 
     /// Sends `sig` to every registered group.
     pub fn signal_all(&self, sig: Signal) {
-        let groups: Vec<i32> = self.0.lock().map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let groups: Vec<i32> = self
+            .0
+            .lock()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
         for g in groups {
             let _ = killpg(Pid::from_raw(g), sig);
         }
@@ -127,7 +131,14 @@ mod tests {
         assert_eq!(reg.len(), 1);
         use tokio::io::AsyncBufReadExt;
         let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let grandchild: u32 = out.next_line().await.unwrap().unwrap().trim().parse().unwrap();
+        let grandchild: u32 = out
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert!(is_alive(grandchild));
         drop(group);
         assert!(reg.is_empty());
@@ -139,6 +150,9 @@ mod tests {
         }
         // A zombie still answers kill(0); check /proc state instead.
         let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
-        assert!(state.is_empty() || state.contains(") Z"), "grandchild still running: {state}");
+        assert!(
+            state.is_empty() || state.contains(") Z"),
+            "grandchild still running: {state}"
+        );
     }
 }

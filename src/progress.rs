@@ -34,7 +34,10 @@ pub fn render(l: &Line, width: usize) -> String {
         l.cost
     );
     let room = width.saturating_sub(head.chars().count() + 2);
-    format!("{head}{}", truncate(&l.activity.replace(['\n', '\r', '\t'], " "), room))
+    format!(
+        "{head}{}",
+        truncate(&l.activity.replace(['\n', '\r', '\t'], " "), room)
+    )
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -77,12 +80,19 @@ pub fn apply(l: &mut Line, ev: &Event) {
             } else {
                 "handoff written"
             };
-            l.activity = format!("session {} {status}, {handoff}", ev.session_index.unwrap_or(0));
+            l.activity = format!(
+                "session {} {status}, {handoff}",
+                ev.session_index.unwrap_or(0)
+            );
         }
         "chain:paused" => l.state = "paused".into(),
         "chain:resumed" => l.state = "running".into(),
         "chain:complete" | "chain:error" | "chain:aborted" | "chain:interrupted" => {
-            l.state = d.get("status").and_then(Value::as_str).unwrap_or("ended").into();
+            l.state = d
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("ended")
+                .into();
             if let Some(r) = d.get("reason").and_then(Value::as_str) {
                 l.activity = r.to_string();
             }
@@ -92,22 +102,28 @@ pub fn apply(l: &mut Line, ev: &Event) {
 }
 
 /// Runs the live view until the bus closes or `stop` fires.
-pub fn spawn(bus: &Bus, names: HashMap<String, String>, mut stop: tokio::sync::oneshot::Receiver<()>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    bus: &Bus,
+    names: HashMap<String, String>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
     let mut rx = bus.subscribe();
     tokio::spawn(async move {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
         let style = ProgressStyle::with_template("{spinner:.cyan} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
-        let width = || {
-            console_width().unwrap_or(80).clamp(40, 160)
-        };
+        let width = || console_width().unwrap_or(80).clamp(40, 160);
         let mut bars: HashMap<String, (ProgressBar, Line)> = HashMap::new();
         let mut order: Vec<String> = names.keys().cloned().collect();
         order.sort();
         for id in &order {
             let pb = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
             pb.enable_steady_tick(Duration::from_millis(120));
-            let line = Line { name: names[id].clone(), state: "queued".into(), ..Default::default() };
+            let line = Line {
+                name: names[id].clone(),
+                state: "queued".into(),
+                ..Default::default()
+            };
             pb.set_message(render(&line, width()));
             bars.insert(id.clone(), (pb, line));
         }
@@ -118,11 +134,18 @@ pub fn spawn(bus: &Bus, names: HashMap<String, String>, mut stop: tokio::sync::o
             };
             match ev {
                 Ok(ev) => {
-                    let Some(id) = ev.chain_id.clone() else { continue };
-                    let Some((pb, line)) = bars.get_mut(&id) else { continue };
+                    let Some(id) = ev.chain_id.clone() else {
+                        continue;
+                    };
+                    let Some((pb, line)) = bars.get_mut(&id) else {
+                        continue;
+                    };
                     apply(line, &ev);
                     pb.set_message(render(line, width()));
-                    if matches!(ev.kind.as_str(), "chain:complete" | "chain:error" | "chain:aborted" | "chain:interrupted") {
+                    if matches!(
+                        ev.kind.as_str(),
+                        "chain:complete" | "chain:error" | "chain:aborted" | "chain:interrupted"
+                    ) {
                         pb.finish_with_message(render(line, width()));
                     }
                 }
@@ -147,7 +170,14 @@ mod tests {
     use super::*;
 
     fn ev(kind: &str, idx: Option<u32>, data: Value) -> Event {
-        Event { id: None, kind: kind.into(), chain_id: Some("c".into()), session_index: idx, data, at: String::new() }
+        Event {
+            id: None,
+            kind: kind.into(),
+            chain_id: Some("c".into()),
+            session_index: idx,
+            data,
+            at: String::new(),
+        }
     }
 
     #[test]
@@ -170,14 +200,42 @@ mod tests {
     #[test]
     fn events_update_the_line() {
         let mut l = Line::default();
-        apply(&mut l, &ev("chain:session-started", Some(2), serde_json::json!({"max": 6})));
+        apply(
+            &mut l,
+            &ev(
+                "chain:session-started",
+                Some(2),
+                serde_json::json!({"max": 6}),
+            ),
+        );
         assert_eq!((l.session, l.max), (2, 6));
-        apply(&mut l, &ev("session:output", Some(2), serde_json::json!({"text": "tool: Bash"})));
+        apply(
+            &mut l,
+            &ev(
+                "session:output",
+                Some(2),
+                serde_json::json!({"text": "tool: Bash"}),
+            ),
+        );
         assert_eq!(l.activity, "tool: Bash");
-        apply(&mut l, &ev("chain:session-complete", Some(2), serde_json::json!({"session": {"turns": 4, "costUsd": 0.5, "status": "completed", "handoffComplete": true}})));
+        apply(
+            &mut l,
+            &ev(
+                "chain:session-complete",
+                Some(2),
+                serde_json::json!({"session": {"turns": 4, "costUsd": 0.5, "status": "completed", "handoffComplete": true}}),
+            ),
+        );
         assert_eq!(l.turns, 4);
         assert!(l.activity.contains("COMPLETE"));
-        apply(&mut l, &ev("chain:complete", None, serde_json::json!({"status": "complete"})));
+        apply(
+            &mut l,
+            &ev(
+                "chain:complete",
+                None,
+                serde_json::json!({"status": "complete"}),
+            ),
+        );
         assert_eq!(l.state, "complete");
     }
 }

@@ -45,6 +45,7 @@ struct Sim {
     session_id: String,
     inbox: mpsc::UnboundedReceiver<Input>,
     cost: f64,
+    /// Turns of the current query (the CLI reports `num_turns` per query).
     turns_in_process: u32,
     started_at: std::time::Instant,
     initialized: bool,
@@ -108,8 +109,8 @@ impl Sim {
     }
 
     fn add_cost(&mut self, turn: u32) {
-        self.cost += (1500 + 200 * turn) as f64 * USD_PER_INPUT_TOKEN
-            + 250.0 * USD_PER_OUTPUT_TOKEN;
+        self.cost +=
+            (1500 + 200 * turn) as f64 * USD_PER_INPUT_TOKEN + 250.0 * USD_PER_OUTPUT_TOKEN;
     }
 
     fn assistant_text(&mut self, turn: u32, text: &str) {
@@ -174,10 +175,12 @@ impl Sim {
     }
 
     fn init(&self) {
-        emit(&json!({"type": "system", "subtype": "init", "session_id": self.session_id,
+        emit(
+            &json!({"type": "system", "subtype": "init", "session_id": self.session_id,
             "model": self.args.model, "claude_code_version": concat!("sim-", env!("CARGO_PKG_VERSION")),
             "tools": ["Bash", "Read", "Edit"], "permissionMode": "default", "cwd":
-            std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default()}));
+            std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default()}),
+        );
     }
 
     /// One turn, answering the first prompt of the process.
@@ -195,8 +198,12 @@ impl Sim {
             Scenario::Error => {
                 self.step().await?;
                 self.assistant_text(1, "Starting work…");
-                self.result("success", true, "API Error: 500 Internal server error",
-                    json!({"terminal_reason": "api_error", "api_error_status": 500}));
+                self.result(
+                    "success",
+                    true,
+                    "API Error: 500 Internal server error",
+                    json!({"terminal_reason": "api_error", "api_error_status": 500}),
+                );
                 std::process::exit(1);
             }
             Scenario::MaxTurns => {
@@ -207,8 +214,12 @@ impl Sim {
                 }
                 self.turns_in_process += 1;
                 let msg = format!("Reached maximum number of turns ({})", args.max_turns);
-                self.result("error_max_turns", true, "",
-                    json!({"terminal_reason": "max_turns", "errors": [msg]}));
+                self.result(
+                    "error_max_turns",
+                    true,
+                    "",
+                    json!({"terminal_reason": "max_turns", "errors": [msg]}),
+                );
                 return Ok(());
             }
             _ => {}
@@ -261,8 +272,12 @@ impl Sim {
 
     fn interrupted(&mut self, id: &str) {
         emit_raw(&control_success(id, json!({})));
-        self.result("error_during_execution", true, "[Request interrupted by user]",
-            json!({"terminal_reason": "aborted_streaming"}));
+        self.result(
+            "error_during_execution",
+            true,
+            "[Request interrupted by user]",
+            json!({"terminal_reason": "aborted_streaming"}),
+        );
     }
 }
 
@@ -276,11 +291,17 @@ pub async fn run(args: SimArgs) -> i32 {
                 continue;
             };
             let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
-            let sub = v.pointer("/request/subtype").and_then(Value::as_str).unwrap_or("");
+            let sub = v
+                .pointer("/request/subtype")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let msg = match (ty, sub) {
                 ("user", _) => Input::User,
                 ("control_request", "interrupt") => Input::Interrupt(
-                    v.get("request_id").and_then(Value::as_str).unwrap_or("").to_string(),
+                    v.get("request_id")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
                 ),
                 _ => Input::Other(v),
             };
@@ -290,9 +311,10 @@ pub async fn run(args: SimArgs) -> i32 {
         }
         let _ = tx.send(Input::Eof);
     });
-    let session_id = args.resume.clone().unwrap_or_else(|| {
-        format!("sim-{:08x}-{:04x}", fastrand::u32(..), fastrand::u16(..))
-    });
+    let session_id = args
+        .resume
+        .clone()
+        .unwrap_or_else(|| format!("sim-{:08x}-{:04x}", fastrand::u32(..), fastrand::u16(..)));
     let mut sim = Sim {
         args,
         session_id,
@@ -321,6 +343,7 @@ pub async fn run(args: SimArgs) -> i32 {
             }
             Input::User => {
                 prompts += 1;
+                sim.turns_in_process = 0;
                 if prompts == 1 {
                     sim.init();
                     sim.first_turn().await

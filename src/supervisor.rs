@@ -77,7 +77,9 @@ fn readiness(after: &[String], ended: &HashMap<String, ChainStatus>) -> Ready {
         match ended.get(dep) {
             None => return Ready::Wait,
             Some(s) if s.is_success() => {}
-            Some(s) => return Ready::Never(format!("chain `{dep}`, which it comes after, ended {s}")),
+            Some(s) => {
+                return Ready::Never(format!("chain `{dep}`, which it comes after, ended {s}"));
+            }
         }
     }
     Ready::Yes
@@ -94,23 +96,44 @@ impl OperatorState {
         };
         match Actor::spawn_linked(None, Chain, args, me.get_cell()).await {
             Ok((actor, _)) => {
-                self.running.insert(actor.get_id(), RunningChain { job, actor, restarts });
+                self.running.insert(
+                    actor.get_id(),
+                    RunningChain {
+                        job,
+                        actor,
+                        restarts,
+                    },
+                );
             }
             Err(e) => {
                 tracing::error!(chain.id = %job.chain_id, cause = %e, "the chain could not start");
-                self.end(&job, ChainStatus::Failed, Some(format!("the chain could not start: {e}"))).await;
+                self.end(
+                    &job,
+                    ChainStatus::Failed,
+                    Some(format!("the chain could not start: {e}")),
+                )
+                .await;
             }
         }
     }
 
     async fn end(&mut self, job: &Job, status: ChainStatus, reason: Option<String>) {
-        if let Err(e) = self.ctx.store.set_chain_status(&job.chain_id, status, reason.as_deref(), None).await {
+        if let Err(e) = self
+            .ctx
+            .store
+            .set_chain_status(&job.chain_id, status, reason.as_deref(), None)
+            .await
+        {
             tracing::error!(chain.id = %job.chain_id, cause = %e, "could not record the chain's end");
         }
         self.ctx
             .bus
             .emit(
-                if status == ChainStatus::Interrupted { "chain:interrupted" } else { "chain:error" },
+                if status == ChainStatus::Interrupted {
+                    "chain:interrupted"
+                } else {
+                    "chain:error"
+                },
                 Some(&job.chain_id),
                 None,
                 serde_json::json!({"status": status, "reason": reason}),
@@ -125,7 +148,12 @@ impl OperatorState {
             let stopping = *self.ctx.mode.borrow() == Mode::Stopping;
             if stopping {
                 for job in std::mem::take(&mut self.queue) {
-                    self.end(&job, ChainStatus::Interrupted, Some("the operator was stopped before it started".into())).await;
+                    self.end(
+                        &job,
+                        ChainStatus::Interrupted,
+                        Some("the operator was stopped before it started".into()),
+                    )
+                    .await;
                 }
                 break;
             }
@@ -163,7 +191,11 @@ impl Actor for Operator {
     type State = OperatorState;
     type Arguments = OperatorArgs;
 
-    async fn pre_start(&self, me: ActorRef<OperatorMsg>, a: OperatorArgs) -> Result<OperatorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<OperatorMsg>,
+        a: OperatorArgs,
+    ) -> Result<OperatorState, ActorProcessingErr> {
         let mut rx = a.ctx.mode.clone();
         let me2 = me.clone();
         tokio::spawn(async move {
@@ -183,7 +215,12 @@ impl Actor for Operator {
         })
     }
 
-    async fn handle(&self, me: ActorRef<OperatorMsg>, msg: OperatorMsg, st: &mut OperatorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<OperatorMsg>,
+        msg: OperatorMsg,
+        st: &mut OperatorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             OperatorMsg::Submit(jobs) => {
                 st.queue.extend(jobs);
@@ -197,7 +234,12 @@ impl Actor for Operator {
                     let _ = reply.send(true);
                 } else if let Some(pos) = st.queue.iter().position(|j| j.chain_id == chain_id) {
                     let job = st.queue.remove(pos);
-                    st.end(&job, ChainStatus::Aborted, Some("aborted before it started".into())).await;
+                    st.end(
+                        &job,
+                        ChainStatus::Aborted,
+                        Some("aborted before it started".into()),
+                    )
+                    .await;
                     let _ = reply.send(true);
                     st.pump(&me).await;
                 } else {
@@ -205,7 +247,11 @@ impl Actor for Operator {
                 }
             }
             OperatorMsg::Status(reply) => {
-                let running = st.running.values().map(|r| r.job.chain_id.clone()).collect();
+                let running = st
+                    .running
+                    .values()
+                    .map(|r| r.job.chain_id.clone())
+                    .collect();
                 let queued = st.queue.iter().map(|j| j.chain_id.clone()).collect();
                 let _ = reply.send((running, queued));
             }
@@ -213,13 +259,21 @@ impl Actor for Operator {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, me: ActorRef<OperatorMsg>, evt: SupervisionEvent, st: &mut OperatorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<OperatorMsg>,
+        evt: SupervisionEvent,
+        st: &mut OperatorState,
+    ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(r) = st.running.remove(&cell.get_id()) {
                     let status = match st.ctx.store.get_chain(&r.job.chain_id).await {
                         Ok(Some(c)) => c.status,
-                        _ => reason.as_deref().and_then(|s| s.parse().ok()).unwrap_or(ChainStatus::Failed),
+                        _ => reason
+                            .as_deref()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(ChainStatus::Failed),
                     };
                     st.ended.insert(r.job.name.clone(), status);
                     st.pump(&me).await;
@@ -229,10 +283,15 @@ impl Actor for Operator {
                 if let Some(mut r) = st.running.remove(&cell.get_id()) {
                     // one_for_one: only this chain is restarted, from its state in the store.
                     let now = Instant::now();
-                    r.restarts.retain(|t| now.duration_since(*t) < RESTART_PERIOD);
+                    r.restarts
+                        .retain(|t| now.duration_since(*t) < RESTART_PERIOD);
                     if r.restarts.len() >= RESTART_INTENSITY {
                         tracing::error!(chain.id = %r.job.chain_id, cause = %err, "the chain crashed too often; giving up");
-                        let reason = format!("the chain crashed {} times in {:?}; last: {err}", r.restarts.len() + 1, RESTART_PERIOD);
+                        let reason = format!(
+                            "the chain crashed {} times in {:?}; last: {err}",
+                            r.restarts.len() + 1,
+                            RESTART_PERIOD
+                        );
                         st.end(&r.job, ChainStatus::Failed, Some(reason)).await;
                         st.pump(&me).await;
                     } else {

@@ -91,7 +91,9 @@ mod tests {
     fn command_line_is_the_two_way_mode() {
         let c = ClaudeAgent::new(Some("/opt/claude".into())).command(&spec());
         let line = c.args.join(" ");
-        assert!(line.starts_with("--input-format stream-json --output-format stream-json --verbose"));
+        assert!(
+            line.starts_with("--input-format stream-json --output-format stream-json --verbose")
+        );
         assert!(line.contains("--max-turns 30"));
         assert!(line.contains("--model sonnet"));
         assert!(line.contains("--permission-mode acceptEdits"));
@@ -104,7 +106,9 @@ mod tests {
 
     #[test]
     fn missing_binary_is_reported() {
-        let err = ClaudeAgent::new(Some("/no/such/claude".into())).preflight().unwrap_err();
+        let err = ClaudeAgent::new(Some("/no/such/claude".into()))
+            .preflight()
+            .unwrap_err();
         assert!(err.to_string().contains("/no/such/claude"));
     }
 }

@@ -201,7 +201,10 @@ mod tests {
                 turns: 2,
             },
         };
-        let c = SimAgent { exe: "/bin/op".into() }.command(&spec);
+        let c = SimAgent {
+            exe: "/bin/op".into(),
+        }
+        .command(&spec);
         let line = c.args.join(" ");
         assert!(line.starts_with("sim-agent --input-format stream-json"));
         assert!(line.contains("--scenario max-turns"));

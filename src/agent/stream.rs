@@ -107,8 +107,7 @@ fn str_field(v: &Value, key: &str) -> Option<String> {
 }
 
 fn usage_of(v: &Value) -> Option<Usage> {
-    v.get("usage")
-        .and_then(|u| Usage::deserialize(u).ok())
+    v.get("usage").and_then(|u| Usage::deserialize(u).ok())
 }
 
 /// Parses one stdout line into zero or more events (an assistant message can carry
@@ -310,7 +309,9 @@ mod tests {
             r#"{"type":"assistant","message":{"content":[{"type":"text","text":"hi"},{"type":"tool_use","name":"Bash","input":{}}],"usage":{"input_tokens":10,"output_tokens":5}}}"#,
         );
         assert_eq!(ev.len(), 2);
-        assert!(matches!(&ev[0], AgentEvent::Text { text, usage: Some(u) } if text == "hi" && u.input_tokens == 10));
+        assert!(
+            matches!(&ev[0], AgentEvent::Text { text, usage: Some(u) } if text == "hi" && u.input_tokens == 10)
+        );
         assert!(matches!(&ev[1], AgentEvent::ToolUse { name, usage: None } if name == "Bash"));
     }
 
@@ -339,7 +340,10 @@ mod tests {
             vec![AgentEvent::Unknown("result (malformed)".into())]
         );
         assert!(parse_line("   ").is_empty());
-        assert_eq!(parse_line("[1,2]"), vec![AgentEvent::Unknown(String::new())]);
+        assert_eq!(
+            parse_line("[1,2]"),
+            vec![AgentEvent::Unknown(String::new())]
+        );
     }
 
     #[test]
@@ -380,7 +384,9 @@ mod tests {
         let ev = parse_line(
             r#"{"type":"system","subtype":"api_retry","attempt":1,"max_retries":2,"retry_delay_ms":500,"error_status":401,"error":"authentication_failed"}"#,
         );
-        assert!(matches!(&ev[0], AgentEvent::ApiRetry { error_status: Some(401), error, .. } if error == "authentication_failed"));
+        assert!(
+            matches!(&ev[0], AgentEvent::ApiRetry { error_status: Some(401), error, .. } if error == "authentication_failed")
+        );
         assert_eq!(
             parse_line(r#"{"type":"system","subtype":"compact_boundary","compact_metadata":{}}"#),
             vec![AgentEvent::CompactBoundary]

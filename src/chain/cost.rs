@@ -8,9 +8,15 @@ use crate::cost;
 use crate::store::SharedStore;
 
 pub enum CostMsg {
-    Usage { model: String, usage: Usage },
+    Usage {
+        model: String,
+        usage: Usage,
+    },
     /// Ends the live session: replies with its cost (reported figure or estimate).
-    EndSession { reported: Option<f64>, reply: RpcReplyPort<f64> },
+    EndSession {
+        reported: Option<f64>,
+        reply: RpcReplyPort<f64>,
+    },
     /// Chain total so far, the live session included.
     Total(RpcReplyPort<f64>),
 }
@@ -33,13 +39,31 @@ impl Actor for Cost {
     type State = CostState;
     type Arguments = CostArgs;
 
-    async fn pre_start(&self, _me: ActorRef<CostMsg>, args: CostArgs) -> Result<CostState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<CostMsg>,
+        args: CostArgs,
+    ) -> Result<CostState, ActorProcessingErr> {
         // Rebuilt from the store, never from memory: a restarted Cost actor has the right totals.
-        let recorded = args.store.sessions(&args.chain_id).await?.iter().map(|s| s.cost_usd).sum();
-        Ok(CostState { recorded, live: 0.0 })
+        let recorded = args
+            .store
+            .sessions(&args.chain_id)
+            .await?
+            .iter()
+            .map(|s| s.cost_usd)
+            .sum();
+        Ok(CostState {
+            recorded,
+            live: 0.0,
+        })
     }
 
-    async fn handle(&self, _me: ActorRef<CostMsg>, msg: CostMsg, st: &mut CostState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<CostMsg>,
+        msg: CostMsg,
+        st: &mut CostState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             CostMsg::Usage { model, usage } => st.live += cost::price(&model, &usage),
             CostMsg::EndSession { reported, reply } => {

@@ -11,7 +11,11 @@ use crate::store::SharedStore;
 
 pub enum HandoffMsg {
     /// The user prompt of session `index`, with an optional note from the operator.
-    Prompt { index: u32, note: Option<String>, reply: RpcReplyPort<String> },
+    Prompt {
+        index: u32,
+        note: Option<String>,
+        reply: RpcReplyPort<String>,
+    },
     /// Resolves the handoff of a finished session and writes its file.
     Finalize {
         index: u32,
@@ -51,13 +55,27 @@ impl Actor for Handoffs {
     type State = HandoffState;
     type Arguments = HandoffArgs;
 
-    async fn pre_start(&self, _me: ActorRef<HandoffMsg>, a: HandoffArgs) -> Result<HandoffState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<HandoffMsg>,
+        a: HandoffArgs,
+    ) -> Result<HandoffState, ActorProcessingErr> {
         std::fs::create_dir_all(&a.dir)?;
         let last = a.store.last_handoff(&a.chain_id).await?;
-        Ok(HandoffState { chain_id: a.chain_id, task: a.task, dir: a.dir, last })
+        Ok(HandoffState {
+            chain_id: a.chain_id,
+            task: a.task,
+            dir: a.dir,
+            last,
+        })
     }
 
-    async fn handle(&self, _me: ActorRef<HandoffMsg>, msg: HandoffMsg, st: &mut HandoffState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<HandoffMsg>,
+        msg: HandoffMsg,
+        st: &mut HandoffState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             HandoffMsg::Prompt { index, note, reply } => {
                 let prev = st.last.as_ref().map(|h| prompt::PreviousHandoff {
@@ -68,12 +86,20 @@ impl Actor for Handoffs {
                 });
                 let _ = reply.send(prompt::session_prompt(&st.task, index, prev.as_ref()));
             }
-            HandoffMsg::Finalize { index, output, error, reply } => {
+            HandoffMsg::Finalize {
+                index,
+                output,
+                error,
+                reply,
+            } => {
                 let (h, reason) = match handoff::extract(&output) {
                     Ok(h) => (h, None),
                     Err(invalid) => {
                         let reason = invalid.to_string();
-                        (handoff::synthetic(index, &reason, error.as_deref(), &output), Some(reason))
+                        (
+                            handoff::synthetic(index, &reason, error.as_deref(), &output),
+                            Some(reason),
+                        )
                     }
                 };
                 let file = st.dir.join(format!("handoff-{index}.md"));

@@ -50,7 +50,12 @@ async fn ask<M: ractor::Message, T: Send + 'static>(
 pub enum ChainMsg {
     Next,
     /// A turn ended (a `result` line); `handoff` is `Ok(complete)` or why it is invalid.
-    TurnEnded { index: u32, handoff: Result<bool, String>, hit_max_turns: bool, is_error: bool },
+    TurnEnded {
+        index: u32,
+        handoff: Result<bool, String>,
+        hit_max_turns: bool,
+        is_error: bool,
+    },
     SessionEnded(Box<SessionOutcome>),
     /// The operator's run mode changed (pause, resume, stop).
     ModeChanged,
@@ -112,7 +117,11 @@ impl ChainState {
         chain_dir(&self.ctx, &self.id)
     }
 
-    async fn set_status(&self, status: ChainStatus, reason: Option<&str>) -> Result<(), ActorProcessingErr> {
+    async fn set_status(
+        &self,
+        status: ChainStatus,
+        reason: Option<&str>,
+    ) -> Result<(), ActorProcessingErr> {
         self.ctx
             .store
             .set_chain_status(&self.id, status, reason, Some(std::process::id()))
@@ -120,21 +129,33 @@ impl ChainState {
         Ok(())
     }
 
-    async fn finish(&mut self, me: &ActorRef<ChainMsg>, status: ChainStatus, reason: Option<String>) -> Result<(), ActorProcessingErr> {
+    async fn finish(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        status: ChainStatus,
+        reason: Option<String>,
+    ) -> Result<(), ActorProcessingErr> {
         if self.finished {
             return Ok(());
         }
         self.finished = true;
         self.set_status(status, reason.as_deref()).await?;
         let kind = match status {
-            ChainStatus::Complete | ChainStatus::AssumedComplete | ChainStatus::MaxContinuations => "chain:complete",
+            ChainStatus::Complete
+            | ChainStatus::AssumedComplete
+            | ChainStatus::MaxContinuations => "chain:complete",
             ChainStatus::Aborted => "chain:aborted",
             ChainStatus::Interrupted => "chain:interrupted",
             _ => "chain:error",
         };
         self.ctx
             .bus
-            .emit(kind, Some(&self.id), None, json!({"status": status, "reason": reason}))
+            .emit(
+                kind,
+                Some(&self.id),
+                None,
+                json!({"status": status, "reason": reason}),
+            )
             .await;
         tracing::info!(parent: &self.span, status = %status, reason = reason.as_deref().unwrap_or(""), "chain ended");
         me.stop(Some(status.as_str().to_string()));
@@ -146,7 +167,10 @@ impl ChainState {
         Ok(())
     }
 
-    async fn respawn_handoffs(&mut self, me: &ActorRef<ChainMsg>) -> Result<(), ActorProcessingErr> {
+    async fn respawn_handoffs(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+    ) -> Result<(), ActorProcessingErr> {
         self.handoffs = spawn_handoffs(me, &self.id, &self.task, &self.ctx).await?;
         Ok(())
     }
@@ -157,20 +181,29 @@ impl ChainState {
             return Ok(());
         }
         if self.aborting {
-            return self.finish(me, ChainStatus::Aborted, Some("aborted".into())).await;
+            return self
+                .finish(me, ChainStatus::Aborted, Some("aborted".into()))
+                .await;
         }
         let mode = *self.ctx.mode.borrow();
         match mode {
             Mode::Stopping => {
                 return self
-                    .finish(me, ChainStatus::Interrupted, Some("the operator was stopped".into()))
+                    .finish(
+                        me,
+                        ChainStatus::Interrupted,
+                        Some("the operator was stopped".into()),
+                    )
                     .await;
             }
             Mode::Paused => {
                 if !self.paused_recorded {
                     self.paused_recorded = true;
                     self.set_status(ChainStatus::Paused, None).await?;
-                    self.ctx.bus.emit("chain:paused", Some(&self.id), None, json!({})).await;
+                    self.ctx
+                        .bus
+                        .emit("chain:paused", Some(&self.id), None, json!({}))
+                        .await;
                 }
                 return Ok(());
             }
@@ -178,16 +211,29 @@ impl ChainState {
         }
         if self.paused_recorded {
             self.paused_recorded = false;
-            self.ctx.bus.emit("chain:resumed", Some(&self.id), None, json!({})).await;
+            self.ctx
+                .bus
+                .emit("chain:resumed", Some(&self.id), None, json!({}))
+                .await;
         }
         let total: f64 = ask(&self.cost, CostMsg::Total).await?;
         if total >= self.settings.max_budget_usd {
-            let reason = format!("spent ${total:.4} of a ${:.2} budget", self.settings.max_budget_usd);
-            return self.finish(me, ChainStatus::BudgetExceeded, Some(reason)).await;
+            let reason = format!(
+                "spent ${total:.4} of a ${:.2} budget",
+                self.settings.max_budget_usd
+            );
+            return self
+                .finish(me, ChainStatus::BudgetExceeded, Some(reason))
+                .await;
         }
         let index = self.next_index;
         let note = self.note.take();
-        let user_prompt: String = ask(&self.handoffs, |reply| HandoffMsg::Prompt { index, note, reply }).await?;
+        let user_prompt: String = ask(&self.handoffs, |reply| HandoffMsg::Prompt {
+            index,
+            note,
+            reply,
+        })
+        .await?;
         let started_at = now_rfc3339();
         // Committed before the agent starts: a crash from here on finds the session in the store.
         self.ctx
@@ -233,7 +279,12 @@ impl ChainState {
         };
         match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
             Ok((actor, _)) => {
-                self.session = Some(Running { index, actor: Some(actor), asked_again: false, started_at });
+                self.session = Some(Running {
+                    index,
+                    actor: Some(actor),
+                    asked_again: false,
+                    started_at,
+                });
             }
             Err(e) => {
                 // The agent could not even start: record a failed session like any other.
@@ -241,7 +292,10 @@ impl ChainState {
                     index,
                     session_id: None,
                     output: String::new(),
-                    facts: SessionFacts { spawn_error: Some(e.to_string()), ..Default::default() },
+                    facts: SessionFacts {
+                        spawn_error: Some(e.to_string()),
+                        ..Default::default()
+                    },
                     turns: 0,
                     reported_cost: None,
                     pre_compacted: false,
@@ -249,14 +303,25 @@ impl ChainState {
                     transcript: self.dir().join(format!("session-{index}.jsonl")),
                     transcript_truncated: false,
                 };
-                self.session = Some(Running { index, actor: None, asked_again: false, started_at });
+                self.session = Some(Running {
+                    index,
+                    actor: None,
+                    asked_again: false,
+                    started_at,
+                });
                 me.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
             }
         }
         Ok(())
     }
 
-    async fn turn_ended(&mut self, index: u32, handoff: Result<bool, String>, hit_max_turns: bool, is_error: bool) {
+    async fn turn_ended(
+        &mut self,
+        index: u32,
+        handoff: Result<bool, String>,
+        hit_max_turns: bool,
+        is_error: bool,
+    ) {
         let stopping = *self.ctx.mode.borrow() == Mode::Stopping || self.aborting;
         let span = self.span.clone();
         let Some(run) = self.session.as_mut().filter(|r| r.index == index) else {
@@ -285,7 +350,11 @@ impl ChainState {
         }
     }
 
-    async fn session_ended(&mut self, me: &ActorRef<ChainMsg>, o: SessionOutcome) -> Result<(), ActorProcessingErr> {
+    async fn session_ended(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        o: SessionOutcome,
+    ) -> Result<(), ActorProcessingErr> {
         let Some(run) = self.session.take() else {
             return Ok(());
         };
@@ -293,10 +362,19 @@ impl ChainState {
         let reported = o.reported_cost;
         let cost: f64 = ask(&self.cost, |reply| CostMsg::EndSession { reported, reply }).await?;
         let (index, output, error) = (o.index, o.output, verdict.error.clone());
-        let handoff = ask(&self.handoffs, |reply| HandoffMsg::Finalize { index, output, error, reply }).await?;
+        let handoff = ask(&self.handoffs, |reply| HandoffMsg::Finalize {
+            index,
+            output,
+            error,
+            reply,
+        })
+        .await?;
         if verdict.status == SessionStatus::Failed {
             self.consecutive_failures += 1;
-            self.note = verdict.error.as_ref().map(|e| format!("The previous session failed: {e}"));
+            self.note = verdict
+                .error
+                .as_ref()
+                .map(|e| format!("The previous session failed: {e}"));
         } else if verdict.status == SessionStatus::Completed {
             self.consecutive_failures = 0;
         }
@@ -318,7 +396,10 @@ impl ChainState {
             started_at: run.started_at,
             ended_at: Some(now_rfc3339()),
         };
-        self.ctx.store.finish_session(&self.id, &record, Some(&handoff)).await?;
+        self.ctx
+            .store
+            .finish_session(&self.id, &record, Some(&handoff))
+            .await?;
         let _ = self.handoffs.cast(HandoffMsg::Committed(handoff.clone()));
         tracing::info!(
             parent: &self.span,
@@ -368,9 +449,18 @@ fn chain_dir(ctx: &Ctx, id: &str) -> PathBuf {
     ctx.data_dir.join("chains").join(id)
 }
 
-async fn spawn_cost(me: &ActorRef<ChainMsg>, id: &str, ctx: &Ctx) -> Result<ActorRef<CostMsg>, ActorProcessingErr> {
-    let args = CostArgs { chain_id: id.to_string(), store: ctx.store.clone() };
-    Ok(Actor::spawn_linked(None, Cost, args, me.get_cell()).await?.0)
+async fn spawn_cost(
+    me: &ActorRef<ChainMsg>,
+    id: &str,
+    ctx: &Ctx,
+) -> Result<ActorRef<CostMsg>, ActorProcessingErr> {
+    let args = CostArgs {
+        chain_id: id.to_string(),
+        store: ctx.store.clone(),
+    };
+    Ok(Actor::spawn_linked(None, Cost, args, me.get_cell())
+        .await?
+        .0)
 }
 
 async fn spawn_handoffs(
@@ -385,7 +475,9 @@ async fn spawn_handoffs(
         dir: chain_dir(ctx, id),
         store: ctx.store.clone(),
     };
-    Ok(Actor::spawn_linked(None, Handoffs, args, me.get_cell()).await?.0)
+    Ok(Actor::spawn_linked(None, Handoffs, args, me.get_cell())
+        .await?
+        .0)
 }
 
 impl Actor for Chain {
@@ -393,12 +485,19 @@ impl Actor for Chain {
     type State = ChainState;
     type Arguments = ChainArgs;
 
-    async fn pre_start(&self, me: ActorRef<ChainMsg>, a: ChainArgs) -> Result<ChainState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<ChainMsg>,
+        a: ChainArgs,
+    ) -> Result<ChainState, ActorProcessingErr> {
         let span = tracing::info_span!("chain", chain.id = %a.chain_id, agent = %a.agent.kind());
         let store = a.ctx.store.clone();
         // The chain's state lives in the store: a restarted chain rebuilds itself from it.
         let mut sessions = store.sessions(&a.chain_id).await?;
-        for s in sessions.iter_mut().filter(|s| s.status == SessionStatus::Running) {
+        for s in sessions
+            .iter_mut()
+            .filter(|s| s.status == SessionStatus::Running)
+        {
             // Left running by an operator that died: it will not finish now.
             s.status = SessionStatus::Interrupted;
             s.error = Some("the operator stopped during this session".into());
@@ -448,25 +547,40 @@ impl Actor for Chain {
         );
         st.ctx
             .bus
-            .emit("chain:started", Some(&st.id), None, json!({"resumedAt": if next_index > 1 { Some(next_index) } else { None }}))
+            .emit(
+                "chain:started",
+                Some(&st.id),
+                None,
+                json!({"resumedAt": if next_index > 1 { Some(next_index) } else { None }}),
+            )
             .await;
         me.cast(ChainMsg::Next)?;
         Ok(st)
     }
 
-    async fn handle(&self, me: ActorRef<ChainMsg>, msg: ChainMsg, st: &mut ChainState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<ChainMsg>,
+        msg: ChainMsg,
+        st: &mut ChainState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ChainMsg::Next => st.next(&me).await?,
-            ChainMsg::TurnEnded { index, handoff, hit_max_turns, is_error } => {
-                st.turn_ended(index, handoff, hit_max_turns, is_error).await
-            }
+            ChainMsg::TurnEnded {
+                index,
+                handoff,
+                hit_max_turns,
+                is_error,
+            } => st.turn_ended(index, handoff, hit_max_turns, is_error).await,
             ChainMsg::SessionEnded(o) => st.session_ended(&me, *o).await?,
             ChainMsg::ModeChanged => {
                 let mode = *st.ctx.mode.borrow();
                 match (&st.session, mode) {
                     (Some(run), Mode::Stopping) => {
                         if let Some(a) = &run.actor {
-                            let _ = a.cast(SessionMsg::Stop { grace: st.ctx.shutdown_grace });
+                            let _ = a.cast(SessionMsg::Stop {
+                                grace: st.ctx.shutdown_grace,
+                            });
                         }
                     }
                     (None, _) => st.next(&me).await?,
@@ -478,7 +592,9 @@ impl Actor for Chain {
                 match &st.session {
                     Some(run) => {
                         if let Some(a) = &run.actor {
-                            let _ = a.cast(SessionMsg::Stop { grace: Duration::from_secs(2) });
+                            let _ = a.cast(SessionMsg::Stop {
+                                grace: Duration::from_secs(2),
+                            });
                         }
                     }
                     None => st.next(&me).await?,
@@ -488,7 +604,12 @@ impl Actor for Chain {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, me: ActorRef<ChainMsg>, evt: SupervisionEvent, st: &mut ChainState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<ChainMsg>,
+        evt: SupervisionEvent,
+        st: &mut ChainState,
+    ) -> Result<(), ActorProcessingErr> {
         // The default would stop the chain when any child ends: every parent overrides it.
         match evt {
             SupervisionEvent::ActorFailed(cell, err) => {
@@ -499,7 +620,11 @@ impl Actor for Chain {
                 } else if id == st.handoffs.get_id() {
                     tracing::error!(parent: &st.span, cause = %err, "the Handoff actor crashed; restarting it from the store");
                     st.respawn_handoffs(&me).await?;
-                } else if let Some(run) = st.session.as_ref().filter(|r| r.actor.as_ref().is_some_and(|a| a.get_id() == id)) {
+                } else if let Some(run) = st
+                    .session
+                    .as_ref()
+                    .filter(|r| r.actor.as_ref().is_some_and(|a| a.get_id() == id))
+                {
                     // The session actor crashed: its process group died with its state.
                     tracing::error!(parent: &st.span, session.index = run.index, cause = %err, "the Session actor crashed");
                     let outcome = SessionOutcome {
@@ -527,7 +652,11 @@ impl Actor for Chain {
         Ok(())
     }
 
-    async fn post_stop(&self, _me: ActorRef<ChainMsg>, st: &mut ChainState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ChainMsg>,
+        st: &mut ChainState,
+    ) -> Result<(), ActorProcessingErr> {
         st.cost.stop(None);
         st.handoffs.stop(None);
         Ok(())

@@ -50,7 +50,11 @@ pub fn classify(f: &SessionFacts) -> Verdict {
     }
     if f.hit_max_turns {
         // Max turns without COMPLETE is a reason to continue, not a failure.
-        return Verdict { status: SessionStatus::Completed, error: None, error_kind: None };
+        return Verdict {
+            status: SessionStatus::Completed,
+            error: None,
+            error_kind: None,
+        };
     }
     if !f.saw_result {
         let how = match f.exit_code {
@@ -79,9 +83,16 @@ pub fn classify(f: &SessionFacts) -> Verdict {
         return failed(text, kind);
     }
     if let Some(c) = f.exit_code.filter(|c| *c != 0) {
-        return failed(format!("the agent exited with code {c}"), ErrorKind::Transient);
+        return failed(
+            format!("the agent exited with code {c}"),
+            ErrorKind::Transient,
+        );
     }
-    Verdict { status: SessionStatus::Completed, error: None, error_kind: None }
+    Verdict {
+        status: SessionStatus::Completed,
+        error: None,
+        error_kind: None,
+    }
 }
 
 /// What the chain knows after a session, for deciding the next step.
@@ -113,7 +124,10 @@ pub enum Next {
 pub fn decide(a: &AfterSession) -> Next {
     match a.verdict.status {
         SessionStatus::Interrupted => {
-            return Next::Finish(ChainStatus::Interrupted, Some("stopped by the operator".into()));
+            return Next::Finish(
+                ChainStatus::Interrupted,
+                Some("stopped by the operator".into()),
+            );
         }
         SessionStatus::Failed => {
             let error = a.verdict.error.clone().unwrap_or_default();
@@ -154,7 +168,10 @@ pub fn decide(a: &AfterSession) -> Next {
     if a.sessions_in_run > a.max_continuations {
         return Next::Finish(
             ChainStatus::MaxContinuations,
-            Some(format!("{} sessions run without COMPLETE", a.sessions_in_run)),
+            Some(format!(
+                "{} sessions run without COMPLETE",
+                a.sessions_in_run
+            )),
         );
     }
     Next::Continue
@@ -165,7 +182,12 @@ mod tests {
     use super::*;
 
     fn ok_facts() -> SessionFacts {
-        SessionFacts { saw_result: true, result_subtype: "success".into(), exit_code: Some(0), ..Default::default() }
+        SessionFacts {
+            saw_result: true,
+            result_subtype: "success".into(),
+            exit_code: Some(0),
+            ..Default::default()
+        }
     }
 
     fn after(verdict: Verdict) -> AfterSession {
@@ -205,83 +227,162 @@ mod tests {
         assert_eq!(v.status, SessionStatus::Failed);
         assert_eq!(v.error_kind, Some(ErrorKind::Transient));
         assert_eq!(v.error.as_deref(), Some("API Error: 429"));
-        let auth = classify(&SessionFacts { api_error_status: Some(401), ..f });
+        let auth = classify(&SessionFacts {
+            api_error_status: Some(401),
+            ..f
+        });
         assert_eq!(auth.error_kind, Some(ErrorKind::Fatal));
     }
 
     #[test]
     fn exit_zero_without_result_is_a_failure() {
-        let f = SessionFacts { saw_result: false, exit_code: Some(0), ..Default::default() };
+        let f = SessionFacts {
+            saw_result: false,
+            exit_code: Some(0),
+            ..Default::default()
+        };
         assert_eq!(classify(&f).status, SessionStatus::Failed);
-        let killed = SessionFacts { saw_result: false, exit_code: None, stderr_tail: "boom".into(), ..Default::default() };
+        let killed = SessionFacts {
+            saw_result: false,
+            exit_code: None,
+            stderr_tail: "boom".into(),
+            ..Default::default()
+        };
         let v = classify(&killed);
         assert!(v.error.unwrap().contains("killed by a signal): boom"));
     }
 
     #[test]
     fn max_turns_is_not_a_failure() {
-        let f = SessionFacts { hit_max_turns: true, result_is_error: true, exit_code: Some(1), ..ok_facts() };
+        let f = SessionFacts {
+            hit_max_turns: true,
+            result_is_error: true,
+            exit_code: Some(1),
+            ..ok_facts()
+        };
         assert_eq!(classify(&f).status, SessionStatus::Completed);
     }
 
     #[test]
     fn stopped_and_spawn_errors() {
-        let f = SessionFacts { stopped_by_operator: true, ..ok_facts() };
+        let f = SessionFacts {
+            stopped_by_operator: true,
+            ..ok_facts()
+        };
         assert_eq!(classify(&f).status, SessionStatus::Interrupted);
-        let s = SessionFacts { spawn_error: Some("No such file".into()), ..Default::default() };
+        let s = SessionFacts {
+            spawn_error: Some("No such file".into()),
+            ..Default::default()
+        };
         assert_eq!(classify(&s).error_kind, Some(ErrorKind::Fatal));
     }
 
     #[test]
     fn complete_handoff_completes_the_chain() {
-        let a = AfterSession { complete: true, ..after(completed()) };
+        let a = AfterSession {
+            complete: true,
+            ..after(completed())
+        };
         assert_eq!(decide(&a), Next::Finish(ChainStatus::Complete, None));
     }
 
     #[test]
     fn incomplete_handoff_continues_until_max_continuations() {
         assert_eq!(decide(&after(completed())), Next::Continue);
-        let a = AfterSession { sessions_in_run: 6, ..after(completed()) };
-        assert!(matches!(decide(&a), Next::Finish(ChainStatus::MaxContinuations, _)));
-        let a = AfterSession { sessions_in_run: 5, ..after(completed()) };
+        let a = AfterSession {
+            sessions_in_run: 6,
+            ..after(completed())
+        };
+        assert!(matches!(
+            decide(&a),
+            Next::Finish(ChainStatus::MaxContinuations, _)
+        ));
+        let a = AfterSession {
+            sessions_in_run: 5,
+            ..after(completed())
+        };
         assert_eq!(decide(&a), Next::Continue);
     }
 
     #[test]
     fn no_handoff_without_limit_is_assumed_complete() {
-        let a = AfterSession { agent_handoff: false, ..after(completed()) };
-        assert!(matches!(decide(&a), Next::Finish(ChainStatus::AssumedComplete, _)));
-        let at_limit = AfterSession { agent_handoff: false, hit_max_turns: true, ..after(completed()) };
+        let a = AfterSession {
+            agent_handoff: false,
+            ..after(completed())
+        };
+        assert!(matches!(
+            decide(&a),
+            Next::Finish(ChainStatus::AssumedComplete, _)
+        ));
+        let at_limit = AfterSession {
+            agent_handoff: false,
+            hit_max_turns: true,
+            ..after(completed())
+        };
         assert_eq!(decide(&at_limit), Next::Continue);
     }
 
     #[test]
     fn breaker_opens_at_threshold() {
-        let failed = classify(&SessionFacts { saw_result: false, exit_code: Some(3), ..Default::default() });
-        let a = AfterSession { consecutive_failures: 2, agent_handoff: false, ..after(failed.clone()) };
-        assert_eq!(decide(&a), Next::Continue, "a failure with a synthetic handoff goes on");
-        let a = AfterSession { consecutive_failures: 3, ..after(failed) };
+        let failed = classify(&SessionFacts {
+            saw_result: false,
+            exit_code: Some(3),
+            ..Default::default()
+        });
+        let a = AfterSession {
+            consecutive_failures: 2,
+            agent_handoff: false,
+            ..after(failed.clone())
+        };
+        assert_eq!(
+            decide(&a),
+            Next::Continue,
+            "a failure with a synthetic handoff goes on"
+        );
+        let a = AfterSession {
+            consecutive_failures: 3,
+            ..after(failed)
+        };
         match decide(&a) {
-            Next::Finish(ChainStatus::Failed, Some(r)) => assert!(r.starts_with("circuit-open"), "{r}"),
+            Next::Finish(ChainStatus::Failed, Some(r)) => {
+                assert!(r.starts_with("circuit-open"), "{r}")
+            }
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn fatal_errors_end_at_once() {
-        let v = classify(&SessionFacts { spawn_error: Some("x".into()), ..Default::default() });
-        assert!(matches!(decide(&after(v)), Next::Finish(ChainStatus::Failed, Some(r)) if r.starts_with("fatal")));
+        let v = classify(&SessionFacts {
+            spawn_error: Some("x".into()),
+            ..Default::default()
+        });
+        assert!(
+            matches!(decide(&after(v)), Next::Finish(ChainStatus::Failed, Some(r)) if r.starts_with("fatal"))
+        );
     }
 
     #[test]
     fn budget_is_checked_after_each_session() {
-        let a = AfterSession { total_cost_usd: 5.0, ..after(completed()) };
-        assert!(matches!(decide(&a), Next::Finish(ChainStatus::BudgetExceeded, _)));
+        let a = AfterSession {
+            total_cost_usd: 5.0,
+            ..after(completed())
+        };
+        assert!(matches!(
+            decide(&a),
+            Next::Finish(ChainStatus::BudgetExceeded, _)
+        ));
     }
 
     #[test]
     fn interrupted_session_interrupts_the_chain() {
-        let v = classify(&SessionFacts { stopped_by_operator: true, ..Default::default() });
-        assert!(matches!(decide(&after(v)), Next::Finish(ChainStatus::Interrupted, _)));
+        let v = classify(&SessionFacts {
+            stopped_by_operator: true,
+            ..Default::default()
+        });
+        assert!(matches!(
+            decide(&after(v)),
+            Next::Finish(ChainStatus::Interrupted, _)
+        ));
     }
 }

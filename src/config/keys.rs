@@ -53,14 +53,24 @@ fn unknown(file: &str, path: &str, key: &str, known: &[&str]) -> Issue {
     }
 }
 
-fn check_table(file: &str, path: &str, table: &Map<String, Value>, known: &[&str], out: &mut Vec<Issue>) {
+fn check_table(
+    file: &str,
+    path: &str,
+    table: &Map<String, Value>,
+    known: &[&str],
+    out: &mut Vec<Issue>,
+) {
     for (k, v) in table {
         if !known.contains(&k.as_str()) {
             out.push(unknown(file, path, k, known));
             continue;
         }
         if k == "sim" {
-            let p = if path.is_empty() { "sim".to_string() } else { format!("{path}.sim") };
+            let p = if path.is_empty() {
+                "sim".to_string()
+            } else {
+                format!("{path}.sim")
+            };
             match &v.kind {
                 ValueKind::Table(t) => check_table(file, &p, t, SIM_KEYS, out),
                 _ => out.push(Issue {

@@ -94,7 +94,11 @@ pub struct ConfigErrors(pub Vec<Issue>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "{n} configuration error{}:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{n} configuration error{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for issue in &self.0 {
             writeln!(f, "  - {issue}")?;
         }
@@ -200,7 +204,8 @@ impl Source for Layer {
     }
 }
 
-fn builtin_chain_defaults() -> Result<config::ConfigBuilder<config::builder::DefaultState>, config::ConfigError> {
+fn builtin_chain_defaults()
+-> Result<config::ConfigBuilder<config::builder::DefaultState>, config::ConfigError> {
     let sim = SimConfig::default();
     Config::builder()
         .set_default("agent", "sim")?
@@ -340,7 +345,9 @@ impl Loaded {
         if let Some(t) = chain_table {
             b = b.add_source(Layer(t));
         }
-        b = b.add_source(self.env.source()).add_source(overrides.layer());
+        b = b
+            .add_source(self.env.source())
+            .add_source(overrides.layer());
         let settings: ChainSettings = b
             .build()
             .and_then(|c| c.try_deserialize())
@@ -371,7 +378,11 @@ impl Loaded {
     }
 
     /// A plan from a mission file; every error in it is reported at once.
-    pub fn plan_for_mission(&self, path: &Path, overrides: &Overrides) -> Result<Plan, ConfigErrors> {
+    pub fn plan_for_mission(
+        &self,
+        path: &Path,
+        overrides: &Overrides,
+    ) -> Result<Plan, ConfigErrors> {
         let file = load_file(path)?;
         let mut issues = keys::check_mission(&file.name, &file.table);
         let defaults = sub_table(&file.table, "defaults");
@@ -386,18 +397,30 @@ impl Loaded {
             None => None,
             Some(Ok(n)) if n >= 1 => Some(n as usize),
             Some(_) => {
-                issues.push(issue(&file.name, "concurrency", "expected a whole number of at least 1"));
+                issues.push(issue(
+                    &file.name,
+                    "concurrency",
+                    "expected a whole number of at least 1",
+                ));
                 None
             }
         };
         let entries = match file.table.get("chain").map(|v| v.clone().into_array()) {
             Some(Ok(a)) if !a.is_empty() => a,
             Some(Ok(_)) | None => {
-                issues.push(issue(&file.name, "chain", "the mission defines no [[chain]]"));
+                issues.push(issue(
+                    &file.name,
+                    "chain",
+                    "the mission defines no [[chain]]",
+                ));
                 Vec::new()
             }
             Some(Err(_)) => {
-                issues.push(issue(&file.name, "chain", "expected an array of tables ([[chain]])"));
+                issues.push(issue(
+                    &file.name,
+                    "chain",
+                    "expected an array of tables ([[chain]])",
+                ));
                 Vec::new()
             }
         };
@@ -413,11 +436,19 @@ impl Loaded {
             let chain_name = match table.remove("name").map(Value::into_string) {
                 Some(Ok(n)) if crate::model::is_valid_chain_id(&n) => n,
                 Some(Ok(n)) => {
-                    issues.push(issue(&file.name, &format!("{at}.name"), &format!("`{n}` is not a valid name (letters, digits, `-` and `_` only)")));
+                    issues.push(issue(
+                        &file.name,
+                        &format!("{at}.name"),
+                        &format!("`{n}` is not a valid name (letters, digits, `-` and `_` only)"),
+                    ));
                     continue;
                 }
                 Some(Err(_)) => {
-                    issues.push(issue(&file.name, &format!("{at}.name"), "expected a string"));
+                    issues.push(issue(
+                        &file.name,
+                        &format!("{at}.name"),
+                        "expected a string",
+                    ));
                     continue;
                 }
                 None => format!("chain-{}", i + 1),
@@ -425,15 +456,27 @@ impl Loaded {
             let task = match table.remove("task").map(Value::into_string) {
                 Some(Ok(t)) if !t.trim().is_empty() => t.trim().to_string(),
                 Some(Ok(_)) => {
-                    issues.push(issue(&file.name, &format!("{at}.task"), "the task is empty"));
+                    issues.push(issue(
+                        &file.name,
+                        &format!("{at}.task"),
+                        "the task is empty",
+                    ));
                     continue;
                 }
                 Some(Err(_)) => {
-                    issues.push(issue(&file.name, &format!("{at}.task"), "expected a string"));
+                    issues.push(issue(
+                        &file.name,
+                        &format!("{at}.task"),
+                        "expected a string",
+                    ));
                     continue;
                 }
                 None => {
-                    issues.push(issue(&file.name, &format!("{at}.task"), "missing: every chain needs a task"));
+                    issues.push(issue(
+                        &file.name,
+                        &format!("{at}.task"),
+                        "missing: every chain needs a task",
+                    ));
                     continue;
                 }
             };
@@ -441,7 +484,11 @@ impl Loaded {
                 None => Vec::new(),
                 Some(Ok(a)) => a.into_iter().filter_map(|v| v.into_string().ok()).collect(),
                 Some(Err(_)) => {
-                    issues.push(issue(&file.name, &format!("{at}.after"), "expected a list of chain names"));
+                    issues.push(issue(
+                        &file.name,
+                        &format!("{at}.after"),
+                        "expected a list of chain names",
+                    ));
                     Vec::new()
                 }
             };
@@ -463,16 +510,28 @@ impl Loaded {
         let names: Vec<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
         for (i, (name, after)) in order.iter().enumerate() {
             if names[..i].contains(&name.as_str()) {
-                issues.push(issue(&file.name, "chain", &format!("two chains are named `{name}`")));
+                issues.push(issue(
+                    &file.name,
+                    "chain",
+                    &format!("two chains are named `{name}`"),
+                ));
             }
             for dep in after {
                 if !names.contains(&dep.as_str()) {
-                    issues.push(issue(&file.name, &format!("{name}.after"), &format!("no chain named `{dep}` in this mission")));
+                    issues.push(issue(
+                        &file.name,
+                        &format!("{name}.after"),
+                        &format!("no chain named `{dep}` in this mission"),
+                    ));
                 }
             }
         }
         if let Some(cycle) = find_cycle(&order) {
-            issues.push(issue(&file.name, "after", &format!("the ordering has a cycle: {cycle}")));
+            issues.push(issue(
+                &file.name,
+                "after",
+                &format!("the ordering has a cycle: {cycle}"),
+            ));
         }
         if !issues.is_empty() {
             return Err(ConfigErrors(issues));

@@ -11,7 +11,10 @@ fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 fn env(pairs: &[(&str, &str)]) -> Env {
-    Env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    Env(pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
 }
 
 const MISSION: &str = r#"
@@ -38,7 +41,9 @@ fn builtin_defaults_apply_without_files() {
     let loaded = load_operator(None, &Env::default(), &Overrides::default()).unwrap();
     assert_eq!(loaded.operator.data_dir, PathBuf::from(".operator"));
     assert_eq!(loaded.operator.shutdown_grace, Duration::from_secs(10));
-    let plan = loaded.plan_for_task("Do it", &Overrides::default()).unwrap();
+    let plan = loaded
+        .plan_for_task("Do it", &Overrides::default())
+        .unwrap();
     let s = &plan.chains[0].settings;
     assert_eq!(s.model, "sonnet");
     assert_eq!(s.max_turns, 30);
@@ -49,12 +54,18 @@ fn builtin_defaults_apply_without_files() {
 #[test]
 fn precedence_is_defaults_operator_mission_chain_env_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let op = write(dir.path(), "operator.toml", "data_dir = \"/tmp/x\"\n[defaults]\nmodel = \"opus\"\nmax_turns = 20\nmax_continuations = 9\nmax_budget_usd = 2.5\n");
+    let op = write(
+        dir.path(),
+        "operator.toml",
+        "data_dir = \"/tmp/x\"\n[defaults]\nmodel = \"opus\"\nmax_turns = 20\nmax_continuations = 9\nmax_budget_usd = 2.5\n",
+    );
     let mission = write(dir.path(), "m.toml", MISSION);
     // operator.toml beats built-ins; the mission beats operator.toml; the chain beats the mission.
     let loaded = load_operator(Some(&op), &Env::default(), &Overrides::default()).unwrap();
     assert_eq!(loaded.operator.data_dir, PathBuf::from("/tmp/x"));
-    let plan = loaded.plan_for_mission(&mission, &Overrides::default()).unwrap();
+    let plan = loaded
+        .plan_for_mission(&mission, &Overrides::default())
+        .unwrap();
     let (a, b) = (&plan.chains[0].settings, &plan.chains[1].settings);
     assert_eq!(a.max_continuations, 9, "from operator.toml");
     assert_eq!(a.max_budget_usd, 2.5);
@@ -66,10 +77,16 @@ fn precedence_is_defaults_operator_mission_chain_env_cli() {
     assert_eq!(plan.chains[1].after, vec!["a".to_string()]);
 
     // The environment beats the files …
-    let e = env(&[("OPERATOR_MAX_TURNS", "3"), ("OPERATOR_SIM__STEP", "1s"), ("OPERATOR_DATA_DIR", "/tmp/y")]);
+    let e = env(&[
+        ("OPERATOR_MAX_TURNS", "3"),
+        ("OPERATOR_SIM__STEP", "1s"),
+        ("OPERATOR_DATA_DIR", "/tmp/y"),
+    ]);
     let loaded = load_operator(Some(&op), &e, &Overrides::default()).unwrap();
     assert_eq!(loaded.operator.data_dir, PathBuf::from("/tmp/y"));
-    let plan = loaded.plan_for_mission(&mission, &Overrides::default()).unwrap();
+    let plan = loaded
+        .plan_for_mission(&mission, &Overrides::default())
+        .unwrap();
     assert_eq!(plan.chains[0].settings.max_turns, 3);
     assert_eq!(plan.chains[0].settings.sim.step, Duration::from_secs(1));
 
@@ -81,7 +98,10 @@ fn precedence_is_defaults_operator_mission_chain_env_cli() {
     let plan = loaded.plan_for_mission(&mission, &cli).unwrap();
     assert_eq!(plan.chains[0].settings.max_turns, 4);
     assert_eq!(plan.chains[1].settings.model, "sonnet");
-    assert_eq!(plan.chains[0].settings.sim.scenario, crate::agent::sim::Scenario::NoHandoff);
+    assert_eq!(
+        plan.chains[0].settings.sim.scenario,
+        crate::agent::sim::Scenario::NoHandoff
+    );
     // The chain's own sim settings that the CLI did not touch stay.
     assert_eq!(plan.chains[0].settings.sim.step, Duration::from_secs(1));
 }
@@ -89,7 +109,10 @@ fn precedence_is_defaults_operator_mission_chain_env_cli() {
 #[test]
 fn every_error_of_a_mission_is_reported_with_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let mission = write(dir.path(), "bad.toml", r#"
+    let mission = write(
+        dir.path(),
+        "bad.toml",
+        r#"
 concurrncy = 2
 [defaults]
 max_turn = 3
@@ -105,19 +128,37 @@ task = "y"
 after = ["zzz"]
 [chain.sim]
 scenario = "compelte"
-"#);
+"#,
+    );
     let loaded = load_operator(None, &Env::default(), &Overrides::default()).unwrap();
-    let err = loaded.plan_for_mission(&mission, &Overrides::default()).unwrap_err();
+    let err = loaded
+        .plan_for_mission(&mission, &Overrides::default())
+        .unwrap_err();
     let text = err.to_string();
     let file = mission.display().to_string();
-    assert!(text.contains(&format!("{file}: `concurrncy`: unknown key (did you mean `concurrency`?)")), "{text}");
-    assert!(text.contains("`defaults.max_turn`: unknown key (did you mean `max_turns`?)"), "{text}");
-    assert!(text.contains("`chain[0] (a)`") && text.contains("max_turns"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{file}: `concurrncy`: unknown key (did you mean `concurrency`?)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("`defaults.max_turn`: unknown key (did you mean `max_turns`?)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`chain[0] (a)`") && text.contains("max_turns"),
+        "{text}"
+    );
     assert!(text.contains("`chain[1].task`: missing"), "{text}");
     assert!(text.contains("compelte"), "{text}");
     assert!(text.contains("no chain named `zzz`"), "{text}");
     assert!(err.0.len() >= 5, "{text}");
-    assert!(err.0.iter().all(|i| i.file.as_deref() == Some(file.as_str())));
+    assert!(
+        err.0
+            .iter()
+            .all(|i| i.file.as_deref() == Some(file.as_str()))
+    );
 }
 
 #[test]
@@ -125,10 +166,17 @@ fn toml_syntax_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let mission = write(dir.path(), "broken.toml", "[[chain]\ntask = \"x\"\n");
     let loaded = load_operator(None, &Env::default(), &Overrides::default()).unwrap();
-    let err = loaded.plan_for_mission(&mission, &Overrides::default()).unwrap_err();
+    let err = loaded
+        .plan_for_mission(&mission, &Overrides::default())
+        .unwrap_err();
     assert!(err.to_string().contains("broken.toml"), "{err}");
-    let missing = loaded.plan_for_mission(&dir.path().join("nope.toml"), &Overrides::default()).unwrap_err();
-    assert!(missing.to_string().contains("nope.toml: file not found"), "{missing}");
+    let missing = loaded
+        .plan_for_mission(&dir.path().join("nope.toml"), &Overrides::default())
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("nope.toml: file not found"),
+        "{missing}"
+    );
 }
 
 #[test]
@@ -137,16 +185,33 @@ fn bad_values_are_refused() {
     let loaded = load_operator(None, &Env::default(), &Overrides::default()).unwrap();
     for (body, needle) in [
         ("[[chain]]\ntask = \"x\"\nmax_turns = 0\n", "max_turns"),
-        ("[[chain]]\ntask = \"x\"\npermission_mode = \"yolo\"\n", "permission_mode"),
-        ("[[chain]]\ntask = \"x\"\nworkdir = \"/no/such/dir\"\n", "workdir"),
+        (
+            "[[chain]]\ntask = \"x\"\npermission_mode = \"yolo\"\n",
+            "permission_mode",
+        ),
+        (
+            "[[chain]]\ntask = \"x\"\nworkdir = \"/no/such/dir\"\n",
+            "workdir",
+        ),
         ("[[chain]]\ntask = \"x\"\nagent = \"gpt\"\n", "gpt"),
-        ("[[chain]]\ntask = \"x\"\n[chain.sim]\nstep = \"soon\"\n", "soon"),
-        ("[[chain]]\nname = \"../x\"\ntask = \"x\"\n", "not a valid name"),
-        ("[[chain]]\nname = \"a\"\ntask = \"x\"\nafter = [\"a\"]\n", "cycle"),
+        (
+            "[[chain]]\ntask = \"x\"\n[chain.sim]\nstep = \"soon\"\n",
+            "soon",
+        ),
+        (
+            "[[chain]]\nname = \"../x\"\ntask = \"x\"\n",
+            "not a valid name",
+        ),
+        (
+            "[[chain]]\nname = \"a\"\ntask = \"x\"\nafter = [\"a\"]\n",
+            "cycle",
+        ),
         ("name = \"m\"\n", "no [[chain]]"),
     ] {
         let m = write(dir.path(), "m.toml", body);
-        let err = loaded.plan_for_mission(&m, &Overrides::default()).unwrap_err();
+        let err = loaded
+            .plan_for_mission(&m, &Overrides::default())
+            .unwrap_err();
         assert!(err.to_string().contains(needle), "{body}: {err}");
     }
 }
@@ -154,8 +219,14 @@ fn bad_values_are_refused() {
 #[test]
 fn operator_toml_unknown_keys_and_bad_types() {
     let dir = tempfile::tempdir().unwrap();
-    let op = write(dir.path(), "operator.toml", "data_dri = \"x\"\nshutdown_grace = \"forever\"\n");
-    let err = load_operator(Some(&op), &Env::default(), &Overrides::default()).err().unwrap();
+    let op = write(
+        dir.path(),
+        "operator.toml",
+        "data_dri = \"x\"\nshutdown_grace = \"forever\"\n",
+    );
+    let err = load_operator(Some(&op), &Env::default(), &Overrides::default())
+        .err()
+        .unwrap();
     let text = err.to_string();
     assert!(text.contains("did you mean `data_dir`"), "{text}");
     assert!(text.contains("forever"), "{text}");
@@ -166,5 +237,8 @@ fn mission_names_resolve_to_files() {
     assert_eq!(resolve_mission("x.toml"), PathBuf::from("x.toml"));
     assert_eq!(resolve_mission("some/dir/x"), PathBuf::from("some/dir/x"));
     // A bare name without such a file stays as given (and fails later with "file not found").
-    assert_eq!(resolve_mission("zz-no-such-mission"), PathBuf::from("zz-no-such-mission"));
+    assert_eq!(
+        resolve_mission("zz-no-such-mission"),
+        PathBuf::from("zz-no-such-mission")
+    );
 }

@@ -77,8 +77,7 @@ fn handoff_heading(line: &str) -> Option<bool> {
         return None;
     };
     let rest = rest.trim_end_matches('*').trim();
-    if rest.len() < 7 || !rest.is_char_boundary(7) || !rest[..7].eq_ignore_ascii_case("handoff")
-    {
+    if rest.len() < 7 || !rest.is_char_boundary(7) || !rest[..7].eq_ignore_ascii_case("handoff") {
         return None;
     }
     let tail = rest[7..].trim_matches(|c: char| {
@@ -378,7 +377,8 @@ mod tests {
 
     #[test]
     fn tilde_fences_and_longer_fences() {
-        let text = "~~~\n## HANDOFF: COMPLETE\n~~~\n````\n```\n## HANDOFF: COMPLETE\n```\n````\nnothing";
+        let text =
+            "~~~\n## HANDOFF: COMPLETE\n~~~\n````\n```\n## HANDOFF: COMPLETE\n```\n````\nnothing";
         assert!(parse(text).is_none());
     }
 
@@ -439,9 +439,13 @@ mod tests {
 
     #[test]
     fn empty_remaining_is_invalid_unless_complete() {
-        let inc = parse("## HANDOFF\n### Accomplished\nA long enough summary here.\n### Remaining\nNone.\n").unwrap();
+        let inc = parse(
+            "## HANDOFF\n### Accomplished\nA long enough summary here.\n### Remaining\nNone.\n",
+        )
+        .unwrap();
         assert_eq!(validate(&inc), Err(Invalid::RemainingEmpty));
-        let no_section = parse("## HANDOFF\n### Accomplished\nA long enough summary here.").unwrap();
+        let no_section =
+            parse("## HANDOFF\n### Accomplished\nA long enough summary here.").unwrap();
         assert_eq!(validate(&no_section), Err(Invalid::RemainingEmpty));
         let done = parse("## HANDOFF: COMPLETE\n### Accomplished\nA long enough summary here.\n### Remaining\nnone").unwrap();
         assert!(validate(&done).is_ok());
@@ -473,7 +477,8 @@ mod tests {
 
     #[test]
     fn crlf_and_unicode_are_fine() {
-        let text = "## HANDOFF: COMPLETE\r\n### Accomplished\r\nÜbersetzt und geprüft — alles fertig.\r\n";
+        let text =
+            "## HANDOFF: COMPLETE\r\n### Accomplished\r\nÜbersetzt und geprüft — alles fertig.\r\n";
         let h = extract(text).unwrap();
         assert!(h.complete);
     }

@@ -78,7 +78,10 @@ mod tests {
 
     #[test]
     fn first_session_gets_the_task_only() {
-        assert_eq!(session_prompt("  Fix the bug.  ", 1, None), "Fix the bug.\n");
+        assert_eq!(
+            session_prompt("  Fix the bug.  ", 1, None),
+            "Fix the bug.\n"
+        );
     }
 
     #[test]

@@ -45,7 +45,9 @@ pub enum SessionMsg {
     /// Closes stdin: the agent should exit.
     Close,
     /// Interrupt the agent, then terminate it if it has not ended within `grace`.
-    Stop { grace: Duration },
+    Stop {
+        grace: Duration,
+    },
     Terminate,
     Kill,
 }
@@ -153,7 +155,11 @@ impl SessionState {
     /// for text (tool calls and results always go out: they are few and informative).
     fn live(&mut self, activity: String, always: bool) {
         let now = Instant::now();
-        if !always && self.last_live.is_some_and(|t| now.duration_since(t) < Duration::from_millis(900)) {
+        if !always
+            && self
+                .last_live
+                .is_some_and(|t| now.duration_since(t) < Duration::from_millis(900))
+        {
             return;
         }
         self.last_live = Some(now);
@@ -187,7 +193,12 @@ impl Actor for Session {
         let stdout = child.stdout.take().ok_or("the agent has no stdout")?;
         let stderr = child.stderr.take().ok_or("the agent has no stderr")?;
         let stdin = child.stdin.take();
-        reader::forward_lines(stdout, myself.clone(), SessionMsg::Line, Some(SessionMsg::Eof));
+        reader::forward_lines(
+            stdout,
+            myself.clone(),
+            SessionMsg::Line,
+            Some(SessionMsg::Eof),
+        );
         reader::forward_lines(stderr, myself.clone(), SessionMsg::Stderr, None);
         if let Some(dir) = args.transcript.parent() {
             std::fs::create_dir_all(dir)?;
@@ -218,7 +229,9 @@ impl Actor for Session {
             last_live: None,
             next_request: 0,
         };
-        state.write_line(&stream::initialize_request("init_1")).await;
+        state
+            .write_line(&stream::initialize_request("init_1"))
+            .await;
         let prompt = state.spec.prompt.clone();
         state.write_line(&stream::user_message(&prompt)).await;
         Ok(state)
@@ -238,14 +251,18 @@ impl Actor for Session {
                 }
             }
             SessionMsg::Stderr(line) => {
-                st.record(&json!({"type": "operator", "subtype": "stderr", "line": line}).to_string());
+                st.record(
+                    &json!({"type": "operator", "subtype": "stderr", "line": line}).to_string(),
+                );
                 st.stderr_tail.push(line);
                 if st.stderr_tail.len() > 20 {
                     st.stderr_tail.remove(0);
                 }
             }
             SessionMsg::FollowUp(text) => {
-                st.record(&json!({"type": "operator", "subtype": "follow_up", "text": text}).to_string());
+                st.record(
+                    &json!({"type": "operator", "subtype": "follow_up", "text": text}).to_string(),
+                );
                 st.write_line(&stream::user_message(&text)).await;
             }
             SessionMsg::Close => {
@@ -283,11 +300,17 @@ impl Actor for Session {
                 let facts = SessionFacts {
                     saw_result: result.is_some(),
                     result_is_error: result.as_ref().is_some_and(|r| r.is_error),
-                    result_subtype: result.as_ref().map(|r| r.subtype.clone()).unwrap_or_default(),
+                    result_subtype: result
+                        .as_ref()
+                        .map(|r| r.subtype.clone())
+                        .unwrap_or_default(),
                     terminal_reason: result.as_ref().and_then(|r| r.terminal_reason.clone()),
                     api_error_status: result.as_ref().and_then(|r| r.api_error_status),
                     result_text: result.as_ref().and_then(|r| r.result.clone()),
-                    errors: result.as_ref().map(|r| r.errors.clone()).unwrap_or_default(),
+                    errors: result
+                        .as_ref()
+                        .map(|r| r.errors.clone())
+                        .unwrap_or_default(),
                     hit_max_turns: st.hit_max_turns,
                     exit_code: status.and_then(|s| s.code()),
                     stopped_by_operator: st.stopped,
@@ -316,28 +339,48 @@ impl Actor for Session {
 
 async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
     match ev {
-        AgentEvent::Init { session_id, model, .. } => {
+        AgentEvent::Init {
+            session_id, model, ..
+        } => {
             st.session_id = Some(session_id);
             st.live(format!("started ({})", model.unwrap_or_default()), true);
         }
         AgentEvent::Text { text, usage } => {
             if let Some(u) = usage {
-                let _ = st.cost.cast(CostMsg::Usage { model: st.spec.model.clone(), usage: u });
+                let _ = st.cost.cast(CostMsg::Usage {
+                    model: st.spec.model.clone(),
+                    usage: u,
+                });
             }
             if !text.is_empty() {
-                let first = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+                let first = text
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .to_string();
                 st.push_output(&text);
                 st.live(first, false);
             }
         }
         AgentEvent::ToolUse { name, usage } => {
             if let Some(u) = usage {
-                let _ = st.cost.cast(CostMsg::Usage { model: st.spec.model.clone(), usage: u });
+                let _ = st.cost.cast(CostMsg::Usage {
+                    model: st.spec.model.clone(),
+                    usage: u,
+                });
             }
             st.live(format!("tool: {name}"), true);
         }
-        AgentEvent::ToolResult { .. } | AgentEvent::Status(_) | AgentEvent::ControlResponse { .. } => {}
-        AgentEvent::ApiRetry { attempt, error, error_status, .. } => {
+        AgentEvent::ToolResult { .. }
+        | AgentEvent::Status(_)
+        | AgentEvent::ControlResponse { .. } => {}
+        AgentEvent::ApiRetry {
+            attempt,
+            error,
+            error_status,
+            ..
+        } => {
             tracing::warn!(attempt, error = %error, status = ?error_status, "the agent is retrying an API call");
             st.live(format!("API retry {attempt}: {error}"), true);
         }
@@ -353,7 +396,10 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                 && req.callback_id.as_deref() == Some(stream::PRECOMPACT_CALLBACK)
             {
                 st.pre_compacted = true;
-                stream::control_success(&req.request_id, json!({"systemMessage": PRECOMPACT_INSTRUCTIONS}))
+                stream::control_success(
+                    &req.request_id,
+                    json!({"systemMessage": PRECOMPACT_INSTRUCTIONS}),
+                )
             } else {
                 stream::control_error(
                     &req.request_id,

@@ -37,12 +37,8 @@ pub async fn read_line_capped<R: AsyncRead + Unpin>(
 }
 
 /// Spawns a task that casts `wrap(line)` for each line, then `eof` (if given).
-pub fn forward_lines<R, M>(
-    stream: R,
-    to: ActorRef<M>,
-    wrap: fn(String) -> M,
-    eof: Option<M>,
-) where
+pub fn forward_lines<R, M>(stream: R, to: ActorRef<M>, wrap: fn(String) -> M, eof: Option<M>)
+where
     R: AsyncRead + Unpin + Send + 'static,
     M: ractor::Message,
 {
@@ -67,10 +63,22 @@ mod tests {
     async fn lines_are_split_and_capped() {
         let data = format!("one\r\ntwo\n{}\nlast", "x".repeat(100));
         let mut r = BufReader::with_capacity(8, data.as_bytes());
-        assert_eq!(read_line_capped(&mut r, 10).await.unwrap().as_deref(), Some("one"));
-        assert_eq!(read_line_capped(&mut r, 10).await.unwrap().as_deref(), Some("two"));
-        assert_eq!(read_line_capped(&mut r, 10).await.unwrap().unwrap(), "x".repeat(10));
-        assert_eq!(read_line_capped(&mut r, 10).await.unwrap().as_deref(), Some("last"));
+        assert_eq!(
+            read_line_capped(&mut r, 10).await.unwrap().as_deref(),
+            Some("one")
+        );
+        assert_eq!(
+            read_line_capped(&mut r, 10).await.unwrap().as_deref(),
+            Some("two")
+        );
+        assert_eq!(
+            read_line_capped(&mut r, 10).await.unwrap().unwrap(),
+            "x".repeat(10)
+        );
+        assert_eq!(
+            read_line_capped(&mut r, 10).await.unwrap().as_deref(),
+            Some("last")
+        );
         assert_eq!(read_line_capped(&mut r, 10).await.unwrap(), None);
     }
 

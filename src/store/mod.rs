@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::model::{
-    ChainRecord, ChainStatus, EventRecord, HandoffRecord, SessionRecord,
-};
+use crate::model::{ChainRecord, ChainStatus, EventRecord, HandoffRecord, SessionRecord};
 
 /// Errors from a store backend.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +24,9 @@ pub enum StoreError {
     },
     #[error("corrupt record in the store: {0}")]
     Corrupt(String),
-    #[error("the store was written by a newer operator (schema version {found}, this one knows up to {known})")]
+    #[error(
+        "the store was written by a newer operator (schema version {found}, this one knows up to {known})"
+    )]
     TooNew { found: i64, known: i64 },
 }
 
@@ -105,8 +105,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         kind: &str,
         data: &serde_json::Value,
     ) -> StoreResult<i64>;
-    async fn events(&self, chain_id: Option<&str>, after_id: i64, limit: u32)
-    -> StoreResult<Vec<EventRecord>>;
+    async fn events(
+        &self,
+        chain_id: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>>;
     /// Archives all but the newest `keep` chains that are not running.
     async fn archive_old(&self, keep: u32) -> StoreResult<u64>;
     /// Operator-wide flags that must survive a restart (e.g. `paused`).

@@ -14,8 +14,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{ChainQuery, NewChain, SessionStart, Store, StoreError, StoreResult};
 use crate::model::{
-    ChainRecord, ChainStatus, ErrorKind, EventRecord, HandoffRecord, SessionRecord,
-    SessionStatus, Totals, now_rfc3339,
+    ChainRecord, ChainStatus, ErrorKind, EventRecord, HandoffRecord, SessionRecord, SessionStatus,
+    Totals, now_rfc3339,
 };
 
 /// Each entry moves the schema one version up; never edit a released one.
@@ -123,7 +123,8 @@ impl SqliteStore {
     }
 
     async fn migrate(&self) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: two processes opening a new store at once must not both migrate it.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let version: i64 = sqlx::query("PRAGMA user_version")
             .fetch_one(&mut *tx)
             .await?
@@ -286,7 +287,10 @@ impl Store for SqliteStore {
             .bind(i64::from(q.limit.max(1)))
             .fetch_all(&self.pool)
             .await?;
-        let mut chains = rows.iter().map(chain_from_row).collect::<StoreResult<Vec<_>>>()?;
+        let mut chains = rows
+            .iter()
+            .map(chain_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
         if q.with_sessions {
             for c in &mut chains {
                 c.sessions = self.sessions(&c.id).await?;
@@ -340,7 +344,10 @@ impl Store for SqliteStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?.unwrap_or(0) as u32)
+        Ok(row
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?
+            .unwrap_or(0) as u32)
     }
 
     async fn start_session(&self, s: &SessionStart) -> StoreResult<()> {
@@ -434,12 +441,11 @@ impl Store for SqliteStore {
     }
 
     async fn last_handoff(&self, chain_id: &str) -> StoreResult<Option<HandoffRecord>> {
-        let row = sqlx::query(
-            "SELECT * FROM handoffs WHERE chain_id = ?1 ORDER BY idx DESC LIMIT 1",
-        )
-        .bind(chain_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT * FROM handoffs WHERE chain_id = ?1 ORDER BY idx DESC LIMIT 1")
+                .bind(chain_id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(handoff_from_row).transpose()
     }
 
@@ -493,7 +499,9 @@ impl Store for SqliteStore {
                 Ok(EventRecord {
                     id: r.try_get("id")?,
                     chain_id: r.try_get("chain_id")?,
-                    session_index: r.try_get::<Option<i64>, _>("session_idx")?.map(|i| i as u32),
+                    session_index: r
+                        .try_get::<Option<i64>, _>("session_idx")?
+                        .map(|i| i as u32),
                     kind: r.try_get("kind")?,
                     data: serde_json::from_str(&data)
                         .map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
@@ -608,7 +616,9 @@ mod tests {
                 file: format!("handoff-{i}.md"),
                 created_at: now_rfc3339(),
             };
-            s.finish_session("c-1", &session(i, 0.5), Some(&h)).await.unwrap();
+            s.finish_session("c-1", &session(i, 0.5), Some(&h))
+                .await
+                .unwrap();
         }
         let c = s.get_chain("c-1").await.unwrap().unwrap();
         assert_eq!(c.sessions.len(), 2);
@@ -619,7 +629,10 @@ mod tests {
         let last = s.last_handoff("c-1").await.unwrap().unwrap();
         assert_eq!(last.index, 2);
         assert!(last.complete);
-        assert_eq!(s.session_prompt("c-1", 1).await.unwrap().as_deref(), Some("prompt 1"));
+        assert_eq!(
+            s.session_prompt("c-1", 1).await.unwrap().as_deref(),
+            Some("prompt 1")
+        );
         assert!(s.get_chain("nope").await.unwrap().is_none());
     }
 
@@ -646,19 +659,41 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let q = ChainQuery { limit: 3, ..Default::default() };
+        let q = ChainQuery {
+            limit: 3,
+            ..Default::default()
+        };
         let p1 = s.list_chains(&q).await.unwrap();
-        assert_eq!(p1.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c-6", "c-5", "c-4"]);
+        assert_eq!(
+            p1.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            ["c-6", "c-5", "c-4"]
+        );
         let p2 = s
-            .list_chains(&ChainQuery { before: Some("c-4".into()), ..q.clone() })
+            .list_chains(&ChainQuery {
+                before: Some("c-4".into()),
+                ..q.clone()
+            })
             .await
             .unwrap();
-        assert_eq!(p2.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c-3", "c-2", "c-1"]);
+        assert_eq!(
+            p2.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            ["c-3", "c-2", "c-1"]
+        );
         assert_eq!(s.archive_old(5).await.unwrap(), 2);
-        let visible = s.list_chains(&ChainQuery { limit: 50, ..Default::default() }).await.unwrap();
+        let visible = s
+            .list_chains(&ChainQuery {
+                limit: 50,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(visible.len(), 5);
         let all = s
-            .list_chains(&ChainQuery { limit: 50, include_archived: true, ..Default::default() })
+            .list_chains(&ChainQuery {
+                limit: 50,
+                include_archived: true,
+                ..Default::default()
+            })
             .await
             .unwrap();
         assert_eq!(all.len(), 7);
@@ -668,13 +703,27 @@ mod tests {
     #[tokio::test]
     async fn events_are_appended_and_read_back_in_order() {
         let (_d, s) = store().await;
-        let a = s.append_event(Some("c"), Some(1), "chain:started", &serde_json::json!({"x": 1})).await.unwrap();
-        let b = s.append_event(None, None, "orchestrator:paused", &serde_json::json!({})).await.unwrap();
+        let a = s
+            .append_event(
+                Some("c"),
+                Some(1),
+                "chain:started",
+                &serde_json::json!({"x": 1}),
+            )
+            .await
+            .unwrap();
+        let b = s
+            .append_event(None, None, "orchestrator:paused", &serde_json::json!({}))
+            .await
+            .unwrap();
         assert!(b > a);
         let all = s.events(None, 0, 10).await.unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(s.events(Some("c"), 0, 10).await.unwrap().len(), 1);
-        assert_eq!(s.events(None, a, 10).await.unwrap()[0].kind, "orchestrator:paused");
+        assert_eq!(
+            s.events(None, a, 10).await.unwrap()[0].kind,
+            "orchestrator:paused"
+        );
     }
 
     #[tokio::test]

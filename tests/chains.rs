@@ -1,0 +1,450 @@
+//! End-to-end chains: the real `operator` binary on the sim agent, checked through `--json` and the store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Op, chains, eventually, processes_in, stderr};
+use operator::model::{ChainStatus, SessionStatus};
+use operator::store::Store;
+
+#[test]
+fn complete_in_one_session() {
+    let op = Op::new();
+    let out = op.run(&[
+        "run",
+        "--task",
+        "Fix the bug",
+        "--scenario",
+        "complete",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cs = chains(&out);
+    assert_eq!(cs.len(), 1);
+    let c = &cs[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(c.sessions.len(), 1);
+    let s = &c.sessions[0];
+    assert!(s.handoff_complete && !s.handoff_synthetic && !s.asked_again);
+    assert!(s.cost_usd > 0.0 && s.turns > 0);
+    assert!(
+        s.session_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("sim-"))
+    );
+    let file = s.handoff_file.as_deref().unwrap();
+    assert!(
+        std::fs::read_to_string(file)
+            .unwrap()
+            .contains("## HANDOFF: COMPLETE")
+    );
+    assert!(
+        file.ends_with(&format!("chains/{}/handoff-1.md", c.id)),
+        "{file}"
+    );
+    assert!((c.totals.cost_usd - s.cost_usd).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn incomplete_twice_then_complete_carries_the_handoff() {
+    let op = Op::new();
+    let out = op.run(&[
+        "run",
+        "--task",
+        "Port the parser",
+        "--scenario",
+        "incomplete",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(
+        c.sessions.iter().map(|s| s.index).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        c.sessions
+            .iter()
+            .map(|s| s.handoff_complete)
+            .collect::<Vec<_>>(),
+        [false, false, true]
+    );
+
+    let store = op.store().await;
+    let handoffs = store.handoffs(&c.id).await.unwrap();
+    let p1 = store.session_prompt(&c.id, 1).await.unwrap().unwrap();
+    let p2 = store.session_prompt(&c.id, 2).await.unwrap().unwrap();
+    assert_eq!(p1.trim(), "Port the parser");
+    assert!(p2.contains("Port the parser"));
+    assert!(
+        p2.contains(handoffs[0].text.trim()),
+        "session 2's prompt lacks session 1's handoff:\n{p2}"
+    );
+    assert!(handoffs[0].text.contains("Session 1 did part 1"));
+    // Each handoff is also a file a person can read.
+    for h in &handoffs {
+        assert_eq!(
+            std::fs::read_to_string(&h.file).unwrap().trim(),
+            h.text.trim()
+        );
+    }
+}
+
+#[test]
+fn no_handoff_is_asked_again_then_synthesised() {
+    let op = Op::new();
+    let out = op.run(&["run", "--task", "T", "--scenario", "no-handoff", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::AssumedComplete);
+    let s = &c.sessions[0];
+    assert!(s.asked_again, "the agent was not asked again");
+    assert!(s.handoff_synthetic);
+    let text = std::fs::read_to_string(s.handoff_file.as_deref().unwrap()).unwrap();
+    assert!(text.contains("written by the operator"), "{text}");
+    assert!(
+        text.contains("not sure what you mean"),
+        "the synthetic handoff lacks the output tail: {text}"
+    );
+    // The follow-up went to the same process: one transcript, one session id, two results.
+    let transcript = std::fs::read_to_string(
+        op.data_dir()
+            .join(format!("chains/{}/session-1.jsonl", c.id)),
+    )
+    .unwrap();
+    assert!(transcript.contains("\"subtype\":\"follow_up\""));
+    assert_eq!(transcript.matches("\"type\":\"result\"").count(), 2);
+}
+
+#[test]
+fn a_forgetful_agent_writes_its_handoff_when_asked() {
+    let op = Op::new();
+    let out = op.run(&["run", "--task", "T", "--scenario", "forgetful", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(c.sessions.len(), 3);
+    for s in &c.sessions {
+        assert!(s.asked_again && !s.handoff_synthetic, "{s:?}");
+    }
+}
+
+#[test]
+fn max_continuations_ends_the_chain() {
+    let op = Op::new();
+    let out = op.run(&[
+        "run",
+        "--task",
+        "T",
+        "--scenario",
+        "incomplete",
+        "--max-continuations",
+        "2",
+        "--json",
+    ]);
+    let c = &chains(&out)[0];
+    // complete_after defaults to 2: sessions 1 and 2 are incomplete, and 1 + 2 sessions are allowed.
+    assert_eq!(c.status, ChainStatus::Complete);
+    let out = op.run(&[
+        "run",
+        "--task",
+        "T",
+        "--scenario",
+        "max-turns",
+        "--max-turns",
+        "3",
+        "--max-continuations",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::MaxContinuations);
+    assert_eq!(c.sessions.len(), 2);
+    for s in &c.sessions {
+        assert!(
+            s.hit_max_turns && s.asked_again && !s.handoff_synthetic,
+            "{s:?}"
+        );
+        assert_eq!(s.status, SessionStatus::Completed);
+    }
+}
+
+#[test]
+fn three_failed_sessions_open_the_breaker() {
+    let op = Op::new();
+    let out = op.run(&["run", "--task", "T", "--scenario", "error", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Failed);
+    assert!(
+        c.reason.as_deref().unwrap().starts_with("circuit-open"),
+        "{:?}",
+        c.reason
+    );
+    assert_eq!(c.sessions.len(), 3);
+    for s in &c.sessions {
+        assert_eq!(s.status, SessionStatus::Failed);
+        assert!(s.error.as_deref().unwrap().contains("API Error: 500"));
+        assert!(s.handoff_synthetic);
+    }
+}
+
+#[test]
+fn a_crashing_agent_and_a_garbage_printing_agent() {
+    let op = Op::new();
+    let out = op.run(&[
+        "run",
+        "--task",
+        "T",
+        "--scenario",
+        "crash",
+        "--max-continuations",
+        "0",
+        "--json",
+    ]);
+    let c = &chains(&out)[0];
+    assert_eq!(c.sessions[0].status, SessionStatus::Failed);
+    assert!(
+        c.sessions[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("exit code 3"),
+        "{:?}",
+        c.sessions[0].error
+    );
+    let out = op.run(&["run", "--task", "T", "--scenario", "garbage", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(chains(&out)[0].status, ChainStatus::Complete);
+}
+
+#[test]
+fn two_chains_of_a_mission_run_at_once() {
+    let op = Op::new();
+    let mission = op.write(
+        "two.toml",
+        r#"
+concurrency = 2
+[defaults.sim]
+scenario = "incomplete"
+complete_after = 1
+step = "60ms"
+[[chain]]
+name = "a"
+task = "Task A"
+[[chain]]
+name = "b"
+task = "Task B"
+"#,
+    );
+    let out = op.run(&["run", mission.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cs = chains(&out);
+    assert_eq!(cs.len(), 2);
+    assert!(
+        cs.iter()
+            .all(|c| c.status == ChainStatus::Complete && c.sessions.len() == 2)
+    );
+    let (a, b) = (&cs[0].sessions[0], &cs[1].sessions[0]);
+    let overlap = a.started_at < *b.ended_at.as_ref().unwrap()
+        && b.started_at < *a.ended_at.as_ref().unwrap();
+    assert!(overlap, "the first sessions did not overlap: {a:?} {b:?}");
+    assert_eq!(cs[0].mission.as_deref(), Some("two"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_interrupts_and_resume_finishes() {
+    let op = Op::new();
+    let mut child = op
+        .cmd(&[
+            "run",
+            "--task",
+            "Long task",
+            "--scenario",
+            "incomplete",
+            "--max-continuations",
+            "9",
+        ])
+        .env("OPERATOR_SIM__STEP", "150ms")
+        .env("OPERATOR_SIM__COMPLETE_AFTER", "4")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = op.store().await;
+    // Wait until the second session runs, then stop the operator.
+    let started = eventually(Duration::from_secs(20), || {
+        let rt = tokio::runtime::Handle::current();
+        let chains =
+            tokio::task::block_in_place(|| rt.block_on(store.list_chains(&Default::default())));
+        chains
+            .ok()
+            .and_then(|c| c.first().map(|c| c.id.clone()))
+            .is_some_and(|id| {
+                tokio::task::block_in_place(|| rt.block_on(store.sessions(&id)))
+                    .map(|s| s.len() >= 2)
+                    .unwrap_or(false)
+            })
+    });
+    assert!(started, "the chain never reached session 2");
+    common::signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let id = store.list_chains(&Default::default()).await.unwrap()[0]
+        .id
+        .clone();
+    let c = store.get_chain(&id).await.unwrap().unwrap();
+    assert_eq!(c.status, ChainStatus::Interrupted);
+    assert!(
+        processes_in(&op.workdir()).is_empty(),
+        "agent processes left behind"
+    );
+    let interrupted = c.sessions.last().unwrap();
+    assert_eq!(interrupted.status, SessionStatus::Interrupted);
+
+    let out = op.run(&["run", "--resume", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.id, id);
+    assert_eq!(c.status, ChainStatus::Complete);
+    let idx: Vec<u32> = c.sessions.iter().map(|s| s.index).collect();
+    assert_eq!(
+        idx,
+        (1..=idx.len() as u32).collect::<Vec<_>>(),
+        "indices not contiguous"
+    );
+    // The resumed session starts from the last handoff recorded before the stop.
+    let resumed = interrupted.index + 1;
+    let prompt = store.session_prompt(&id, resumed).await.unwrap().unwrap();
+    assert!(
+        prompt.contains(&format!("Previous handoff (session {})", interrupted.index)),
+        "{prompt}"
+    );
+    // Nothing is left to resume.
+    let again = op.run(&["run", "--resume"]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(stderr(&again).contains("no incomplete chain"));
+}
+
+#[test]
+fn a_malformed_mission_is_refused_and_nothing_is_written() {
+    let op = Op::new();
+    let bad = op.write(
+        "bad.toml",
+        "[[chain]]\ntask = \"x\"\nmax_turn = 3\n[chain.sim]\nscenario = \"compelte\"\n",
+    );
+    let out = op.run(&["run", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.toml")
+            && err.contains("chain[0].max_turn")
+            && err.contains("did you mean `max_turns`"),
+        "{err}"
+    );
+    assert!(err.contains("compelte"), "{err}");
+    assert!(
+        !op.data_dir().join("operator.db").exists(),
+        "the store was touched"
+    );
+    let v = op.run(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(v.status.code(), Some(2));
+    let syntax = op.write("syntax.toml", "[[chain]\n");
+    let out = op.run(&["run", syntax.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("syntax.toml"));
+}
+
+#[test]
+fn dry_run_runs_no_agent() {
+    let op = Op::new();
+    let mission = op.write(
+        "m.toml",
+        "[[chain]]\nname = \"x\"\ntask = \"Write the docs\"\n",
+    );
+    let out = op.run(&[
+        "run",
+        mission.to_str().unwrap(),
+        "--dry-run",
+        "--model",
+        "opus",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("DRY RUN"));
+    assert!(
+        text.contains("sim-agent --input-format stream-json"),
+        "{text}"
+    );
+    assert!(text.contains("--model opus"));
+    assert!(text.contains("Write the docs"));
+    assert!(text.contains("AUTO-CONTINUATION PROTOCOL"));
+    assert!(!op.data_dir().exists(), "a dry run created the data dir");
+    let claude = op.run(&["run", "--task", "T", "--agent", "claude", "--dry-run"]);
+    assert!(
+        String::from_utf8_lossy(&claude.stdout)
+            .contains("claude --input-format stream-json --output-format stream-json --verbose")
+    );
+}
+
+#[test]
+fn list_and_show_read_the_store() {
+    let op = Op::new();
+    let out = op.run(&[
+        "run",
+        "--task",
+        "Listing",
+        "--scenario",
+        "complete",
+        "--json",
+    ]);
+    let id = chains(&out)[0].id.clone();
+    let list = op.run(&["list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&id));
+    let show = op.run(&["show", &id]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains("HANDOFF: COMPLETE") && text.contains("session 1"),
+        "{text}"
+    );
+    let json = op.run(&["show", &id, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    for key in [
+        "id",
+        "task",
+        "status",
+        "startedAt",
+        "updatedAt",
+        "config",
+        "sessions",
+        "totals",
+        "handoffs",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(op.run(&["show", "../../etc"]).status.code(), Some(2));
+    assert_eq!(
+        op.run(&["show", "c-20990101-000000"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn a_missing_claude_binary_fails_before_any_chain_starts() {
+    let op = Op::new();
+    let out = op.run(&[
+        "run",
+        "--task",
+        "T",
+        "--agent",
+        "claude",
+        "--claude-bin",
+        "/no/such/claude",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/no/such/claude"), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&op.run(&["list"]).stdout).contains("no chains"));
+}
