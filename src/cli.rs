@@ -268,12 +268,11 @@ pub fn main() -> ExitCode {
 struct UsageError(String);
 
 fn sim_agent(a: &SimAgentArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(_) => return ExitCode::from(exit::INTERNAL),
+    else {
+        return ExitCode::from(exit::INTERNAL);
     };
     let code = rt.block_on(crate::sim::run(crate::sim::SimArgs {
         scenario: a.scenario,

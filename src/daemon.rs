@@ -168,14 +168,12 @@ pub async fn prepare_resume(
     if matches!(
         chain.status,
         ChainStatus::Running | ChainStatus::Paused | ChainStatus::Waiting
-    ) {
-        if let Some(pid) = store
-            .chain_owner(&chain.id)
-            .await?
-            .filter(|p| owner_is_live(Some(*p)))
-        {
-            return Err(RunError::Busy { id: chain.id, pid });
-        }
+    ) && let Some(pid) = store
+        .chain_owner(&chain.id)
+        .await?
+        .filter(|p| owner_is_live(Some(*p)))
+    {
+        return Err(RunError::Busy { id: chain.id, pid });
     }
     let settings: ChainSettings =
         serde_json::from_value(chain.config.clone()).map_err(|e| RunError::BadStoredConfig {

@@ -78,9 +78,8 @@ async fn deliver(
     chain_id: &str,
     kind: &str,
 ) {
-    let chain = match store.get_chain(chain_id).await {
-        Ok(Some(c)) => c,
-        _ => return,
+    let Ok(Some(chain)) = store.get_chain(chain_id).await else {
+        return;
     };
     let payload = json!({"event": kind, "chain": chain});
     let mut last_error = String::new();

@@ -36,10 +36,10 @@ pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<SignalEvent>> {
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                if let Some(ev) = meaning(sig) {
-                    if tx.send(ev).is_err() {
-                        return;
-                    }
+                if let Some(ev) = meaning(sig)
+                    && tx.send(ev).is_err()
+                {
+                    return;
                 }
             }
         })?;

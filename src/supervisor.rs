@@ -178,10 +178,11 @@ impl OperatorState {
                 break;
             }
         }
-        if self.queue.is_empty() && self.running.is_empty() {
-            if let Some(done) = self.done.take() {
-                let _ = done.send(());
-            }
+        if self.queue.is_empty()
+            && self.running.is_empty()
+            && let Some(done) = self.done.take()
+        {
+            let _ = done.send(());
         }
     }
 }

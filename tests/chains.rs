@@ -304,6 +304,9 @@ async fn sigterm_interrupts_and_resume_finishes() {
     );
     let interrupted = c.sessions.last().unwrap();
     assert_eq!(interrupted.status, SessionStatus::Interrupted);
+    // Interrupted through the protocol and asked for its handoff: a real one, not synthetic.
+    assert!(interrupted.asked_again, "{interrupted:?}");
+    assert!(!interrupted.handoff_synthetic, "{interrupted:?}");
 
     let out = op.run(&["run", "--resume", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -447,4 +450,41 @@ fn a_missing_claude_binary_fails_before_any_chain_starts() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("/no/such/claude"), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&op.run(&["list"]).stdout).contains("no chains"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigint_stops_at_once_and_leaves_no_agent() {
+    let op = Op::new();
+    let mut child = op
+        .cmd(&["run", "--task", "Hang", "--scenario", "hang"])
+        .env("OPERATOR_SHUTDOWN_GRACE", "120s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || !processes_in(&op.workdir())
+            .is_empty()),
+        "the agent never started"
+    );
+    common::signal(&child, nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first SIGINT must wait for the grace period"
+    );
+    common::signal(&child, nix::sys::signal::Signal::SIGINT);
+    let done = eventually(Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert!(done, "the second SIGINT did not stop the operator");
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(
+        eventually(Duration::from_secs(5), || processes_in(&op.workdir())
+            .is_empty()),
+        "agent processes left behind"
+    );
+    let store = op.store().await;
+    let c = &store.list_chains(&Default::default()).await.unwrap()[0];
+    assert_eq!(c.status, ChainStatus::Interrupted);
 }

@@ -178,15 +178,13 @@ pub fn parse(output: &str) -> Option<Handoff> {
     let mut fences = Fences::default();
     for line in &block[1..] {
         let in_fence = fences.step(line);
-        if !in_fence {
-            if let Some((section, first)) = section_heading(line) {
-                current = Some(section);
-                let i = section as usize;
-                if !first.is_empty() {
-                    firsts[i] = first;
-                }
-                continue;
+        if !in_fence && let Some((section, first)) = section_heading(line) {
+            current = Some(section);
+            let i = section as usize;
+            if !first.is_empty() {
+                firsts[i] = first;
             }
+            continue;
         }
         if let Some(section) = current {
             sections[section as usize].push(line);

@@ -274,9 +274,10 @@ impl Actor for Session {
             SessionMsg::Stop { grace } => {
                 if !st.stopped {
                     st.stopped = true;
+                    // Interrupt the turn but keep stdin open: the chain then asks for the
+                    // handoff in the same process, so a resumed chain starts from a real one.
                     let id = st.request_id();
                     st.write_line(&stream::interrupt_request(&id)).await;
-                    st.stdin = None;
                     myself.send_after(grace, || SessionMsg::Terminate);
                 }
             }
