@@ -101,6 +101,7 @@ pub struct SessionState {
     transcript_truncated: bool,
     last_live: Option<Instant>,
     next_request: u32,
+    span: tracing::Span,
 }
 
 pub struct Session;
@@ -187,8 +188,14 @@ impl Actor for Session {
         myself: ActorRef<Self::Msg>,
         args: SessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let span = tracing::info_span!(
+            "session",
+            chain.id = %args.spec.chain_id,
+            session.index = args.spec.index,
+            agent = %args.agent.kind()
+        );
         let cmd = args.agent.command(&args.spec);
-        tracing::debug!(command = %cmd, "starting the agent");
+        tracing::debug!(parent: &span, command = %cmd, "starting the agent");
         let (mut child, group) = process::spawn(&cmd, &args.registry)?;
         let stdout = child.stdout.take().ok_or("the agent has no stdout")?;
         let stderr = child.stderr.take().ok_or("the agent has no stderr")?;
@@ -228,6 +235,7 @@ impl Actor for Session {
             transcript_truncated: false,
             last_live: None,
             next_request: 0,
+            span,
         };
         state
             .write_line(&stream::initialize_request("init_1"))
@@ -382,11 +390,11 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
             error_status,
             ..
         } => {
-            tracing::warn!(attempt, error = %error, status = ?error_status, "the agent is retrying an API call");
+            tracing::warn!(parent: &st.span, attempt, error = %error, status = ?error_status, "the agent is retrying an API call");
             st.live(format!("API retry {attempt}: {error}"), true);
         }
         AgentEvent::RateLimit { status, resets_at } => {
-            tracing::info!(status = %status, resets_at = ?resets_at, "rate limit event");
+            tracing::info!(parent: &st.span, status = %status, resets_at = ?resets_at, "rate limit event");
         }
         AgentEvent::CompactBoundary => {
             st.pre_compacted = true;
