@@ -488,3 +488,50 @@ async fn a_second_sigint_stops_at_once_and_leaves_no_agent() {
     let c = &store.list_chains(&Default::default()).await.unwrap()[0];
     assert_eq!(c.status, ChainStatus::Interrupted);
 }
+
+#[test]
+fn an_ended_chain_resumed_by_id_gets_a_new_allowance_and_keeps_its_indices() {
+    let op = Op::new();
+    let out = op
+        .cmd(&[
+            "run",
+            "--task",
+            "Long",
+            "--scenario",
+            "incomplete",
+            "--max-continuations",
+            "1",
+            "--json",
+        ])
+        .env("OPERATOR_SIM__COMPLETE_AFTER", "3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::MaxContinuations);
+    assert_eq!(c.sessions.len(), 2);
+    // `--resume` without an id does not pick a chain that ended at its limit …
+    assert_eq!(op.run(&["run", "--resume"]).status.code(), Some(2));
+    // … but naming it continues it, with the cost so far kept.
+    let out = op
+        .cmd(&["run", "--resume", &c.id, "--json"])
+        .env("OPERATOR_SIM__COMPLETE_AFTER", "3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = &chains(&out)[0];
+    assert_eq!(r.id, c.id);
+    assert_eq!(r.status, ChainStatus::Complete);
+    assert_eq!(
+        r.sessions.iter().map(|s| s.index).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert!(r.totals.cost_usd > c.totals.cost_usd);
+    let complete = op.run(&["run", "--resume", &c.id]);
+    assert_eq!(
+        complete.status.code(),
+        Some(2),
+        "a complete chain is not resumable"
+    );
+    assert!(stderr(&complete).contains("nothing to resume"));
+}
