@@ -18,6 +18,7 @@ use crate::daemon::{self, RunOptions};
 use crate::events::Bus;
 use crate::handoff::prompt;
 use crate::model::{ChainRecord, ChainStatus, is_valid_chain_id};
+use crate::progress::truncate;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ChainQuery, SharedStore};
 
@@ -554,14 +555,6 @@ fn summary_table(chains: &[ChainRecord]) -> String {
         }
     }
     s
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n - 1).collect::<String>())
-    }
 }
 
 fn print_plan(plan: &Plan, backend: &BackendOptions) -> std::io::Result<()> {

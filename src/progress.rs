@@ -40,7 +40,8 @@ pub fn render(l: &Line, width: usize) -> String {
     )
 }
 
-fn truncate(s: &str, n: usize) -> String {
+/// `s` cut to `n` characters, with `…` when cut.
+pub fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else if n == 0 {

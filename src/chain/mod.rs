@@ -288,21 +288,14 @@ impl ChainState {
             }
             Err(e) => {
                 // The agent could not even start: record a failed session like any other.
-                let outcome = SessionOutcome {
+                let outcome = SessionOutcome::empty(
                     index,
-                    session_id: None,
-                    output: String::new(),
-                    facts: SessionFacts {
+                    SessionFacts {
                         spawn_error: Some(e.to_string()),
                         ..Default::default()
                     },
-                    turns: 0,
-                    reported_cost: None,
-                    pre_compacted: false,
-                    duration: Duration::ZERO,
-                    transcript: self.dir().join(format!("session-{index}.jsonl")),
-                    transcript_truncated: false,
-                };
+                    self.dir().join(format!("session-{index}.jsonl")),
+                );
                 self.session = Some(Running {
                     index,
                     actor: None,
@@ -627,22 +620,15 @@ impl Actor for Chain {
                 {
                     // The session actor crashed: its process group died with its state.
                     tracing::error!(parent: &st.span, session.index = run.index, cause = %err, "the Session actor crashed");
-                    let outcome = SessionOutcome {
-                        index: run.index,
-                        session_id: None,
-                        output: String::new(),
-                        facts: SessionFacts {
+                    let outcome = SessionOutcome::empty(
+                        run.index,
+                        SessionFacts {
                             saw_result: false,
                             stderr_tail: format!("session actor crashed: {err}"),
                             ..Default::default()
                         },
-                        turns: 0,
-                        reported_cost: None,
-                        pre_compacted: false,
-                        duration: Duration::ZERO,
-                        transcript: st.dir().join(format!("session-{}.jsonl", run.index)),
-                        transcript_truncated: false,
-                    };
+                        st.dir().join(format!("session-{}.jsonl", run.index)),
+                    );
                     me.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
                 }
             }

@@ -67,6 +67,24 @@ pub struct SessionOutcome {
     pub transcript_truncated: bool,
 }
 
+impl SessionOutcome {
+    /// The outcome of a session that produced nothing (the agent could not start, or its actor crashed).
+    pub fn empty(index: u32, facts: SessionFacts, transcript: PathBuf) -> Self {
+        Self {
+            index,
+            session_id: None,
+            output: String::new(),
+            facts,
+            turns: 0,
+            reported_cost: None,
+            pre_compacted: false,
+            duration: Duration::ZERO,
+            transcript,
+            transcript_truncated: false,
+        }
+    }
+}
+
 pub struct SessionArgs {
     pub spec: SessionSpec,
     pub agent: Arc<dyn Agent>,
