@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::model::now_rfc3339;
+use crate::model::{ChainStatus, now_rfc3339};
 use crate::store::SharedStore;
 
 /// One event, as subscribers see it.
@@ -20,6 +20,26 @@ pub struct Event {
     pub session_index: Option<u32>,
     pub data: Value,
     pub at: String,
+}
+
+/// The event that announces a chain's end with `status`.
+pub fn final_kind(status: ChainStatus) -> &'static str {
+    match status {
+        ChainStatus::Complete | ChainStatus::AssumedComplete | ChainStatus::MaxContinuations => {
+            "chain:complete"
+        }
+        ChainStatus::Aborted => "chain:aborted",
+        ChainStatus::Interrupted => "chain:interrupted",
+        _ => "chain:error",
+    }
+}
+
+/// Does this event announce a chain's end?
+pub fn is_final(kind: &str) -> bool {
+    matches!(
+        kind,
+        "chain:complete" | "chain:error" | "chain:aborted" | "chain:interrupted"
+    )
 }
 
 /// Sender side of the bus; cheap to clone.
@@ -87,5 +107,18 @@ impl Bus {
     fn send(&self, ev: Event) {
         // No subscriber is not an error.
         let _ = self.tx.send(ev);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_terminal_status_has_a_final_event() {
+        for st in ChainStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            assert!(is_final(final_kind(st)), "{st}");
+        }
+        assert!(!is_final("chain:session-complete"));
     }
 }

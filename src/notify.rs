@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::events::Bus;
+use crate::events::{Bus, is_final};
 use crate::store::SharedStore;
 
 /// Attempts per delivery, and the pause before each retry.
@@ -15,14 +15,6 @@ const BACKOFF: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(
 pub struct Notifier {
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::oneshot::Sender<()>,
-}
-
-/// Events after which a summary is sent.
-fn is_final(kind: &str) -> bool {
-    matches!(
-        kind,
-        "chain:complete" | "chain:error" | "chain:aborted" | "chain:interrupted"
-    )
 }
 
 /// Starts delivering summaries to `url`.

@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::events::{Bus, Event};
+use crate::events::{Bus, Event, is_final};
 
 /// What the view shows of one chain.
 #[derive(Debug, Clone, Default)]
@@ -88,7 +88,7 @@ pub fn apply(l: &mut Line, ev: &Event) {
         }
         "chain:paused" => l.state = "paused".into(),
         "chain:resumed" => l.state = "running".into(),
-        "chain:complete" | "chain:error" | "chain:aborted" | "chain:interrupted" => {
+        kind if is_final(kind) => {
             l.state = d
                 .get("status")
                 .and_then(Value::as_str)
@@ -143,10 +143,7 @@ pub fn spawn(
                     };
                     apply(line, &ev);
                     pb.set_message(render(line, width()));
-                    if matches!(
-                        ev.kind.as_str(),
-                        "chain:complete" | "chain:error" | "chain:aborted" | "chain:interrupted"
-                    ) {
+                    if is_final(&ev.kind) {
                         pb.finish_with_message(render(line, width()));
                     }
                 }

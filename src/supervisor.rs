@@ -129,11 +129,7 @@ impl OperatorState {
         self.ctx
             .bus
             .emit(
-                if status == ChainStatus::Interrupted {
-                    "chain:interrupted"
-                } else {
-                    "chain:error"
-                },
+                crate::events::final_kind(status),
                 Some(&job.chain_id),
                 None,
                 serde_json::json!({"status": status, "reason": reason}),

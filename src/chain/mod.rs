@@ -140,18 +140,10 @@ impl ChainState {
         }
         self.finished = true;
         self.set_status(status, reason.as_deref()).await?;
-        let kind = match status {
-            ChainStatus::Complete
-            | ChainStatus::AssumedComplete
-            | ChainStatus::MaxContinuations => "chain:complete",
-            ChainStatus::Aborted => "chain:aborted",
-            ChainStatus::Interrupted => "chain:interrupted",
-            _ => "chain:error",
-        };
         self.ctx
             .bus
             .emit(
-                kind,
+                crate::events::final_kind(status),
                 Some(&self.id),
                 None,
                 json!({"status": status, "reason": reason}),
