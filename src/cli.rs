@@ -777,13 +777,7 @@ impl Drop for PidFile {
 /// The pid in a pid file, if that process is alive and is an operator (stale files are ignored).
 fn read_live_pid(path: &Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
-    if pid == std::process::id() || !crate::process::is_alive(pid) {
-        return None;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmdline)
-        .contains("operator")
-        .then_some(pid)
+    crate::process::is_other_live_operator(pid).then_some(pid)
 }
 
 fn signal_running(data_dir: &Path, sig: nix::sys::signal::Signal, what: &str) -> Result<u8> {

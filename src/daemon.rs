@@ -208,9 +208,9 @@ pub async fn prepare_resume(
     }])
 }
 
-/// A chain's owner is live when it is another process that still exists.
+/// A chain's owner is live when it is another operator that still runs.
 fn owner_is_live(owner: Option<u32>) -> bool {
-    owner.is_some_and(|p| p != std::process::id() && crate::process::is_alive(p))
+    owner.is_some_and(crate::process::is_other_live_operator)
 }
 
 /// Runs `jobs` to the end (or until stopped by `signals`), and returns the final records.

@@ -113,6 +113,16 @@ pub fn is_alive(pid: u32) -> bool {
     nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()
 }
 
+/// Is `pid` another operator process that is still running? A pid recorded by an
+/// operator that died may since belong to an unrelated program: check its command line.
+pub fn is_other_live_operator(pid: u32) -> bool {
+    if pid == std::process::id() || !is_alive(pid) {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).contains("operator")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
