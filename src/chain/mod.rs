@@ -209,11 +209,8 @@ impl ChainState {
                 .await;
         }
         let total: f64 = ask(&self.cost, CostMsg::Total).await?;
-        if total >= self.settings.max_budget_usd {
-            let reason = format!(
-                "spent ${total:.4} of a ${:.2} budget",
-                self.settings.max_budget_usd
-            );
+        // Checked here too: a resumed chain may already be over its budget.
+        if let Some(reason) = policy::over_budget(total, self.settings.max_budget_usd) {
             return self
                 .finish(me, ChainStatus::BudgetExceeded, Some(reason))
                 .await;

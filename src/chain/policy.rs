@@ -120,6 +120,11 @@ pub enum Next {
     Finish(ChainStatus, Option<String>),
 }
 
+/// Why the chain may not start another session, when `total` has reached the budget.
+pub fn over_budget(total_usd: f64, max_usd: f64) -> Option<String> {
+    (total_usd >= max_usd).then(|| format!("spent ${total_usd:.4} of a ${max_usd:.2} budget"))
+}
+
 /// M1's continuation rules plus the breaker and the budget.
 pub fn decide(a: &AfterSession) -> Next {
     match a.verdict.status {
@@ -156,14 +161,8 @@ pub fn decide(a: &AfterSession) -> Next {
             }
         }
     }
-    if a.total_cost_usd >= a.max_budget_usd {
-        return Next::Finish(
-            ChainStatus::BudgetExceeded,
-            Some(format!(
-                "spent ${:.4} of a ${:.2} budget",
-                a.total_cost_usd, a.max_budget_usd
-            )),
-        );
+    if let Some(reason) = over_budget(a.total_cost_usd, a.max_budget_usd) {
+        return Next::Finish(ChainStatus::BudgetExceeded, Some(reason));
     }
     if a.sessions_in_run > a.max_continuations {
         return Next::Finish(
