@@ -351,7 +351,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
     let loaded = config::load_operator(op_file.as_deref(), &env, &ov)?;
     let data_dir = loaded.operator.data_dir.clone();
     match &cli.command {
-        Command::Run(r) => run(&cli, r, &loaded, &ov, live_view).await,
+        Command::Run(r) => run(r, &loaded, &ov, live_view).await,
         Command::List(l) => list(&data_dir, l).await,
         Command::Show { chain_id, json } => show(&data_dir, chain_id, *json).await,
         Command::Validate { mission } => {
@@ -378,13 +378,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
     }
 }
 
-async fn run(
-    cli: &Cli,
-    r: &RunArgs,
-    loaded: &config::Loaded,
-    ov: &Overrides,
-    live_view: bool,
-) -> Result<u8> {
+async fn run(r: &RunArgs, loaded: &config::Loaded, ov: &Overrides, live_view: bool) -> Result<u8> {
     let op = &loaded.operator;
     let opts = RunOptions {
         data_dir: op.data_dir.clone(),
@@ -420,14 +414,8 @@ async fn run(
     let (jobs, concurrency) = match plan {
         Some(plan) => {
             for c in daemon::incomplete_chains(&store).await? {
+                // Logged at warn level, so it shows with and without the live view.
                 tracing::warn!(chain.id = %c.id, status = %c.status, "an earlier chain is incomplete; `operator run --resume {}` continues it", c.id);
-                if !live_view {
-                    continue;
-                }
-                eprintln!(
-                    "warning: chain {} ({}) is {}; `operator run --resume {}` continues it",
-                    c.id, c.name, c.status, c.id
-                );
             }
             let concurrency = r.concurrency.unwrap_or(plan.concurrency);
             (
@@ -475,7 +463,6 @@ async fn run(
     } else {
         eprint!("{}", summary_table(&report.chains));
     }
-    let _ = cli;
     Ok(if report.immediate {
         exit::INTERRUPTED
     } else {

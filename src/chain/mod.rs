@@ -49,10 +49,10 @@ async fn ask<M: ractor::Message, T: Send + 'static>(
 
 pub enum ChainMsg {
     Next,
-    /// A turn ended (a `result` line); `handoff` is `Ok(complete)` or why it is invalid.
+    /// A turn ended (a `result` line); `handoff` says why the handoff so far is invalid, if it is.
     TurnEnded {
         index: u32,
-        handoff: Result<bool, String>,
+        handoff: Result<(), String>,
         hit_max_turns: bool,
         is_error: bool,
     },
@@ -283,7 +283,6 @@ impl ChainState {
                         spawn_error: Some(e.to_string()),
                         ..Default::default()
                     },
-                    self.dir().join(format!("session-{index}.jsonl")),
                 );
                 self.session = Some(Running {
                     index,
@@ -300,7 +299,7 @@ impl ChainState {
     async fn turn_ended(
         &mut self,
         index: u32,
-        handoff: Result<bool, String>,
+        handoff: Result<(), String>,
         hit_max_turns: bool,
         is_error: bool,
     ) {
@@ -310,7 +309,7 @@ impl ChainState {
             return;
         };
         let msg = match handoff {
-            Ok(_) => SessionMsg::Close,
+            Ok(()) => SessionMsg::Close,
             // An agent whose API call failed cannot write anything; don't ask.
             Err(_) if is_error && !stopping => SessionMsg::Close,
             Err(reason) if !run.asked_again => {
@@ -616,7 +615,6 @@ impl Actor for Chain {
                             stderr_tail: format!("session actor crashed: {err}"),
                             ..Default::default()
                         },
-                        st.dir().join(format!("session-{}.jsonl", run.index)),
                     );
                     me.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
                 }

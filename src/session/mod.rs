@@ -63,13 +63,12 @@ pub struct SessionOutcome {
     pub reported_cost: Option<f64>,
     pub pre_compacted: bool,
     pub duration: Duration,
-    pub transcript: PathBuf,
     pub transcript_truncated: bool,
 }
 
 impl SessionOutcome {
     /// The outcome of a session that produced nothing (the agent could not start, or its actor crashed).
-    pub fn empty(index: u32, facts: SessionFacts, transcript: PathBuf) -> Self {
+    pub fn empty(index: u32, facts: SessionFacts) -> Self {
         Self {
             index,
             session_id: None,
@@ -79,7 +78,6 @@ impl SessionOutcome {
             reported_cost: None,
             pre_compacted: false,
             duration: Duration::ZERO,
-            transcript,
             transcript_truncated: false,
         }
     }
@@ -114,7 +112,6 @@ pub struct SessionState {
     stopped: bool,
     stderr_tail: Vec<String>,
     transcript: std::io::BufWriter<std::fs::File>,
-    transcript_path: PathBuf,
     transcript_bytes: u64,
     transcript_truncated: bool,
     last_live: Option<Instant>,
@@ -248,7 +245,6 @@ impl Actor for Session {
             stopped: false,
             stderr_tail: Vec::new(),
             transcript: std::io::BufWriter::new(file),
-            transcript_path: args.transcript,
             transcript_bytes: 0,
             transcript_truncated: false,
             last_live: None,
@@ -353,7 +349,6 @@ impl Actor for Session {
                     reported_cost: result.map(|r| r.total_cost_usd),
                     pre_compacted: st.pre_compacted,
                     duration: st.started.elapsed(),
-                    transcript: st.transcript_path.clone(),
                     transcript_truncated: st.transcript_truncated,
                 };
                 st.chain.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
@@ -444,7 +439,7 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                 st.session_id = r.session_id.clone();
             }
             let _ = st.transcript.flush();
-            let verdict = handoff::extract(&st.output).map(|h| h.complete);
+            let verdict = handoff::extract(&st.output).map(|_| ());
             let _ = st.chain.cast(ChainMsg::TurnEnded {
                 index: st.spec.index,
                 handoff: verdict.map_err(|e| e.to_string()),
