@@ -239,6 +239,10 @@ pub fn main() -> ExitCode {
             {
                 return ExitCode::from(exit::OK);
             }
+            if let Some(daemon::RunError::Config(c)) = e.downcast_ref::<daemon::RunError>() {
+                eprint!("error: {c}");
+                return ExitCode::from(exit::USAGE);
+            }
             if let Some(r) = e.downcast_ref::<daemon::RunError>() {
                 use daemon::RunError::*;
                 if matches!(
@@ -430,7 +434,8 @@ async fn run(r: &RunArgs, loaded: &config::Loaded, ov: &Overrides, live_view: bo
             }
             let flags = ov.clone();
             let jobs =
-                daemon::prepare_resume(&store, id, &opts, |s| apply_flags(s, &flags)).await?;
+                daemon::prepare_resume(&store, id, &opts, |s| config::with_overrides(&s, &flags))
+                    .await?;
             (jobs, 1)
         }
     };
@@ -468,32 +473,6 @@ async fn run(r: &RunArgs, loaded: &config::Loaded, ov: &Overrides, live_view: bo
     } else {
         exit_code(&report.chains)
     })
-}
-
-/// CLI flags given with `--resume` override the stored settings.
-fn apply_flags(mut s: config::ChainSettings, ov: &Overrides) -> config::ChainSettings {
-    for (k, v) in &ov.0 {
-        let v = v.clone();
-        match k.as_str() {
-            "model" => s.model = v.into_string().unwrap_or(s.model),
-            "max_turns" => s.max_turns = v.into_uint().map(|n| n as u32).unwrap_or(s.max_turns),
-            "max_continuations" => {
-                s.max_continuations = v
-                    .into_uint()
-                    .map(|n| n as u32)
-                    .unwrap_or(s.max_continuations)
-            }
-            "max_budget_usd" => s.max_budget_usd = v.into_float().unwrap_or(s.max_budget_usd),
-            "permission_mode" => s.permission_mode = v.into_string().unwrap_or(s.permission_mode),
-            "sim.scenario" => {
-                if let Some(sc) = v.into_string().ok().and_then(|x| x.parse().ok()) {
-                    s.sim.scenario = sc;
-                }
-            }
-            _ => {}
-        }
-    }
-    s
 }
 
 /// The exit status of a run: the most serious outcome decides.

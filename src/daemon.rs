@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{self, Agent, AgentError, BackendOptions};
 use crate::chain::Ctx;
-use crate::config::{ChainSettings, Plan};
+use crate::config::{ChainSettings, ConfigErrors, Plan};
 use crate::control::{self, Mode};
 use crate::events::Bus;
 use crate::model::{ChainRecord, ChainStatus, new_chain_id};
@@ -37,6 +37,8 @@ pub enum RunError {
     Busy { id: String, pid: u32 },
     #[error("the stored settings of chain {id} cannot be read: {cause}")]
     BadStoredConfig { id: String, cause: String },
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
     #[error("the supervisor could not start: {0}")]
     Spawn(String),
 }
@@ -139,7 +141,7 @@ pub async fn prepare_resume(
     store: &SharedStore,
     id: Option<&str>,
     opts: &RunOptions,
-    apply: impl Fn(ChainSettings) -> ChainSettings,
+    apply: impl Fn(ChainSettings) -> Result<ChainSettings, ConfigErrors>,
 ) -> Result<Vec<Job>, RunError> {
     let chain = match id {
         Some(id) => store
@@ -180,7 +182,7 @@ pub async fn prepare_resume(
             id: chain.id.clone(),
             cause: e.to_string(),
         })?;
-    let settings = apply(settings);
+    let settings = apply(settings)?;
     let agent = backends(&[&settings], &opts.backend)?.remove(0);
     if matches!(
         chain.status,

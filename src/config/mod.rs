@@ -638,6 +638,25 @@ fn find_cycle(chains: &[(String, Vec<String>)]) -> Option<String> {
         .find_map(|(n, _)| visit(n, chains, &mut Vec::new(), &mut done))
 }
 
+/// A resumed chain's stored settings with the command-line flags of the resume on top,
+/// through the same layering and checks as a new chain (the environment and the files are
+/// not applied again: the chain keeps the settings it ran with).
+pub fn with_overrides(
+    stored: &ChainSettings,
+    overrides: &Overrides,
+) -> Result<ChainSettings, ConfigErrors> {
+    let settings: ChainSettings = Config::builder()
+        .add_source(
+            Config::try_from(stored).map_err(|e| ConfigErrors::one(None, None, e.to_string()))?,
+        )
+        .add_source(overrides.layer())
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| ConfigErrors::one(None, None, e.to_string()))?;
+    check_chain_settings(&settings).map_err(|m| ConfigErrors::one(None, None, m))?;
+    Ok(settings)
+}
+
 /// `operator run demo` means `config/missions/demo.toml`.
 pub fn resolve_mission(arg: &str) -> PathBuf {
     let p = PathBuf::from(arg);

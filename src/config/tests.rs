@@ -242,3 +242,36 @@ fn mission_names_resolve_to_files() {
         PathBuf::from("zz-no-such-mission")
     );
 }
+
+#[test]
+fn resume_flags_layer_over_stored_settings() {
+    let loaded = load_operator(None, &Env::default(), &Overrides::default()).unwrap();
+    let stored = loaded
+        .plan_for_task("T", &Overrides::default())
+        .unwrap()
+        .chains[0]
+        .settings
+        .clone();
+    assert_eq!(
+        with_overrides(&stored, &Overrides::default()).unwrap(),
+        stored
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cli = Overrides::default();
+    cli.set("max_turns", 9i64);
+    cli.set("workdir", dir.path().display().to_string());
+    cli.set("sim.scenario", "complete");
+    let s = with_overrides(&stored, &cli).unwrap();
+    assert_eq!(s.max_turns, 9);
+    assert_eq!(s.workdir, dir.path());
+    assert_eq!(s.sim.scenario, crate::agent::sim::Scenario::Complete);
+    assert_eq!(s.sim.step, stored.sim.step, "untouched nested keys stay");
+    let mut bad = Overrides::default();
+    bad.set("max_turns", 0i64);
+    assert!(
+        with_overrides(&stored, &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("max_turns")
+    );
+}
