@@ -199,12 +199,12 @@ pub async fn prepare_resume(
     store
         .set_chain_status(&chain.id, ChainStatus::Queued, None, None)
         .await?;
-    let after = Vec::new();
     Ok(vec![Job {
         chain_id: chain.id.clone(),
         name: chain.name.clone(),
         task: chain.task.clone(),
-        after,
+        // A resumed chain runs alone: what it came after has already run.
+        after: Vec::new(),
         settings,
         agent,
     }])

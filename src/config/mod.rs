@@ -281,16 +281,10 @@ pub fn load_operator(
     overrides: &Overrides,
 ) -> Result<Loaded, ConfigErrors> {
     let mut issues = Vec::new();
-    let operator_file = match file {
-        Some(p) => match load_file(p) {
-            Ok(f) => {
-                issues.extend(keys::check_operator(&f.name, &f.table));
-                Some(f)
-            }
-            Err(e) => return Err(e),
-        },
-        None => None,
-    };
+    let operator_file = file.map(load_file).transpose()?;
+    if let Some(f) = &operator_file {
+        issues.extend(keys::check_operator(&f.name, &f.table));
+    }
     let mut top = operator_file
         .as_ref()
         .map(|f| f.table.clone())
