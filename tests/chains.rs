@@ -485,8 +485,17 @@ async fn a_second_sigint_stops_at_once_and_leaves_no_agent() {
         "agent processes left behind"
     );
     let store = op.store().await;
-    let c = &store.list_chains(&Default::default()).await.unwrap()[0];
+    let c = store.list_chains(&Default::default()).await.unwrap()[0].clone();
     assert_eq!(c.status, ChainStatus::Interrupted);
+    // A new chain while this one is incomplete: a warning naming it, and the run goes on.
+    let out = op.run(&["run", "--task", "Other", "--scenario", "complete"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("an earlier chain is incomplete")
+            && err.contains(&format!("operator run --resume {}", c.id)),
+        "{err}"
+    );
 }
 
 #[test]
