@@ -80,7 +80,11 @@ enum Command {
     /// Check a mission file without running it; reports every error at once.
     Validate { mission: String },
     /// Pause the running operator: no new session starts (SIGUSR1).
-    Pause,
+    Pause {
+        /// Interrupt running sessions now (each writes its handoff), instead of letting them finish.
+        #[arg(long)]
+        now: bool,
+    },
     /// Resume a paused operator (SIGUSR2).
     Resume,
     /// Stop the running operator gracefully (SIGTERM).
@@ -94,13 +98,13 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Mission file, or the name of one in config/missions/.
-    mission: Option<String>,
+    /// Mission files (`config/missions/*.toml`), or names of ones in config/missions/.
+    missions: Vec<String>,
     /// Run one chain on this task instead of a mission.
-    #[arg(long, conflicts_with = "mission")]
+    #[arg(long, conflicts_with = "missions")]
     task: Option<String>,
     /// Continue the newest incomplete chain, or the one named.
-    #[arg(long, value_name = "CHAIN_ID", num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["mission", "task"])]
+    #[arg(long, value_name = "CHAIN_ID", num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["missions", "task"])]
     resume: Option<String>,
     #[arg(long, value_enum)]
     agent: Option<AgentArg>,
@@ -355,7 +359,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
     let loaded = config::load_operator(op_file.as_deref(), &env, &ov)?;
     let data_dir = loaded.operator.data_dir.clone();
     match &cli.command {
-        Command::Run(r) => run(r, &loaded, &ov, live_view).await,
+        Command::Run(r) => run(r, &loaded, &ov, live_view, (op_file, env)).await,
         Command::List(l) => list(&data_dir, l).await,
         Command::Show { chain_id, json } => show(&data_dir, chain_id, *json).await,
         Command::Validate { mission } => {
@@ -370,7 +374,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
             );
             Ok(exit::OK)
         }
-        Command::Pause => signal_running(&data_dir, nix::sys::signal::Signal::SIGUSR1, "paused"),
+        Command::Pause { now } => pause(&data_dir, *now).await,
         Command::Resume => signal_running(&data_dir, nix::sys::signal::Signal::SIGUSR2, "resumed"),
         Command::Stop => signal_running(
             &data_dir,
@@ -382,49 +386,104 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
     }
 }
 
-async fn run(r: &RunArgs, loaded: &config::Loaded, ov: &Overrides, live_view: bool) -> Result<u8> {
+/// The plans of the missions (every error of every file at once), or of `--task`.
+fn plans_for(
+    loaded: &config::Loaded,
+    missions: &[PathBuf],
+    task: Option<&str>,
+    ov: &Overrides,
+) -> Result<Vec<Plan>, ConfigErrors> {
+    if let Some(t) = task {
+        return Ok(vec![loaded.plan_for_task(t, ov)?]);
+    }
+    let mut plans = Vec::new();
+    let mut issues = Vec::new();
+    for m in missions {
+        match loaded.plan_for_mission(m, ov) {
+            Ok(p) => plans.push(p),
+            Err(e) => issues.extend(e.0),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in &plans {
+        if let Some(name) = &p.mission
+            && !seen.insert(name.clone())
+        {
+            issues.push(config::Issue {
+                file: p.source.as_ref().map(|s| s.display().to_string()),
+                key: Some("name".into()),
+                message: format!("two missions of this run are named `{name}`"),
+            });
+        }
+    }
+    if issues.is_empty() {
+        Ok(plans)
+    } else {
+        Err(ConfigErrors(issues))
+    }
+}
+
+async fn run(
+    r: &RunArgs,
+    loaded: &config::Loaded,
+    ov: &Overrides,
+    live_view: bool,
+    (op_file, env): (Option<PathBuf>, Env),
+) -> Result<u8> {
     let op = &loaded.operator;
     let opts = RunOptions {
         data_dir: op.data_dir.clone(),
         shutdown_grace: op.shutdown_grace,
-        concurrency: 1,
+        concurrency: r.concurrency,
         backend: BackendOptions {
             claude_bin: op.claude_bin.clone(),
         },
         notify_webhook: op.notify_webhook.clone(),
     };
-    let plan: Option<Plan> = match (&r.mission, &r.task, &r.resume) {
+    let missions: Vec<PathBuf> = r
+        .missions
+        .iter()
+        .map(|m| config::resolve_mission(m))
+        .collect();
+    let plans: Option<Vec<Plan>> = match (missions.is_empty(), &r.task, &r.resume) {
         (_, _, Some(_)) => None,
-        (Some(m), None, None) => Some(loaded.plan_for_mission(&config::resolve_mission(m), ov)?),
-        (None, Some(t), None) => Some(loaded.plan_for_task(t, ov)?),
-        (None, None, None) => {
+        (false, None, None) | (true, Some(_), None) => {
+            Some(plans_for(loaded, &missions, r.task.as_deref(), ov)?)
+        }
+        (true, None, None) => {
             return Err(UsageError(
                 "say what to run: a mission (`operator run demo`), `--task \"…\"`, or `--resume`"
                     .into(),
             )
             .into());
         }
-        (Some(_), Some(_), _) => unreachable!("clap rejects --task with a mission"),
+        (false, Some(_), _) => unreachable!("clap rejects --task with a mission"),
     };
     if r.dry_run {
-        let Some(plan) = plan else {
+        let Some(plans) = plans else {
             return Err(UsageError("--dry-run needs a mission or --task".into()).into());
         };
-        print_plan(&plan, &opts.backend)?;
+        for plan in &plans {
+            print_plan(plan, &opts.backend)?;
+        }
         return Ok(exit::OK);
     }
     let _pid = PidFile::create(&opts.data_dir)?;
     let store = open_store(&opts.data_dir).await?;
-    let (jobs, concurrency) = match plan {
-        Some(plan) => {
+    let (batch, reloader) = match plans {
+        Some(plans) => {
             for c in daemon::incomplete_chains(&store).await? {
                 // Logged at warn level, so it shows with and without the live view.
                 tracing::warn!(chain.id = %c.id, status = %c.status, "an earlier chain is incomplete; `operator run --resume {}` continues it", c.id);
             }
-            let concurrency = r.concurrency.unwrap_or(plan.concurrency);
+            let (task, ov) = (r.task.clone(), ov.clone());
+            let reloader: daemon::Reloader = Box::new(move || {
+                let loaded = config::load_operator(op_file.as_deref(), &env, &ov)?;
+                plans_for(&loaded, &missions, task.as_deref(), &ov)
+            });
             (
-                daemon::prepare_new(&store, &plan, &opts).await?,
-                concurrency,
+                daemon::prepare_new(&store, &plans, &opts).await?,
+                Some(reloader),
             )
         }
         None => {
@@ -433,30 +492,27 @@ async fn run(r: &RunArgs, loaded: &config::Loaded, ov: &Overrides, live_view: bo
                 return Err(UsageError(format!("`{id}` is not a chain id")).into());
             }
             let flags = ov.clone();
-            let jobs =
+            let batch =
                 daemon::prepare_resume(&store, id, &opts, |s| config::with_overrides(&s, &flags))
                     .await?;
-            (jobs, 1)
+            (batch, None)
         }
-    };
-    let opts = RunOptions {
-        concurrency,
-        ..opts
     };
     let bus = Bus::new(store.clone());
     let signals = crate::signals::listen().context("installing signal handlers")?;
     let (stop_view, stop_rx) = tokio::sync::oneshot::channel();
     let view = live_view.then(|| {
-        let names: HashMap<String, String> = jobs
+        let names: HashMap<String, String> = batch
+            .jobs
             .iter()
             .map(|j| (j.chain_id.clone(), j.name.clone()))
             .collect();
         crate::progress::spawn(&bus, names, stop_rx)
     });
-    for j in &jobs {
+    for j in &batch.jobs {
         tracing::info!(chain.id = %j.chain_id, name = %j.name, agent = %j.settings.agent, "chain queued");
     }
-    let report = daemon::run(store.clone(), jobs, &opts, signals, bus).await?;
+    let report = daemon::run(store.clone(), batch, &opts, signals, bus, reloader).await?;
     let _ = stop_view.send(());
     if let Some(v) = view {
         let _ = v.await;
@@ -744,6 +800,22 @@ impl Drop for PidFile {
 fn read_live_pid(path: &Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
     crate::process::is_other_live_operator(pid).then_some(pid)
+}
+
+async fn pause(data_dir: &Path, now: bool) -> Result<u8> {
+    if now && read_live_pid(&daemon::pid_file(data_dir)).is_some() {
+        // The running operator reads this when SIGUSR1 arrives.
+        open_store(data_dir)
+            .await?
+            .set_flag("pause_request", Some("now"))
+            .await?;
+    }
+    let what = if now {
+        "pausing now (sessions write their handoff)"
+    } else {
+        "paused"
+    };
+    signal_running(data_dir, nix::sys::signal::Signal::SIGUSR1, what)
 }
 
 fn signal_running(data_dir: &Path, sig: nix::sys::signal::Signal, what: &str) -> Result<u8> {

@@ -5,10 +5,19 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Running,
-    /// No new session starts; running sessions finish.
-    Paused,
+    /// No new session starts. With `interrupt`, running sessions are interrupted and asked for
+    /// their handoff (`operator pause --now`); without, they finish.
+    Paused {
+        interrupt: bool,
+    },
     /// Sessions are interrupted and chains left `interrupted`.
     Stopping,
+}
+
+impl Mode {
+    pub fn is_paused(self) -> bool {
+        matches!(self, Mode::Paused { .. })
+    }
 }
 
 pub type ModeTx = watch::Sender<Mode>;

@@ -18,7 +18,7 @@ use crate::notify;
 use crate::process::Registry;
 use crate::signals::SignalEvent;
 use crate::store::{ChainQuery, KEEP_UNARCHIVED, NewChain, SharedStore, StoreError};
-use crate::supervisor::{Job, Operator, OperatorArgs};
+use crate::supervisor::{Job, Limits, Operator, OperatorArgs, OperatorMsg, job_key};
 
 /// Errors that stop a run before or while it starts.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,16 @@ pub enum RunError {
     Spawn(String),
 }
 
+/// Chains to run, and how many of each mission may run at once.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub jobs: Vec<Job>,
+    pub limits: Limits,
+}
+
+/// Re-reads operator.toml and the missions of the run (SIGHUP).
+pub type Reloader = Box<dyn Fn() -> Result<Vec<Plan>, ConfigErrors> + Send + Sync>;
+
 /// How the run ended.
 #[derive(Debug)]
 pub struct RunReport {
@@ -56,7 +66,8 @@ pub struct RunReport {
 pub struct RunOptions {
     pub data_dir: PathBuf,
     pub shutdown_grace: Duration,
-    pub concurrency: usize,
+    /// `--concurrency`: replaces every mission's own limit.
+    pub concurrency: Option<usize>,
     pub backend: BackendOptions,
     pub notify_webhook: Option<String>,
 }
@@ -84,41 +95,67 @@ fn backends(
     Ok(out)
 }
 
-/// Creates the plan's chains in the store (status `queued`) and returns them as jobs.
-/// Agents are checked first: a missing binary fails before anything is written.
+/// Creates the plans' chains in the store (status `queued`) and returns them as jobs.
+/// Agents of every chain are checked first: a missing binary fails before anything is written.
 pub async fn prepare_new(
     store: &SharedStore,
-    plan: &Plan,
+    plans: &[Plan],
     opts: &RunOptions,
-) -> Result<Vec<Job>, RunError> {
-    let agents = backends(
-        &plan.chains.iter().map(|c| &c.settings).collect::<Vec<_>>(),
-        &opts.backend,
-    )?;
-    let mut jobs = Vec::new();
-    for (c, agent) in plan.chains.iter().zip(agents) {
-        let id = new_chain_id();
-        store
-            .create_chain(&NewChain {
-                id: id.clone(),
-                name: c.name.clone(),
+) -> Result<Batch, RunError> {
+    let all: Vec<&ChainSettings> = plans
+        .iter()
+        .flat_map(|p| p.chains.iter().map(|c| &c.settings))
+        .collect();
+    let mut agents = backends(&all, &opts.backend)?.into_iter();
+    let mut batch = Batch::default();
+    for plan in plans {
+        batch.limits.insert(
+            plan.mission.clone(),
+            opts.concurrency.unwrap_or(plan.concurrency),
+        );
+        for c in &plan.chains {
+            let agent = agents
+                .next()
+                .ok_or_else(|| RunError::Spawn("agent list out of step".into()))?;
+            let id = new_chain_id();
+            store
+                .create_chain(&NewChain {
+                    id: id.clone(),
+                    name: c.name.clone(),
+                    mission: plan.mission.clone(),
+                    task: c.task.clone(),
+                    config: chain_config(&c.name, &c.after, &c.settings),
+                    status: ChainStatus::Queued,
+                })
+                .await?;
+            batch.jobs.push(Job {
+                chain_id: id,
                 mission: plan.mission.clone(),
+                name: c.name.clone(),
                 task: c.task.clone(),
-                config: chain_config(&c.name, &c.after, &c.settings),
-                status: ChainStatus::Queued,
-            })
-            .await?;
-        jobs.push(Job {
-            chain_id: id,
-            name: c.name.clone(),
-            task: c.task.clone(),
-            after: c.after.clone(),
-            settings: c.settings.clone(),
-            agent,
-        });
+                after: c.after.clone(),
+                settings: c.settings.clone(),
+                agent,
+            });
+        }
     }
     store.archive_old(KEEP_UNARCHIVED).await?;
-    Ok(jobs)
+    Ok(batch)
+}
+
+/// Stores a running chain's new settings (after a reload), keeping its place in the mission.
+pub async fn chain_config_update(
+    store: &SharedStore,
+    id: &str,
+    settings: &ChainSettings,
+) -> Result<(), StoreError> {
+    let Some(c) = store.get_chain(id).await? else {
+        return Ok(());
+    };
+    let after: Vec<String> = serde_json::from_value(c.config["after"].clone()).unwrap_or_default();
+    store
+        .set_chain_config(id, &chain_config(&c.name, &after, settings))
+        .await
 }
 
 /// Chains that look incomplete, newest first (for the warning at start).
@@ -142,7 +179,7 @@ pub async fn prepare_resume(
     id: Option<&str>,
     opts: &RunOptions,
     apply: impl Fn(ChainSettings) -> Result<ChainSettings, ConfigErrors>,
-) -> Result<Vec<Job>, RunError> {
+) -> Result<Batch, RunError> {
     let chain = match id {
         Some(id) => store
             .get_chain(id)
@@ -199,15 +236,19 @@ pub async fn prepare_resume(
     store
         .set_chain_status(&chain.id, ChainStatus::Queued, None, None)
         .await?;
-    Ok(vec![Job {
-        chain_id: chain.id.clone(),
-        name: chain.name.clone(),
-        task: chain.task.clone(),
-        // A resumed chain runs alone: what it came after has already run.
-        after: Vec::new(),
-        settings,
-        agent,
-    }])
+    Ok(Batch {
+        jobs: vec![Job {
+            chain_id: chain.id.clone(),
+            // A resumed chain runs alone: what it came after has already run.
+            mission: None,
+            name: chain.name.clone(),
+            task: chain.task.clone(),
+            after: Vec::new(),
+            settings,
+            agent,
+        }],
+        limits: Limits::from([(None, 1)]),
+    })
 }
 
 /// A chain's owner is live when it is another operator that still runs.
@@ -215,17 +256,68 @@ fn owner_is_live(owner: Option<u32>) -> bool {
     owner.is_some_and(crate::process::is_other_live_operator)
 }
 
-/// Runs `jobs` to the end (or until stopped by `signals`), and returns the final records.
+/// What a reload changes: settings of chains already in the run, and new chains.
+async fn reload(
+    store: &SharedStore,
+    opts: &RunOptions,
+    reloader: &Reloader,
+    known: &mut std::collections::HashSet<String>,
+) -> Result<(Vec<(String, ChainSettings, Arc<dyn Agent>)>, Batch), RunError> {
+    let plans = reloader()?;
+    // Check every agent before anything changes.
+    let all: Vec<&ChainSettings> = plans
+        .iter()
+        .flat_map(|p| p.chains.iter().map(|c| &c.settings))
+        .collect();
+    let agents = backends(&all, &opts.backend)?;
+    let mut updates = Vec::new();
+    let mut fresh: Vec<Plan> = Vec::new();
+    let mut agents = agents.into_iter();
+    for plan in &plans {
+        let mut new_chains = Vec::new();
+        for c in &plan.chains {
+            let agent = agents
+                .next()
+                .ok_or_else(|| RunError::Spawn("agent list out of step".into()))?;
+            let key = job_key(plan.mission.as_deref(), &c.name);
+            if known.contains(&key) {
+                updates.push((key, c.settings.clone(), agent));
+            } else {
+                new_chains.push(c.clone());
+            }
+        }
+        fresh.push(Plan {
+            chains: new_chains,
+            ..plan.clone()
+        });
+    }
+    let batch = prepare_new(store, &fresh, opts).await?;
+    for j in &batch.jobs {
+        known.insert(j.key());
+    }
+    Ok((updates, batch))
+}
+
+/// Runs `batch` to the end (or until stopped by `signals`), and returns the final records.
+/// With a `reloader`, SIGHUP re-reads the configuration: new chains start, changed settings
+/// apply from each chain's next session, and an invalid file changes nothing.
 pub async fn run(
     store: SharedStore,
-    jobs: Vec<Job>,
+    batch: Batch,
     opts: &RunOptions,
     mut signals: mpsc::UnboundedReceiver<SignalEvent>,
     bus: Bus,
+    reloader: Option<Reloader>,
 ) -> Result<RunReport, RunError> {
-    let ids: Vec<String> = jobs.iter().map(|j| j.chain_id.clone()).collect();
+    let mut ids: Vec<String> = batch.jobs.iter().map(|j| j.chain_id.clone()).collect();
+    let mut known: std::collections::HashSet<String> = batch.jobs.iter().map(Job::key).collect();
     let paused = store.get_flag("paused").await?.is_some();
-    let (mode_tx, mode_rx) = control::channel(if paused { Mode::Paused } else { Mode::Running });
+    let initial = if paused {
+        Mode::Paused { interrupt: false }
+    } else {
+        Mode::Running
+    };
+    let (mode_tx, mode_rx) = control::channel(initial);
     if paused {
         tracing::warn!("the operator is paused (send SIGUSR2 or run `operator resume` to go on)");
     }
@@ -243,19 +335,11 @@ pub async fn run(
         .clone()
         .map(|url| notify::spawn(url, store.clone(), bus.clone()));
     let (done_tx, mut done_rx) = oneshot::channel();
-    let (operator, handle) = Actor::spawn(
-        None,
-        Operator,
-        OperatorArgs {
-            ctx,
-            concurrency: opts.concurrency,
-            done: done_tx,
-        },
-    )
-    .await
-    .map_err(|e| RunError::Spawn(e.to_string()))?;
+    let (operator, handle) = Actor::spawn(None, Operator, OperatorArgs { ctx, done: done_tx })
+        .await
+        .map_err(|e| RunError::Spawn(e.to_string()))?;
     operator
-        .cast(crate::supervisor::OperatorMsg::Submit(jobs))
+        .cast(OperatorMsg::Submit(batch.jobs, batch.limits))
         .map_err(|e| RunError::Spawn(e.to_string()))?;
 
     let mut immediate = false;
@@ -277,24 +361,47 @@ pub async fn run(
                     }
                 }
                 Some(SignalEvent::Pause) => {
-                    if *mode_tx.borrow() == Mode::Running {
+                    // `operator pause --now` leaves its request in the store before signalling.
+                    let now = store.get_flag("pause_request").await?.as_deref() == Some("now");
+                    store.set_flag("pause_request", None).await?;
+                    let current = *mode_tx.borrow();
+                    if current == Mode::Running || (now && current == (Mode::Paused { interrupt: false })) {
                         store.set_flag("paused", Some("1")).await?;
-                        bus.emit("orchestrator:paused", None, None, serde_json::json!({})).await;
-                        tracing::warn!("paused: no new session starts until SIGUSR2");
-                        let _ = mode_tx.send(Mode::Paused);
+                        bus.emit("orchestrator:paused", None, None, serde_json::json!({"now": now})).await;
+                        if now {
+                            tracing::warn!("paused now: running sessions are interrupted and write their handoff; SIGUSR2 resumes");
+                        } else {
+                            tracing::warn!("paused: running sessions finish, no new session starts until SIGUSR2");
+                        }
+                        let _ = mode_tx.send(Mode::Paused { interrupt: now });
                     }
                 }
                 Some(SignalEvent::Resume) => {
-                    if *mode_tx.borrow() == Mode::Paused {
+                    if mode_tx.borrow().is_paused() {
                         store.set_flag("paused", None).await?;
                         bus.emit("orchestrator:resumed", None, None, serde_json::json!({})).await;
                         tracing::warn!("resumed");
                         let _ = mode_tx.send(Mode::Running);
                     }
                 }
-                Some(SignalEvent::Reload) => {
-                    tracing::warn!("SIGHUP: configuration reload is not supported yet; the running configuration is kept");
-                }
+                Some(SignalEvent::Reload) => match &reloader {
+                    None => tracing::warn!("SIGHUP: a resumed chain has no mission to reload; nothing changes"),
+                    Some(r) => match reload(&store, opts, r, &mut known).await {
+                        Ok((updates, fresh)) => {
+                            let (changed, added) = (updates.len(), fresh.jobs.len());
+                            ids.extend(fresh.jobs.iter().map(|j| j.chain_id.clone()));
+                            let limits = fresh.limits.clone();
+                            let _ = operator.cast(OperatorMsg::Reconfigure(updates, limits));
+                            let _ = operator.cast(OperatorMsg::Submit(fresh.jobs, fresh.limits));
+                            bus.emit("orchestrator:reloaded", None, None, serde_json::json!({"chains": changed, "added": added})).await;
+                            tracing::warn!(chains = changed, added, "configuration reloaded; changed settings apply from each chain's next session");
+                        }
+                        Err(e) => {
+                            bus.emit("orchestrator:reload-failed", None, None, serde_json::json!({"error": e.to_string()})).await;
+                            tracing::warn!("configuration reload refused; the running configuration is kept: {e}");
+                        }
+                    },
+                },
                 None => {
                     // No more signals can arrive; wait for the chains.
                     let _ = (&mut done_rx).await;

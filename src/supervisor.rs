@@ -1,5 +1,5 @@
-//! The Operator: the root actor. It queues chains, starts them within the concurrency limit and their
-//! `after` ordering, and supervises them `one_for_one`: a crashed chain is restarted from the store
+//! The Operator: the root actor. It queues chains, starts them within each mission's concurrency limit
+//! and `after` ordering, and supervises them `one_for_one`: a crashed chain is restarted from the store
 //! (at most `RESTART_INTENSITY` times in `RESTART_PERIOD`), without touching its siblings.
 
 use std::collections::HashMap;
@@ -24,6 +24,9 @@ pub const RESTART_PERIOD: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct Job {
     pub chain_id: String,
+    /// The mission the chain belongs to (`None` for `--task` and resumed chains): `after`
+    /// names and concurrency limits are scoped to it.
+    pub mission: Option<String>,
     pub name: String,
     pub task: String,
     pub after: Vec<String>,
@@ -31,8 +34,27 @@ pub struct Job {
     pub agent: Arc<dyn Agent>,
 }
 
+impl Job {
+    /// The chain's name within its mission.
+    pub fn key(&self) -> String {
+        job_key(self.mission.as_deref(), &self.name)
+    }
+}
+
+/// `mission/name`, the identity of a chain within a run.
+pub fn job_key(mission: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", mission.unwrap_or(""))
+}
+
+/// How many chains of each mission may run at once.
+pub type Limits = HashMap<Option<String>, usize>;
+
 pub enum OperatorMsg {
-    Submit(Vec<Job>),
+    /// Queue chains; `limits` sets (or changes) the concurrency of their missions.
+    Submit(Vec<Job>, Limits),
+    /// New settings (from a reload) for chains of this run, by key; they apply from each
+    /// chain's next session.
+    Reconfigure(Vec<(String, ChainSettings, Arc<dyn Agent>)>, Limits),
     ModeChanged,
     Abort(String, RpcReplyPort<bool>),
     /// (running chain ids, queued chain ids)
@@ -41,7 +63,6 @@ pub enum OperatorMsg {
 
 pub struct OperatorArgs {
     pub ctx: Ctx,
-    pub concurrency: usize,
     /// Fired when nothing runs and nothing waits.
     pub done: oneshot::Sender<()>,
 }
@@ -54,10 +75,10 @@ struct RunningChain {
 
 pub struct OperatorState {
     ctx: Ctx,
-    concurrency: usize,
+    limits: Limits,
     queue: Vec<Job>,
     running: HashMap<ActorId, RunningChain>,
-    /// Final status of each ended chain, by name (for `after`).
+    /// Final status of each ended chain, by key (for `after`).
     ended: HashMap<String, ChainStatus>,
     done: Option<oneshot::Sender<()>>,
 }
@@ -72,9 +93,9 @@ enum Ready {
     Never(String),
 }
 
-fn readiness(after: &[String], ended: &HashMap<String, ChainStatus>) -> Ready {
-    for dep in after {
-        match ended.get(dep) {
+fn readiness(job: &Job, ended: &HashMap<String, ChainStatus>) -> Ready {
+    for dep in &job.after {
+        match ended.get(&job_key(job.mission.as_deref(), dep)) {
             None => return Ready::Wait,
             Some(s) if s.is_success() => {}
             Some(s) => {
@@ -135,7 +156,17 @@ impl OperatorState {
                 serde_json::json!({"status": status, "reason": reason}),
             )
             .await;
-        self.ended.insert(job.name.clone(), status);
+        self.ended.insert(job.key(), status);
+    }
+
+    fn has_room(&self, mission: &Option<String>) -> bool {
+        let limit = self.limits.get(mission).copied().unwrap_or(1).max(1);
+        let running = self
+            .running
+            .values()
+            .filter(|r| &r.job.mission == mission)
+            .count();
+        running < limit
     }
 
     /// Starts what may start; settles what never will; reports when all is done.
@@ -156,13 +187,13 @@ impl OperatorState {
             let mut progressed = false;
             let mut i = 0;
             while i < self.queue.len() {
-                match readiness(&self.queue[i].after, &self.ended) {
+                match readiness(&self.queue[i], &self.ended) {
                     Ready::Never(reason) => {
                         let job = self.queue.remove(i);
                         self.end(&job, ChainStatus::Failed, Some(reason)).await;
                         progressed = true;
                     }
-                    Ready::Yes if self.running.len() < self.concurrency => {
+                    Ready::Yes if self.has_room(&self.queue[i].mission) => {
                         let job = self.queue.remove(i);
                         self.spawn(me, job, Vec::new()).await;
                         progressed = true;
@@ -204,7 +235,7 @@ impl Actor for Operator {
         });
         Ok(OperatorState {
             ctx: a.ctx,
-            concurrency: a.concurrency.max(1),
+            limits: Limits::new(),
             queue: Vec::new(),
             running: HashMap::new(),
             ended: HashMap::new(),
@@ -219,8 +250,25 @@ impl Actor for Operator {
         st: &mut OperatorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            OperatorMsg::Submit(jobs) => {
+            OperatorMsg::Submit(jobs, limits) => {
+                st.limits.extend(limits);
                 st.queue.extend(jobs);
+                st.pump(&me).await;
+            }
+            OperatorMsg::Reconfigure(updates, limits) => {
+                st.limits.extend(limits);
+                for (key, settings, agent) in updates {
+                    if let Some(job) = st.queue.iter_mut().find(|j| j.key() == key) {
+                        job.settings = settings;
+                        job.agent = agent;
+                    } else if let Some(r) = st.running.values_mut().find(|r| r.job.key() == key) {
+                        r.job.settings = settings.clone();
+                        r.job.agent = agent.clone();
+                        let _ = r
+                            .actor
+                            .cast(ChainMsg::Reconfigure(Box::new(settings), agent));
+                    }
+                }
                 st.pump(&me).await;
             }
             OperatorMsg::ModeChanged => st.pump(&me).await,
@@ -272,7 +320,7 @@ impl Actor for Operator {
                             .and_then(|s| s.parse().ok())
                             .unwrap_or(ChainStatus::Failed),
                     };
-                    st.ended.insert(r.job.name.clone(), status);
+                    st.ended.insert(r.job.key(), status);
                     st.pump(&me).await;
                 }
             }
@@ -309,14 +357,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readiness_follows_after() {
+    fn readiness_follows_after_within_a_mission() {
+        let job = |mission: Option<&str>, after: &[&str]| Job {
+            chain_id: "c".into(),
+            mission: mission.map(str::to_string),
+            name: "x".into(),
+            task: "t".into(),
+            after: after.iter().map(|s| s.to_string()).collect(),
+            settings: crate::config::load_operator(None, &Default::default(), &Default::default())
+                .unwrap()
+                .plan_for_task("t", &Default::default())
+                .unwrap()
+                .chains[0]
+                .settings
+                .clone(),
+            agent: crate::agent::backend(crate::agent::AgentKind::Sim, &Default::default()),
+        };
         let mut ended = HashMap::new();
-        assert_eq!(readiness(&[], &ended), Ready::Yes);
-        let after = vec!["a".to_string()];
-        assert_eq!(readiness(&after, &ended), Ready::Wait);
-        ended.insert("a".to_string(), ChainStatus::Complete);
-        assert_eq!(readiness(&after, &ended), Ready::Yes);
-        ended.insert("a".to_string(), ChainStatus::Failed);
-        assert!(matches!(readiness(&after, &ended), Ready::Never(r) if r.contains("ended failed")));
+        assert_eq!(readiness(&job(Some("m"), &[]), &ended), Ready::Yes);
+        let j = job(Some("m"), &["a"]);
+        assert_eq!(readiness(&j, &ended), Ready::Wait);
+        // A chain named `a` in another mission does not count.
+        ended.insert(job_key(Some("other"), "a"), ChainStatus::Complete);
+        assert_eq!(readiness(&j, &ended), Ready::Wait);
+        ended.insert(job_key(Some("m"), "a"), ChainStatus::Complete);
+        assert_eq!(readiness(&j, &ended), Ready::Yes);
+        ended.insert(job_key(Some("m"), "a"), ChainStatus::Failed);
+        assert!(matches!(readiness(&j, &ended), Ready::Never(r) if r.contains("ended failed")));
     }
 }

@@ -61,6 +61,8 @@ pub enum ChainMsg {
     ModeChanged,
     /// Stop the chain as `aborted`.
     Abort,
+    /// New settings from a reload; they apply from the next session.
+    Reconfigure(Box<ChainSettings>, Arc<dyn Agent>),
 }
 
 /// What every chain shares with the operator.
@@ -188,7 +190,7 @@ impl ChainState {
                     )
                     .await;
             }
-            Mode::Paused => {
+            Mode::Paused { .. } => {
                 if !self.paused_recorded {
                     self.paused_recorded = true;
                     self.set_status(ChainStatus::Paused, None).await?;
@@ -303,7 +305,9 @@ impl ChainState {
         hit_max_turns: bool,
         is_error: bool,
     ) {
-        let stopping = *self.ctx.mode.borrow() == Mode::Stopping || self.aborting;
+        let mode = *self.ctx.mode.borrow();
+        let stopping =
+            matches!(mode, Mode::Stopping | Mode::Paused { interrupt: true }) || self.aborting;
         let span = self.span.clone();
         let Some(run) = self.session.as_mut().filter(|r| r.index == index) else {
             return;
@@ -314,7 +318,9 @@ impl ChainState {
             Err(_) if is_error && !stopping => SessionMsg::Close,
             Err(reason) if !run.asked_again => {
                 run.asked_again = true;
-                let why = if stopping {
+                let why = if mode == (Mode::Paused { interrupt: true }) {
+                    "the operator is pausing".to_string()
+                } else if stopping {
                     "the operator is stopping".to_string()
                 } else if hit_max_turns {
                     "you reached the turn limit".to_string()
@@ -415,6 +421,10 @@ impl ChainState {
         };
         let decision = if self.aborting {
             Next::Finish(ChainStatus::Aborted, Some("aborted".into()))
+        } else if verdict.status == SessionStatus::Interrupted && self.ctx.mode.borrow().is_paused()
+        {
+            // `pause --now`: the session was interrupted to hold the chain, not to end it.
+            Next::Continue
         } else {
             policy::decide(&after)
         };
@@ -557,7 +567,7 @@ impl Actor for Chain {
             ChainMsg::ModeChanged => {
                 let mode = *st.ctx.mode.borrow();
                 match (&st.session, mode) {
-                    (Some(run), Mode::Stopping) => {
+                    (Some(run), Mode::Stopping | Mode::Paused { interrupt: true }) => {
                         if let Some(a) = &run.actor {
                             let _ = a.cast(SessionMsg::Stop {
                                 grace: st.ctx.shutdown_grace,
@@ -567,6 +577,16 @@ impl Actor for Chain {
                     (None, _) => st.next(&me).await?,
                     _ => {}
                 }
+            }
+            ChainMsg::Reconfigure(settings, agent) => {
+                tracing::info!(parent: &st.span, "new settings from a reload apply from the next session");
+                let config =
+                    crate::daemon::chain_config_update(&st.ctx.store, &st.id, &settings).await;
+                if let Err(e) = config {
+                    tracing::warn!(parent: &st.span, cause = %e, "could not store the reloaded settings");
+                }
+                st.settings = *settings;
+                st.agent = agent;
             }
             ChainMsg::Abort => {
                 st.aborting = true;

@@ -81,6 +81,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         reason: Option<&str>,
         owner_pid: Option<u32>,
     ) -> StoreResult<()>;
+    /// Replaces the chain's stored settings (after a reload).
+    async fn set_chain_config(&self, id: &str, config: &serde_json::Value) -> StoreResult<()>;
     /// The process that last ran the chain, if it recorded one.
     async fn chain_owner(&self, id: &str) -> StoreResult<Option<u32>>;
     /// Sessions of a run are counted from here (set when a finished chain is resumed).

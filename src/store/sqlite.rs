@@ -320,6 +320,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn set_chain_config(&self, id: &str, config: &serde_json::Value) -> StoreResult<()> {
+        sqlx::query("UPDATE chains SET config = ?1, updated_at = ?2 WHERE id = ?3")
+            .bind(config.to_string())
+            .bind(now_rfc3339())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn chain_owner(&self, id: &str) -> StoreResult<Option<u32>> {
         let row = sqlx::query("SELECT owner_pid FROM chains WHERE id = ?1")
             .bind(id)
