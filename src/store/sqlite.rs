@@ -102,7 +102,25 @@ impl SqliteStore {
         Self::open_file(&data_dir.join("operator.db")).await
     }
 
+    /// Opens and migrates the database. A new database opened by several processes at once
+    /// (an `operator run` starting while `operator list` reads) can answer "database is
+    /// locked" while another switches it to WAL or migrates it, before the busy timeout
+    /// applies: such an open is retried for a few seconds.
     pub async fn open_file(path: &Path) -> StoreResult<Self> {
+        let mut attempt = 0u32;
+        loop {
+            match Self::try_open(path).await {
+                Err(StoreError::Db(e)) if is_busy(&e) && attempt < 50 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 + 10 * u64::from(attempt.min(10))))
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_open(path: &Path) -> StoreResult<Self> {
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -152,6 +170,14 @@ impl SqliteStore {
     /// The pool, for benches and tests that inspect the database directly.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6).
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("5" | "6")),
+        _ => false,
     }
 }
 
@@ -756,5 +782,21 @@ mod tests {
             .try_get(0)
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn many_openers_of_a_new_store_all_succeed() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let opens = (0..4).map(|_| {
+                let p = dir.path().to_path_buf();
+                tokio::spawn(async move { SqliteStore::open(&p).await.map(|_| ()) })
+            });
+            for h in opens.collect::<Vec<_>>() {
+                if let Err(e) = h.await.unwrap() {
+                    panic!("{e:?}");
+                }
+            }
+        }
     }
 }
