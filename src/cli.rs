@@ -55,6 +55,9 @@ pub struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// operator.toml to read (default: $OPERATOR_CONFIG, else config/operator.toml if present).
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -125,6 +128,10 @@ struct RunArgs {
     /// Scenario of the sim agent (for demos and tests).
     #[arg(long, value_parser = parse_scenario)]
     scenario: Option<Scenario>,
+    /// Pick the missions up where a stop left them: resume their interrupted chains, skip
+    /// those that ended, start the rest (for restarts under systemd).
+    #[arg(long = "continue", conflicts_with_all = ["task", "resume"])]
+    continue_missions: bool,
     /// Chains of a mission running at once (default: the mission's `concurrency`).
     #[arg(long)]
     concurrency: Option<usize>,
@@ -140,6 +147,12 @@ struct RunArgs {
     /// At the end, print one JSON object per chain, one per line, on stdout.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -192,7 +205,7 @@ struct SimAgentArgs {
 
 /// Sets up logging. On a terminal with the live view only warnings are logged, so the
 /// view stays readable; otherwise each event is a log line.
-fn init_tracing(verbose: u8, quiet: bool, live_view: bool) {
+fn init_tracing(verbose: u8, quiet: bool, live_view: bool, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose, live_view) {
         (true, _, _) => "warn",
@@ -203,12 +216,16 @@ fn init_tracing(verbose: u8, quiet: bool, live_view: bool) {
     };
     let filter = EnvFilter::try_from_env("OPERATOR_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("operator={default},warn")));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }
 
 /// Entry point of the binary.
@@ -219,8 +236,9 @@ pub fn main() -> ExitCode {
     }
     let live_view = matches!(&cli.command, Command::Run(r) if !r.dry_run && !r.json)
         && std::io::stderr().is_terminal()
-        && !cli.quiet;
-    init_tracing(cli.verbose, cli.quiet, live_view);
+        && !cli.quiet
+        && cli.log_format == LogFormat::Text;
+    init_tracing(cli.verbose, cli.quiet, live_view, cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -435,6 +453,7 @@ async fn run(
         data_dir: op.data_dir.clone(),
         shutdown_grace: op.shutdown_grace,
         concurrency: r.concurrency,
+        continue_missions: r.continue_missions,
         backend: BackendOptions {
             claude_bin: op.claude_bin.clone(),
         },

@@ -43,12 +43,7 @@ pub enum RunError {
     Spawn(String),
 }
 
-/// Chains to run, and how many of each mission may run at once.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub jobs: Vec<Job>,
-    pub limits: Limits,
-}
+pub use crate::supervisor::Batch;
 
 /// Re-reads operator.toml and the missions of the run (SIGHUP).
 pub type Reloader = Box<dyn Fn() -> Result<Vec<Plan>, ConfigErrors> + Send + Sync>;
@@ -68,6 +63,9 @@ pub struct RunOptions {
     pub shutdown_grace: Duration,
     /// `--concurrency`: replaces every mission's own limit.
     pub concurrency: Option<usize>,
+    /// `--continue`: resume the missions' chains that a stop interrupted, skip those that
+    /// ended, start the others.
+    pub continue_missions: bool,
     pub backend: BackendOptions,
     pub notify_webhook: Option<String>,
 }
@@ -117,17 +115,49 @@ pub async fn prepare_new(
             let agent = agents
                 .next()
                 .ok_or_else(|| RunError::Spawn("agent list out of step".into()))?;
-            let id = new_chain_id();
-            store
-                .create_chain(&NewChain {
-                    id: id.clone(),
-                    name: c.name.clone(),
-                    mission: plan.mission.clone(),
-                    task: c.task.clone(),
-                    config: chain_config(&c.name, &c.after, &c.settings),
-                    status: ChainStatus::Queued,
-                })
-                .await?;
+            let config = chain_config(&c.name, &c.after, &c.settings);
+            let earlier = match (opts.continue_missions, &plan.mission) {
+                (true, Some(m)) => latest_of(store, m, &c.name).await?,
+                _ => None,
+            };
+            let id = match earlier {
+                Some(e) if stopped_by_operator(e.status) => {
+                    if let Some(pid) = store
+                        .chain_owner(&e.id)
+                        .await?
+                        .filter(|p| owner_is_live(Some(*p)))
+                    {
+                        return Err(RunError::Busy { id: e.id, pid });
+                    }
+                    tracing::info!(chain.id = %e.id, name = %c.name, "continuing the chain a stop interrupted");
+                    store.set_chain_config(&e.id, &config).await?;
+                    store
+                        .set_chain_status(&e.id, ChainStatus::Queued, None, None)
+                        .await?;
+                    e.id
+                }
+                Some(e) => {
+                    tracing::info!(chain.id = %e.id, name = %c.name, status = %e.status, "the chain already ended; not run again");
+                    batch
+                        .settled
+                        .push((job_key(plan.mission.as_deref(), &c.name), e.id, e.status));
+                    continue;
+                }
+                None => {
+                    let id = new_chain_id();
+                    store
+                        .create_chain(&NewChain {
+                            id: id.clone(),
+                            name: c.name.clone(),
+                            mission: plan.mission.clone(),
+                            task: c.task.clone(),
+                            config,
+                            status: ChainStatus::Queued,
+                        })
+                        .await?;
+                    id
+                }
+            };
             batch.jobs.push(Job {
                 chain_id: id,
                 mission: plan.mission.clone(),
@@ -141,6 +171,47 @@ pub async fn prepare_new(
     }
     store.archive_old(KEEP_UNARCHIVED).await?;
     Ok(batch)
+}
+
+/// Ended by a stop or a crash of the operator, not by its own outcome.
+fn stopped_by_operator(status: ChainStatus) -> bool {
+    matches!(
+        status,
+        ChainStatus::Queued
+            | ChainStatus::Running
+            | ChainStatus::Paused
+            | ChainStatus::Waiting
+            | ChainStatus::Interrupted
+    )
+}
+
+/// The newest chain of `mission` named `name`, if any.
+async fn latest_of(
+    store: &SharedStore,
+    mission: &str,
+    name: &str,
+) -> Result<Option<ChainRecord>, StoreError> {
+    let mut before = None;
+    loop {
+        let page = store
+            .list_chains(&ChainQuery {
+                include_archived: true,
+                before: before.clone(),
+                limit: 200,
+                ..Default::default()
+            })
+            .await?;
+        if let Some(c) = page
+            .iter()
+            .find(|c| c.mission.as_deref() == Some(mission) && c.name == name)
+        {
+            return Ok(Some(c.clone()));
+        }
+        match page.last() {
+            Some(last) if page.len() == 200 => before = Some(last.id.clone()),
+            _ => return Ok(None),
+        }
+    }
 }
 
 /// Stores a running chain's new settings (after a reload), keeping its place in the mission.
@@ -248,6 +319,7 @@ pub async fn prepare_resume(
             agent,
         }],
         limits: Limits::from([(None, 1)]),
+        settled: Vec::new(),
     })
 }
 
@@ -309,8 +381,18 @@ pub async fn run(
     bus: Bus,
     reloader: Option<Reloader>,
 ) -> Result<RunReport, RunError> {
-    let mut ids: Vec<String> = batch.jobs.iter().map(|j| j.chain_id.clone()).collect();
-    let mut known: std::collections::HashSet<String> = batch.jobs.iter().map(Job::key).collect();
+    let mut ids: Vec<String> = batch
+        .jobs
+        .iter()
+        .map(|j| j.chain_id.clone())
+        .chain(batch.settled.iter().map(|(_, id, _)| id.clone()))
+        .collect();
+    let mut known: std::collections::HashSet<String> = batch
+        .jobs
+        .iter()
+        .map(Job::key)
+        .chain(batch.settled.iter().map(|(key, _, _)| key.clone()))
+        .collect();
     let paused = store.get_flag("paused").await?.is_some();
     let initial = if paused {
         Mode::Paused { interrupt: false }
@@ -334,12 +416,14 @@ pub async fn run(
         .notify_webhook
         .clone()
         .map(|url| notify::spawn(url, store.clone(), bus.clone()));
+    let (stop_log, stop_log_rx) = oneshot::channel();
+    let event_log = crate::eventlog::spawn(&bus, opts.data_dir.clone(), stop_log_rx);
     let (done_tx, mut done_rx) = oneshot::channel();
     let (operator, handle) = Actor::spawn(None, Operator, OperatorArgs { ctx, done: done_tx })
         .await
         .map_err(|e| RunError::Spawn(e.to_string()))?;
     operator
-        .cast(OperatorMsg::Submit(batch.jobs, batch.limits))
+        .cast(OperatorMsg::Submit(batch))
         .map_err(|e| RunError::Spawn(e.to_string()))?;
 
     let mut immediate = false;
@@ -392,7 +476,7 @@ pub async fn run(
                             ids.extend(fresh.jobs.iter().map(|j| j.chain_id.clone()));
                             let limits = fresh.limits.clone();
                             let _ = operator.cast(OperatorMsg::Reconfigure(updates, limits));
-                            let _ = operator.cast(OperatorMsg::Submit(fresh.jobs, fresh.limits));
+                            let _ = operator.cast(OperatorMsg::Submit(fresh));
                             bus.emit("orchestrator:reloaded", None, None, serde_json::json!({"chains": changed, "added": added})).await;
                             tracing::warn!(chains = changed, added, "configuration reloaded; changed settings apply from each chain's next session");
                         }
@@ -432,6 +516,8 @@ pub async fn run(
     if let Some(n) = notifier {
         n.finish(Duration::from_secs(15)).await;
     }
+    let _ = stop_log.send(());
+    let _ = event_log.await;
     Ok(RunReport { chains, immediate })
 }
 

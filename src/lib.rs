@@ -7,6 +7,15 @@
 //! - [`handoff`]: finding, validating and synthesising handoffs; building prompts.
 //! - [`agent`]: the `Agent` trait, the stream-json protocol, and the `claude` and `sim` backends.
 //! - [`sim`]: the simulated agent program behind `operator sim-agent`.
+//! - [`store`]: the `Store` trait and its SQLite backend.
+//! - [`supervisor`]: the root Operator actor (queue, concurrency, ordering, restarts).
+//! - [`chain`]: the Chain actor, its Cost and Handoff children, and its pure decisions.
+//! - [`session`]: the Session actor around one agent process.
+//! - [`process`]: process groups and their killing.
+//! - [`daemon`]: `run`, the supervisor as a library function, with signals and reload.
+//! - [`control`], [`signals`]: the run mode and the Unix signals that change it.
+//! - [`events`], [`eventlog`], [`notify`], [`progress`]: the event bus and what listens to it.
+//! - [`cost`]: pricing; [`redact`]: masking secrets; [`cli`]: the command line.
 
 pub mod agent;
 pub mod chain;
@@ -15,12 +24,14 @@ pub mod config;
 pub mod control;
 pub mod cost;
 pub mod daemon;
+pub mod eventlog;
 pub mod events;
 pub mod handoff;
 pub mod model;
 pub mod notify;
 pub mod process;
 pub mod progress;
+pub mod redact;
 pub mod session;
 pub mod signals;
 pub mod sim;

@@ -228,6 +228,10 @@ impl Sim {
             self.step().await?;
             self.turns_in_process += 1;
             if args.scenario == Scenario::Garbage {
+                // Agents run `env` too: a leaked key must be masked by the operator.
+                if let Ok(key) = std::env::var("ANTHROPIC_API_KEY") {
+                    self.assistant_text(turn, &format!("$ env\nANTHROPIC_API_KEY={key}"));
+                }
                 emit_raw("this is not json {{{");
                 emit_raw(r#"{"type":"mystery_event","payload":[1,2,3]}"#);
                 emit_raw("\u{1b}[31mcolour codes and stray bytes\u{1b}[0m");

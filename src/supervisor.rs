@@ -49,9 +49,18 @@ pub fn job_key(mission: Option<&str>, name: &str) -> String {
 /// How many chains of each mission may run at once.
 pub type Limits = HashMap<Option<String>, usize>;
 
+/// Chains to run, how many of each mission may run at once, and chains of the missions that
+/// already ended in an earlier run (`--continue`), by key, for the `after` ordering.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub jobs: Vec<Job>,
+    pub limits: Limits,
+    pub settled: Vec<(String, String, ChainStatus)>,
+}
+
 pub enum OperatorMsg {
-    /// Queue chains; `limits` sets (or changes) the concurrency of their missions.
-    Submit(Vec<Job>, Limits),
+    /// Queue chains; its limits set (or change) the concurrency of their missions.
+    Submit(Batch),
     /// New settings (from a reload) for chains of this run, by key; they apply from each
     /// chain's next session.
     Reconfigure(Vec<(String, ChainSettings, Arc<dyn Agent>)>, Limits),
@@ -250,9 +259,15 @@ impl Actor for Operator {
         st: &mut OperatorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            OperatorMsg::Submit(jobs, limits) => {
-                st.limits.extend(limits);
-                st.queue.extend(jobs);
+            OperatorMsg::Submit(batch) => {
+                st.limits.extend(batch.limits);
+                st.ended.extend(
+                    batch
+                        .settled
+                        .into_iter()
+                        .map(|(key, _, status)| (key, status)),
+                );
+                st.queue.extend(batch.jobs);
                 st.pump(&me).await;
             }
             OperatorMsg::Reconfigure(updates, limits) => {

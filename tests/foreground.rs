@@ -352,3 +352,155 @@ fn several_missions_run_in_one_operator() {
         stderr(&out)
     );
 }
+
+/// Every file under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn logs_and_files_never_contain_keys_or_tokens() {
+    let op = Op::new();
+    let key = "sk-ant-api03-TESTSECRETVALUE123";
+    let out = op
+        .cmd(&[
+            "-vv",
+            "run",
+            "--task",
+            "T",
+            "--scenario",
+            "garbage",
+            "--json",
+        ])
+        .env("ANTHROPIC_API_KEY", key)
+        .env(
+            "OPERATOR_NOTIFY_WEBHOOK",
+            "http://127.0.0.1:9/hook?token=HOOKSECRET987",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    // The agent really printed the key: its transcript holds the masked line.
+    let transcript = std::fs::read_to_string(
+        op.data_dir()
+            .join(format!("chains/{}/session-1.jsonl", c.id)),
+    )
+    .unwrap();
+    assert!(
+        transcript.contains("ANTHROPIC_API_KEY=[REDACTED]"),
+        "the sim did not print the key"
+    );
+    let log =
+        std::fs::read_to_string(op.data_dir().join(format!("chains/{}/chain.log", c.id))).unwrap();
+    assert!(
+        log.contains("chain:session-complete") && log.contains("chain:complete"),
+        "{log}"
+    );
+    let mut places = vec![
+        ("stderr".to_string(), out.stderr.clone()),
+        ("stdout".to_string(), out.stdout.clone()),
+    ];
+    for f in files(&op.data_dir()) {
+        places.push((f.display().to_string(), std::fs::read(&f).unwrap()));
+    }
+    for (name, bytes) in places {
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in ["TESTSECRETVALUE123", "HOOKSECRET987"] {
+            assert!(!text.contains(secret), "{secret} found in {name}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn continue_picks_a_mission_up_where_a_stop_left_it() {
+    let op = Op::new();
+    let mission = op.write(
+        "nightly.toml",
+        r#"
+[[chain]]
+name = "a"
+task = "A"
+[chain.sim]
+scenario = "incomplete"
+complete_after = 2
+step = "120ms"
+[[chain]]
+name = "b"
+task = "B"
+[chain.sim]
+scenario = "complete"
+step = "10ms"
+[[chain]]
+name = "c"
+task = "C"
+after = ["a"]
+[chain.sim]
+scenario = "complete"
+step = "10ms"
+"#,
+    );
+    let m = mission.to_str().unwrap();
+    // The harness's OPERATOR_SIM__STEP would override the mission's steps.
+    let cmd = |args: &[&str]| {
+        let mut c = op.cmd(args);
+        c.env_remove("OPERATOR_SIM__STEP");
+        c
+    };
+    let child = cmd(&["run", m])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::fs::create_dir_all(op.data_dir()).unwrap();
+    let store = op.store().await;
+    let by_name = |n: &str| {
+        q(store.list_chains(&Default::default()))
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == n)
+            .and_then(|c| q(store.get_chain(&c.id)).ok().flatten())
+    };
+    assert!(eventually(WAIT, || {
+        by_name("b").is_some_and(|b| b.status == ChainStatus::Complete)
+            && by_name("a").is_some_and(|a| !a.sessions.is_empty())
+    }));
+    signal(&child, Signal::SIGTERM);
+    assert_eq!(finish(child).status.code(), Some(130));
+    let (a, b, c) = (
+        by_name("a").unwrap(),
+        by_name("b").unwrap(),
+        by_name("c").unwrap(),
+    );
+    assert_eq!(a.status, ChainStatus::Interrupted);
+    assert_eq!(c.status, ChainStatus::Interrupted);
+    assert!(c.sessions.is_empty());
+
+    let out = cmd(&["run", m, "--continue", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cs = chains(&out);
+    let mut ids: Vec<&str> = cs.iter().map(|c| c.id.as_str()).collect();
+    ids.sort();
+    let mut expected = vec![a.id.as_str(), b.id.as_str(), c.id.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected, "--continue created new chains");
+    let b2 = cs.iter().find(|x| x.id == b.id).unwrap();
+    assert_eq!(
+        b2.sessions.len(),
+        b.sessions.len(),
+        "a finished chain ran again"
+    );
+    for x in &cs {
+        assert_eq!(x.status, ChainStatus::Complete, "{}", x.name);
+    }
+    assert!(processes_in(&op.workdir()).is_empty());
+}

@@ -247,6 +247,7 @@ impl ChainState {
                 json!({"max": self.session_base + 1 + self.settings.max_continuations}),
             )
             .await;
+        tracing::info!(parent: &self.span, session.index = index, max = self.session_base + 1 + self.settings.max_continuations, "session started");
         let spec = SessionSpec {
             chain_id: self.id.clone(),
             index,

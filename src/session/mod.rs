@@ -149,7 +149,7 @@ impl SessionState {
             return;
         }
         self.transcript_bytes += line.len() as u64 + 1;
-        let _ = writeln!(self.transcript, "{line}");
+        let _ = writeln!(self.transcript, "{}", crate::redact::redact(line));
     }
 
     fn push_output(&mut self, text: &str) {
@@ -183,7 +183,7 @@ impl SessionState {
             "session:output",
             &self.spec.chain_id,
             self.spec.index,
-            json!({"text": activity, "turns": self.turns}),
+            json!({"text": crate::redact::redact(&activity), "turns": self.turns}),
         );
     }
 

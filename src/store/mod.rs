@@ -50,6 +50,7 @@ pub struct ChainQuery {
     pub include_archived: bool,
     /// Only chains started strictly before this (id of the last chain of the previous page).
     pub before: Option<String>,
+    /// Page size; 0 means the default page of `KEEP_UNARCHIVED` (50).
     pub limit: u32,
     /// Include each chain's sessions (otherwise only totals).
     pub with_sessions: bool,

@@ -310,7 +310,11 @@ impl Store for SqliteStore {
             .bind(q.status.map(|s| s.as_str()))
             .bind(q.include_archived)
             .bind(q.before.as_deref())
-            .bind(i64::from(q.limit.max(1)))
+            .bind(i64::from(if q.limit == 0 {
+                super::KEEP_UNARCHIVED
+            } else {
+                q.limit
+            }))
             .fetch_all(&self.pool)
             .await?;
         let mut chains = rows
