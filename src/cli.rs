@@ -577,19 +577,23 @@ pub fn exit_code(chains: &[ChainRecord]) -> u8 {
     }
 }
 
+/// The table printed after a run; it fits 80 columns.
 fn summary_table(chains: &[ChainRecord]) -> String {
-    let mut s = String::from(
-        "\nchain                 name           status             sessions  turns      cost\n",
+    let row = |id: &str, name: &str, status: &str, sessions: &str, turns: &str, cost: &str| {
+        format!("{id:<17} {name:<14} {status:<17} {sessions:>8} {turns:>6} {cost:>10}\n")
+    };
+    let mut s = format!(
+        "\n{}",
+        row("chain", "name", "status", "sessions", "turns", "cost")
     );
     for c in chains {
-        s.push_str(&format!(
-            "{:<21} {:<14} {:<18} {:>8} {:>6} {:>9}\n",
-            c.id,
-            truncate(&c.name, 14),
+        s.push_str(&row(
+            &truncate(&c.id, 17),
+            &truncate(&c.name, 14),
             c.status.as_str(),
-            c.totals.sessions,
-            c.totals.turns,
-            format!("${:.4}", c.totals.cost_usd)
+            &c.totals.sessions.to_string(),
+            &c.totals.turns.to_string(),
+            &format!("${:.4}", c.totals.cost_usd),
         ));
         if let Some(r) = &c.reason {
             s.push_str(&format!("  └ {}\n", truncate(r, 76)));
@@ -904,6 +908,18 @@ mod tests {
             sessions: vec![],
             totals: Default::default(),
             archived: false,
+        }
+    }
+
+    #[test]
+    fn the_summary_fits_80_columns() {
+        let mut c = chain(ChainStatus::MaxContinuations);
+        c.id = "c-20261125-abcdef".into();
+        c.name = "a-very-long-chain-name".into();
+        c.reason = Some("r".repeat(200));
+        c.totals.cost_usd = 1234.5;
+        for line in summary_table(&[c]).lines() {
+            assert!(line.chars().count() <= 80, "{line}");
         }
     }
 

@@ -24,12 +24,15 @@ pub struct Line {
 
 /// Renders a chain's line to fit `width` columns.
 pub fn render(l: &Line, width: usize) -> String {
+    let progress = if l.max == 0 {
+        " -/- ".to_string()
+    } else {
+        format!("{:>2}/{:<2}", l.session, l.max)
+    };
     let head = format!(
-        "{:<14} {:<11} {:>2}/{:<2} {:>4}t ${:>7.4}  ",
+        "{:<14} {:<11} {progress} {:>4}t ${:>7.4}  ",
         truncate(&l.name, 14),
         truncate(&l.state, 11),
-        l.session,
-        l.max,
         l.turns,
         l.cost
     );

@@ -119,7 +119,10 @@ async fn the_paused_state_survives_a_restart_and_the_cli_resumes_it() {
     );
     assert!(eventually(WAIT, || only_chain(&store)
         .is_some_and(|c| c.status == ChainStatus::Paused)));
-    signal(&child, Signal::SIGTERM);
+    assert!(
+        op.run(&["stop"]).status.success(),
+        "`operator stop` found no operator"
+    );
     assert_eq!(finish(child).status.code(), Some(130));
     // Restarted, the operator is still paused: the resumed chain holds.
     let child = spawn_json(&op, &["run", "--resume", "--json"], &[]);
@@ -503,4 +506,121 @@ step = "10ms"
         assert_eq!(x.status, ChainStatus::Complete, "{}", x.name);
     }
     assert!(processes_in(&op.workdir()).is_empty());
+}
+
+#[test]
+fn a_stale_pid_file_is_detected() {
+    let op = Op::new();
+    std::fs::create_dir_all(op.data_dir()).unwrap();
+    // A pid that belongs to no process (pid_max is at most 2^22).
+    std::fs::write(op.data_dir().join("operator.pid"), "4194303\n").unwrap();
+    let status = op.run(&["status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("no operator running"));
+    assert_eq!(op.run(&["pause"]).status.code(), Some(1));
+    let out = op.run(&["run", "--task", "T", "--scenario", "complete"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !op.data_dir().join("operator.pid").exists(),
+        "the pid file outlived the run"
+    );
+}
+
+#[test]
+fn log_lines_are_json_with_log_format_json() {
+    let op = Op::new();
+    let out = op.run(&[
+        "--log-format",
+        "json",
+        "run",
+        "--task",
+        "T",
+        "--scenario",
+        "complete",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stderr(&out);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(lines.len() >= 3, "{text}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"session started\"") && l.contains("chain.id")),
+        "{text}"
+    );
+}
+
+#[test]
+fn on_a_terminal_each_chain_has_a_live_line_and_a_summary_follows() {
+    let op = Op::new();
+    let mission = op.write(
+        "tty.toml",
+        "concurrency = 2\n[[chain]]\nname = \"alpha\"\ntask = \"A\"\n[[chain]]\nname = \"beta\"\ntask = \"B\"\n[chain.sim]\nscenario = \"complete\"\n",
+    );
+    // `script` gives the operator a pseudo-terminal, as a person's shell would.
+    let line = format!("{} run {}", common::BIN, mission.display());
+    let out = std::process::Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .current_dir(op.root.path())
+        .env("OPERATOR_DATA_DIR", op.data_dir())
+        .env("OPERATOR_WORKDIR", op.workdir())
+        .env("OPERATOR_SIM__STEP", "60ms")
+        .env("COLUMNS", "80")
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) runs the operator on a pseudo-terminal");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    // Live lines: name, state, session n/max, cost; redrawn with cursor movements.
+    assert!(
+        screen.contains("alpha") && screen.contains("beta"),
+        "{screen}"
+    );
+    assert!(screen.contains("1/6"), "{screen}");
+    assert!(
+        screen.contains("\u{1b}["),
+        "no terminal control sequences: not a live view"
+    );
+    // Then the summary table.
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.starts_with("chain ") && l.contains("sessions")),
+        "{screen}"
+    );
+    // Every piece of text drawn between two cursor movements fits 80 columns.
+    for piece in drawn_pieces(&screen) {
+        assert!(
+            piece.chars().count() <= 80,
+            "wider than 80 columns: {piece:?}"
+        );
+    }
+}
+
+/// The runs of text a terminal draws, split at line ends and at escape sequences.
+fn drawn_pieces(s: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for d in chars.by_ref() {
+                        if d.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+                out.push(String::new());
+            }
+            '\r' | '\n' => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    out
 }
