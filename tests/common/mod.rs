@@ -1,6 +1,8 @@
 //! Test harness: runs the real `operator` binary in a temp data dir and workdir, and reads its store.
 #![allow(dead_code)]
 
+pub mod fake_api;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,340 @@
+//! The `claude` backend against the real Claude Code CLI, which talks to a fake Messages API in Rust.
+//!
+//! The CLI comes from the npm registry (`.ci/run` installs it and sets OPERATOR_TEST_CLAUDE_BIN).
+//! In CI a missing CLI fails these tests; locally they are skipped with a loud message.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::fake_api::{FakeApi, Step};
+use common::{Op, chains, stderr};
+use operator::model::{ChainRecord, ChainStatus, ErrorKind, SessionStatus};
+
+/// The CLI binary, or `None` (after saying so) when it is not installed outside CI.
+fn claude_bin() -> Option<PathBuf> {
+    let found = std::env::var_os("OPERATOR_TEST_CLAUDE_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "CI=true but the Claude Code CLI is missing: OPERATOR_TEST_CLAUDE_BIN must name it (.ci/run installs it)"
+            );
+        }
+        eprintln!(
+            "\n!!! SKIPPED: the Claude Code CLI is not installed; set OPERATOR_TEST_CLAUDE_BIN (see .ci/run) !!!\n"
+        );
+    }
+    found
+}
+
+/// Runs `operator <args>` with the claude agent pointed at `api`, with a fresh HOME.
+async fn run_claude(op: &Op, api: &FakeApi, bin: &PathBuf, args: &[&str]) -> Output {
+    let home = op.root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = op.cmd(args);
+    cmd.env("OPERATOR_AGENT", "claude")
+        .env("OPERATOR_CLAUDE_BIN", bin)
+        .env("OPERATOR_PERMISSION_MODE", "bypassPermissions")
+        .env("ANTHROPIC_BASE_URL", &api.url)
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("CLAUDE_CODE_MAX_RETRIES", "2")
+        .env("IS_SANDBOX", "1")
+        .env("HOME", &home)
+        .env_remove("CLAUDECODE");
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+const COMPLETE: &str = "Done.\n\n## HANDOFF: COMPLETE\n\n### Accomplished\nWrote the greeting and checked it twice.\n\n### Remaining\nNothing.\n\n### Context\nNone.";
+
+fn incomplete(n: u32) -> String {
+    format!(
+        "Part {n} done.\n\n## HANDOFF\n\n### Accomplished\nFinished part {n} of the work and tested it.\n\n### Remaining\n- part {}\n\n### Context\nThe marker is HANDOFF-MARKER-{n}.",
+        n + 1
+    )
+}
+
+/// All the text a request carries (messages and system), for assertions.
+fn request_text(body: &serde_json::Value) -> String {
+    let mut s = body["system"].to_string();
+    s.push_str(&body["messages"].to_string());
+    s
+}
+
+fn transcript(op: &Op, chain: &str, n: u32) -> String {
+    std::fs::read_to_string(
+        op.data_dir()
+            .join(format!("chains/{chain}/session-{n}.jsonl")),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_session_complete() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(vec![Step::text(COMPLETE)], Step::text("unexpected")).await;
+    let out = run_claude(&op, &api, &bin, &["run", "--task", "Say hi", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    let s = &c.sessions[0];
+    assert!(s.handoff_complete && !s.handoff_synthetic && !s.asked_again);
+    assert!(s.cost_usd > 0.0, "cost from the CLI's total_cost_usd");
+    assert!(s.turns >= 1);
+    let sid = s.session_id.clone().unwrap();
+    assert!(transcript(&op, &c.id, 1).contains(&sid));
+    // The prompt went in as a user message; the protocol is in the system prompt.
+    let req = &api.scripted()[0];
+    let text = request_text(req);
+    assert!(text.contains("Say hi"));
+    assert!(
+        text.contains("AUTO-CONTINUATION PROTOCOL"),
+        "the continuation protocol is not in the request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_handoff_is_carried_to_the_next_session() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(
+        vec![Step::text(incomplete(1)), Step::text(COMPLETE)],
+        Step::text("unexpected"),
+    )
+    .await;
+    let out = run_claude(&op, &api, &bin, &["run", "--task", "Two parts", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(c.sessions.len(), 2);
+    let reqs = api.scripted();
+    assert_eq!(reqs.len(), 2);
+    let second = request_text(&reqs[1]);
+    assert!(
+        second.contains("HANDOFF-MARKER-1"),
+        "session 2's request lacks session 1's handoff"
+    );
+    assert!(
+        !second.contains("Finished part 1 of the work and tested it.\"}],\"role\":\"assistant\""),
+        "session 2 must start fresh, not resume"
+    );
+    assert_ne!(
+        c.sessions[0].session_id, c.sessions[1].session_id,
+        "a fresh session per process"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_handoff_is_asked_for_in_the_same_process() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(
+        vec![
+            Step::text("I changed the files. All good."),
+            Step::text(COMPLETE),
+        ],
+        Step::text("unexpected"),
+    )
+    .await;
+    let out = run_claude(
+        &op,
+        &api,
+        &bin,
+        &["run", "--task", "Forget the handoff", "--json"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.sessions.len(), 1);
+    let s = &c.sessions[0];
+    assert!(
+        s.asked_again && !s.handoff_synthetic && s.handoff_complete,
+        "{s:?}"
+    );
+    let reqs = api.scripted();
+    assert_eq!(reqs.len(), 2);
+    // The follow-up continues the same conversation: the earlier answer is in it.
+    let follow = request_text(&reqs[1]);
+    assert!(
+        follow.contains("I changed the files. All good."),
+        "the follow-up lost the conversation"
+    );
+    assert!(follow.contains("Write your handoff"));
+    // … and the same CLI session.
+    assert_eq!(
+        transcript(&op, &c.id, 1)
+            .matches("\"type\":\"result\"")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_turns_in_a_real_tool_loop_continues_the_chain() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(
+        vec![
+            Step::bash("echo one"),
+            Step::bash("echo two"),
+            Step::text(incomplete(1)),
+            Step::text(COMPLETE),
+        ],
+        Step::text("unexpected"),
+    )
+    .await;
+    let out = run_claude(
+        &op,
+        &api,
+        &bin,
+        &["run", "--task", "Loop", "--max-turns", "2", "--json"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    let s1 = &c.sessions[0];
+    assert!(s1.hit_max_turns, "{s1:?}");
+    assert!(s1.asked_again && !s1.handoff_synthetic, "{s1:?}");
+    assert_eq!(s1.status, SessionStatus::Completed);
+    // The CLI really ran the tool: its output went back to the API.
+    let reqs = api.scripted();
+    assert!(request_text(&reqs[1]).contains("tool_result"));
+    assert!(request_text(&reqs[1]).contains("one"));
+    assert!(request_text(&reqs[3]).contains("HANDOFF-MARKER-1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_edits_a_file_in_the_workdir() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(
+        vec![
+            Step::bash("echo made by the agent > agent-file.txt"),
+            Step::text(COMPLETE),
+        ],
+        Step::text("unexpected"),
+    )
+    .await;
+    let out = run_claude(
+        &op,
+        &api,
+        &bin,
+        &["run", "--task", "Write a file", "--json"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let written = std::fs::read_to_string(op.workdir().join("agent-file.txt")).unwrap();
+    assert_eq!(written.trim(), "made by the agent");
+}
+
+async fn one_failing_session(status: u16, kind: &'static str) -> (ChainRecord, Output) {
+    let bin = claude_bin().unwrap();
+    let op = Op::new();
+    let api = FakeApi::start(vec![], Step::error(status, kind, format!("fake {status}"))).await;
+    let out = run_claude(
+        &op,
+        &api,
+        &bin,
+        &[
+            "run",
+            "--task",
+            "Fail",
+            "--max-continuations",
+            "0",
+            "--json",
+        ],
+    )
+    .await;
+    (chains(&out)[0].clone(), out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_and_overload_are_transient_errors() {
+    if claude_bin().is_none() {
+        return;
+    }
+    for (status, kind) in [(429, "rate_limit_error"), (529, "overloaded_error")] {
+        let (c, out) = one_failing_session(status, kind).await;
+        let s = &c.sessions[0];
+        assert_eq!(
+            s.status,
+            SessionStatus::Failed,
+            "{status}: {}",
+            stderr(&out)
+        );
+        assert_eq!(s.error_kind, Some(ErrorKind::Transient), "{status}");
+        assert!(
+            s.error.as_deref().unwrap().contains(&status.to_string()),
+            "{status}: {:?}",
+            s.error
+        );
+        assert!(s.handoff_synthetic);
+        assert_ne!(
+            c.status,
+            ChainStatus::Failed,
+            "one transient failure does not fail the chain"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_key_is_a_fatal_error() {
+    if claude_bin().is_none() {
+        return;
+    }
+    let (c, out) = one_failing_session(401, "authentication_error").await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(c.status, ChainStatus::Failed);
+    assert!(
+        c.reason.as_deref().unwrap().starts_with("fatal"),
+        "{:?}",
+        c.reason
+    );
+    assert_eq!(c.sessions[0].error_kind, Some(ErrorKind::Fatal));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cli_killed_from_outside_is_a_failed_session_and_the_chain_goes_on() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(vec![Step::hang()], Step::text(COMPLETE)).await;
+    let workdir = op.workdir();
+    let killer = tokio::task::spawn_blocking(move || {
+        // Wait for the CLI to be waiting on the hanging answer, then kill it.
+        let found = common::eventually(std::time::Duration::from_secs(60), || {
+            !common::processes_in(&workdir).is_empty()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        for pid in common::processes_in(&workdir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        found
+    });
+    let out = run_claude(&op, &api, &bin, &["run", "--task", "Hang", "--json"]).await;
+    assert!(killer.await.unwrap(), "the CLI never started");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    let s1 = &c.sessions[0];
+    assert_eq!(s1.status, SessionStatus::Failed);
+    assert!(s1.handoff_synthetic);
+    assert!(
+        s1.error.as_deref().unwrap().contains("without a result"),
+        "{:?}",
+        s1.error
+    );
+    assert_eq!(
+        c.sessions.iter().map(|s| s.index).collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
