@@ -338,3 +338,55 @@ async fn a_cli_killed_from_outside_is_a_failed_session_and_the_chain_goes_on() {
         [1, 2]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compaction_makes_the_summary_the_handoff_and_the_next_session_fresh() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    // The first answer reports a nearly full context: the CLI compacts before its next request.
+    let api = FakeApi::start(
+        vec![
+            Step::bash("echo big").tokens(998_000),
+            Step::text("Carrying on after the compaction."),
+            Step::text(COMPLETE),
+        ],
+        Step::text("unexpected"),
+    )
+    .await;
+    api.set_compaction_summary(incomplete(1));
+    let out = run_claude(&op, &api, &bin, &["run", "--task", "Compact", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    let s1 = &c.sessions[0];
+    assert!(s1.pre_compacted, "{s1:?}");
+    assert!(
+        !s1.handoff_synthetic && !s1.asked_again,
+        "the summary should be the handoff: {s1:?}"
+    );
+    // Our PreCompact answer shaped the summary request.
+    let compaction: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.compaction)
+        .collect();
+    assert!(!compaction.is_empty(), "the CLI never asked for a summary");
+    assert!(
+        request_text(&compaction[0].body).contains("The session will end after this compaction")
+    );
+    // The next session starts fresh from it.
+    let reqs = api.scripted();
+    let last = reqs.last().unwrap();
+    assert!(request_text(last).contains("HANDOFF-MARKER-1"));
+    // Fresh: a new conversation, without session 1's tool calls or later text.
+    let text = request_text(last);
+    assert!(
+        !text.contains("tool_result") && !text.contains("echo big"),
+        "session 2 was not fresh"
+    );
+    assert!(
+        !text.contains("Carrying on after the compaction."),
+        "the handoff took text after it"
+    );
+    assert_eq!(c.sessions.len(), 2);
+}

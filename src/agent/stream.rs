@@ -77,6 +77,9 @@ pub enum AgentEvent {
     ToolResult {
         is_error: bool,
     },
+    /// Text in a `user` line written by the CLI itself, e.g. the compaction summary that
+    /// continues the conversation after a `compact_boundary`.
+    UserText(String),
     ApiRetry {
         attempt: u32,
         max_retries: u32,
@@ -185,12 +188,21 @@ pub fn parse_line(line: &str) -> Vec<AgentEvent> {
                 .get("message")
                 .and_then(|m| m.get("content"))
                 .and_then(Value::as_array);
+            let content = v.get("message").and_then(|m| m.get("content"));
+            if let Some(text) = content.and_then(Value::as_str) {
+                return vec![AgentEvent::UserText(text.to_string())];
+            }
             blocks
                 .into_iter()
                 .flatten()
-                .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
-                .map(|b| AgentEvent::ToolResult {
-                    is_error: b.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                .filter_map(|b| match b.get("type").and_then(Value::as_str) {
+                    Some("tool_result") => Some(AgentEvent::ToolResult {
+                        is_error: b.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                    }),
+                    Some("text") => Some(AgentEvent::UserText(
+                        str_field(b, "text").unwrap_or_default(),
+                    )),
+                    _ => None,
                 })
                 .collect()
         }
@@ -343,6 +355,24 @@ mod tests {
         assert_eq!(
             parse_line("[1,2]"),
             vec![AgentEvent::Unknown(String::new())]
+        );
+    }
+
+    #[test]
+    fn user_lines_carry_tool_results_and_text() {
+        let ev = parse_line(
+            r#"{"type":"user","message":{"role":"user","content":[{"type":"tool_result","is_error":true},{"type":"text","text":"summary"}]}}"#,
+        );
+        assert_eq!(
+            ev,
+            vec![
+                AgentEvent::ToolResult { is_error: true },
+                AgentEvent::UserText("summary".into())
+            ]
+        );
+        assert_eq!(
+            parse_line(r#"{"type":"user","message":{"role":"user","content":"plain"}}"#),
+            vec![AgentEvent::UserText("plain".into())]
         );
     }
 

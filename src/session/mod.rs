@@ -109,6 +109,10 @@ pub struct SessionState {
     turns: u32,
     hit_max_turns: bool,
     pre_compacted: bool,
+    /// A `compact_boundary` was seen.
+    compacted: bool,
+    /// The handoff found in the compaction summary.
+    summary_handoff: Option<String>,
     stopped: bool,
     stderr_tail: Vec<String>,
     transcript: std::io::BufWriter<std::fs::File>,
@@ -242,6 +246,8 @@ impl Actor for Session {
             turns: 0,
             hit_max_turns: false,
             pre_compacted: false,
+            compacted: false,
+            summary_handoff: None,
             stopped: false,
             stderr_tail: Vec::new(),
             transcript: std::io::BufWriter::new(file),
@@ -318,6 +324,11 @@ impl Actor for Session {
                 };
                 // Anything the agent left running in its group goes with it.
                 st.group.finish();
+                if let Some(h) = st.summary_handoff.take()
+                    && handoff::extract(&st.output).is_err()
+                {
+                    st.push_output(&h);
+                }
                 let _ = st.transcript.flush();
                 let result = st.last_result.take();
                 let facts = SessionFacts {
@@ -394,6 +405,16 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
             }
             st.live(format!("tool: {name}"), true);
         }
+        AgentEvent::UserText(text) => {
+            // After a compaction the CLI continues with the summary the model wrote, shaped
+            // into a handoff by our PreCompact reply: it is the session's handoff unless the
+            // agent writes a newer one.
+            if st.compacted
+                && let Ok(h) = handoff::extract(&text)
+            {
+                st.summary_handoff = Some(h.text);
+            }
+        }
         AgentEvent::ToolResult { .. }
         | AgentEvent::Status(_)
         | AgentEvent::ControlResponse { .. } => {}
@@ -411,6 +432,7 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
         }
         AgentEvent::CompactBoundary => {
             st.pre_compacted = true;
+            st.compacted = true;
             st.live("context compacted".into(), true);
         }
         AgentEvent::ControlRequest(req) => {
@@ -439,7 +461,10 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                 st.session_id = r.session_id.clone();
             }
             let _ = st.transcript.flush();
-            let verdict = handoff::extract(&st.output).map(|_| ());
+            let verdict = match handoff::extract(&st.output) {
+                Err(_) if st.summary_handoff.is_some() => Ok(()),
+                other => other.map(|_| ()),
+            };
             let _ = st.chain.cast(ChainMsg::TurnEnded {
                 index: st.spec.index,
                 handoff: verdict.map_err(|e| e.to_string()),

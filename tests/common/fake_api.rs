@@ -81,6 +81,8 @@ pub struct Recorded {
     pub body: Value,
     /// It consumed a step of the script (an agent-loop request).
     pub scripted: bool,
+    /// The CLI asked for a compaction summary.
+    pub compaction: bool,
 }
 
 #[derive(Default)]
@@ -89,6 +91,7 @@ struct Inner {
     fallback: Option<Step>,
     requests: Vec<Recorded>,
     serial: u64,
+    summary: Option<String>,
 }
 
 #[derive(Clone)]
@@ -123,6 +126,11 @@ impl FakeApi {
             let _ = axum::serve(listener, app).await;
         });
         Self { url, shared, task }
+    }
+
+    /// What the model "writes" when the CLI asks for a compaction summary.
+    pub fn set_compaction_summary(&self, text: impl Into<String>) {
+        self.shared.0.lock().unwrap().summary = Some(text.into());
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -199,6 +207,17 @@ fn is_agent_loop(body: &Value) -> bool {
         .is_some_and(|t| !t.is_empty())
 }
 
+/// Is the CLI asking for a compaction summary? (Measured with 2.1.328: the last user
+/// message asks for "TEXT ONLY" with an <analysis> and a <summary> block.)
+fn is_compaction(body: &Value) -> bool {
+    let last = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .map(|m| m["content"].to_string())
+        .unwrap_or_default();
+    last.contains("Respond with TEXT ONLY") && last.contains("<summary>")
+}
+
 async fn handle(
     State(shared): State<Shared>,
     uri: Uri,
@@ -224,7 +243,8 @@ async fn handle(
         .unwrap_or("claude-sonnet-4-5")
         .to_string();
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let scripted = is_agent_loop(&body);
+    let compaction = is_compaction(&body);
+    let scripted = is_agent_loop(&body) && !compaction;
     let (step, n) = {
         let mut inner = shared.0.lock().unwrap();
         inner.serial += 1;
@@ -233,8 +253,17 @@ async fn handle(
             path: path.clone(),
             body: body.clone(),
             scripted,
+            compaction,
         });
-        let step = if scripted {
+        let step = if compaction {
+            let summary = inner
+                .summary
+                .clone()
+                .unwrap_or_else(|| "The conversation so far.".into());
+            Some(Step::text(format!(
+                "<analysis>Summarising.</analysis>\n<summary>\n{summary}\n</summary>"
+            )))
+        } else if scripted {
             inner.script.pop_front().or_else(|| inner.fallback.clone())
         } else {
             None
@@ -300,6 +329,7 @@ fn record(shared: &Shared, path: &str, body: &Value, scripted: bool) {
         path: path.into(),
         body: body.clone(),
         scripted,
+        compaction: false,
     });
 }
 
