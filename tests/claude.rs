@@ -14,8 +14,13 @@ use operator::model::{ChainRecord, ChainStatus, ErrorKind, SessionStatus};
 
 /// The CLI binary, or `None` (after saying so) when it is not installed outside CI.
 fn claude_bin() -> Option<PathBuf> {
+    // .ci/run's cache, so a developer who ran it once needs no variable.
+    let cached = std::env::var_os("HOME").map(|h| {
+        PathBuf::from(h).join(".cache/operator-ci/claude-code-2.1.328/node_modules/.bin/claude")
+    });
     let found = std::env::var_os("OPERATOR_TEST_CLAUDE_BIN")
         .map(PathBuf::from)
+        .or(cached)
         .filter(|p| p.is_file());
     if found.is_none() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
