@@ -28,7 +28,10 @@ fn claude_bin() -> Option<PathBuf> {
                 "CI=true but the Claude Code CLI is missing: OPERATOR_TEST_CLAUDE_BIN must name it (.ci/run installs it)"
             );
         }
-        eprintln!(
+        // Straight to the process's stderr: the test harness captures eprintln! of passing tests.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
             "\n!!! SKIPPED: the Claude Code CLI is not installed; set OPERATOR_TEST_CLAUDE_BIN (see .ci/run) !!!\n"
         );
     }
