@@ -94,6 +94,8 @@ enum Command {
     Stop,
     /// Is an operator running on this data dir, and what are its chains doing?
     Status,
+    /// Check what a run needs (agent CLI, credentials, permissions); `--session` runs one tiny session.
+    Doctor(DoctorArgs),
     /// The simulated agent (used by the `sim` backend).
     #[command(hide = true)]
     SimAgent(SimAgentArgs),
@@ -163,6 +165,23 @@ enum AgentArg {
 
 fn parse_scenario(s: &str) -> Result<Scenario, String> {
     s.parse()
+}
+
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    #[arg(long, value_enum)]
+    agent: Option<AgentArg>,
+    #[arg(long, value_name = "PATH")]
+    claude_bin: Option<PathBuf>,
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    permission_mode: Option<String>,
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Also run one tiny real session (it costs a few cents with a real API).
+    #[arg(long)]
+    session: bool,
 }
 
 #[derive(Debug, Args)]
@@ -400,6 +419,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
             "asked to stop",
         ),
         Command::Status => status(&data_dir).await,
+        Command::Doctor(d) => doctor(d, &env, op_file.as_deref(), &ov).await,
         Command::SimAgent(_) => Ok(exit::OK),
     }
 }
@@ -823,6 +843,125 @@ impl Drop for PidFile {
 fn read_live_pid(path: &Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
     crate::process::is_other_live_operator(pid).then_some(pid)
+}
+
+async fn doctor(d: &DoctorArgs, env: &Env, op_file: Option<&Path>, base: &Overrides) -> Result<u8> {
+    let mut ov = base.clone();
+    if let Some(a) = d.agent {
+        ov.set(
+            "agent",
+            match a {
+                AgentArg::Claude => "claude",
+                AgentArg::Sim => "sim",
+            },
+        );
+    }
+    if let Some(b) = &d.claude_bin {
+        ov.set("claude_bin", b.display().to_string());
+    }
+    if let Some(m) = &d.model {
+        ov.set("model", m.as_str());
+    }
+    if let Some(p) = &d.permission_mode {
+        ov.set("permission_mode", p.as_str());
+    }
+    if let Some(w) = &d.workdir {
+        ov.set("workdir", w.display().to_string());
+    }
+    let loaded = config::load_operator(op_file, env, &ov)?;
+    let task = "This is `operator doctor` checking the setup. Do not use any tool. Reply with one \
+                short sentence, then a `## HANDOFF: COMPLETE` handoff.";
+    let mut plan = loaded.plan_for_task(task, &ov)?;
+    let settings = plan.chains[0].settings.clone();
+    let is_root = nix::unistd::Uid::effective().is_root();
+    let checks = crate::doctor::checks(
+        &settings,
+        loaded.operator.claude_bin.as_deref(),
+        &|k| std::env::var(k).ok(),
+        is_root,
+    );
+    let mut ok = true;
+    for c in &checks {
+        say!(
+            "{} {:<16} {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.what,
+            c.detail
+        );
+        ok &= c.ok;
+    }
+    if d.session {
+        if !ok {
+            say!("skipping the test session: fix the failures above first");
+            return Ok(exit::FAILED);
+        }
+        let dir = std::env::temp_dir().join(format!("operator-doctor-{}", std::process::id()));
+        let result = doctor_session(&mut plan, &loaded, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        match result {
+            Ok(c) => {
+                let s = c.sessions.first();
+                let line = s
+                    .map(|s| {
+                        format!(
+                            "{} in {:.1}s, {} turns, ${:.4}{}",
+                            s.status.as_str(),
+                            s.duration_ms as f64 / 1000.0,
+                            s.turns,
+                            s.cost_usd,
+                            s.error
+                                .as_deref()
+                                .map(|e| format!(" — {e}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .unwrap_or_else(|| "no session ran".into());
+                let good = c.status.is_success();
+                say!(
+                    "{} {:<16} {}",
+                    if good { "ok  " } else { "FAIL" },
+                    "test session",
+                    line
+                );
+                ok &= good;
+            }
+            Err(e) => {
+                say!("FAIL {:<16} {e:#}", "test session");
+                ok = false;
+            }
+        }
+    }
+    Ok(if ok { exit::OK } else { exit::FAILED })
+}
+
+/// Runs the doctor's one-session chain in a throwaway data dir.
+async fn doctor_session(
+    plan: &mut Plan,
+    loaded: &config::Loaded,
+    dir: &Path,
+) -> Result<ChainRecord> {
+    plan.chains[0].settings.max_continuations = 0;
+    plan.chains[0].settings.max_turns = 3;
+    let opts = RunOptions {
+        data_dir: dir.to_path_buf(),
+        shutdown_grace: loaded.operator.shutdown_grace,
+        concurrency: None,
+        continue_missions: false,
+        backend: BackendOptions {
+            claude_bin: loaded.operator.claude_bin.clone(),
+        },
+        notify_webhook: None,
+    };
+    let store = open_store(dir).await?;
+    let batch = daemon::prepare_new(&store, std::slice::from_ref(plan), &opts).await?;
+    let (_keep, signals) = tokio::sync::mpsc::unbounded_channel();
+    let bus = Bus::new(store.clone());
+    let report = daemon::run(store, batch, &opts, signals, bus, None).await?;
+    report
+        .chains
+        .into_iter()
+        .next()
+        .context("the test chain vanished")
 }
 
 async fn pause(data_dir: &Path, now: bool) -> Result<u8> {

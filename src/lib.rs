@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod cost;
 pub mod daemon;
+pub mod doctor;
 pub mod eventlog;
 pub mod events;
 pub mod handoff;

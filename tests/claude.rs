@@ -398,3 +398,32 @@ async fn compaction_makes_the_summary_the_handoff_and_the_next_session_fresh() {
     );
     assert_eq!(c.sessions.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_finds_the_cli_and_runs_a_tiny_session() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(vec![Step::text(COMPLETE)], Step::text("unexpected")).await;
+    let out = run_claude(&op, &api, &bin, &["doctor", "--session"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(text.contains("2.1.328"), "{text}");
+    assert!(
+        text.contains("ANTHROPIC_API_KEY is set (not shown)") && !text.contains("sk-test"),
+        "{text}"
+    );
+    assert!(text.contains("ok   test session     completed"), "{text}");
+    assert_eq!(api.scripted().len(), 1);
+    // Nothing of the test session is left in the user's data dir.
+    assert!(!op.data_dir().join("operator.db").exists());
+    // A bad binary is a clear failure.
+    let out = run_claude(
+        &op,
+        &api,
+        &bin,
+        &["doctor", "--claude-bin", "/no/such/claude"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL claude CLI"));
+}
