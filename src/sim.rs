@@ -103,6 +103,31 @@ impl Sim {
         }
     }
 
+    /// Asks the operator something it does not handle (a permission prompt) and waits for its
+    /// answer, as the CLI would: an operator that stays silent would hang a real session.
+    async fn ask_operator(&mut self) -> Result<String, Stop> {
+        let id = "sim_perm_1";
+        emit(&json!({"type": "control_request", "request_id": id,
+            "request": {"subtype": "can_use_tool", "tool_name": "Bash", "input": {"command": "rm -rf build"}}}));
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return Ok("no answer".into()),
+                msg = self.inbox.recv() => match msg {
+                    Some(Input::Other(v)) if v.get("type").and_then(Value::as_str) == Some("control_response")
+                        && v.pointer("/response/request_id").and_then(Value::as_str) == Some(id) => {
+                        return Ok(v.pointer("/response/subtype").and_then(Value::as_str).unwrap_or("?").to_string());
+                    }
+                    Some(Input::Other(v)) => self.answer_control(&v),
+                    Some(Input::Interrupt(id)) => return Err(Stop::Interrupted(id)),
+                    Some(Input::Eof) | None => return Err(Stop::Eof),
+                    Some(Input::User) => {}
+                }
+            }
+        }
+    }
+
     fn usage(&self, turn: u32) -> Value {
         json!({"input_tokens": 1500 + 200 * turn, "output_tokens": 250,
                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0})
@@ -223,6 +248,13 @@ impl Sim {
                 return Ok(());
             }
             _ => {}
+        }
+        if args.scenario == Scenario::Garbage {
+            let answer = self.ask_operator().await?;
+            self.assistant_text(
+                1,
+                &format!("The operator answered my can_use_tool request: {answer}."),
+            );
         }
         for turn in 1..=args.turns {
             self.step().await?;

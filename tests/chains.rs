@@ -218,7 +218,18 @@ fn a_crashing_agent_and_a_garbage_printing_agent() {
     );
     let out = op.run(&["run", "--task", "T", "--scenario", "garbage", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(chains(&out)[0].status, ChainStatus::Complete);
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    // A control request the operator does not handle gets an error reply, never silence.
+    let t = std::fs::read_to_string(
+        op.data_dir()
+            .join(format!("chains/{}/session-1.jsonl", c.id)),
+    )
+    .unwrap();
+    assert!(
+        t.contains("The operator answered my can_use_tool request: error."),
+        "{t}"
+    );
 }
 
 #[test]
