@@ -40,6 +40,17 @@ fn claude_bin() -> Option<PathBuf> {
 
 /// Runs `operator <args>` with the claude agent pointed at `api`, with a fresh HOME.
 async fn run_claude(op: &Op, api: &FakeApi, bin: &PathBuf, args: &[&str]) -> Output {
+    run_claude_env(op, api, bin, args, &[]).await
+}
+
+/// The same, with more environment variables.
+async fn run_claude_env(
+    op: &Op,
+    api: &FakeApi,
+    bin: &PathBuf,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let home = op.root.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let mut cmd = op.cmd(args);
@@ -53,6 +64,9 @@ async fn run_claude(op: &Op, api: &FakeApi, bin: &PathBuf, args: &[&str]) -> Out
         .env("IS_SANDBOX", "1")
         .env("HOME", &home)
         .env_remove("CLAUDECODE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap()
@@ -426,4 +440,47 @@ async fn doctor_finds_the_cli_and_runs_a_tiny_session() {
     .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL claude CLI"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn continuation_resume_continues_the_agent_session_in_a_new_process() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(
+        vec![Step::text(incomplete(1)), Step::text(COMPLETE)],
+        Step::text("unexpected"),
+    )
+    .await;
+    let args = [
+        "run",
+        "--task",
+        "Resume me",
+        "--max-continuations",
+        "3",
+        "--json",
+    ];
+    let out = run_claude_env(
+        &op,
+        &api,
+        &bin,
+        &args,
+        &[("OPERATOR_CONTINUATION", "resume")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(c.sessions.len(), 2);
+    // The same agent session, continued by a second process with --resume.
+    assert_eq!(c.sessions[0].session_id, c.sessions[1].session_id);
+    let reqs = api.scripted();
+    let second = request_text(&reqs[1]);
+    assert!(
+        second.contains("Finished part 1 of the work"),
+        "the resumed request lacks the earlier conversation"
+    );
+    assert!(
+        second.contains("continuing your previous session"),
+        "{second}"
+    );
 }

@@ -14,6 +14,8 @@ pub enum HandoffMsg {
     Prompt {
         index: u32,
         note: Option<String>,
+        /// The session continues the agent's own session (`--resume`).
+        resumed: bool,
         reply: RpcReplyPort<String>,
     },
     /// Resolves the handoff of a finished session and writes its file.
@@ -77,7 +79,20 @@ impl Actor for Handoffs {
         st: &mut HandoffState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            HandoffMsg::Prompt { index, note, reply } => {
+            HandoffMsg::Prompt {
+                index,
+                note,
+                resumed: true,
+                reply,
+            } => {
+                let _ = reply.send(prompt::resume_prompt(index, note.as_deref()));
+            }
+            HandoffMsg::Prompt {
+                index,
+                note,
+                resumed: false,
+                reply,
+            } => {
                 let prev = st.last.as_ref().map(|h| prompt::PreviousHandoff {
                     index: h.index,
                     text: &h.text,

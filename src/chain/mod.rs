@@ -19,7 +19,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::agent::{Agent, SessionSpec};
-use crate::config::ChainSettings;
+use crate::config::{ChainSettings, Continuation};
 use crate::control::{Mode, ModeRx};
 use crate::events::Bus;
 use crate::handoff::prompt;
@@ -104,6 +104,9 @@ pub struct ChainState {
     next_index: u32,
     session_base: u32,
     consecutive_failures: u32,
+    /// The agent session the next one may continue (`continuation = "resume"`): the last
+    /// session's, when it completed without a compaction.
+    resumable: Option<String>,
     /// Why the previous session failed, for the next prompt.
     note: Option<String>,
     aborting: bool,
@@ -219,9 +222,15 @@ impl ChainState {
         }
         let index = self.next_index;
         let note = self.note.take();
+        let resume_id = match self.settings.continuation {
+            Continuation::Resume => self.resumable.clone(),
+            Continuation::Fresh => None,
+        };
+        let resumed = resume_id.is_some();
         let user_prompt: String = ask(&self.handoffs, |reply| HandoffMsg::Prompt {
             index,
             note,
+            resumed,
             reply,
         })
         .await?;
@@ -256,7 +265,7 @@ impl ChainState {
             model: self.settings.model.clone(),
             max_turns: self.settings.max_turns,
             permission_mode: self.settings.permission_mode.clone(),
-            resume_id: None,
+            resume_id,
             workdir: self.settings.workdir.clone(),
             sim: self.settings.sim.clone(),
         };
@@ -388,6 +397,7 @@ impl ChainState {
             .store
             .finish_session(&self.id, &record, Some(&handoff))
             .await?;
+        self.resumable = resumable_id(&record);
         let _ = self.handoffs.cast(HandoffMsg::Committed(handoff.clone()));
         tracing::info!(
             parent: &self.span,
@@ -435,6 +445,14 @@ impl ChainState {
         }
         Ok(())
     }
+}
+
+/// The agent session a next session may continue: one that completed without a compaction
+/// (after a compaction, a failure or an interruption, the next session starts fresh).
+fn resumable_id(s: &SessionRecord) -> Option<String> {
+    (s.status == SessionStatus::Completed && !s.pre_compacted)
+        .then(|| s.session_id.clone())
+        .flatten()
 }
 
 fn chain_dir(ctx: &Ctx, id: &str) -> PathBuf {
@@ -502,6 +520,7 @@ impl Actor for Chain {
             .rev()
             .take_while(|s| s.status == SessionStatus::Failed)
             .count() as u32;
+        let resumable = sessions.last().and_then(resumable_id);
         let session_base = store.session_base(&a.chain_id).await?;
         let cost = spawn_cost(&me, &a.chain_id, &a.ctx).await?;
         let handoffs = spawn_handoffs(&me, &a.chain_id, &a.task, &a.ctx).await?;
@@ -517,6 +536,7 @@ impl Actor for Chain {
             next_index,
             session_base,
             consecutive_failures,
+            resumable,
             note: None,
             aborting: false,
             paused_recorded: false,

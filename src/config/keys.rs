@@ -14,6 +14,7 @@ pub const CHAIN_KEYS: &[&str] = &[
     "workdir",
     "permission_mode",
     "breaker_threshold",
+    "continuation",
     "sim",
 ];
 const SIM_KEYS: &[&str] = &["scenario", "complete_after", "step", "turns"];

@@ -33,7 +33,21 @@ pub struct ChainSettings {
     pub permission_mode: String,
     /// Consecutive failed sessions that open the circuit breaker.
     pub breaker_threshold: u32,
+    /// How a session follows the one before it.
+    pub continuation: Continuation,
     pub sim: SimConfig,
+}
+
+/// How the next session of a chain continues (M3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Continuation {
+    /// A new agent session that starts from the task and the handoff (the default).
+    #[default]
+    Fresh,
+    /// The agent's own session continued in a new process (`--resume <id>`), keeping its
+    /// context; after a compaction, a failure or an interruption the next one is fresh.
+    Resume,
 }
 
 /// Operator-wide settings (top level of `operator.toml`).
@@ -216,6 +230,7 @@ fn builtin_chain_defaults()
         .set_default("workdir", ".")?
         .set_default("permission_mode", "default")?
         .set_default("breaker_threshold", 3)?
+        .set_default("continuation", "fresh")?
         .set_default("sim.scenario", sim.scenario.as_str())?
         .set_default("sim.complete_after", i64::from(sim.complete_after))?
         .set_default("sim.step", humantime::format_duration(sim.step).to_string())?

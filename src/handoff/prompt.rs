@@ -62,6 +62,20 @@ pub fn session_prompt(task: &str, index: u32, previous: Option<&PreviousHandoff<
     }
 }
 
+/// The user message of a session that continues the agent's own session (`--resume`): the
+/// conversation, the task and the last handoff are already in its context.
+pub fn resume_prompt(index: u32, note: Option<&str>) -> String {
+    let mut s = format!(
+        "This is session {index} of the chain, continuing your previous session. Go on from the \
+         Remaining items of your last handoff; check the working tree rather than trusting it \
+         blindly, and end with a new handoff as the AUTO-CONTINUATION PROTOCOL says.\n"
+    );
+    if let Some(n) = note {
+        s.push_str(&format!("\n## Note from the operator\n{}\n", n.trim()));
+    }
+    s
+}
+
 /// What the next prompt needs from the handoff before it.
 #[derive(Debug, Clone, Copy)]
 pub struct PreviousHandoff<'a> {
@@ -111,6 +125,13 @@ mod tests {
         let p = session_prompt("T", 2, Some(&prev));
         assert!(p.contains("operator wrote this one"));
         assert!(p.contains("## Note from the operator\nthe agent exited with code 1"));
+    }
+
+    #[test]
+    fn a_resumed_session_gets_a_short_prompt() {
+        let p = resume_prompt(3, None);
+        assert!(p.contains("session 3") && p.contains("Remaining") && p.contains("handoff"));
+        assert!(resume_prompt(2, Some("a note")).contains("a note"));
     }
 
     #[test]
