@@ -30,6 +30,9 @@ use crate::process::{self, Group, Registry};
 pub const TRANSCRIPT_CAP_BYTES: u64 = 50 * 1024 * 1024;
 /// The assistant text kept in memory for handoff parsing and synthetic handoffs.
 const OUTPUT_CAP_BYTES: usize = 8 * 1024 * 1024;
+/// Tool calls the agent may make while answering the follow-up for its handoff; past this
+/// the turn is interrupted (writing a handoff needs no tools).
+pub const FOLLOW_UP_TOOL_BUDGET: u32 = 3;
 /// What the PreCompact hook answers: it shapes the compaction summary into a handoff.
 const PRECOMPACT_INSTRUCTIONS: &str = "The session will end after this compaction. Write the \
 summary as a handoff: a `## HANDOFF` heading with the sections Accomplished, Remaining and \
@@ -111,6 +114,8 @@ pub struct SessionState {
     pre_compacted: bool,
     /// A `compact_boundary` was seen.
     compacted: bool,
+    /// Tool calls since the follow-up was sent (`None` before it).
+    follow_up_tools: Option<u32>,
     /// The handoff found in the compaction summary.
     summary_handoff: Option<String>,
     stopped: bool,
@@ -247,6 +252,7 @@ impl Actor for Session {
             hit_max_turns: false,
             pre_compacted: false,
             compacted: false,
+            follow_up_tools: None,
             summary_handoff: None,
             stopped: false,
             stderr_tail: Vec::new(),
@@ -291,6 +297,7 @@ impl Actor for Session {
                 st.record(
                     &json!({"type": "operator", "subtype": "follow_up", "text": text}).to_string(),
                 );
+                st.follow_up_tools = Some(0);
                 st.write_line(&stream::user_message(&text)).await;
             }
             SessionMsg::Close => {
@@ -404,6 +411,14 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                 });
             }
             st.live(format!("tool: {name}"), true);
+            if let Some(n) = st.follow_up_tools.as_mut() {
+                *n += 1;
+                if *n == FOLLOW_UP_TOOL_BUDGET + 1 {
+                    tracing::warn!(parent: &st.span, budget = FOLLOW_UP_TOOL_BUDGET, "the agent keeps working instead of writing its handoff; interrupting it");
+                    let id = st.request_id();
+                    st.write_line(&stream::interrupt_request(&id)).await;
+                }
+            }
         }
         AgentEvent::UserText(text) => {
             // After a compaction the CLI continues with the summary the model wrote, shaped

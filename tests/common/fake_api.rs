@@ -26,6 +26,8 @@ pub enum Reply {
         kind: &'static str,
         message: String,
         retry_after: Option<u64>,
+        /// More response headers.
+        headers: Vec<(&'static str, String)>,
     },
     /// Starts the stream, then sends nothing more.
     Hang,
@@ -58,6 +60,24 @@ impl Step {
                 kind,
                 message: message.into(),
                 retry_after: Some(0),
+                headers: Vec::new(),
+            },
+            input_tokens: 0,
+        }
+    }
+    /// A subscription usage limit, as the API words it (the older wording other tools parse:
+    /// `Claude AI usage limit reached|<epoch seconds>`).
+    pub fn usage_limit(resets_at: u64) -> Self {
+        Self {
+            reply: Reply::Error {
+                status: 429,
+                kind: "rate_limit_error",
+                message: format!("Claude AI usage limit reached|{resets_at}"),
+                retry_after: None,
+                headers: vec![
+                    ("anthropic-ratelimit-unified-status", "rejected".into()),
+                    ("anthropic-ratelimit-unified-reset", resets_at.to_string()),
+                ],
             },
             input_tokens: 0,
         }
@@ -293,6 +313,7 @@ async fn handle(
             kind,
             message,
             retry_after,
+            headers,
         } => {
             let mut r = json_response(
                 status,
@@ -301,6 +322,9 @@ async fn handle(
             if let Some(s) = retry_after {
                 r.headers_mut()
                     .insert("retry-after", s.to_string().parse().unwrap());
+            }
+            for (k, v) in headers {
+                r.headers_mut().insert(k, v.parse().unwrap());
             }
             r
         }
