@@ -555,3 +555,50 @@ fn an_ended_chain_resumed_by_id_gets_a_new_allowance_and_keeps_its_indices() {
     );
     assert!(stderr(&complete).contains("nothing to resume"));
 }
+
+#[test]
+fn a_silent_agent_is_stopped_by_the_watchdog() {
+    let op = Op::new();
+    let out = op
+        .cmd(&[
+            "run",
+            "--task",
+            "T",
+            "--scenario",
+            "hang",
+            "--max-continuations",
+            "0",
+            "--json",
+        ])
+        .env("OPERATOR_IDLE_TIMEOUT", "600ms")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    let s = &c.sessions[0];
+    assert_eq!(s.status, SessionStatus::Failed);
+    assert_eq!(s.error.as_deref(), Some("watchdog: no output for 600ms"));
+    assert!(s.handoff_synthetic);
+    assert!(processes_in(&op.workdir()).is_empty());
+    // The same for a session that runs too long in all.
+    let out = op
+        .cmd(&[
+            "run",
+            "--task",
+            "T",
+            "--scenario",
+            "slow",
+            "--max-continuations",
+            "0",
+            "--json",
+        ])
+        .env("OPERATOR_SIM__STEP", "100ms")
+        .env("OPERATOR_SESSION_TIMEOUT", "700ms")
+        .output()
+        .unwrap();
+    let c = &chains(&out)[0];
+    assert_eq!(
+        c.sessions[0].error.as_deref(),
+        Some("watchdog: the session ran longer than 700ms")
+    );
+}

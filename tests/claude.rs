@@ -256,7 +256,9 @@ async fn a_session_edits_a_file_in_the_workdir() {
     assert_eq!(written.trim(), "made by the agent");
 }
 
-async fn one_failing_session(status: u16, kind: &'static str) -> (ChainRecord, Output) {
+/// One session against an API that always fails; the chain, the output, and how many
+/// agent-loop requests the CLI made.
+async fn one_failing_session(status: u16, kind: &'static str) -> (ChainRecord, Output, usize) {
     let bin = claude_bin().unwrap();
     let op = Op::new();
     let api = FakeApi::start(vec![], Step::error(status, kind, format!("fake {status}"))).await;
@@ -274,7 +276,7 @@ async fn one_failing_session(status: u16, kind: &'static str) -> (ChainRecord, O
         ],
     )
     .await;
-    (chains(&out)[0].clone(), out)
+    (chains(&out)[0].clone(), out, api.scripted().len())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -287,7 +289,7 @@ async fn rate_limits_and_overload_are_transient_errors() {
         (529, "overloaded_error"),
         (500, "api_error"),
     ] {
-        let (c, out) = one_failing_session(status, kind).await;
+        let (c, out, _) = one_failing_session(status, kind).await;
         let s = &c.sessions[0];
         assert_eq!(
             s.status,
@@ -315,7 +317,7 @@ async fn an_invalid_key_is_a_fatal_error() {
     if claude_bin().is_none() {
         return;
     }
-    let (c, out) = one_failing_session(401, "authentication_error").await;
+    let (c, out, requests) = one_failing_session(401, "authentication_error").await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(c.status, ChainStatus::Failed);
     assert!(
@@ -324,6 +326,17 @@ async fn an_invalid_key_is_a_fatal_error() {
         c.reason
     );
     assert_eq!(c.sessions[0].error_kind, Some(ErrorKind::Fatal));
+    // Recognised at its first api_retry line and stopped there, not after the CLI's retries.
+    assert!(
+        c.sessions[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("authentication failed"),
+        "{:?}",
+        c.sessions[0].error
+    );
+    assert_eq!(requests, 1, "the CLI went on retrying");
 }
 
 #[tokio::test(flavor = "multi_thread")]

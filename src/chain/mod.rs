@@ -277,6 +277,10 @@ impl ChainState {
             bus: self.ctx.bus.clone(),
             registry: self.ctx.registry.clone(),
             transcript: self.dir().join(format!("session-{index}.jsonl")),
+            watchdog: crate::session::Watchdog {
+                idle_timeout: self.settings.idle_timeout,
+                session_timeout: self.settings.session_timeout,
+            },
         };
         match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
             Ok((actor, _)) => {

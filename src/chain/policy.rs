@@ -17,8 +17,13 @@ pub struct SessionFacts {
     pub hit_max_turns: bool,
     /// Exit code, or `None` when killed by a signal.
     pub exit_code: Option<i32>,
-    /// The operator stopped the session (shutdown, abort, watchdog).
+    /// The operator stopped the session (shutdown, abort).
     pub stopped_by_operator: bool,
+    /// A watchdog stopped the session (no output for too long, or too long in all).
+    pub watchdog: Option<String>,
+    /// The agent reported an authentication or permission error (401/403) while retrying:
+    /// the operator stopped it at once instead of waiting for its own retries.
+    pub auth_error: Option<String>,
     pub spawn_error: Option<String>,
     pub stderr_tail: String,
 }
@@ -40,6 +45,12 @@ pub fn classify(f: &SessionFacts) -> Verdict {
     };
     if let Some(e) = &f.spawn_error {
         return failed(format!("could not start the agent: {e}"), ErrorKind::Fatal);
+    }
+    if let Some(e) = &f.auth_error {
+        return failed(e.clone(), ErrorKind::Fatal);
+    }
+    if let Some(w) = &f.watchdog {
+        return failed(w.clone(), ErrorKind::Transient);
     }
     if f.stopped_by_operator {
         return Verdict {
@@ -249,6 +260,24 @@ mod tests {
         };
         let v = classify(&killed);
         assert!(v.error.unwrap().contains("killed by a signal): boom"));
+    }
+
+    #[test]
+    fn watchdogs_are_transient_and_auth_errors_fatal() {
+        let w = classify(&SessionFacts {
+            watchdog: Some("no output for 10m".into()),
+            stopped_by_operator: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            (w.status, w.error_kind),
+            (SessionStatus::Failed, Some(ErrorKind::Transient))
+        );
+        let a = classify(&SessionFacts {
+            auth_error: Some("401".into()),
+            ..Default::default()
+        });
+        assert_eq!(a.error_kind, Some(ErrorKind::Fatal));
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub const CHAIN_KEYS: &[&str] = &[
     "permission_mode",
     "breaker_threshold",
     "continuation",
+    "idle_timeout",
+    "session_timeout",
     "sim",
 ];
 const SIM_KEYS: &[&str] = &["scenario", "complete_after", "step", "turns"];

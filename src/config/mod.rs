@@ -35,6 +35,12 @@ pub struct ChainSettings {
     pub breaker_threshold: u32,
     /// How a session follows the one before it.
     pub continuation: Continuation,
+    /// A session with no output for this long is stopped (a transient failure).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session running longer than this is stopped (a transient failure).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
     pub sim: SimConfig,
 }
 
@@ -231,6 +237,8 @@ fn builtin_chain_defaults()
         .set_default("permission_mode", "default")?
         .set_default("breaker_threshold", 3)?
         .set_default("continuation", "fresh")?
+        .set_default("idle_timeout", "10m")?
+        .set_default("session_timeout", "2h")?
         .set_default("sim.scenario", sim.scenario.as_str())?
         .set_default("sim.complete_after", i64::from(sim.complete_after))?
         .set_default("sim.step", humantime::format_duration(sim.step).to_string())?
@@ -600,6 +608,9 @@ fn check_chain_settings(s: &ChainSettings) -> Result<(), String> {
     }
     if !(s.max_budget_usd.is_finite() && s.max_budget_usd > 0.0) {
         return Err("`max_budget_usd` must be a positive number".into());
+    }
+    if s.idle_timeout.is_zero() || s.session_timeout.is_zero() {
+        return Err("`idle_timeout` and `session_timeout` must be longer than zero".into());
     }
     if s.breaker_threshold == 0 {
         return Err("`breaker_threshold` must be at least 1".into());

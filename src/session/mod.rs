@@ -53,9 +53,38 @@ pub enum SessionMsg {
     },
     Terminate,
     Kill,
+    /// Periodic watchdog check.
+    Watch,
 }
 
 /// Everything the chain learns when a session ends.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_fires_on_idleness_or_length() {
+        let w = Watchdog {
+            idle_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(60),
+        };
+        assert_eq!(
+            watchdog_verdict(&w, Duration::from_secs(5), Duration::from_secs(30)),
+            None
+        );
+        assert!(
+            watchdog_verdict(&w, Duration::from_secs(10), Duration::from_secs(30))
+                .unwrap()
+                .contains("no output for 10s")
+        );
+        assert!(
+            watchdog_verdict(&w, Duration::from_secs(1), Duration::from_secs(60))
+                .unwrap()
+                .contains("longer than 1m")
+        );
+    }
+}
+
 #[derive(Debug)]
 pub struct SessionOutcome {
     pub index: u32,
@@ -94,6 +123,31 @@ pub struct SessionArgs {
     pub bus: Bus,
     pub registry: Registry,
     pub transcript: PathBuf,
+    pub watchdog: Watchdog,
+}
+
+/// Limits a session runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct Watchdog {
+    pub idle_timeout: Duration,
+    pub session_timeout: Duration,
+}
+
+/// Why a watchdog should stop a session now, if it should.
+pub fn watchdog_verdict(w: &Watchdog, since_output: Duration, running: Duration) -> Option<String> {
+    if running >= w.session_timeout {
+        Some(format!(
+            "watchdog: the session ran longer than {}",
+            humantime::format_duration(w.session_timeout)
+        ))
+    } else if since_output >= w.idle_timeout {
+        Some(format!(
+            "watchdog: no output for {}",
+            humantime::format_duration(w.idle_timeout)
+        ))
+    } else {
+        None
+    }
 }
 
 pub struct SessionState {
@@ -116,6 +170,12 @@ pub struct SessionState {
     compacted: bool,
     /// Tool calls since the follow-up was sent (`None` before it).
     follow_up_tools: Option<u32>,
+    watchdog: Watchdog,
+    last_output: Instant,
+    /// Set when a watchdog stopped the session.
+    watchdog_fired: Option<String>,
+    /// Set when the agent reported an authentication error.
+    auth_error: Option<String>,
     /// The handoff found in the compaction summary.
     summary_handoff: Option<String>,
     stopped: bool,
@@ -253,6 +313,10 @@ impl Actor for Session {
             pre_compacted: false,
             compacted: false,
             follow_up_tools: None,
+            watchdog: args.watchdog,
+            last_output: Instant::now(),
+            watchdog_fired: None,
+            auth_error: None,
             summary_handoff: None,
             stopped: false,
             stderr_tail: Vec::new(),
@@ -268,6 +332,13 @@ impl Actor for Session {
             .await;
         let prompt = state.spec.prompt.clone();
         state.write_line(&stream::user_message(&prompt)).await;
+        let tick = (state
+            .watchdog
+            .idle_timeout
+            .min(state.watchdog.session_timeout)
+            / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        myself.send_interval(tick, || SessionMsg::Watch);
         Ok(state)
     }
 
@@ -278,7 +349,24 @@ impl Actor for Session {
         st: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            SessionMsg::Watch => {
+                if st.watchdog_fired.is_none()
+                    && st.auth_error.is_none()
+                    && let Some(why) = watchdog_verdict(
+                        &st.watchdog,
+                        st.last_output.elapsed(),
+                        st.started.elapsed(),
+                    )
+                {
+                    tracing::warn!(parent: &st.span, reason = %why, "stopping the session");
+                    st.watchdog_fired = Some(why);
+                    st.stdin = None;
+                    st.group.signal(Signal::SIGTERM);
+                    myself.send_after(Duration::from_secs(3), || SessionMsg::Kill);
+                }
+            }
             SessionMsg::Line(line) => {
+                st.last_output = Instant::now();
                 st.record(&line);
                 for ev in stream::parse_line(&line) {
                     handle_event(st, ev).await;
@@ -355,6 +443,8 @@ impl Actor for Session {
                     hit_max_turns: st.hit_max_turns,
                     exit_code: status.and_then(|s| s.code()),
                     stopped_by_operator: st.stopped,
+                    watchdog: st.watchdog_fired.clone(),
+                    auth_error: st.auth_error.clone(),
                     spawn_error: None,
                     stderr_tail: st.stderr_tail.join("\n"),
                 };
@@ -441,6 +531,21 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
         } => {
             tracing::warn!(parent: &st.span, attempt, error = %error, status = ?error_status, "the agent is retrying an API call");
             st.live(format!("API retry {attempt}: {error}"), true);
+            // An invalid key will not become valid on retry: stop now instead of waiting
+            // through the CLI's own retries.
+            if (matches!(error_status, Some(401 | 403)) || error == "authentication_failed")
+                && st.auth_error.is_none()
+            {
+                let status = error_status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "401".into());
+                st.auth_error = Some(format!(
+                    "authentication failed (HTTP {status}, {error}): check the API key"
+                ));
+                tracing::error!(parent: &st.span, status = %status, "authentication failed; stopping the agent");
+                st.stdin = None;
+                st.group.signal(Signal::SIGTERM);
+            }
         }
         AgentEvent::RateLimit { status, resets_at } => {
             tracing::info!(parent: &st.span, status = %status, resets_at = ?resets_at, "rate limit event");
