@@ -166,6 +166,8 @@ pub struct SessionRecord {
     pub handoff_synthetic: bool,
     /// A follow-up message asked the agent for its handoff.
     pub asked_again: bool,
+    /// Attempts this session took (transient failures are retried with backoff).
+    pub attempts: u32,
     pub started_at: String,
     pub ended_at: Option<String>,
 }
@@ -302,6 +304,7 @@ mod tests {
             error_kind: None,
             handoff_synthetic: false,
             asked_again: false,
+            attempts: 1,
             started_at: now_rfc3339(),
             ended_at: None,
         };

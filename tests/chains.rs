@@ -189,7 +189,15 @@ fn three_failed_sessions_open_the_breaker() {
         assert_eq!(s.status, SessionStatus::Failed);
         assert!(s.error.as_deref().unwrap().contains("API Error: 500"));
         assert!(s.handoff_synthetic);
+        assert_eq!(
+            s.attempts, 3,
+            "each session is tried three times before it counts"
+        );
     }
+    // Each retry is journaled.
+    let log =
+        std::fs::read_to_string(op.data_dir().join(format!("chains/{}/chain.log", c.id))).unwrap();
+    assert_eq!(log.matches("chain:session-retry").count(), 6, "{log}");
 }
 
 #[test]

@@ -107,6 +107,12 @@ pub struct ChainState {
     /// The agent session the next one may continue (`continuation = "resume"`): the last
     /// session's, when it completed without a compaction.
     resumable: Option<String>,
+    /// Attempt of the session at `next_index` (transient failures are retried).
+    attempt: u32,
+    /// No session starts before this (a retry's backoff).
+    retry_at: Option<std::time::Instant>,
+    /// Cost and turns of the failed attempts of the current session.
+    failed_attempts: (f64, u32),
     /// Why the previous session failed, for the next prompt.
     note: Option<String>,
     aborting: bool,
@@ -177,6 +183,17 @@ impl ChainState {
         if self.finished || self.session.is_some() {
             return Ok(());
         }
+        // A retry waits out its backoff (a mode change may wake the chain earlier); a stop
+        // or an abort does not wait.
+        let mode = *self.ctx.mode.borrow();
+        if let Some(t) = self.retry_at
+            && mode == Mode::Running
+            && !self.aborting
+            && std::time::Instant::now() < t
+        {
+            return Ok(());
+        }
+        self.retry_at = None;
         if self.aborting {
             return self
                 .finish(me, ChainStatus::Aborted, Some("aborted".into()))
@@ -241,6 +258,7 @@ impl ChainState {
             .start_session(&SessionStart {
                 chain_id: self.id.clone(),
                 index,
+                attempt: self.attempt,
                 prompt: user_prompt.clone(),
                 started_at: started_at.clone(),
             })
@@ -277,6 +295,7 @@ impl ChainState {
             bus: self.ctx.bus.clone(),
             registry: self.ctx.registry.clone(),
             transcript: self.dir().join(format!("session-{index}.jsonl")),
+            attempt: self.attempt,
             watchdog: crate::session::Watchdog {
                 idle_timeout: self.settings.idle_timeout,
                 session_timeout: self.settings.session_timeout,
@@ -351,6 +370,74 @@ impl ChainState {
         }
     }
 
+    /// Records a failed attempt and schedules the same session again after its backoff.
+    async fn retry(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        o: &SessionOutcome,
+        run: Running,
+        verdict: &policy::Verdict,
+        cost: f64,
+    ) -> Result<(), ActorProcessingErr> {
+        let backoff = &self.settings.retry_backoff;
+        let delay = backoff
+            .get(self.attempt as usize - 1)
+            .or(backoff.last())
+            .map(|d| **d)
+            .unwrap_or_default();
+        self.failed_attempts.0 += cost;
+        self.failed_attempts.1 += o.turns;
+        let record = SessionRecord {
+            index: o.index,
+            session_id: o.session_id.clone(),
+            status: SessionStatus::Failed,
+            turns: self.failed_attempts.1,
+            cost_usd: self.failed_attempts.0,
+            duration_ms: o.duration.as_millis() as u64,
+            hit_max_turns: o.facts.hit_max_turns,
+            pre_compacted: o.pre_compacted,
+            handoff_complete: false,
+            handoff_file: None,
+            error: verdict.error.clone(),
+            error_kind: verdict.error_kind,
+            handoff_synthetic: false,
+            asked_again: run.asked_again,
+            attempts: self.attempt,
+            started_at: run.started_at,
+            ended_at: Some(now_rfc3339()),
+        };
+        self.ctx
+            .store
+            .finish_session(&self.id, &record, None)
+            .await?;
+        tracing::warn!(
+            parent: &self.span,
+            session.index = o.index,
+            attempt = self.attempt,
+            delay = %humantime::format_duration(delay),
+            error = verdict.error.as_deref().unwrap_or(""),
+            "transient failure; retrying the session"
+        );
+        self.ctx
+            .bus
+            .emit(
+                "chain:session-retry",
+                Some(&self.id),
+                Some(o.index),
+                json!({"attempt": self.attempt, "delayMs": delay.as_millis() as u64, "error": verdict.error}),
+            )
+            .await;
+        self.note = verdict
+            .error
+            .as_ref()
+            .map(|e| format!("The previous attempt at this session failed: {e}"));
+        self.attempt += 1;
+        self.next_index = o.index;
+        self.retry_at = Some(std::time::Instant::now() + delay);
+        me.send_after(delay, || ChainMsg::Next);
+        Ok(())
+    }
+
     async fn session_ended(
         &mut self,
         me: &ActorRef<ChainMsg>,
@@ -362,6 +449,17 @@ impl ChainState {
         let verdict = policy::classify(&o.facts);
         let reported = o.reported_cost;
         let cost: f64 = ask(&self.cost, |reply| CostMsg::EndSession { reported, reply }).await?;
+        let retry = verdict.status == SessionStatus::Failed
+            && verdict.error_kind == Some(crate::model::ErrorKind::Transient)
+            && self.attempt < self.settings.max_attempts
+            && !self.aborting
+            && *self.ctx.mode.borrow() == Mode::Running;
+        if retry {
+            return self.retry(me, &o, run, &verdict, cost).await;
+        }
+        let (prior_cost, prior_turns) = std::mem::take(&mut self.failed_attempts);
+        let attempts = std::mem::replace(&mut self.attempt, 1);
+        let cost = cost + prior_cost;
         let (index, output, error) = (o.index, o.output, verdict.error.clone());
         let handoff = ask(&self.handoffs, |reply| HandoffMsg::Finalize {
             index,
@@ -383,7 +481,7 @@ impl ChainState {
             index: o.index,
             session_id: o.session_id.clone(),
             status: verdict.status,
-            turns: o.turns,
+            turns: o.turns + prior_turns,
             cost_usd: cost,
             duration_ms: o.duration.as_millis() as u64,
             hit_max_turns: o.facts.hit_max_turns,
@@ -394,6 +492,7 @@ impl ChainState {
             error_kind: verdict.error_kind,
             handoff_synthetic: handoff.synthetic,
             asked_again: run.asked_again,
+            attempts,
             started_at: run.started_at,
             ended_at: Some(now_rfc3339()),
         };
@@ -541,6 +640,9 @@ impl Actor for Chain {
             session_base,
             consecutive_failures,
             resumable,
+            attempt: 1,
+            retry_at: None,
+            failed_attempts: (0.0, 0),
             note: None,
             aborting: false,
             paused_recorded: false,

@@ -7,6 +7,8 @@ use crate::model::{ChainStatus, ErrorKind, SessionStatus};
 pub struct SessionFacts {
     /// A `result` line was seen.
     pub saw_result: bool,
+    /// How many `result` lines (more than one when a follow-up asked for the handoff).
+    pub results: u32,
     /// The last result said `is_error`.
     pub result_is_error: bool,
     pub result_subtype: String,
@@ -93,7 +95,9 @@ pub fn classify(f: &SessionFacts) -> Verdict {
         };
         return failed(text, kind);
     }
-    if let Some(c) = f.exit_code.filter(|c| *c != 0) {
+    // The exit code reflects the process's last turn: after a follow-up it says how the
+    // follow-up went, which only decides the handoff.
+    if let Some(c) = f.exit_code.filter(|c| *c != 0 && f.results <= 1) {
         return failed(
             format!("the agent exited with code {c}"),
             ErrorKind::Transient,
@@ -278,6 +282,22 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(a.error_kind, Some(ErrorKind::Fatal));
+    }
+
+    #[test]
+    fn a_failed_follow_up_does_not_fail_the_session() {
+        let f = SessionFacts {
+            results: 2,
+            exit_code: Some(1),
+            ..ok_facts()
+        };
+        assert_eq!(classify(&f).status, SessionStatus::Completed);
+        let single = SessionFacts {
+            results: 1,
+            exit_code: Some(1),
+            ..ok_facts()
+        };
+        assert_eq!(classify(&single).status, SessionStatus::Failed);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const CHAIN_KEYS: &[&str] = &[
     "continuation",
     "idle_timeout",
     "session_timeout",
+    "max_attempts",
+    "retry_backoff",
     "sim",
 ];
 const SIM_KEYS: &[&str] = &["scenario", "complete_after", "step", "turns"];

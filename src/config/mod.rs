@@ -41,6 +41,10 @@ pub struct ChainSettings {
     /// A session running longer than this is stopped (a transient failure).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// Attempts per session: a transient failure is retried until this many have failed.
+    pub max_attempts: u32,
+    /// Pauses before the 2nd, 3rd, … attempt (the last one repeats).
+    pub retry_backoff: Vec<humantime_serde::Serde<Duration>>,
     pub sim: SimConfig,
 }
 
@@ -166,6 +170,8 @@ impl Env {
             .prefix_separator("_")
             .separator("__")
             .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("retry_backoff")
             .source(Some(map))
     }
 }
@@ -239,6 +245,8 @@ fn builtin_chain_defaults()
         .set_default("continuation", "fresh")?
         .set_default("idle_timeout", "10m")?
         .set_default("session_timeout", "2h")?
+        .set_default("max_attempts", 3)?
+        .set_default("retry_backoff", vec!["1s", "4s", "16s"])?
         .set_default("sim.scenario", sim.scenario.as_str())?
         .set_default("sim.complete_after", i64::from(sim.complete_after))?
         .set_default("sim.step", humantime::format_duration(sim.step).to_string())?
@@ -611,6 +619,12 @@ fn check_chain_settings(s: &ChainSettings) -> Result<(), String> {
     }
     if s.idle_timeout.is_zero() || s.session_timeout.is_zero() {
         return Err("`idle_timeout` and `session_timeout` must be longer than zero".into());
+    }
+    if s.max_attempts == 0 {
+        return Err("`max_attempts` must be at least 1".into());
+    }
+    if s.retry_backoff.is_empty() {
+        return Err("`retry_backoff` needs at least one duration".into());
     }
     if s.breaker_threshold == 0 {
         return Err("`breaker_threshold` must be at least 1".into());

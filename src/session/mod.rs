@@ -123,6 +123,8 @@ pub struct SessionArgs {
     pub bus: Bus,
     pub registry: Registry,
     pub transcript: PathBuf,
+    /// The attempt of this session (retries append to the same transcript).
+    pub attempt: u32,
     pub watchdog: Watchdog,
 }
 
@@ -162,6 +164,11 @@ pub struct SessionState {
     started: Instant,
     output: String,
     session_id: Option<String>,
+    /// The result of the session's own turn: it decides how the session ended (the
+    /// follow-up for a handoff only decides the handoff).
+    first_result: Option<ResultInfo>,
+    results: u32,
+    /// The latest result: its `total_cost_usd` covers the whole process.
     last_result: Option<ResultInfo>,
     turns: u32,
     hit_max_turns: bool,
@@ -294,7 +301,10 @@ impl Actor for Session {
         if let Some(dir) = args.transcript.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::File::create(&args.transcript)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&args.transcript)?;
         let mut state = SessionState {
             spec: args.spec,
             chain: args.chain,
@@ -307,6 +317,8 @@ impl Actor for Session {
             started: Instant::now(),
             output: String::new(),
             session_id: None,
+            first_result: None,
+            results: 0,
             last_result: None,
             turns: 0,
             hit_max_turns: false,
@@ -327,6 +339,12 @@ impl Actor for Session {
             next_request: 0,
             span,
         };
+        if args.attempt > 1 {
+            state.record(
+                &json!({"type": "operator", "subtype": "attempt", "attempt": args.attempt})
+                    .to_string(),
+            );
+        }
         state
             .write_line(&stream::initialize_request("init_1"))
             .await;
@@ -425,9 +443,11 @@ impl Actor for Session {
                     st.push_output(&h);
                 }
                 let _ = st.transcript.flush();
-                let result = st.last_result.take();
+                let reported_cost = st.last_result.take().map(|r| r.total_cost_usd);
+                let result = st.first_result.take();
                 let facts = SessionFacts {
                     saw_result: result.is_some(),
+                    results: st.results,
                     result_is_error: result.as_ref().is_some_and(|r| r.is_error),
                     result_subtype: result
                         .as_ref()
@@ -454,7 +474,7 @@ impl Actor for Session {
                     output: std::mem::take(&mut st.output),
                     facts,
                     turns: st.turns,
-                    reported_cost: result.map(|r| r.total_cost_usd),
+                    reported_cost,
                     pre_compacted: st.pre_compacted,
                     duration: st.started.elapsed(),
                     transcript_truncated: st.transcript_truncated,
@@ -591,6 +611,10 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                 hit_max_turns: st.hit_max_turns,
                 is_error: r.is_error && !st.hit_max_turns,
             });
+            st.results += 1;
+            if st.first_result.is_none() {
+                st.first_result = Some(r.clone());
+            }
             st.last_result = Some(r);
         }
         AgentEvent::Unknown(_) | AgentEvent::Garbage => {}

@@ -61,6 +61,8 @@ pub struct ChainQuery {
 pub struct SessionStart {
     pub chain_id: String,
     pub index: u32,
+    /// 1 for a new session (its index must be new); more for a retry of the same session.
+    pub attempt: u32,
     pub prompt: String,
     pub started_at: String,
 }

@@ -84,6 +84,10 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 2: retries of a session keep its index and count attempts.
+    r#"
+    ALTER TABLE sessions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+    "#,
 ];
 
 /// The SQLite backend.
@@ -203,6 +207,7 @@ fn session_from_row(r: &SqliteRow) -> StoreResult<SessionRecord> {
         },
         handoff_synthetic: r.try_get("handoff_synthetic")?,
         asked_again: r.try_get("asked_again")?,
+        attempts: r.try_get::<i64, _>("attempts")? as u32,
         started_at: r.try_get("started_at")?,
         ended_at: r.try_get("ended_at")?,
     })
@@ -392,16 +397,37 @@ impl Store for SqliteStore {
 
     async fn start_session(&self, s: &SessionStart) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO sessions (chain_id, idx, status, prompt, started_at) \
-             VALUES (?1, ?2, 'running', ?3, ?4)",
-        )
-        .bind(&s.chain_id)
-        .bind(i64::from(s.index))
-        .bind(&s.prompt)
-        .bind(&s.started_at)
-        .execute(&mut *tx)
-        .await?;
+        if s.attempt <= 1 {
+            // A new session: its index must not exist yet.
+            sqlx::query(
+                "INSERT INTO sessions (chain_id, idx, status, prompt, started_at) \
+                 VALUES (?1, ?2, 'running', ?3, ?4)",
+            )
+            .bind(&s.chain_id)
+            .bind(i64::from(s.index))
+            .bind(&s.prompt)
+            .bind(&s.started_at)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            let done = sqlx::query(
+                "UPDATE sessions SET status = 'running', attempts = ?1, prompt = ?2, \
+                 error = NULL, error_kind = NULL, ended_at = NULL \
+                 WHERE chain_id = ?3 AND idx = ?4 AND status = 'failed'",
+            )
+            .bind(i64::from(s.attempt))
+            .bind(&s.prompt)
+            .bind(&s.chain_id)
+            .bind(i64::from(s.index))
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "retry of session {} of chain {}: no failed session to retry",
+                    s.index, s.chain_id
+                )));
+            }
+        }
         touch(&mut tx, &s.chain_id).await?;
         tx.commit().await?;
         Ok(())
@@ -418,7 +444,7 @@ impl Store for SqliteStore {
             "UPDATE sessions SET session_id = ?1, status = ?2, turns = ?3, cost_usd = ?4, \
              duration_ms = ?5, hit_max_turns = ?6, pre_compacted = ?7, handoff_complete = ?8, \
              handoff_synthetic = ?9, asked_again = ?10, handoff_file = ?11, error = ?12, \
-             error_kind = ?13, ended_at = ?14 WHERE chain_id = ?15 AND idx = ?16",
+             error_kind = ?13, ended_at = ?14, attempts = ?17 WHERE chain_id = ?15 AND idx = ?16",
         )
         .bind(&s.session_id)
         .bind(s.status.as_str())
@@ -439,6 +465,7 @@ impl Store for SqliteStore {
         .bind(&s.ended_at)
         .bind(chain_id)
         .bind(i64::from(s.index))
+        .bind(i64::from(s.attempts))
         .execute(&mut *tx)
         .await?;
         if let Some(h) = handoff {
@@ -628,6 +655,7 @@ mod tests {
             error_kind: None,
             handoff_synthetic: false,
             asked_again: false,
+            attempts: 1,
             started_at: now_rfc3339(),
             ended_at: Some(now_rfc3339()),
         }
@@ -641,6 +669,7 @@ mod tests {
             s.start_session(&SessionStart {
                 chain_id: "c-1".into(),
                 index: i,
+                attempt: 1,
                 prompt: format!("prompt {i}"),
                 started_at: now_rfc3339(),
             })
@@ -683,11 +712,24 @@ mod tests {
         let start = SessionStart {
             chain_id: "c-1".into(),
             index: 1,
+            attempt: 1,
             prompt: "p".into(),
             started_at: now_rfc3339(),
         };
         s.start_session(&start).await.unwrap();
         assert!(s.start_session(&start).await.is_err());
+        // A retry needs a failed session to retry.
+        let retry = SessionStart {
+            attempt: 2,
+            ..start.clone()
+        };
+        assert!(s.start_session(&retry).await.is_err());
+        let mut failed = session(1, 0.1);
+        failed.status = SessionStatus::Failed;
+        s.finish_session("c-1", &failed, None).await.unwrap();
+        s.start_session(&retry).await.unwrap();
+        let row = &s.sessions("c-1").await.unwrap()[0];
+        assert_eq!((row.status, row.attempts), (SessionStatus::Running, 2));
     }
 
     #[tokio::test]

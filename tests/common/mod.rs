@@ -44,6 +44,8 @@ impl Op {
         c.env("OPERATOR_DATA_DIR", self.data_dir());
         c.env("OPERATOR_WORKDIR", self.workdir());
         c.env("OPERATOR_SIM__STEP", "20ms");
+        // Retries of failed sessions without the production backoff (1s, 4s, 16s).
+        c.env("OPERATOR_RETRY_BACKOFF", "10ms,20ms");
         c.args(args);
         c.stdin(Stdio::null());
         c
