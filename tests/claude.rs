@@ -511,41 +511,59 @@ async fn continuation_resume_continues_the_agent_session_in_a_new_process() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_usage_limit_answer_is_recorded_with_its_message() {
+async fn a_chain_waiting_for_a_usage_limit_is_visible_and_stops_cleanly() {
     let Some(bin) = claude_bin() else { return };
     let op = Op::new();
-    let api = FakeApi::start(vec![], Step::usage_limit(1_900_000_000)).await;
-    let out = run_claude(
-        &op,
-        &api,
-        &bin,
-        &[
-            "run",
-            "--task",
-            "Limit",
-            "--max-continuations",
-            "0",
-            "--json",
-        ],
-    )
-    .await;
-    let c = &chains(&out)[0];
+    // A reset far ahead: the chain waits.
+    let api = FakeApi::start(vec![], Step::usage_limit(4_000_000_000)).await;
+    let home = op.root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = op.cmd(&["run", "--task", "Limit", "--json"]);
+    cmd.env("OPERATOR_AGENT", "claude")
+        .env("OPERATOR_CLAUDE_BIN", &bin)
+        .env("ANTHROPIC_BASE_URL", &api.url)
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("CLAUDE_CODE_MAX_RETRIES", "2")
+        .env("HOME", &home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let waiting = common::eventually(std::time::Duration::from_secs(60), || {
+        String::from_utf8_lossy(&op.run(&["list"]).stdout).contains("waiting")
+    });
+    assert!(waiting, "the chain never showed as waiting");
+    let shown = op.run(&["list", "--json"]);
+    let c: ChainRecord =
+        serde_json::from_slice(shown.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(c.status, ChainStatus::Waiting);
+    assert!(
+        c.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("usage limit; trying again at 2096"),
+        "{:?}",
+        c.reason
+    );
     let s = &c.sessions[0];
-    assert_eq!(s.status, SessionStatus::Failed, "{}", stderr(&out));
     assert!(
         s.error
             .as_deref()
             .unwrap()
-            .contains("usage limit reached|1900000000"),
+            .contains("usage limit reached (until 2096"),
         "{:?}",
         s.error
     );
-    assert_eq!(s.error_kind, Some(ErrorKind::Transient));
-    // Re-measured with 2.1.328 and an API key: this usage-limit 429 is retried like any 429
-    // (AGENT-PROTOCOL.md reports a wording that is not); waiting for the reset is the
-    // supervision layer's job.
-    assert_eq!(s.attempts, 3);
-    assert_eq!(api.scripted().len(), 9, "3 attempts of 3 requests each");
+    // Not counted by the breaker: the session is recorded failed, the chain is not.
+    common::signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(chains(&out)[0].status, ChainStatus::Interrupted);
+    assert_eq!(
+        api.scripted().len(),
+        3,
+        "the CLI's own retries only: the operator waited"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -617,4 +635,47 @@ async fn a_transient_failure_is_retried_as_the_same_session() {
     );
     assert!(s.handoff_complete && !s.handoff_synthetic);
     assert_eq!(api.scripted().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_usage_limit_is_waited_out_and_the_session_tried_again() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 4;
+    // The CLI retries the 429 twice itself; then the operator waits for the reset.
+    let limit = || Step::usage_limit(reset);
+    let api = FakeApi::start(
+        vec![limit(), limit(), limit(), Step::text(COMPLETE)],
+        Step::text("unexpected"),
+    )
+    .await;
+    let out = run_claude_env(
+        &op,
+        &api,
+        &bin,
+        &["run", "--task", "Wait", "--json"],
+        &[("OPERATOR_USAGE_LIMIT_MARGIN", "0s")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    let s = &c.sessions[0];
+    assert_eq!(
+        (s.index, s.attempts, s.status),
+        (1, 2, SessionStatus::Completed)
+    );
+    // It waited (visible as `waiting`), and tried again only after the reset.
+    let log =
+        std::fs::read_to_string(op.data_dir().join(format!("chains/{}/chain.log", c.id))).unwrap();
+    assert!(log.contains("chain:waiting"), "{log}");
+    let ended = humantime::parse_rfc3339(s.ended_at.as_deref().unwrap()).unwrap();
+    assert!(
+        ended >= std::time::UNIX_EPOCH + std::time::Duration::from_secs(reset),
+        "tried again before the reset"
+    );
 }

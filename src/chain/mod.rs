@@ -111,6 +111,9 @@ pub struct ChainState {
     attempt: u32,
     /// No session starts before this (a retry's backoff).
     retry_at: Option<std::time::Instant>,
+    /// Attempts of the current session that waited out a usage limit (they do not count
+    /// against `max_attempts`).
+    waits: u32,
     /// Cost and turns of the failed attempts of the current session.
     failed_attempts: (f64, u32),
     /// Why the previous session failed, for the next prompt.
@@ -378,13 +381,8 @@ impl ChainState {
         run: Running,
         verdict: &policy::Verdict,
         cost: f64,
+        delay: Duration,
     ) -> Result<(), ActorProcessingErr> {
-        let backoff = &self.settings.retry_backoff;
-        let delay = backoff
-            .get(self.attempt as usize - 1)
-            .or(backoff.last())
-            .map(|d| **d)
-            .unwrap_or_default();
         self.failed_attempts.0 += cost;
         self.failed_attempts.1 += o.turns;
         let record = SessionRecord {
@@ -449,15 +447,42 @@ impl ChainState {
         let verdict = policy::classify(&o.facts);
         let reported = o.reported_cost;
         let cost: f64 = ask(&self.cost, |reply| CostMsg::EndSession { reported, reply }).await?;
+        let running = !self.aborting && *self.ctx.mode.borrow() == Mode::Running;
+        if let (Some(reset), true) = (verdict.usage_limit, running) {
+            // A usage limit is not a failure: wait for the window, then the same session again.
+            let delay = usage_limit_delay(reset, &self.settings);
+            self.waits += 1;
+            self.retry(me, &o, run, &verdict, cost, delay).await?;
+            let until =
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now() + delay).to_string();
+            let reason = format!("usage limit; trying again at {until}");
+            self.set_status(ChainStatus::Waiting, Some(&reason)).await?;
+            self.ctx
+                .bus
+                .emit(
+                    "chain:waiting",
+                    Some(&self.id),
+                    Some(o.index),
+                    json!({"until": until, "reason": verdict.error}),
+                )
+                .await;
+            return Ok(());
+        }
         let retry = verdict.status == SessionStatus::Failed
             && verdict.error_kind == Some(crate::model::ErrorKind::Transient)
-            && self.attempt < self.settings.max_attempts
-            && !self.aborting
-            && *self.ctx.mode.borrow() == Mode::Running;
+            && self.attempt - self.waits < self.settings.max_attempts
+            && running;
         if retry {
-            return self.retry(me, &o, run, &verdict, cost).await;
+            let backoff = &self.settings.retry_backoff;
+            let delay = backoff
+                .get((self.attempt - self.waits) as usize - 1)
+                .or(backoff.last())
+                .map(|d| **d)
+                .unwrap_or_default();
+            return self.retry(me, &o, run, &verdict, cost, delay).await;
         }
         let (prior_cost, prior_turns) = std::mem::take(&mut self.failed_attempts);
+        self.waits = 0;
         let attempts = std::mem::replace(&mut self.attempt, 1);
         let cost = cost + prior_cost;
         let (index, output, error) = (o.index, o.output, verdict.error.clone());
@@ -547,6 +572,18 @@ impl ChainState {
             Next::Finish(status, reason) => self.finish(me, status, reason).await?,
         }
         Ok(())
+    }
+}
+
+/// How long to wait after a usage limit: until its reset plus the margin, or the fallback.
+fn usage_limit_delay(reset: Option<u64>, s: &ChainSettings) -> Duration {
+    match reset {
+        Some(t) => {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(t) + s.usage_limit_margin;
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or(s.usage_limit_margin)
+        }
+        None => s.usage_limit_fallback,
     }
 }
 
@@ -641,6 +678,7 @@ impl Actor for Chain {
             consecutive_failures,
             resumable,
             attempt: 1,
+            waits: 0,
             retry_at: None,
             failed_attempts: (0.0, 0),
             note: None,

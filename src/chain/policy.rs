@@ -26,6 +26,9 @@ pub struct SessionFacts {
     /// The agent reported an authentication or permission error (401/403) while retrying:
     /// the operator stopped it at once instead of waiting for its own retries.
     pub auth_error: Option<String>,
+    /// The agent hit a usage or rate-limit window, with its reset time (Unix seconds) when
+    /// it said one.
+    pub usage_limit: Option<Option<u64>>,
     pub spawn_error: Option<String>,
     pub stderr_tail: String,
 }
@@ -36,6 +39,30 @@ pub struct Verdict {
     pub status: SessionStatus,
     pub error: Option<String>,
     pub error_kind: Option<ErrorKind>,
+    /// A usage limit: the chain waits for the reset (Unix seconds, when known) and tries
+    /// the session again; the breaker does not count it.
+    pub usage_limit: Option<Option<u64>>,
+}
+
+/// Recognises a usage-limit message (`Claude AI usage limit reached|1767225600`, or the
+/// newer wordings with "usage limit"), and its reset time when the message carries one.
+pub fn usage_limit_in(text: &str) -> Option<Option<u64>> {
+    let lower = text.to_ascii_lowercase();
+    if !lower.contains("usage limit") && !lower.contains("limit reached") {
+        return None;
+    }
+    let reset = text
+        .split('|')
+        .skip(1)
+        .find_map(|part| {
+            part.trim()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|t| *t > 1_000_000_000);
+    Some(reset)
 }
 
 /// Reads all the facts together: never `subtype` or the exit code alone.
@@ -44,7 +71,31 @@ pub fn classify(f: &SessionFacts) -> Verdict {
         status: SessionStatus::Failed,
         error: Some(error),
         error_kind: Some(kind),
+        usage_limit: None,
     };
+    if let Some(reset) = f.usage_limit.or_else(|| {
+        f.result_text
+            .as_deref()
+            .and_then(usage_limit_in)
+            .filter(|_| f.result_is_error)
+    }) {
+        let when = match reset {
+            Some(t) => format!(
+                "until {}",
+                humantime::format_rfc3339(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)
+                )
+            ),
+            None => "with no reset time given".into(),
+        };
+        return Verdict {
+            usage_limit: Some(reset),
+            ..failed(
+                format!("usage limit reached ({when})"),
+                ErrorKind::Transient,
+            )
+        };
+    }
     if let Some(e) = &f.spawn_error {
         return failed(format!("could not start the agent: {e}"), ErrorKind::Fatal);
     }
@@ -59,6 +110,7 @@ pub fn classify(f: &SessionFacts) -> Verdict {
             status: SessionStatus::Interrupted,
             error: Some("stopped by the operator".into()),
             error_kind: None,
+            usage_limit: None,
         };
     }
     if f.hit_max_turns {
@@ -67,6 +119,7 @@ pub fn classify(f: &SessionFacts) -> Verdict {
             status: SessionStatus::Completed,
             error: None,
             error_kind: None,
+            usage_limit: None,
         };
     }
     if !f.saw_result {
@@ -107,6 +160,7 @@ pub fn classify(f: &SessionFacts) -> Verdict {
         status: SessionStatus::Completed,
         error: None,
         error_kind: None,
+        usage_limit: None,
     }
 }
 
@@ -298,6 +352,34 @@ mod tests {
             ..ok_facts()
         };
         assert_eq!(classify(&single).status, SessionStatus::Failed);
+    }
+
+    #[test]
+    fn usage_limits_are_recognised_with_their_reset() {
+        assert_eq!(
+            usage_limit_in("Claude AI usage limit reached|1767225600"),
+            Some(Some(1767225600))
+        );
+        assert_eq!(
+            usage_limit_in("You've hit your usage limit. Try again later."),
+            Some(None)
+        );
+        assert_eq!(usage_limit_in("API Error: 500"), None);
+        let f = SessionFacts {
+            result_is_error: true,
+            result_text: Some("Claude AI usage limit reached|1767225600".into()),
+            exit_code: Some(1),
+            ..ok_facts()
+        };
+        let v = classify(&f);
+        assert_eq!(v.usage_limit, Some(Some(1767225600)));
+        assert!(v.error.unwrap().contains("2026-01-01T00:00:00Z"));
+        let from_event = classify(&SessionFacts {
+            usage_limit: Some(None),
+            saw_result: false,
+            ..Default::default()
+        });
+        assert_eq!(from_event.usage_limit, Some(None));
     }
 
     #[test]

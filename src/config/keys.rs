@@ -19,6 +19,8 @@ pub const CHAIN_KEYS: &[&str] = &[
     "session_timeout",
     "max_attempts",
     "retry_backoff",
+    "usage_limit_margin",
+    "usage_limit_fallback",
     "sim",
 ];
 const SIM_KEYS: &[&str] = &["scenario", "complete_after", "step", "turns"];

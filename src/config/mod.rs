@@ -45,6 +45,12 @@ pub struct ChainSettings {
     pub max_attempts: u32,
     /// Pauses before the 2nd, 3rd, … attempt (the last one repeats).
     pub retry_backoff: Vec<humantime_serde::Serde<Duration>>,
+    /// Added to a usage limit's announced reset time before trying again.
+    #[serde(with = "humantime_serde")]
+    pub usage_limit_margin: Duration,
+    /// How long to wait after a usage limit that gave no reset time.
+    #[serde(with = "humantime_serde")]
+    pub usage_limit_fallback: Duration,
     pub sim: SimConfig,
 }
 
@@ -247,6 +253,8 @@ fn builtin_chain_defaults()
         .set_default("session_timeout", "2h")?
         .set_default("max_attempts", 3)?
         .set_default("retry_backoff", vec!["1s", "4s", "16s"])?
+        .set_default("usage_limit_margin", "1m")?
+        .set_default("usage_limit_fallback", "30m")?
         .set_default("sim.scenario", sim.scenario.as_str())?
         .set_default("sim.complete_after", i64::from(sim.complete_after))?
         .set_default("sim.step", humantime::format_duration(sim.step).to_string())?

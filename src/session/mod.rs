@@ -183,6 +183,8 @@ pub struct SessionState {
     watchdog_fired: Option<String>,
     /// Set when the agent reported an authentication error.
     auth_error: Option<String>,
+    /// Set when the agent reported a rejected rate-limit window (`rate_limit_event`).
+    rate_limited: Option<Option<u64>>,
     /// The handoff found in the compaction summary.
     summary_handoff: Option<String>,
     stopped: bool,
@@ -329,6 +331,7 @@ impl Actor for Session {
             last_output: Instant::now(),
             watchdog_fired: None,
             auth_error: None,
+            rate_limited: None,
             summary_handoff: None,
             stopped: false,
             stderr_tail: Vec::new(),
@@ -465,6 +468,7 @@ impl Actor for Session {
                     stopped_by_operator: st.stopped,
                     watchdog: st.watchdog_fired.clone(),
                     auth_error: st.auth_error.clone(),
+                    usage_limit: st.rate_limited,
                     spawn_error: None,
                     stderr_tail: st.stderr_tail.join("\n"),
                 };
@@ -569,6 +573,13 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
         }
         AgentEvent::RateLimit { status, resets_at } => {
             tracing::info!(parent: &st.span, status = %status, resets_at = ?resets_at, "rate limit event");
+            if status == "rejected" {
+                // Seconds, or milliseconds in some versions.
+                let reset = resets_at
+                    .and_then(|t| u64::try_from(t).ok())
+                    .map(|t| if t > 100_000_000_000 { t / 1000 } else { t });
+                st.rate_limited = Some(reset);
+            }
         }
         AgentEvent::CompactBoundary => {
             st.pre_compacted = true;
