@@ -328,6 +328,30 @@ fn owner_is_live(owner: Option<u32>) -> bool {
     owner.is_some_and(crate::process::is_other_live_operator)
 }
 
+/// Stops agents that an operator which died (`kill -9`, a crash, a reboot of a container)
+/// left running: sessions recorded as running whose chain's owner is no live operator, and
+/// whose process group leader is still that agent program. Returns how many were stopped.
+pub async fn stop_stale_agents(store: &SharedStore) -> Result<usize, StoreError> {
+    let mut stopped = 0;
+    for a in store.running_agents().await? {
+        if owner_is_live(a.owner_pid) || a.pgid <= 1 || a.program.is_empty() {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", a.pgid)).unwrap_or_default();
+        let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if !String::from_utf8_lossy(first).ends_with(&a.program) {
+            continue;
+        }
+        tracing::warn!(chain.id = %a.chain_id, session.index = a.index, pgid = a.pgid, "stopping an agent left running by an operator that died");
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(a.pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        stopped += 1;
+    }
+    Ok(stopped)
+}
+
 /// What a reload changes: settings of chains already in the run, and new chains.
 async fn reload(
     store: &SharedStore,
@@ -393,6 +417,7 @@ pub async fn run(
         .map(Job::key)
         .chain(batch.settled.iter().map(|(key, _, _)| key.clone()))
         .collect();
+    stop_stale_agents(&store).await?;
     let paused = store.get_flag("paused").await?.is_some();
     let initial = if paused {
         Mode::Paused { interrupt: false }

@@ -610,3 +610,55 @@ fn a_silent_agent_is_stopped_by_the_watchdog() {
         Some("watchdog: the session ran longer than 700ms")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kill_9_the_left_agent_is_stopped_and_the_chain_resumes() {
+    let op = Op::new();
+    // A hung agent does not notice that its operator died.
+    let mut child = op
+        .cmd(&["run", "--task", "Crash me", "--scenario", "hang"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || !processes_in(
+        &op.workdir()
+    )
+    .is_empty()));
+    std::fs::create_dir_all(op.data_dir()).unwrap();
+    let store = op.store().await;
+    // Wait until the agent's process group is recorded, then kill the operator outright.
+    let recorded = eventually(Duration::from_secs(10), || {
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| rt.block_on(store.running_agents()))
+            .map(|a| !a.is_empty())
+            .unwrap_or(false)
+    });
+    assert!(recorded, "the agent's process group was not recorded");
+    common::signal(&child, nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+    let orphans = processes_in(&op.workdir());
+    assert!(
+        !orphans.is_empty(),
+        "the hung agent should have outlived the killed operator"
+    );
+    // The next operator stops it and resumes the chain from the store.
+    let out = op.run(&["run", "--resume", "--scenario", "complete", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stopping an agent left running by an operator that died"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || processes_in(&op.workdir())
+            .is_empty()),
+        "the orphan survived"
+    );
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    let idx: Vec<u32> = c.sessions.iter().map(|s| s.index).collect();
+    assert_eq!(idx, [1, 2]);
+    assert_eq!(c.sessions[0].status, SessionStatus::Interrupted);
+    assert_eq!(c.sessions[1].status, SessionStatus::Completed);
+}

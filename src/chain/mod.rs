@@ -61,6 +61,12 @@ pub enum ChainMsg {
     ModeChanged,
     /// Stop the chain as `aborted`.
     Abort,
+    /// A session's agent process started, leading its own process group.
+    AgentStarted {
+        index: u32,
+        pgid: i32,
+        program: String,
+    },
     /// New settings from a reload; they apply from the next session.
     Reconfigure(Box<ChainSettings>, Arc<dyn Agent>),
 }
@@ -741,6 +747,20 @@ impl Actor for Chain {
                     }
                     (None, _) => st.next(&me).await?,
                     _ => {}
+                }
+            }
+            ChainMsg::AgentStarted {
+                index,
+                pgid,
+                program,
+            } => {
+                if let Err(e) = st
+                    .ctx
+                    .store
+                    .set_session_agent(&st.id, index, pgid, &program)
+                    .await
+                {
+                    tracing::warn!(parent: &st.span, cause = %e, "could not record the agent's process group");
                 }
             }
             ChainMsg::Reconfigure(settings, agent) => {

@@ -293,6 +293,19 @@ impl Actor for Session {
         let stdout = child.stdout.take().ok_or("the agent has no stdout")?;
         let stderr = child.stderr.take().ok_or("the agent has no stderr")?;
         let stdin = child.stdin.take();
+        if let Some(pid) = child.id() {
+            // The chain records it: an agent left behind by a dead operator is found by it.
+            let program = cmd
+                .program
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = args.chain.cast(ChainMsg::AgentStarted {
+                index: args.spec.index,
+                pgid: pid as i32,
+                program,
+            });
+        }
         reader::forward_lines(
             stdout,
             myself.clone(),

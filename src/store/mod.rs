@@ -67,6 +67,16 @@ pub struct SessionStart {
     pub started_at: String,
 }
 
+/// The agent of a session recorded as running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningAgent {
+    pub chain_id: String,
+    pub index: u32,
+    pub pgid: i32,
+    pub program: String,
+    pub owner_pid: Option<u32>,
+}
+
 /// How many chains to keep listed by default; older ones are archived, never deleted.
 pub const KEEP_UNARCHIVED: u32 = 50;
 
@@ -100,6 +110,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         handoff: Option<&HandoffRecord>,
     ) -> StoreResult<()>;
     async fn sessions(&self, chain_id: &str) -> StoreResult<Vec<SessionRecord>>;
+    /// Records the process group of a session's agent.
+    async fn set_session_agent(
+        &self,
+        chain_id: &str,
+        index: u32,
+        pgid: i32,
+        program: &str,
+    ) -> StoreResult<()>;
+    /// Agents of sessions recorded as running.
+    async fn running_agents(&self) -> StoreResult<Vec<RunningAgent>>;
     async fn session_prompt(&self, chain_id: &str, index: u32) -> StoreResult<Option<String>>;
     async fn last_handoff(&self, chain_id: &str) -> StoreResult<Option<HandoffRecord>>;
     async fn handoffs(&self, chain_id: &str) -> StoreResult<Vec<HandoffRecord>>;

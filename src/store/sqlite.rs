@@ -88,6 +88,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sessions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
     "#,
+    // 3: the agent's process group, so one left behind by a dead operator can be stopped.
+    r#"
+    ALTER TABLE sessions ADD COLUMN agent_pgid INTEGER;
+    ALTER TABLE sessions ADD COLUMN agent_program TEXT;
+    "#,
 ];
 
 /// The SQLite backend.
@@ -488,6 +493,46 @@ impl Store for SqliteStore {
         touch(&mut tx, chain_id).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn set_session_agent(
+        &self,
+        chain_id: &str,
+        index: u32,
+        pgid: i32,
+        program: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE sessions SET agent_pgid = ?1, agent_program = ?2 WHERE chain_id = ?3 AND idx = ?4")
+            .bind(pgid)
+            .bind(program)
+            .bind(chain_id)
+            .bind(i64::from(index))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn running_agents(&self) -> StoreResult<Vec<super::RunningAgent>> {
+        let rows = sqlx::query(
+            "SELECT s.chain_id, s.idx, s.agent_pgid, s.agent_program, c.owner_pid FROM sessions s \
+             JOIN chains c ON c.id = s.chain_id \
+             WHERE s.status = 'running' AND s.agent_pgid IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::RunningAgent {
+                    chain_id: r.try_get("chain_id")?,
+                    index: r.try_get::<i64, _>("idx")? as u32,
+                    pgid: r.try_get::<i64, _>("agent_pgid")? as i32,
+                    program: r
+                        .try_get::<Option<String>, _>("agent_program")?
+                        .unwrap_or_default(),
+                    owner_pid: r.try_get::<Option<i64>, _>("owner_pid")?.map(|p| p as u32),
+                })
+            })
+            .collect()
     }
 
     async fn sessions(&self, chain_id: &str) -> StoreResult<Vec<SessionRecord>> {
