@@ -121,6 +121,9 @@ struct RunArgs {
     max_continuations: Option<u32>,
     #[arg(long)]
     max_budget_usd: Option<f64>,
+    /// Interrupt a session (for its handoff) once its live cost crosses this.
+    #[arg(long)]
+    max_session_cost_usd: Option<f64>,
     /// Permission mode for the agent; `bypassPermissions` can only be set here or in config files.
     #[arg(long)]
     permission_mode: Option<String>,
@@ -360,6 +363,9 @@ fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
     if let Some(b) = r.max_budget_usd {
         o.set("max_budget_usd", b);
     }
+    if let Some(b) = r.max_session_cost_usd {
+        o.set("max_session_cost_usd", b);
+    }
     if let Some(p) = &r.permission_mode {
         o.set("permission_mode", p.as_str());
     }
@@ -478,6 +484,7 @@ async fn run(
             claude_bin: op.claude_bin.clone(),
         },
         notify_webhook: op.notify_webhook.clone(),
+        daily_cap_usd: op.daily_cap_usd,
     };
     let missions: Vec<PathBuf> = r
         .missions
@@ -951,6 +958,7 @@ async fn doctor_session(
             claude_bin: loaded.operator.claude_bin.clone(),
         },
         notify_webhook: None,
+        daily_cap_usd: None,
     };
     let store = open_store(dir).await?;
     let batch = daemon::prepare_new(&store, std::slice::from_ref(plan), &opts).await?;

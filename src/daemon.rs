@@ -68,6 +68,8 @@ pub struct RunOptions {
     pub continue_missions: bool,
     pub backend: BackendOptions,
     pub notify_webhook: Option<String>,
+    /// Spending across all chains per UTC day.
+    pub daily_cap_usd: Option<f64>,
 }
 
 /// The stored JSON config of a chain: its settings plus its place in the mission.
@@ -436,6 +438,7 @@ pub async fn run(
         data_dir: opts.data_dir.clone(),
         mode: mode_rx,
         shutdown_grace: opts.shutdown_grace,
+        daily_cap_usd: opts.daily_cap_usd,
     };
     let notifier = opts
         .notify_webhook

@@ -3,6 +3,7 @@
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::ChainMsg;
 use crate::agent::stream::Usage;
 use crate::cost;
 use crate::store::SharedStore;
@@ -22,14 +23,21 @@ pub enum CostMsg {
 }
 
 pub struct CostArgs {
+    pub chain: ActorRef<ChainMsg>,
     pub chain_id: String,
     pub store: SharedStore,
+    /// `max_session_cost_usd`: the chain is told when the live session crosses it.
+    pub session_limit_usd: Option<f64>,
 }
 
 pub struct CostState {
     /// Sum over recorded sessions.
     recorded: f64,
     live: f64,
+    chain: ActorRef<ChainMsg>,
+    session_limit: Option<f64>,
+    /// The chain was told that the live session crossed its limit.
+    told: bool,
 }
 
 pub struct Cost;
@@ -55,6 +63,9 @@ impl Actor for Cost {
         Ok(CostState {
             recorded,
             live: 0.0,
+            chain: args.chain,
+            session_limit: args.session_limit_usd,
+            told: false,
         })
     }
 
@@ -65,11 +76,23 @@ impl Actor for Cost {
         st: &mut CostState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CostMsg::Usage { model, usage } => st.live += cost::price(&model, &usage),
+            CostMsg::Usage { model, usage } => {
+                st.live += cost::price(&model, &usage);
+                if let Some(limit) = st.session_limit
+                    && st.live >= limit
+                    && !st.told
+                {
+                    st.told = true;
+                    let _ = st
+                        .chain
+                        .cast(ChainMsg::SessionOverBudget { spent: st.live });
+                }
+            }
             CostMsg::EndSession { reported, reply } => {
                 let c = cost::reconcile(reported, st.live);
                 st.recorded += c;
                 st.live = 0.0;
+                st.told = false;
                 let _ = reply.send(c);
             }
             CostMsg::Total(reply) => {

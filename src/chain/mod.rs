@@ -61,6 +61,10 @@ pub enum ChainMsg {
     ModeChanged,
     /// Stop the chain as `aborted`.
     Abort,
+    /// The live session's cost crossed `max_session_cost_usd`.
+    SessionOverBudget {
+        spent: f64,
+    },
     /// A session's agent process started, leading its own process group.
     AgentStarted {
         index: u32,
@@ -80,6 +84,8 @@ pub struct Ctx {
     pub data_dir: PathBuf,
     pub mode: ModeRx,
     pub shutdown_grace: Duration,
+    /// Spending across all chains per UTC day.
+    pub daily_cap_usd: Option<f64>,
 }
 
 pub struct ChainArgs {
@@ -125,6 +131,8 @@ pub struct ChainState {
     /// Why the previous session failed, for the next prompt.
     note: Option<String>,
     aborting: bool,
+    /// The running session was stopped for crossing its cost limit.
+    session_over_budget: bool,
     paused_recorded: bool,
     finished: bool,
     span: tracing::Span,
@@ -175,7 +183,7 @@ impl ChainState {
     }
 
     async fn respawn_cost(&mut self, me: &ActorRef<ChainMsg>) -> Result<(), ActorProcessingErr> {
-        self.cost = spawn_cost(me, &self.id, &self.ctx).await?;
+        self.cost = spawn_cost(me, &self.id, &self.ctx, self.settings.max_session_cost_usd).await?;
         Ok(())
     }
 
@@ -239,9 +247,19 @@ impl ChainState {
                 .emit("chain:resumed", Some(&self.id), None, json!({}))
                 .await;
         }
+        // Before a session starts: would it cross the chain's budget, or the day's cap?
+        // (Decided from the store, so resumes and restarts never reset a budget.)
         let total: f64 = ask(&self.cost, CostMsg::Total).await?;
-        // Checked here too: a resumed chain may already be over its budget.
-        if let Some(reason) = policy::over_budget(total, self.settings.max_budget_usd) {
+        let sessions = self.next_index - 1;
+        let mut refusal =
+            policy::forecast_refuses(total, sessions, self.settings.max_budget_usd, "budget");
+        if let (None, Some(cap)) = (&refusal, self.ctx.daily_cap_usd) {
+            // Today's spending across every chain, and today's average session as the forecast.
+            let today = format!("{}T00:00:00", &now_rfc3339()[..10]);
+            let (spent_today, sessions_today) = self.ctx.store.cost_since(&today).await?;
+            refusal = policy::forecast_refuses(spent_today, sessions_today, cap, "daily cap");
+        }
+        if let Some(reason) = refusal {
             return self
                 .finish(me, ChainStatus::BudgetExceeded, Some(reason))
                 .await;
@@ -348,8 +366,10 @@ impl ChainState {
         is_error: bool,
     ) {
         let mode = *self.ctx.mode.borrow();
-        let stopping =
-            matches!(mode, Mode::Stopping | Mode::Paused { interrupt: true }) || self.aborting;
+        // The operator interrupted this turn: ask for the handoff even after an error result.
+        let stopping = matches!(mode, Mode::Stopping | Mode::Paused { interrupt: true })
+            || self.aborting
+            || self.session_over_budget;
         let span = self.span.clone();
         let Some(run) = self.session.as_mut().filter(|r| r.index == index) else {
             return;
@@ -360,7 +380,9 @@ impl ChainState {
             Err(_) if is_error && !stopping => SessionMsg::Close,
             Err(reason) if !run.asked_again => {
                 run.asked_again = true;
-                let why = if mode == (Mode::Paused { interrupt: true }) {
+                let why = if self.session_over_budget {
+                    "the session reached its cost limit".to_string()
+                } else if mode == (Mode::Paused { interrupt: true }) {
                     "the operator is pausing".to_string()
                 } else if stopping {
                     "the operator is stopping".to_string()
@@ -564,12 +586,25 @@ impl ChainState {
             total_cost_usd: total,
             max_budget_usd: self.settings.max_budget_usd,
         };
+        let over_budget = std::mem::take(&mut self.session_over_budget);
         let decision = if self.aborting {
             Next::Finish(ChainStatus::Aborted, Some("aborted".into()))
-        } else if verdict.status == SessionStatus::Interrupted && self.ctx.mode.borrow().is_paused()
+        } else if verdict.status == SessionStatus::Interrupted
+            && (self.ctx.mode.borrow().is_paused() || over_budget)
         {
-            // `pause --now`: the session was interrupted to hold the chain, not to end it.
-            Next::Continue
+            // `pause --now`, or the session's cost limit: the session was interrupted to hold
+            // the chain or to go on fresh, not to end it. Decide as for a session that hit a
+            // limit (a COMPLETE handoff still completes; max continuations still apply).
+            policy::decide(&AfterSession {
+                verdict: policy::Verdict {
+                    status: SessionStatus::Completed,
+                    error: None,
+                    error_kind: None,
+                    usage_limit: None,
+                },
+                hit_max_turns: true,
+                ..after
+            })
         } else {
             policy::decide(&after)
         };
@@ -609,10 +644,13 @@ async fn spawn_cost(
     me: &ActorRef<ChainMsg>,
     id: &str,
     ctx: &Ctx,
+    session_limit: Option<f64>,
 ) -> Result<ActorRef<CostMsg>, ActorProcessingErr> {
     let args = CostArgs {
+        chain: me.clone(),
         chain_id: id.to_string(),
         store: ctx.store.clone(),
+        session_limit_usd: session_limit,
     };
     Ok(Actor::spawn_linked(None, Cost, args, me.get_cell())
         .await?
@@ -668,7 +706,7 @@ impl Actor for Chain {
             .count() as u32;
         let resumable = sessions.last().and_then(resumable_id);
         let session_base = store.session_base(&a.chain_id).await?;
-        let cost = spawn_cost(&me, &a.chain_id, &a.ctx).await?;
+        let cost = spawn_cost(&me, &a.chain_id, &a.ctx, a.settings.max_session_cost_usd).await?;
         let handoffs = spawn_handoffs(&me, &a.chain_id, &a.task, &a.ctx).await?;
         let st = ChainState {
             id: a.chain_id,
@@ -689,6 +727,7 @@ impl Actor for Chain {
             failed_attempts: (0.0, 0),
             note: None,
             aborting: false,
+            session_over_budget: false,
             paused_recorded: false,
             finished: false,
             span,
@@ -747,6 +786,19 @@ impl Actor for Chain {
                     }
                     (None, _) => st.next(&me).await?,
                     _ => {}
+                }
+            }
+            ChainMsg::SessionOverBudget { spent } => {
+                if let Some(run) = &st.session
+                    && !st.session_over_budget
+                {
+                    tracing::warn!(parent: &st.span, session.index = run.index, spent_usd = spent, "the session crossed its cost limit; asking for its handoff");
+                    st.session_over_budget = true;
+                    if let Some(a) = &run.actor {
+                        let _ = a.cast(SessionMsg::Stop {
+                            grace: st.ctx.shutdown_grace,
+                        });
+                    }
                 }
             }
             ChainMsg::AgentStarted {

@@ -194,6 +194,25 @@ pub fn over_budget(total_usd: f64, max_usd: f64) -> Option<String> {
     (total_usd >= max_usd).then(|| format!("spent ${total_usd:.4} of a ${max_usd:.2} budget"))
 }
 
+/// Whether a chain may start another session: the budget must cover what it has spent plus
+/// what a session costs on average (`forecast`, from the sessions so far). `None`: go on.
+pub fn forecast_refuses(spent: f64, sessions: u32, budget: f64, what: &str) -> Option<String> {
+    let per_session = if sessions > 0 {
+        spent / f64::from(sessions)
+    } else {
+        0.0
+    };
+    if spent >= budget {
+        Some(format!("spent ${spent:.4} of the ${budget:.2} {what}"))
+    } else if spent + per_session > budget {
+        Some(format!(
+            "the next session would cross the ${budget:.2} {what}: ${spent:.4} spent, about ${per_session:.4} a session"
+        ))
+    } else {
+        None
+    }
+}
+
 /// M1's continuation rules plus the breaker and the budget.
 pub fn decide(a: &AfterSession) -> Next {
     match a.verdict.status {
@@ -380,6 +399,19 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(from_event.usage_limit, Some(None));
+    }
+
+    #[test]
+    fn the_forecast_refuses_a_session_the_budget_cannot_cover() {
+        assert_eq!(forecast_refuses(0.0, 0, 1.0, "budget"), None);
+        assert_eq!(forecast_refuses(0.4, 2, 1.0, "budget"), None);
+        let r = forecast_refuses(0.8, 2, 1.0, "budget").unwrap();
+        assert!(r.contains("would cross the $1.00 budget"), "{r}");
+        assert!(
+            forecast_refuses(1.0, 1, 1.0, "budget")
+                .unwrap()
+                .starts_with("spent")
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub const CHAIN_KEYS: &[&str] = &[
     "max_turns",
     "max_continuations",
     "max_budget_usd",
+    "max_session_cost_usd",
     "workdir",
     "permission_mode",
     "breaker_threshold",
@@ -31,6 +32,7 @@ const OPERATOR_KEYS: &[&str] = &[
     "claude_bin",
     "notify_webhook",
     "shutdown_grace",
+    "daily_cap_usd",
     "defaults",
 ];
 

@@ -29,6 +29,8 @@ pub struct ChainSettings {
     /// Sessions after the first; the chain runs at most `1 + max_continuations` sessions per run.
     pub max_continuations: u32,
     pub max_budget_usd: f64,
+    /// A session whose live cost crosses this is interrupted (and asked for its handoff).
+    pub max_session_cost_usd: Option<f64>,
     pub workdir: PathBuf,
     pub permission_mode: String,
     /// Consecutive failed sessions that open the circuit breaker.
@@ -76,6 +78,8 @@ pub struct OperatorSettings {
     /// How long running sessions get to stop on a graceful shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Spending across all chains per UTC day; no session starts that would cross it.
+    pub daily_cap_usd: Option<f64>,
 }
 
 /// One chain to run.

@@ -110,6 +110,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         handoff: Option<&HandoffRecord>,
     ) -> StoreResult<()>;
     async fn sessions(&self, chain_id: &str) -> StoreResult<Vec<SessionRecord>>;
+    /// What all sessions started at or after `since` (RFC 3339) cost, and how many there were.
+    async fn cost_since(&self, since: &str) -> StoreResult<(f64, u32)>;
     /// Records the process group of a session's agent.
     async fn set_session_agent(
         &self,

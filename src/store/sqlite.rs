@@ -495,6 +495,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn cost_since(&self, since: &str) -> StoreResult<(f64, u32)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(cost_usd), 0.0), COUNT(*) FROM sessions WHERE started_at >= ?1",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get::<i64, _>(1)? as u32))
+    }
+
     async fn set_session_agent(
         &self,
         chain_id: &str,
