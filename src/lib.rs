@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod eventlog;
 pub mod events;
+pub mod fault;
 pub mod handoff;
 pub mod model;
 pub mod notify;

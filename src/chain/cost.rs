@@ -77,6 +77,7 @@ impl Actor for Cost {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             CostMsg::Usage { model, usage } => {
+                crate::fault::check("cost:usage");
                 st.live += cost::price(&model, &usage);
                 if let Some(limit) = st.session_limit
                     && st.live >= limit

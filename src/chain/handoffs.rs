@@ -107,6 +107,7 @@ impl Actor for Handoffs {
                 error,
                 reply,
             } => {
+                crate::fault::check("handoff:finalize");
                 let (h, reason) = match handoff::extract(&output) {
                     Ok(h) => (h, None),
                     Err(invalid) => {

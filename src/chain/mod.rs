@@ -182,6 +182,23 @@ impl ChainState {
         Ok(())
     }
 
+    /// Asks the Cost actor; if it died (its supervision event may still be queued behind this
+    /// message), restarts it from the store and asks again.
+    async fn ask_cost<T: Send + 'static>(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        f: impl Fn(RpcReplyPort<T>) -> CostMsg,
+    ) -> Result<T, ActorProcessingErr> {
+        match ask(&self.cost, &f).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                tracing::error!(parent: &self.span, cause = %e, "the Cost actor is gone; restarting it from the store");
+                self.respawn_cost(me).await?;
+                ask(&self.cost, f).await
+            }
+        }
+    }
+
     async fn respawn_cost(&mut self, me: &ActorRef<ChainMsg>) -> Result<(), ActorProcessingErr> {
         self.cost = spawn_cost(me, &self.id, &self.ctx, self.settings.max_session_cost_usd).await?;
         Ok(())
@@ -200,6 +217,7 @@ impl ChainState {
         if self.finished || self.session.is_some() {
             return Ok(());
         }
+        crate::fault::check("chain:next");
         // A retry waits out its backoff (a mode change may wake the chain earlier); a stop
         // or an abort does not wait.
         let mode = *self.ctx.mode.borrow();
@@ -249,7 +267,7 @@ impl ChainState {
         }
         // Before a session starts: would it cross the chain's budget, or the day's cap?
         // (Decided from the store, so resumes and restarts never reset a budget.)
-        let total: f64 = ask(&self.cost, CostMsg::Total).await?;
+        let total: f64 = self.ask_cost(me, CostMsg::Total).await?;
         let sessions = self.next_index - 1;
         let mut refusal =
             policy::forecast_refuses(total, sessions, self.settings.max_budget_usd, "budget");
@@ -271,13 +289,29 @@ impl ChainState {
             Continuation::Fresh => None,
         };
         let resumed = resume_id.is_some();
-        let user_prompt: String = ask(&self.handoffs, |reply| HandoffMsg::Prompt {
+        let user_prompt: String = match ask(&self.handoffs, |reply| HandoffMsg::Prompt {
             index,
-            note,
+            note: note.clone(),
             resumed,
             reply,
         })
-        .await?;
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                // The Handoff actor died between two messages: restart it from the store now
+                // rather than fail the whole chain (its supervision event may still be queued).
+                tracing::error!(parent: &self.span, cause = %e, "the Handoff actor is gone; restarting it from the store");
+                self.respawn_handoffs(me).await?;
+                ask(&self.handoffs, |reply| HandoffMsg::Prompt {
+                    index,
+                    note,
+                    resumed,
+                    reply,
+                })
+                .await?
+            }
+        };
         let started_at = now_rfc3339();
         // Committed before the agent starts: a crash from here on finds the session in the store.
         self.ctx
@@ -474,7 +508,9 @@ impl ChainState {
         };
         let verdict = policy::classify(&o.facts);
         let reported = o.reported_cost;
-        let cost: f64 = ask(&self.cost, |reply| CostMsg::EndSession { reported, reply }).await?;
+        let cost: f64 = self
+            .ask_cost(me, |reply| CostMsg::EndSession { reported, reply })
+            .await?;
         let running = !self.aborting && *self.ctx.mode.borrow() == Mode::Running;
         if let (Some(reset), true) = (verdict.usage_limit, running) {
             // A usage limit is not a failure: wait for the window, then the same session again.
@@ -573,7 +609,7 @@ impl ChainState {
                 json!({"session": record, "transcriptTruncated": o.transcript_truncated}),
             )
             .await;
-        let total: f64 = ask(&self.cost, CostMsg::Total).await?;
+        let total: f64 = self.ask_cost(me, CostMsg::Total).await?;
         let after = AfterSession {
             verdict: verdict.clone(),
             complete: handoff.complete && !handoff.synthetic,

@@ -400,6 +400,7 @@ impl Actor for Session {
                 }
             }
             SessionMsg::Line(line) => {
+                crate::fault::check("session:line");
                 st.last_output = Instant::now();
                 st.record(&line);
                 for ev in stream::parse_line(&line) {
