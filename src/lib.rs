@@ -8,6 +8,7 @@
 //! - [`agent`]: the `Agent` trait, the stream-json protocol, and the `claude` and `sim` backends.
 //! - [`sim`]: the simulated agent program behind `operator sim-agent`.
 //! - [`store`]: the `Store` trait and its SQLite backend.
+//! - [`otp`]: OTP's supervision vocabulary (child specs, strategies, intensity) as plain policy.
 //! - [`supervisor`]: the root Operator actor (queue, concurrency, ordering, restarts).
 //! - [`chain`]: the Chain actor, its Cost and Handoff children, and its pure decisions.
 //! - [`session`]: the Session actor around one agent process.
@@ -15,7 +16,8 @@
 //! - [`daemon`]: `run`, the supervisor as a library function, with signals and reload.
 //! - [`control`], [`signals`]: the run mode and the Unix signals that change it.
 //! - [`events`], [`eventlog`], [`notify`], [`progress`]: the event bus and what listens to it.
-//! - [`cost`]: pricing; [`redact`]: masking secrets; [`cli`]: the command line.
+//! - [`cost`]: pricing; [`redact`]: masking secrets; [`cli`]: the command line; [`doctor`]:
+//!   setup checks; [`fault`]: test-only fault injection.
 
 pub mod agent;
 pub mod chain;
@@ -31,6 +33,7 @@ pub mod fault;
 pub mod handoff;
 pub mod model;
 pub mod notify;
+pub mod otp;
 pub mod process;
 pub mod progress;
 pub mod redact;

@@ -14,11 +14,14 @@ use crate::chain::{Chain, ChainArgs, ChainMsg, Ctx};
 use crate::config::ChainSettings;
 use crate::control::Mode;
 use crate::model::ChainStatus;
+use crate::otp::{RestartIntensity, RestartLog};
 
-/// OTP's restart intensity for chains: at most this many restarts …
-pub const RESTART_INTENSITY: usize = 3;
-/// … within this period, after which the chain is given up as `failed`.
-pub const RESTART_PERIOD: Duration = Duration::from_secs(60);
+/// OTP's restart intensity for each chain (one_for_one): at most 3 restarts in 60 s, after
+/// which the chain is given up as `failed` (the Operator itself stays up).
+pub const CHAIN_INTENSITY: RestartIntensity = RestartIntensity {
+    intensity: 3,
+    period: Duration::from_secs(60),
+};
 
 /// A chain to run (already created in the store).
 #[derive(Debug, Clone)]
@@ -79,7 +82,7 @@ pub struct OperatorArgs {
 struct RunningChain {
     job: Job,
     actor: ActorRef<ChainMsg>,
-    restarts: Vec<Instant>,
+    restarts: RestartLog,
 }
 
 pub struct OperatorState {
@@ -116,7 +119,7 @@ fn readiness(job: &Job, ended: &HashMap<String, ChainStatus>) -> Ready {
 }
 
 impl OperatorState {
-    async fn spawn(&mut self, me: &ActorRef<OperatorMsg>, job: Job, restarts: Vec<Instant>) {
+    async fn spawn(&mut self, me: &ActorRef<OperatorMsg>, job: Job, restarts: RestartLog) {
         let args = ChainArgs {
             chain_id: job.chain_id.clone(),
             task: job.task.clone(),
@@ -204,7 +207,7 @@ impl OperatorState {
                     }
                     Ready::Yes if self.has_room(&self.queue[i].mission) => {
                         let job = self.queue.remove(i);
-                        self.spawn(me, job, Vec::new()).await;
+                        self.spawn(me, job, RestartLog::default()).await;
                         progressed = true;
                     }
                     _ => i += 1,
@@ -342,22 +345,18 @@ impl Actor for Operator {
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some(mut r) = st.running.remove(&cell.get_id()) {
                     // one_for_one: only this chain is restarted, from its state in the store.
-                    let now = Instant::now();
-                    r.restarts
-                        .retain(|t| now.duration_since(*t) < RESTART_PERIOD);
-                    if r.restarts.len() >= RESTART_INTENSITY {
+                    if r.restarts.allow(CHAIN_INTENSITY, Instant::now()) {
+                        tracing::warn!(chain.id = %r.job.chain_id, cause = %err, "the chain crashed; restarting it from the store");
+                        st.spawn(&me, r.job, r.restarts).await;
+                    } else {
                         tracing::error!(chain.id = %r.job.chain_id, cause = %err, "the chain crashed too often; giving up");
                         let reason = format!(
                             "the chain crashed {} times in {:?}; last: {err}",
                             r.restarts.len() + 1,
-                            RESTART_PERIOD
+                            CHAIN_INTENSITY.period
                         );
                         st.end(&r.job, ChainStatus::Failed, Some(reason)).await;
                         st.pump(&me).await;
-                    } else {
-                        tracing::warn!(chain.id = %r.job.chain_id, cause = %err, "the chain crashed; restarting it from the store");
-                        r.restarts.push(now);
-                        st.spawn(&me, r.job, r.restarts).await;
                     }
                 }
             }

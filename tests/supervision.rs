@@ -123,3 +123,33 @@ fn a_chain_that_keeps_crashing_is_failed_and_the_operator_stays_up() {
         c.reason
     );
 }
+
+#[test]
+fn a_child_that_keeps_crashing_escalates_to_its_chain_then_to_the_operator() {
+    let op = Op::new();
+    // A long chain whose Cost actor crashes on every usage report.
+    let out = op
+        .cmd(&[
+            "run",
+            "--task",
+            "T",
+            "--scenario",
+            "incomplete",
+            "--max-continuations",
+            "50",
+            "--json",
+        ])
+        .env("OPERATOR_FAULT", "cost:usage@*")
+        .env("OPERATOR_SIM__COMPLETE_AFTER", "50")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Failed);
+    let reason = c.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("crashed 4 times") && reason.contains("children keep crashing"),
+        "{reason}"
+    );
+    assert!(common::processes_in(&op.workdir()).is_empty());
+}

@@ -24,6 +24,9 @@ use crate::control::{Mode, ModeRx};
 use crate::events::Bus;
 use crate::handoff::prompt;
 use crate::model::{ChainStatus, SessionRecord, SessionStatus, now_rfc3339};
+use crate::otp::{
+    Action, ChildSpec, Exit, Restart, RestartIntensity, Shutdown, Strategy, Supervisor,
+};
 use crate::process::Registry;
 use crate::session::{Session, SessionArgs, SessionMsg, SessionOutcome};
 use crate::store::{SessionStart, SharedStore};
@@ -61,6 +64,12 @@ pub enum ChainMsg {
     ModeChanged,
     /// Stop the chain as `aborted`.
     Abort,
+    /// Token usage of the live session, for the current Cost actor (routed through the chain
+    /// so a restarted Cost actor gets it).
+    Usage {
+        model: String,
+        usage: crate::agent::stream::Usage,
+    },
     /// The live session's cost crossed `max_session_cost_usd`.
     SessionOverBudget {
         spent: f64,
@@ -136,9 +145,36 @@ pub struct ChainState {
     paused_recorded: bool,
     finished: bool,
     span: tracing::Span,
+    children: Supervisor<Child>,
 }
 
 pub struct Chain;
+
+/// The chain's long-lived children (Session actors are `temporary`: a crashed one is a failed
+/// session attempt, decided by the chain, not restarted by policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Child {
+    Cost,
+    Handoff,
+}
+
+/// Cost and Handoff are independent (each rebuilds its state from the store), so a crash of
+/// one never needs the other restarted: `one_for_one`, permanent, 5 restarts in 10 s.
+fn child_supervisor() -> Supervisor<Child> {
+    let spec = |id| ChildSpec {
+        id,
+        restart: Restart::Permanent,
+        shutdown: Shutdown::Timeout(Duration::from_secs(5)),
+    };
+    Supervisor::new(
+        Strategy::OneForOne,
+        RestartIntensity {
+            intensity: 5,
+            period: Duration::from_secs(10),
+        },
+        vec![spec(Child::Cost), spec(Child::Handoff)],
+    )
+}
 
 impl ChainState {
     fn dir(&self) -> PathBuf {
@@ -193,8 +229,35 @@ impl ChainState {
             Ok(v) => Ok(v),
             Err(e) => {
                 tracing::error!(parent: &self.span, cause = %e, "the Cost actor is gone; restarting it from the store");
-                self.respawn_cost(me).await?;
+                self.restart_child(me, Child::Cost).await?;
                 ask(&self.cost, f).await
+            }
+        }
+    }
+
+    /// Restarts a crashed child as the chain's supervision policy says (one_for_one, 5 in
+    /// 10 s); past that intensity the chain fails itself and the Operator decides.
+    async fn restart_child(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        child: Child,
+    ) -> Result<(), ActorProcessingErr> {
+        match self
+            .children
+            .on_exit(&child, Exit::Failed, std::time::Instant::now())
+        {
+            Action::Ignore => Ok(()),
+            Action::Escalate(reason) => {
+                Err(format!("the chain's children keep crashing: {reason}").into())
+            }
+            Action::Restart(ids) => {
+                for id in ids {
+                    match id {
+                        Child::Cost => self.respawn_cost(me).await?,
+                        Child::Handoff => self.respawn_handoffs(me).await?,
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -302,7 +365,7 @@ impl ChainState {
                 // The Handoff actor died between two messages: restart it from the store now
                 // rather than fail the whole chain (its supervision event may still be queued).
                 tracing::error!(parent: &self.span, cause = %e, "the Handoff actor is gone; restarting it from the store");
-                self.respawn_handoffs(me).await?;
+                self.restart_child(me, Child::Handoff).await?;
                 ask(&self.handoffs, |reply| HandoffMsg::Prompt {
                     index,
                     note,
@@ -352,7 +415,6 @@ impl ChainState {
             spec,
             agent: self.agent.clone(),
             chain: me.clone(),
-            cost: self.cost.clone(),
             bus: self.ctx.bus.clone(),
             registry: self.ctx.registry.clone(),
             transcript: self.dir().join(format!("session-{index}.jsonl")),
@@ -767,6 +829,7 @@ impl Actor for Chain {
             paused_recorded: false,
             finished: false,
             span,
+            children: child_supervisor(),
         };
         st.set_status(ChainStatus::Running, None).await?;
         // Forward run-mode changes (pause, resume, stop) as messages.
@@ -823,6 +886,9 @@ impl Actor for Chain {
                     (None, _) => st.next(&me).await?,
                     _ => {}
                 }
+            }
+            ChainMsg::Usage { model, usage } => {
+                let _ = st.cost.cast(CostMsg::Usage { model, usage });
             }
             ChainMsg::SessionOverBudget { spent } => {
                 if let Some(run) = &st.session
@@ -890,10 +956,10 @@ impl Actor for Chain {
                 let id = cell.get_id();
                 if id == st.cost.get_id() {
                     tracing::error!(parent: &st.span, cause = %err, "the Cost actor crashed; restarting it from the store");
-                    st.respawn_cost(&me).await?;
+                    st.restart_child(&me, Child::Cost).await?;
                 } else if id == st.handoffs.get_id() {
                     tracing::error!(parent: &st.span, cause = %err, "the Handoff actor crashed; restarting it from the store");
-                    st.respawn_handoffs(&me).await?;
+                    st.restart_child(&me, Child::Handoff).await?;
                 } else if let Some(run) = st
                     .session
                     .as_ref()

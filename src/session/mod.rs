@@ -20,7 +20,6 @@ use tokio::process::{Child, ChildStdin};
 use crate::agent::stream::{self, AgentEvent, ResultInfo};
 use crate::agent::{Agent, SessionSpec};
 use crate::chain::ChainMsg;
-use crate::chain::cost::CostMsg;
 use crate::chain::policy::SessionFacts;
 use crate::events::Bus;
 use crate::handoff;
@@ -119,7 +118,6 @@ pub struct SessionArgs {
     pub spec: SessionSpec,
     pub agent: Arc<dyn Agent>,
     pub chain: ActorRef<ChainMsg>,
-    pub cost: ActorRef<CostMsg>,
     pub bus: Bus,
     pub registry: Registry,
     pub transcript: PathBuf,
@@ -155,7 +153,6 @@ pub fn watchdog_verdict(w: &Watchdog, since_output: Duration, running: Duration)
 pub struct SessionState {
     spec: SessionSpec,
     chain: ActorRef<ChainMsg>,
-    cost: ActorRef<CostMsg>,
     bus: Bus,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -323,7 +320,6 @@ impl Actor for Session {
         let mut state = SessionState {
             spec: args.spec,
             chain: args.chain,
-            cost: args.cost,
             bus: args.bus,
             child,
             stdin,
@@ -515,7 +511,7 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
         }
         AgentEvent::Text { text, usage } => {
             if let Some(u) = usage {
-                let _ = st.cost.cast(CostMsg::Usage {
+                let _ = st.chain.cast(ChainMsg::Usage {
                     model: st.spec.model.clone(),
                     usage: u,
                 });
@@ -533,7 +529,7 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
         }
         AgentEvent::ToolUse { name, usage } => {
             if let Some(u) = usage {
-                let _ = st.cost.cast(CostMsg::Usage {
+                let _ = st.chain.cast(ChainMsg::Usage {
                     model: st.spec.model.clone(),
                     usage: u,
                 });
