@@ -184,6 +184,14 @@ fn three_failed_sessions_open_the_breaker() {
         "{:?}",
         c.reason
     );
+    // The record holds the three errors.
+    let reason = c.reason.as_deref().unwrap();
+    for n in 1..=3 {
+        assert!(
+            reason.contains(&format!("session {n}: API Error: 500")),
+            "{reason}"
+        );
+    }
     assert_eq!(c.sessions.len(), 3);
     for s in &c.sessions {
         assert_eq!(s.status, SessionStatus::Failed);

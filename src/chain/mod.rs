@@ -125,6 +125,8 @@ pub struct ChainState {
     next_index: u32,
     session_base: u32,
     consecutive_failures: u32,
+    /// Errors of the consecutive failed sessions, for the breaker's record.
+    recent_errors: Vec<String>,
     /// The agent session the next one may continue (`continuation = "resume"`): the last
     /// session's, when it completed without a compaction.
     resumable: Option<String>,
@@ -621,12 +623,18 @@ impl ChainState {
         .await?;
         if verdict.status == SessionStatus::Failed {
             self.consecutive_failures += 1;
+            self.recent_errors.push(format!(
+                "session {}: {}",
+                o.index,
+                verdict.error.as_deref().unwrap_or("failed")
+            ));
             self.note = verdict
                 .error
                 .as_ref()
                 .map(|e| format!("The previous session failed: {e}"));
         } else if verdict.status == SessionStatus::Completed {
             self.consecutive_failures = 0;
+            self.recent_errors.clear();
         }
         let record = SessionRecord {
             index: o.index,
@@ -678,6 +686,7 @@ impl ChainState {
             agent_handoff: !handoff.synthetic,
             hit_max_turns: o.facts.hit_max_turns,
             consecutive_failures: self.consecutive_failures,
+            recent_errors: self.recent_errors.clone(),
             sessions_in_run: o.index - self.session_base,
             max_continuations: self.settings.max_continuations,
             breaker_threshold: self.settings.breaker_threshold,
@@ -803,6 +812,19 @@ impl Actor for Chain {
             .take_while(|s| s.status == SessionStatus::Failed)
             .count() as u32;
         let resumable = sessions.last().and_then(resumable_id);
+        let mut recent_errors: Vec<String> = sessions
+            .iter()
+            .rev()
+            .take_while(|s| s.status == SessionStatus::Failed)
+            .map(|s| {
+                format!(
+                    "session {}: {}",
+                    s.index,
+                    s.error.as_deref().unwrap_or("failed")
+                )
+            })
+            .collect();
+        recent_errors.reverse();
         let session_base = store.session_base(&a.chain_id).await?;
         let cost = spawn_cost(&me, &a.chain_id, &a.ctx, a.settings.max_session_cost_usd).await?;
         let handoffs = spawn_handoffs(&me, &a.chain_id, &a.task, &a.ctx).await?;
@@ -818,6 +840,7 @@ impl Actor for Chain {
             next_index,
             session_base,
             consecutive_failures,
+            recent_errors,
             resumable,
             attempt: 1,
             waits: 0,

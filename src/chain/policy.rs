@@ -143,7 +143,8 @@ pub fn classify(f: &SessionFacts) -> Verdict {
             .or_else(|| f.errors.first().cloned())
             .unwrap_or_else(|| format!("error result ({})", f.result_subtype));
         let kind = match f.api_error_status {
-            Some(401 | 403) => ErrorKind::Fatal,
+            // Authentication, permission, an invalid request or model: retrying cannot help.
+            Some(400 | 401 | 403 | 404) => ErrorKind::Fatal,
             _ => ErrorKind::Transient,
         };
         return failed(text, kind);
@@ -174,6 +175,8 @@ pub struct AfterSession {
     pub agent_handoff: bool,
     pub hit_max_turns: bool,
     pub consecutive_failures: u32,
+    /// The errors of those consecutive failed sessions, oldest first.
+    pub recent_errors: Vec<String>,
     /// Sessions run by this run of the chain, this one included.
     pub sessions_in_run: u32,
     pub max_continuations: u32,
@@ -231,8 +234,13 @@ pub fn decide(a: &AfterSession) -> Next {
                 return Next::Finish(
                     ChainStatus::Failed,
                     Some(format!(
-                        "circuit-open: {} consecutive failed sessions; last: {error}",
-                        a.consecutive_failures
+                        "circuit-open: {} consecutive failed sessions: {}",
+                        a.consecutive_failures,
+                        if a.recent_errors.is_empty() {
+                            error
+                        } else {
+                            a.recent_errors.join(" | ")
+                        }
                     )),
                 );
             }
@@ -284,6 +292,7 @@ mod tests {
             agent_handoff: true,
             hit_max_turns: false,
             consecutive_failures: 0,
+            recent_errors: Vec::new(),
             sessions_in_run: 1,
             max_continuations: 5,
             breaker_threshold: 3,
@@ -314,6 +323,10 @@ mod tests {
         assert_eq!(v.status, SessionStatus::Failed);
         assert_eq!(v.error_kind, Some(ErrorKind::Transient));
         assert_eq!(v.error.as_deref(), Some("API Error: 429"));
+        for status in [400, 403, 404] {
+            let v = classify(&SessionFacts { api_error_status: Some(status), ..f.clone() });
+            assert_eq!(v.error_kind, Some(ErrorKind::Fatal), "{status}");
+        }
         let auth = classify(&SessionFacts {
             api_error_status: Some(401),
             ..f
