@@ -78,9 +78,30 @@ impl Drop for Group {
     }
 }
 
-/// Spawns `cmd` with piped stdio in a new process group.
-pub fn spawn(cmd: &CommandLine, registry: &Registry) -> std::io::Result<(Child, Group)> {
-    let mut c = Command::new(&cmd.program);
+/// Exit code of `operator agent-exec` when the agent program could not be executed.
+pub const EXEC_FAILED: i32 = 127;
+
+/// Spawns `cmd` with piped stdio in a new process group. The agent is started through
+/// `operator agent-exec`, which asks the kernel to kill it if the operator dies (even by
+/// `kill -9`) and then becomes the agent (`exec`), so no agent outlives its operator.
+/// `wrapper` is the operator binary (`None`: run the program directly, as unit tests do).
+pub fn spawn(
+    cmd: &CommandLine,
+    registry: &Registry,
+    wrapper: Option<&std::path::Path>,
+) -> std::io::Result<(Child, Group)> {
+    let mut c = match wrapper {
+        Some(me) => {
+            let mut c = Command::new(me);
+            c.arg("agent-exec")
+                .arg("--parent")
+                .arg(std::process::id().to_string())
+                .arg("--")
+                .arg(&cmd.program);
+            c
+        }
+        None => Command::new(&cmd.program),
+    };
     c.args(&cmd.args)
         .current_dir(&cmd.cwd)
         .stdin(Stdio::piped())
@@ -106,6 +127,25 @@ pub fn spawn(cmd: &CommandLine, registry: &Registry) -> std::io::Result<(Child, 
             registry: registry.clone(),
         },
     ))
+}
+
+/// `operator agent-exec`: arrange to be killed when the parent operator dies, then become
+/// `program`. Returns only when that fails.
+pub fn agent_exec(parent: u32, program: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        eprintln!("operator agent-exec: cannot set the parent-death signal: {e}");
+    }
+    // The operator may have died before the line above: then nobody would kill us.
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return 1;
+    }
+    let err = std::process::Command::new(program).args(args).exec();
+    eprintln!(
+        "operator agent-exec: cannot run {}: {err}",
+        program.to_string_lossy()
+    );
+    EXEC_FAILED
 }
 
 /// Is a process with this pid alive (and ours to signal)?
@@ -137,7 +177,7 @@ mod tests {
             env: vec![],
             env_remove: vec![],
         };
-        let (mut child, group) = spawn(&cmd, &reg).unwrap();
+        let (mut child, group) = spawn(&cmd, &reg, None).unwrap();
         assert_eq!(reg.len(), 1);
         use tokio::io::AsyncBufReadExt;
         let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();

@@ -122,6 +122,13 @@ pub fn classify(f: &SessionFacts) -> Verdict {
             usage_limit: None,
         };
     }
+    if !f.saw_result && f.exit_code == Some(crate::process::EXEC_FAILED) {
+        let tail = f.stderr_tail.trim();
+        return failed(
+            format!("could not start the agent: {tail}"),
+            ErrorKind::Fatal,
+        );
+    }
     if !f.saw_result {
         let how = match f.exit_code {
             Some(c) => format!("exit code {c}"),
@@ -324,7 +331,10 @@ mod tests {
         assert_eq!(v.error_kind, Some(ErrorKind::Transient));
         assert_eq!(v.error.as_deref(), Some("API Error: 429"));
         for status in [400, 403, 404] {
-            let v = classify(&SessionFacts { api_error_status: Some(status), ..f.clone() });
+            let v = classify(&SessionFacts {
+                api_error_status: Some(status),
+                ..f.clone()
+            });
             assert_eq!(v.error_kind, Some(ErrorKind::Fatal), "{status}");
         }
         let auth = classify(&SessionFacts {
