@@ -497,6 +497,7 @@ async fn run(
         },
         notify_webhook: op.notify_webhook.clone(),
         daily_cap_usd: op.daily_cap_usd,
+        pricing: op.pricing.clone(),
     };
     let missions: Vec<PathBuf> = r
         .missions
@@ -971,6 +972,7 @@ async fn doctor_session(
         },
         notify_webhook: None,
         daily_cap_usd: None,
+        pricing: loaded.operator.pricing.clone(),
     };
     let store = open_store(dir).await?;
     let batch = daemon::prepare_new(&store, std::slice::from_ref(plan), &opts).await?;

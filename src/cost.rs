@@ -1,9 +1,15 @@
-//! Pricing: turning the stream's token usage into US dollars, per model.
+//! Pricing: turning the stream's token usage into US dollars, per model, with a table that
+//! operator.toml can extend or override (`[pricing.<model fragment>]`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::agent::stream::Usage;
 
 /// Dollars per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rates {
     pub input: f64,
     pub output: f64,
@@ -11,43 +17,68 @@ pub struct Rates {
     pub cache_read: f64,
 }
 
-/// Public list prices by model family; the CLI's own `total_cost_usd` replaces the
-/// estimate at the end of each session.
-pub fn rates_for(model: &str) -> Rates {
-    let m = model.to_ascii_lowercase();
-    if m.contains("opus") {
-        Rates {
-            input: 15.0,
-            output: 75.0,
-            cache_write: 18.75,
-            cache_read: 1.5,
-        }
-    } else if m.contains("haiku") {
-        Rates {
-            input: 1.0,
-            output: 5.0,
-            cache_write: 1.25,
-            cache_read: 0.1,
-        }
-    } else {
-        // Sonnet, and the default for unknown models (an estimate is better than zero).
-        Rates {
-            input: 3.0,
-            output: 15.0,
-            cache_write: 3.75,
-            cache_read: 0.3,
+/// Prices by model: the entry whose key is the longest fragment of the model name wins.
+/// Unknown models are priced as Sonnet (an estimate is better than zero); the CLI's own
+/// `total_cost_usd` replaces the estimate at the end of each session anyway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pricing {
+    table: BTreeMap<String, Rates>,
+}
+
+impl Default for Pricing {
+    /// Public list prices by model family.
+    fn default() -> Self {
+        let r = |input, output, cache_write, cache_read| Rates {
+            input,
+            output,
+            cache_write,
+            cache_read,
+        };
+        Self {
+            table: BTreeMap::from([
+                ("sonnet".to_string(), r(3.0, 15.0, 3.75, 0.3)),
+                ("opus".to_string(), r(15.0, 75.0, 18.75, 1.5)),
+                ("haiku".to_string(), r(1.0, 5.0, 1.25, 0.1)),
+            ]),
         }
     }
 }
 
-/// The price of one message's usage.
-pub fn price(model: &str, u: &Usage) -> f64 {
-    let r = rates_for(model);
-    (u.input_tokens as f64 * r.input
-        + u.output_tokens as f64 * r.output
-        + u.cache_creation_input_tokens as f64 * r.cache_write
-        + u.cache_read_input_tokens as f64 * r.cache_read)
-        / 1_000_000.0
+impl Pricing {
+    /// The built-in table with `overrides` (from config) on top.
+    pub fn with(overrides: &BTreeMap<String, Rates>) -> Self {
+        let mut p = Self::default();
+        for (k, v) in overrides {
+            p.table.insert(k.to_ascii_lowercase(), *v);
+        }
+        p
+    }
+
+    pub fn rates_for(&self, model: &str) -> Rates {
+        let m = model.to_ascii_lowercase();
+        self.table
+            .iter()
+            .filter(|(k, _)| m.contains(k.as_str()))
+            .max_by_key(|(k, _)| k.len())
+            .or_else(|| self.table.get_key_value("sonnet"))
+            .map(|(_, r)| *r)
+            .unwrap_or(Rates {
+                input: 3.0,
+                output: 15.0,
+                cache_write: 3.75,
+                cache_read: 0.3,
+            })
+    }
+
+    /// The price of one message's usage.
+    pub fn price(&self, model: &str, u: &Usage) -> f64 {
+        let r = self.rates_for(model);
+        (u.input_tokens as f64 * r.input
+            + u.output_tokens as f64 * r.output
+            + u.cache_creation_input_tokens as f64 * r.cache_write
+            + u.cache_read_input_tokens as f64 * r.cache_read)
+            / 1_000_000.0
+    }
 }
 
 /// The cost to record for a session: the agent's own figure when it reported one,
@@ -63,25 +94,46 @@ pub fn reconcile(reported: Option<f64>, estimate: f64) -> f64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sonnet_prices() {
-        let u = Usage {
-            input_tokens: 1_000_000,
-            output_tokens: 1_000_000,
+    fn tokens(input: u64, output: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
             ..Default::default()
-        };
-        assert!((price("claude-sonnet-4-5", &u) - 18.0).abs() < 1e-9);
-        assert!((price("sonnet", &u) - 18.0).abs() < 1e-9);
+        }
     }
 
     #[test]
-    fn families_differ() {
-        let u = Usage {
-            input_tokens: 1_000_000,
-            ..Default::default()
-        };
-        assert!(price("opus", &u) > price("sonnet", &u));
-        assert!(price("haiku", &u) < price("sonnet", &u));
+    fn sonnet_prices() {
+        let p = Pricing::default();
+        assert!((p.price("claude-sonnet-4-5", &tokens(1_000_000, 1_000_000)) - 18.0).abs() < 1e-9);
+        assert!((p.price("sonnet", &tokens(1_000_000, 1_000_000)) - 18.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn families_differ_and_unknown_models_are_estimated() {
+        let p = Pricing::default();
+        let u = tokens(1_000_000, 0);
+        assert!(p.price("opus", &u) > p.price("sonnet", &u));
+        assert!(p.price("haiku", &u) < p.price("sonnet", &u));
+        assert_eq!(p.price("some-new-model", &u), p.price("sonnet", &u));
+    }
+
+    #[test]
+    fn config_overrides_and_the_longest_fragment_wins() {
+        let mut o = BTreeMap::new();
+        o.insert(
+            "Sonnet-5".to_string(),
+            Rates {
+                input: 30.0,
+                output: 0.0,
+                cache_write: 0.0,
+                cache_read: 0.0,
+            },
+        );
+        let p = Pricing::with(&o);
+        let u = tokens(1_000_000, 0);
+        assert_eq!(p.price("claude-sonnet-5-5", &u), 30.0);
+        assert_eq!(p.price("claude-sonnet-4-5", &u), 3.0);
     }
 
     #[test]

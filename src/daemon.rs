@@ -70,6 +70,8 @@ pub struct RunOptions {
     pub notify_webhook: Option<String>,
     /// Spending across all chains per UTC day.
     pub daily_cap_usd: Option<f64>,
+    /// Price overrides from operator.toml.
+    pub pricing: std::collections::BTreeMap<String, crate::cost::Rates>,
 }
 
 /// The stored JSON config of a chain: its settings plus its place in the mission.
@@ -439,6 +441,7 @@ pub async fn run(
         mode: mode_rx,
         shutdown_grace: opts.shutdown_grace,
         daily_cap_usd: opts.daily_cap_usd,
+        pricing: std::sync::Arc::new(crate::cost::Pricing::with(&opts.pricing)),
     };
     let notifier = opts
         .notify_webhook

@@ -103,3 +103,46 @@ fn the_daily_cap_holds_across_chains() {
         c.reason
     );
 }
+
+#[test]
+fn the_pricing_table_in_operator_toml_prices_live_usage() {
+    let op = Op::new();
+    std::fs::create_dir_all(op.root.path().join("config")).unwrap();
+    // Sonnet at a thousand times its price: the first message crosses a $1 session limit.
+    op.write(
+        "config/operator.toml",
+        "[pricing.sonnet]\ninput = 3000.0\noutput = 15000.0\ncache_write = 0.0\ncache_read = 0.0\n",
+    );
+    let out = op.run(&[
+        "run",
+        "--task",
+        "T",
+        "--scenario",
+        "complete",
+        "--max-session-cost-usd",
+        "1.0",
+        "--max-continuations",
+        "0",
+        "--json",
+    ]);
+    let c = &chains(&out)[0];
+    assert_eq!(
+        c.sessions[0].status,
+        SessionStatus::Interrupted,
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("crossed its cost limit"),
+        "{}",
+        stderr(&out)
+    );
+    // A typo in a price is a configuration error naming the field.
+    op.write(
+        "config/operator.toml",
+        "[pricing.sonnet]\ninput = 3.0\noutptu = 15.0\ncache_write = 0.0\ncache_read = 0.0\n",
+    );
+    let out = op.run(&["run", "--task", "T", "--scenario", "complete"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("outptu"), "{}", stderr(&out));
+}

@@ -28,6 +28,7 @@ pub struct CostArgs {
     pub store: SharedStore,
     /// `max_session_cost_usd`: the chain is told when the live session crosses it.
     pub session_limit_usd: Option<f64>,
+    pub pricing: std::sync::Arc<cost::Pricing>,
 }
 
 pub struct CostState {
@@ -36,6 +37,7 @@ pub struct CostState {
     live: f64,
     chain: ActorRef<ChainMsg>,
     session_limit: Option<f64>,
+    pricing: std::sync::Arc<cost::Pricing>,
     /// The chain was told that the live session crossed its limit.
     told: bool,
 }
@@ -65,6 +67,7 @@ impl Actor for Cost {
             live: 0.0,
             chain: args.chain,
             session_limit: args.session_limit_usd,
+            pricing: args.pricing,
             told: false,
         })
     }
@@ -78,7 +81,7 @@ impl Actor for Cost {
         match msg {
             CostMsg::Usage { model, usage } => {
                 crate::fault::check("cost:usage");
-                st.live += cost::price(&model, &usage);
+                st.live += st.pricing.price(&model, &usage);
                 if let Some(limit) = st.session_limit
                     && st.live >= limit
                     && !st.told

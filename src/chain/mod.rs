@@ -95,6 +95,7 @@ pub struct Ctx {
     pub shutdown_grace: Duration,
     /// Spending across all chains per UTC day.
     pub daily_cap_usd: Option<f64>,
+    pub pricing: std::sync::Arc<crate::cost::Pricing>,
 }
 
 pub struct ChainArgs {
@@ -758,6 +759,7 @@ async fn spawn_cost(
         chain_id: id.to_string(),
         store: ctx.store.clone(),
         session_limit_usd: session_limit,
+        pricing: ctx.pricing.clone(),
     };
     Ok(Actor::spawn_linked(None, Cost, args, me.get_cell())
         .await?

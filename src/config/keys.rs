@@ -33,6 +33,7 @@ const OPERATOR_KEYS: &[&str] = &[
     "notify_webhook",
     "shutdown_grace",
     "daily_cap_usd",
+    "pricing",
     "defaults",
 ];
 

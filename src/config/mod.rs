@@ -80,6 +80,9 @@ pub struct OperatorSettings {
     pub shutdown_grace: Duration,
     /// Spending across all chains per UTC day; no session starts that would cross it.
     pub daily_cap_usd: Option<f64>,
+    /// Prices per million tokens by model fragment (`[pricing.opus]`), over the built-in ones.
+    #[serde(default)]
+    pub pricing: std::collections::BTreeMap<String, crate::cost::Rates>,
 }
 
 /// One chain to run.
