@@ -583,6 +583,12 @@ async fn run(
     } else {
         eprint!("{}", summary_table(&report.chains));
     }
+    if report.root_failed {
+        eprintln!(
+            "error: the operator's root supervisor crashed; every chain was stopped and can be resumed with `operator run --resume`"
+        );
+        return Ok(exit::INTERNAL);
+    }
     Ok(if report.immediate {
         exit::INTERRUPTED
     } else {

@@ -54,6 +54,8 @@ pub struct RunReport {
     pub chains: Vec<ChainRecord>,
     /// A second SIGINT stopped everything at once.
     pub immediate: bool,
+    /// The root supervisor itself crashed: everything was stopped, the chains are resumable.
+    pub root_failed: bool,
 }
 
 /// Operator-wide options of a run.
@@ -458,10 +460,22 @@ pub async fn run(
         .map_err(|e| RunError::Spawn(e.to_string()))?;
 
     let mut immediate = false;
+    let mut root_failed = false;
     let mut stops = 0;
     loop {
         tokio::select! {
-            _ = &mut done_rx => break,
+            done = &mut done_rx => {
+                if done.is_err() {
+                    // The root supervisor died (a bug of ours): there is no one left to
+                    // supervise the chains, so stop everything now and leave them resumable.
+                    tracing::error!("the root supervisor crashed; stopping every agent (the chains stay resumable)");
+                    root_failed = true;
+                    immediate = true;
+                    let _ = mode_tx.send(Mode::Stopping);
+                    registry.signal_all(nix::sys::signal::Signal::SIGKILL);
+                }
+                break;
+            }
             sig = signals.recv() => match sig {
                 Some(SignalEvent::Stop) => {
                     stops += 1;
@@ -535,7 +549,11 @@ pub async fn run(
                     .set_chain_status(
                         id,
                         ChainStatus::Interrupted,
-                        Some("stopped at once by a second SIGINT"),
+                        Some(if root_failed {
+                            "stopped: the operator's root supervisor crashed"
+                        } else {
+                            "stopped at once by a second SIGINT"
+                        }),
                         None,
                     )
                     .await?;
@@ -549,7 +567,11 @@ pub async fn run(
     }
     let _ = stop_log.send(());
     let _ = event_log.await;
-    Ok(RunReport { chains, immediate })
+    Ok(RunReport {
+        chains,
+        immediate,
+        root_failed,
+    })
 }
 
 /// The pid file that lets `operator pause|resume|stop` find a running operator.

@@ -1,7 +1,9 @@
 //! Test-only fault injection: `OPERATOR_FAULT=point@n,…` makes the named point panic on its n-th
-//! hit (`@*`: on every hit). Compiled to nothing in release builds.
+//! hit (`@*`: on every hit); `point@n!` aborts the whole process instead, as a `kill -9` would.
+//! Compiled to nothing in release builds.
 //!
-//! Points: `chain:next`, `cost:usage`, `handoff:finalize`, `session:line`.
+//! Points: `operator:pump`, `chain:next`, `cost:usage`, `handoff:finalize`, `handoff:written` (the file is written,
+//! the store not yet), `session:line`.
 
 #[cfg(debug_assertions)]
 mod imp {
@@ -15,6 +17,7 @@ mod imp {
 
     /// Whether `spec` (`point@n` or `point@*`) fires on hit number `hit` of `point`.
     pub fn fires(spec: &str, point: &str, hit: u32) -> bool {
+        let spec = spec.trim_end_matches('!');
         match spec.split_once('@') {
             Some((p, "*")) => p == point,
             Some((p, n)) => p == point && n.parse::<u32>().ok() == Some(hit),
@@ -32,7 +35,15 @@ mod imp {
             *n += 1;
             *n
         };
-        if specs.split(',').any(|s| fires(s.trim(), point, hit)) {
+        if let Some(spec) = specs
+            .split(',')
+            .map(str::trim)
+            .find(|s| fires(s, point, hit))
+        {
+            if spec.ends_with('!') {
+                eprintln!("injected crash at {point} (hit {hit})");
+                std::process::abort();
+            }
             panic!("injected fault at {point} (hit {hit})");
         }
     }
@@ -59,5 +70,6 @@ mod tests {
         assert!(fires("session:line", "session:line", 1));
         assert!(!fires("session:line", "session:line", 2));
         assert!(!fires("cost:usage@2", "chain:next", 2));
+        assert!(fires("chain:next@2!", "chain:next", 2));
     }
 }

@@ -183,6 +183,7 @@ impl OperatorState {
 
     /// Starts what may start; settles what never will; reports when all is done.
     async fn pump(&mut self, me: &ActorRef<OperatorMsg>) {
+        crate::fault::check("operator:pump");
         loop {
             let stopping = *self.ctx.mode.borrow() == Mode::Stopping;
             if stopping {

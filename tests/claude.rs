@@ -679,3 +679,63 @@ async fn a_usage_limit_is_waited_out_and_the_session_tried_again() {
         "tried again before the reset"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kill_9_of_the_operator_the_cli_dies_too_and_the_chain_resumes() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(vec![Step::hang()], Step::text(COMPLETE)).await;
+    let home = op.root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env = |c: &mut std::process::Command| {
+        c.env("OPERATOR_AGENT", "claude")
+            .env("OPERATOR_CLAUDE_BIN", &bin)
+            .env("OPERATOR_PERMISSION_MODE", "bypassPermissions")
+            .env("ANTHROPIC_BASE_URL", &api.url)
+            .env("ANTHROPIC_API_KEY", "sk-test")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .env("IS_SANDBOX", "1")
+            .env("HOME", &home);
+    };
+    let mut cmd = op.cmd(&["run", "--task", "Crash"]);
+    env(&mut cmd);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let workdir = op.workdir();
+    let started = tokio::task::spawn_blocking(move || {
+        common::eventually(std::time::Duration::from_secs(60), || {
+            !common::processes_in(&workdir).is_empty()
+        })
+    })
+    .await
+    .unwrap();
+    assert!(started, "the CLI never started");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    common::signal(&child, nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+    let workdir = op.workdir();
+    let gone = tokio::task::spawn_blocking(move || {
+        common::eventually(std::time::Duration::from_secs(10), || {
+            common::processes_in(&workdir).is_empty()
+        })
+    })
+    .await
+    .unwrap();
+    assert!(gone, "the CLI outlived its operator");
+    let mut cmd = op.cmd(&["run", "--resume", "--json"]);
+    env(&mut cmd);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(
+        c.sessions.iter().map(|s| s.index).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(c.sessions[0].status, SessionStatus::Interrupted);
+}

@@ -153,3 +153,105 @@ fn a_child_that_keeps_crashing_escalates_to_its_chain_then_to_the_operator() {
     );
     assert!(common::processes_in(&op.workdir()).is_empty());
 }
+
+/// Runs with an injected crash (the process aborts, as under `kill -9`), then resumes.
+fn crash_then_resume(op: &Op, fault: &str) -> operator::model::ChainRecord {
+    let out = op
+        .cmd(&["run", "--task", "T", "--scenario", "incomplete"])
+        .env("OPERATOR_FAULT", fault)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        None,
+        "the operator should have been killed: {}",
+        stderr(&out)
+    );
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || common::processes_in(
+            &op.workdir()
+        )
+        .is_empty()),
+        "an agent outlived the crashed operator"
+    );
+    let out = op.run(&["run", "--resume", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    chains(&out).remove(0)
+}
+
+#[test]
+fn a_crash_between_sessions_loses_nothing() {
+    let op = Op::new();
+    // The second Chain::next: session 1 is recorded, session 2 not started.
+    let c = crash_then_resume(&op, "chain:next@2!");
+    assert_eq!(c.status, ChainStatus::Complete);
+    let idx: Vec<u32> = c.sessions.iter().map(|s| s.index).collect();
+    assert_eq!(
+        idx,
+        [1, 2, 3],
+        "indices must be contiguous, none used twice"
+    );
+    assert!(
+        c.sessions
+            .iter()
+            .all(|s| s.status == SessionStatus::Completed && s.attempts == 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_during_the_handoff_write_resumes_from_the_last_committed_handoff() {
+    let op = Op::new();
+    // Session 2's handoff file is written, the store not yet updated.
+    let c = crash_then_resume(&op, "handoff:written@2!");
+    assert_eq!(c.status, ChainStatus::Complete);
+    let idx: Vec<u32> = c.sessions.iter().map(|s| s.index).collect();
+    assert_eq!(idx, [1, 2, 3]);
+    assert_eq!(c.sessions[1].status, SessionStatus::Interrupted);
+    let store = op.store().await;
+    use operator::store::Store;
+    let prompt = store.session_prompt(&c.id, 3).await.unwrap().unwrap();
+    assert!(
+        prompt.contains("Previous handoff (session 1)"),
+        "resumed from an unacknowledged handoff: {prompt}"
+    );
+    // The acknowledged handoffs are all in the store, one per finished session.
+    let handoffs = store.handoffs(&c.id).await.unwrap();
+    assert_eq!(handoffs.iter().map(|h| h.index).collect::<Vec<_>>(), [1, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_of_the_root_supervisor_stops_every_agent_and_leaves_the_chains_resumable() {
+    let op = Op::new();
+    let mut child = op
+        .cmd(&["run", "--task", "T", "--scenario", "hang"])
+        .env("OPERATOR_FAULT", "operator:pump@2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(common::eventually(
+        std::time::Duration::from_secs(20),
+        || !common::processes_in(&op.workdir()).is_empty()
+    ));
+    // A pause makes the Operator pump its queue again: the injected panic fires there.
+    common::signal(&child, nix::sys::signal::Signal::SIGUSR1);
+    let done = common::eventually(std::time::Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert!(
+        done,
+        "the operator did not stop after its root supervisor crashed"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    assert!(stderr(&out).contains("root supervisor crashed"));
+    assert!(common::eventually(
+        std::time::Duration::from_secs(5),
+        || common::processes_in(&op.workdir()).is_empty()
+    ));
+    let store = op.store().await;
+    use operator::store::Store;
+    let c = &store.list_chains(&Default::default()).await.unwrap()[0];
+    assert_eq!(c.status, ChainStatus::Interrupted);
+    assert!(c.status.is_resumable());
+}

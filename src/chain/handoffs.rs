@@ -120,6 +120,7 @@ impl Actor for Handoffs {
                 };
                 let file = st.dir.join(format!("handoff-{index}.md"));
                 write_atomic(&file, &format!("{}\n", h.text))?;
+                crate::fault::check("handoff:written");
                 let rec = HandoffRecord {
                     chain_id: st.chain_id.clone(),
                     index,
