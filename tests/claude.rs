@@ -739,3 +739,131 @@ async fn after_kill_9_of_the_operator_the_cli_dies_too_and_the_chain_resumes() {
     );
     assert_eq!(c.sessions[0].status, SessionStatus::Interrupted);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bypass_permissions_refused_as_root_is_a_fatal_error() {
+    let Some(bin) = claude_bin() else { return };
+    if !nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    let op = Op::new();
+    let api = FakeApi::start(vec![], Step::text(COMPLETE)).await;
+    // Without IS_SANDBOX=1, the CLI refuses bypassPermissions as root before it starts.
+    let home = op.root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = op.cmd(&["run", "--task", "T", "--json"]);
+    cmd.env("OPERATOR_AGENT", "claude")
+        .env("OPERATOR_CLAUDE_BIN", &bin)
+        .env("OPERATOR_PERMISSION_MODE", "bypassPermissions")
+        .env("ANTHROPIC_BASE_URL", &api.url)
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("HOME", &home)
+        .env_remove("IS_SANDBOX");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Failed);
+    assert!(
+        c.reason.as_deref().unwrap().contains("root/sudo"),
+        "{:?}",
+        c.reason
+    );
+    assert_eq!(
+        (c.sessions.len(), c.sessions[0].attempts),
+        (1, 1),
+        "a refusal is not retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_absorbs_two_529s_and_the_session_completes_first_time() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let overloaded = || Step::error(529, "overloaded_error", "Overloaded");
+    let api = FakeApi::start(
+        vec![overloaded(), overloaded(), Step::text(COMPLETE)],
+        Step::text("unexpected"),
+    )
+    .await;
+    let out = run_claude(&op, &api, &bin, &["run", "--task", "T", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = &chains(&out)[0].sessions[0];
+    assert_eq!((s.attempts, s.status), (1, SessionStatus::Completed));
+    assert!(
+        stderr(&out).contains("the agent is retrying an API call"),
+        "the api_retry lines were not seen"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_then_success_is_retried_by_the_operator() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let limited = || Step::error(429, "rate_limit_error", "Too many requests");
+    let api = FakeApi::start(
+        vec![limited(), limited(), limited(), Step::text(COMPLETE)],
+        Step::text("unexpected"),
+    )
+    .await;
+    let out = run_claude(&op, &api, &bin, &["run", "--task", "T", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = &chains(&out)[0].sessions[0];
+    assert_eq!((s.attempts, s.status), (2, SessionStatus::Completed));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_api_is_caught_by_the_watchdog() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(vec![Step::hang()], Step::text(COMPLETE)).await;
+    let out = run_claude_env(
+        &op,
+        &api,
+        &bin,
+        &["run", "--task", "T", "--json"],
+        &[("OPERATOR_IDLE_TIMEOUT", "3s")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    let s = &c.sessions[0];
+    assert_eq!(
+        (s.attempts, s.status),
+        (2, SessionStatus::Completed),
+        "{s:?}"
+    );
+    let log =
+        std::fs::read_to_string(op.data_dir().join(format!("chains/{}/chain.log", c.id))).unwrap();
+    assert!(log.contains("watchdog: no output for 3s"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_failed_sessions_open_the_breaker_with_the_real_cli() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(
+        vec![],
+        Step::error(500, "api_error", "Internal server error"),
+    )
+    .await;
+    let out = run_claude_env(
+        &op,
+        &api,
+        &bin,
+        &["run", "--task", "T", "--json"],
+        &[("OPERATOR_MAX_ATTEMPTS", "1")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Failed);
+    assert_eq!(c.sessions.len(), 3);
+    let reason = c.reason.as_deref().unwrap();
+    assert!(
+        reason.starts_with("circuit-open: 3 consecutive failed sessions"),
+        "{reason}"
+    );
+    assert_eq!(reason.matches("500").count(), 3, "{reason}");
+}

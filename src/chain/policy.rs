@@ -44,6 +44,20 @@ pub struct Verdict {
     pub usage_limit: Option<Option<u64>>,
 }
 
+/// Messages with which the agent refuses to start at all (measured with Claude Code 2.1.328):
+/// retrying cannot help.
+pub fn fatal_start_message(stderr: &str) -> Option<&str> {
+    const FATAL: [&str; 3] = [
+        "cannot be used with root/sudo privileges",
+        "Invalid API key",
+        "model not found",
+    ];
+    stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| FATAL.iter().any(|f| l.contains(f)))
+}
+
 /// Recognises a usage-limit message (`Claude AI usage limit reached|1767225600`, or the
 /// newer wordings with "usage limit"), and its reset time when the message carries one.
 pub fn usage_limit_in(text: &str) -> Option<Option<u64>> {
@@ -126,6 +140,14 @@ pub fn classify(f: &SessionFacts) -> Verdict {
         let tail = f.stderr_tail.trim();
         return failed(
             format!("could not start the agent: {tail}"),
+            ErrorKind::Fatal,
+        );
+    }
+    if !f.saw_result
+        && let Some(reason) = fatal_start_message(&f.stderr_tail)
+    {
+        return failed(
+            format!("the agent refused to start: {reason}"),
             ErrorKind::Fatal,
         );
     }
@@ -435,6 +457,18 @@ mod tests {
                 .unwrap()
                 .starts_with("spent")
         );
+    }
+
+    #[test]
+    fn a_refusal_to_start_is_fatal() {
+        let f = SessionFacts {
+            exit_code: Some(1),
+            stderr_tail: "--dangerously-skip-permissions cannot be used with root/sudo privileges for security reasons".into(),
+            ..Default::default()
+        };
+        let v = classify(&f);
+        assert_eq!(v.error_kind, Some(ErrorKind::Fatal));
+        assert!(v.error.unwrap().contains("root/sudo"));
     }
 
     #[test]
