@@ -51,6 +51,18 @@ async fn run_claude_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Output {
+    let mut cmd = claude_cmd(op, api, bin, args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// `operator <args>` with the claude agent pointed at `api`, a fresh HOME and the
+/// environment AGENT-PROTOCOL.md prescribes for tests.
+fn claude_cmd(op: &Op, api: &FakeApi, bin: &PathBuf, args: &[&str]) -> std::process::Command {
     let home = op.root.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let mut cmd = op.cmd(args);
@@ -64,12 +76,7 @@ async fn run_claude_env(
         .env("IS_SANDBOX", "1")
         .env("HOME", &home)
         .env_remove("CLAUDECODE");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    cmd
 }
 
 const COMPLETE: &str = "Done.\n\n## HANDOFF: COMPLETE\n\n### Accomplished\nWrote the greeting and checked it twice.\n\n### Remaining\nNothing.\n\n### Context\nNone.";
@@ -516,17 +523,8 @@ async fn a_chain_waiting_for_a_usage_limit_is_visible_and_stops_cleanly() {
     let op = Op::new();
     // A reset far ahead: the chain waits.
     let api = FakeApi::start(vec![], Step::usage_limit(4_000_000_000)).await;
-    let home = op.root.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let mut cmd = op.cmd(&["run", "--task", "Limit", "--json"]);
-    cmd.env("OPERATOR_AGENT", "claude")
-        .env("OPERATOR_CLAUDE_BIN", &bin)
-        .env("ANTHROPIC_BASE_URL", &api.url)
-        .env("ANTHROPIC_API_KEY", "sk-test")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("CLAUDE_CODE_MAX_RETRIES", "2")
-        .env("HOME", &home)
-        .stdout(std::process::Stdio::piped())
+    let mut cmd = claude_cmd(&op, &api, &bin, &["run", "--task", "Limit", "--json"]);
+    cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap();
     let waiting = common::eventually(std::time::Duration::from_secs(60), || {
@@ -685,20 +683,7 @@ async fn after_kill_9_of_the_operator_the_cli_dies_too_and_the_chain_resumes() {
     let Some(bin) = claude_bin() else { return };
     let op = Op::new();
     let api = FakeApi::start(vec![Step::hang()], Step::text(COMPLETE)).await;
-    let home = op.root.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let env = |c: &mut std::process::Command| {
-        c.env("OPERATOR_AGENT", "claude")
-            .env("OPERATOR_CLAUDE_BIN", &bin)
-            .env("OPERATOR_PERMISSION_MODE", "bypassPermissions")
-            .env("ANTHROPIC_BASE_URL", &api.url)
-            .env("ANTHROPIC_API_KEY", "sk-test")
-            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-            .env("IS_SANDBOX", "1")
-            .env("HOME", &home);
-    };
-    let mut cmd = op.cmd(&["run", "--task", "Crash"]);
-    env(&mut cmd);
+    let mut cmd = claude_cmd(&op, &api, &bin, &["run", "--task", "Crash"]);
     let mut child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -725,8 +710,7 @@ async fn after_kill_9_of_the_operator_the_cli_dies_too_and_the_chain_resumes() {
     .await
     .unwrap();
     assert!(gone, "the CLI outlived its operator");
-    let mut cmd = op.cmd(&["run", "--resume", "--json"]);
-    env(&mut cmd);
+    let mut cmd = claude_cmd(&op, &api, &bin, &["run", "--resume", "--json"]);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
@@ -749,16 +733,8 @@ async fn bypass_permissions_refused_as_root_is_a_fatal_error() {
     let op = Op::new();
     let api = FakeApi::start(vec![], Step::text(COMPLETE)).await;
     // Without IS_SANDBOX=1, the CLI refuses bypassPermissions as root before it starts.
-    let home = op.root.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let mut cmd = op.cmd(&["run", "--task", "T", "--json"]);
-    cmd.env("OPERATOR_AGENT", "claude")
-        .env("OPERATOR_CLAUDE_BIN", &bin)
-        .env("OPERATOR_PERMISSION_MODE", "bypassPermissions")
-        .env("ANTHROPIC_BASE_URL", &api.url)
-        .env("ANTHROPIC_API_KEY", "sk-test")
-        .env("HOME", &home)
-        .env_remove("IS_SANDBOX");
+    let mut cmd = claude_cmd(&op, &api, &bin, &["run", "--task", "T", "--json"]);
+    cmd.env_remove("IS_SANDBOX");
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
