@@ -72,6 +72,11 @@ pub struct Cli {
 enum Command {
     /// Run a mission (a file or a name in config/missions/) or a single task.
     Run(RunArgs),
+    /// Serve the HTTP API, WebSocket and metrics, and run what is started through them (and any
+    /// missions named here) until stopped.
+    Serve(ServeArgs),
+    /// Print the API token (creating <data_dir>/api-token, mode 0600, if there is none).
+    Token,
     /// List chains, newest first.
     List(ListArgs),
     /// Show one chain with its sessions and handoffs.
@@ -160,6 +165,20 @@ struct RunArgs {
     /// At the end, print one JSON object per chain, one per line, on stdout.
     #[arg(long)]
     json: bool,
+    /// Also serve the HTTP API while the run lasts (default address: `listen` in operator.toml,
+    /// else 127.0.0.1:3100).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
+    serve: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (default: `listen` in operator.toml, else 127.0.0.1:3100).
+    /// Any address but loopback needs an API token.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -408,13 +427,39 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
     let op_file = config::operator_file(cli.config.as_deref(), &env);
     let run_args = match &cli.command {
         Command::Run(r) => Some(r),
+        Command::Serve(s) => Some(&s.run),
         _ => None,
     };
     let ov = overrides(&cli, run_args);
     let loaded = config::load_operator(op_file.as_deref(), &env, &ov)?;
     let data_dir = loaded.operator.data_dir.clone();
     match &cli.command {
-        Command::Run(r) => run(r, &loaded, &ov, live_view, (op_file, env)).await,
+        Command::Run(r) => {
+            let serve = r.serve.clone().map(|a| (a, false));
+            run(r, &loaded, &ov, live_view, (op_file, env), serve).await
+        }
+        Command::Serve(s) => {
+            let listen = s
+                .listen
+                .clone()
+                .or_else(|| s.run.serve.clone())
+                .unwrap_or_default();
+            run(
+                &s.run,
+                &loaded,
+                &ov,
+                false,
+                (op_file, env),
+                Some((listen, true)),
+            )
+            .await
+        }
+        Command::Token => {
+            let t = crate::api::security::read_or_create_token(&data_dir, true)?
+                .ok_or_else(|| anyhow::anyhow!("no token could be created"))?;
+            say!("{t}");
+            Ok(exit::OK)
+        }
         Command::List(l) => list(&data_dir, l).await,
         Command::Show { chain_id, json } => show(&data_dir, chain_id, *json).await,
         Command::Validate { mission } => {
@@ -479,13 +524,93 @@ fn plans_for(
     }
 }
 
+/// Chains started through the API on a task run this many at once.
+const API_TASK_CONCURRENCY: usize = 4;
+
+/// Where missions are looked up by name (`operator run demo`, the API).
+const MISSIONS_DIR: &str = "config/missions";
+
+/// Plans for a start asked through the API: the operator's configuration as it is now on
+/// disk, this run's command-line flags, then the request's few settings. A mission is found
+/// by listing the missions folder, so no request text becomes a path.
+fn api_planner(op_file: Option<PathBuf>, env: Env, ov: Overrides) -> daemon::Planner {
+    Box::new(move |req| {
+        let loaded = config::load_operator(op_file.as_deref(), &env, &ov)?;
+        let mut ov = ov.clone();
+        for (k, v) in &req.overrides {
+            ov.set_json(k, v, "the API request");
+        }
+        if let Some(m) = &req.mission {
+            let path = std::fs::read_dir(MISSIONS_DIR)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.extension().is_some_and(|x| x == "toml")
+                        && p.file_stem()
+                            .is_some_and(|s| s.to_str() == Some(m.as_str()))
+                })
+                .ok_or_else(|| daemon::PlanError::UnknownMission(m.clone()))?;
+            return Ok(plans_for(&loaded, &[path], None, &ov)?);
+        }
+        let task = req.task.as_deref().unwrap_or_default();
+        let mut plan = loaded.plan_for_task(task, &ov)?;
+        plan.concurrency = API_TASK_CONCURRENCY;
+        if let (Some(n), Some(c)) = (&req.name, plan.chains.first_mut()) {
+            c.name = n.clone();
+        }
+        Ok(vec![plan])
+    })
+}
+
+/// Binds the API's address, with its security settings; refuses a non-loopback bind without
+/// a token.
+async fn api_setup(op: &config::OperatorSettings, listen: &str) -> Result<daemon::ApiSetup> {
+    let listen = if listen.is_empty() {
+        op.listen.as_str()
+    } else {
+        listen
+    };
+    let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+        UsageError(format!(
+            "`{listen}` is not an address to listen on (expected IP:PORT, e.g. 127.0.0.1:3100)"
+        ))
+    })?;
+    let security = crate::api::security::for_bind(
+        addr,
+        op.api_token.as_ref().map(|t| t.0.as_str()),
+        &op.data_dir,
+        op.allowed_hosts.clone(),
+    )
+    .map_err(|e| UsageError(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener.local_addr()?;
+    let url = format!("http://{bound}");
+    std::fs::write(op.data_dir.join("api.addr"), format!("{url}\n"))
+        .with_context(|| format!("writing {}", op.data_dir.join("api.addr").display()))?;
+    eprintln!(
+        "operator: API on {url}/ (writes need the token in {}, or `operator token`)",
+        crate::api::security::token_file(&op.data_dir).display()
+    );
+    Ok(daemon::ApiSetup {
+        listener,
+        security,
+        missions_dir: PathBuf::from(MISSIONS_DIR),
+    })
+}
+
 async fn run(
     r: &RunArgs,
     loaded: &config::Loaded,
     ov: &Overrides,
     live_view: bool,
     (op_file, env): (Option<PathBuf>, Env),
+    serve: Option<(String, bool)>,
 ) -> Result<u8> {
+    let stay = serve.as_ref().is_some_and(|(_, stay)| *stay);
     let op = &loaded.operator;
     let opts = RunOptions {
         data_dir: op.data_dir.clone(),
@@ -498,6 +623,7 @@ async fn run(
         notify_webhook: op.notify_webhook.clone(),
         daily_cap_usd: op.daily_cap_usd,
         pricing: op.pricing.clone(),
+        stay,
     };
     let missions: Vec<PathBuf> = r
         .missions
@@ -509,6 +635,7 @@ async fn run(
         (false, None, None) | (true, Some(_), None) => {
             Some(plans_for(loaded, &missions, r.task.as_deref(), ov)?)
         }
+        (true, None, None) if stay => Some(Vec::new()),
         (true, None, None) => {
             return Err(UsageError(
                 "say what to run: a mission (`operator run demo`), `--task \"…\"`, or `--resume`"
@@ -529,6 +656,13 @@ async fn run(
     }
     let _pid = PidFile::create(&opts.data_dir)?;
     let store = open_store(&opts.data_dir).await?;
+    let api = match &serve {
+        Some((listen, _)) => Some(api_setup(op, listen).await?),
+        None => None,
+    };
+    let planner = api
+        .is_some()
+        .then(|| api_planner(op_file.clone(), env.clone(), ov.clone()));
     let (batch, reloader) = match plans {
         Some(plans) => {
             for c in daemon::incomplete_chains(&store).await? {
@@ -571,7 +705,13 @@ async fn run(
     for j in &batch.jobs {
         tracing::info!(chain.id = %j.chain_id, name = %j.name, agent = %j.settings.agent, "chain queued");
     }
-    let report = daemon::run(store.clone(), batch, &opts, signals, bus, reloader).await?;
+    let hooks = daemon::Hooks {
+        reloader,
+        planner,
+        api,
+    };
+    let report = daemon::run(store.clone(), batch, &opts, signals, bus, hooks).await?;
+    let _ = std::fs::remove_file(opts.data_dir.join("api.addr"));
     let _ = stop_view.send(());
     if let Some(v) = view {
         let _ = v.await;
@@ -979,12 +1119,13 @@ async fn doctor_session(
         notify_webhook: None,
         daily_cap_usd: None,
         pricing: loaded.operator.pricing.clone(),
+        stay: false,
     };
     let store = open_store(dir).await?;
     let batch = daemon::prepare_new(&store, std::slice::from_ref(plan), &opts).await?;
     let (_keep, signals) = tokio::sync::mpsc::unbounded_channel();
     let bus = Bus::new(store.clone());
-    let report = daemon::run(store, batch, &opts, signals, bus, None).await?;
+    let report = daemon::run(store, batch, &opts, signals, bus, daemon::Hooks::default()).await?;
     report
         .chains
         .into_iter()

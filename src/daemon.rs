@@ -9,6 +9,7 @@ use ractor::Actor;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{self, Agent, AgentError, BackendOptions};
+use crate::api::{self, ApiError, OperatorStatus, StartOutcome, StartRequest};
 use crate::chain::Ctx;
 use crate::config::{ChainSettings, ConfigErrors, Plan};
 use crate::control::{self, Mode};
@@ -19,6 +20,7 @@ use crate::process::Registry;
 use crate::signals::SignalEvent;
 use crate::store::{ChainQuery, KEEP_UNARCHIVED, NewChain, SharedStore, StoreError};
 use crate::supervisor::{Job, Limits, Operator, OperatorArgs, OperatorMsg, job_key};
+use ractor::ActorRef;
 
 /// Errors that stop a run before or while it starts.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,116 @@ pub use crate::supervisor::Batch;
 /// Re-reads operator.toml and the missions of the run (SIGHUP).
 pub type Reloader = Box<dyn Fn() -> Result<Vec<Plan>, ConfigErrors> + Send + Sync>;
 
+/// Why a start asked through the API has no plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no mission named `{0}` in the missions folder")]
+    UnknownMission(String),
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+}
+
+/// Plans for a start asked through the API, from the current configuration files.
+pub type Planner = Box<dyn Fn(&StartRequest) -> Result<Vec<Plan>, PlanError> + Send + Sync>;
+
+/// The API to serve inside the run.
+pub struct ApiSetup {
+    pub listener: tokio::net::TcpListener,
+    pub security: api::Security,
+    pub missions_dir: PathBuf,
+}
+
+/// What a run may do besides its batch: reload (SIGHUP), start chains (API), serve the API.
+#[derive(Default)]
+pub struct Hooks {
+    pub reloader: Option<Reloader>,
+    pub planner: Option<Planner>,
+    pub api: Option<ApiSetup>,
+}
+
+/// Requests from the API to the run's loop (the signals' path, plus starts).
+enum ControlMsg {
+    /// Acknowledged once acted on, so a status read after it sees the new mode.
+    Signal(SignalEvent, oneshot::Sender<()>),
+    Start(
+        StartRequest,
+        oneshot::Sender<Result<StartOutcome, ApiError>>,
+    ),
+}
+
+/// The API's handle on this run.
+struct DaemonControl {
+    tx: mpsc::UnboundedSender<ControlMsg>,
+    operator: ActorRef<OperatorMsg>,
+    mode: control::ModeRx,
+    stays: bool,
+    daily_cap_usd: Option<f64>,
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn gone() -> ApiError {
+    ApiError::Unavailable("the supervisor is shutting down".into())
+}
+
+#[async_trait::async_trait]
+impl api::Control for DaemonControl {
+    async fn status(&self) -> Result<OperatorStatus, ApiError> {
+        let snap = self
+            .operator
+            .call(OperatorMsg::Status, Some(CALL_TIMEOUT))
+            .await
+            .map_err(|_| gone())?
+            .success_or(gone())?;
+        let mode = match *self.mode.borrow() {
+            Mode::Running => "running",
+            Mode::Paused { interrupt: false } => "paused",
+            Mode::Paused { interrupt: true } => "paused-now",
+            Mode::Stopping => "stopping",
+        };
+        Ok(OperatorStatus {
+            mode: mode.into(),
+            running: snap.running,
+            queued: snap.queued,
+            concurrency: snap
+                .limits
+                .into_iter()
+                .map(|(m, n)| (m.unwrap_or_default(), n))
+                .collect(),
+            pid: std::process::id(),
+            stays: self.stays,
+            daily_cap_usd: self.daily_cap_usd,
+        })
+    }
+
+    async fn abort(&self, chain_id: &str) -> Result<bool, ApiError> {
+        let id = chain_id.to_string();
+        self.operator
+            .call(|reply| OperatorMsg::Abort(id, reply), Some(CALL_TIMEOUT))
+            .await
+            .map_err(|_| gone())?
+            .success_or(gone())
+    }
+
+    async fn start(&self, req: StartRequest) -> Result<StartOutcome, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(ControlMsg::Start(req, reply))
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    async fn signal(&self, ev: SignalEvent) -> Result<(), ApiError> {
+        let (ack, acked) = oneshot::channel();
+        self.tx
+            .send(ControlMsg::Signal(ev, ack))
+            .map_err(|_| gone())?;
+        // A stop may end the run before it answers; that is an answer too.
+        let _ = acked.await;
+        Ok(())
+    }
+}
+
 /// How the run ended.
 #[derive(Debug)]
 pub struct RunReport {
@@ -74,6 +186,8 @@ pub struct RunOptions {
     pub daily_cap_usd: Option<f64>,
     /// Price overrides from operator.toml.
     pub pricing: std::collections::BTreeMap<String, crate::cost::Rates>,
+    /// Keep running when no chain is left (`operator serve`), until stopped.
+    pub stay: bool,
 }
 
 /// The stored JSON config of a chain: its settings plus its place in the mission.
@@ -409,8 +523,13 @@ pub async fn run(
     opts: &RunOptions,
     mut signals: mpsc::UnboundedReceiver<SignalEvent>,
     bus: Bus,
-    reloader: Option<Reloader>,
+    hooks: Hooks,
 ) -> Result<RunReport, RunError> {
+    let Hooks {
+        reloader,
+        planner,
+        api: api_setup,
+    } = hooks;
     let mut ids: Vec<String> = batch
         .jobs
         .iter()
@@ -451,32 +570,112 @@ pub async fn run(
         .map(|url| notify::spawn(url, store.clone(), bus.clone()));
     let (stop_log, stop_log_rx) = oneshot::channel();
     let event_log = crate::eventlog::spawn(&bus, opts.data_dir.clone(), stop_log_rx);
-    let (done_tx, mut done_rx) = oneshot::channel();
-    let (operator, handle) = Actor::spawn(None, Operator, OperatorArgs { ctx, done: done_tx })
+    let (idle_tx, mut idle_rx) = mpsc::unbounded_channel();
+    let mode_for_api = ctx.mode.clone();
+    let (operator, handle) = Actor::spawn(None, Operator, OperatorArgs { ctx, idle: idle_tx })
         .await
         .map_err(|e| RunError::Spawn(e.to_string()))?;
     operator
         .cast(OperatorMsg::Submit(batch))
         .map_err(|e| RunError::Spawn(e.to_string()))?;
+    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<ControlMsg>();
+    let mut metrics_task = None;
+    let server = match api_setup {
+        None => None,
+        Some(setup) => {
+            let metrics = Arc::new(crate::metrics::Metrics::new());
+            metrics_task = Some(metrics.spawn(&bus));
+            let control = DaemonControl {
+                tx: ctl_tx.clone(),
+                operator: operator.clone(),
+                mode: mode_for_api,
+                stays: opts.stay,
+                daily_cap_usd: opts.daily_cap_usd,
+            };
+            let state = api::AppState {
+                store: store.clone(),
+                bus: bus.clone(),
+                control: Some(Arc::new(control)),
+                security: Arc::new(setup.security),
+                metrics,
+                data_dir: opts.data_dir.clone(),
+                started: std::time::Instant::now(),
+                daily_cap_usd: opts.daily_cap_usd,
+                missions_dir: setup.missions_dir,
+            };
+            Some(
+                api::Server::spawn(setup.listener, state)
+                    .map_err(|e| RunError::Spawn(format!("the API server: {e}")))?,
+            )
+        }
+    };
+    // Missions started through the API, with their chains (one run of a mission at a time).
+    let mut api_missions: std::collections::HashMap<String, Vec<String>> = Default::default();
 
     let mut immediate = false;
     let mut root_failed = false;
     let mut stops = 0;
+    let mut signals_open = true;
+    let mut pending_ack: Option<oneshot::Sender<()>> = None;
     loop {
-        tokio::select! {
-            done = &mut done_rx => {
-                if done.is_err() {
-                    // The root supervisor died (a bug of ours): there is no one left to
-                    // supervise the chains, so stop everything now and leave them resumable.
-                    tracing::error!("the root supervisor crashed; stopping every agent (the chains stay resumable)");
-                    root_failed = true;
-                    immediate = true;
-                    let _ = mode_tx.send(Mode::Stopping);
-                    registry.signal_all(nix::sys::signal::Signal::SIGKILL);
+        if let Some(ack) = pending_ack.take() {
+            let _ = ack.send(());
+        }
+        let sig = tokio::select! {
+            idle = idle_rx.recv() => {
+                match idle {
+                    None => {
+                        // The root supervisor died (a bug of ours): there is no one left to
+                        // supervise the chains, so stop everything now and leave them resumable.
+                        tracing::error!("the root supervisor crashed; stopping every agent (the chains stay resumable)");
+                        root_failed = true;
+                        immediate = true;
+                        let _ = mode_tx.send(Mode::Stopping);
+                        registry.signal_all(nix::sys::signal::Signal::SIGKILL);
+                        break;
+                    }
+                    Some(()) if !opts.stay || *mode_tx.borrow() == Mode::Stopping => break,
+                    Some(()) => continue,
                 }
-                break;
             }
-            sig = signals.recv() => match sig {
+            sig = signals.recv(), if signals_open => {
+                if sig.is_none() {
+                    // No more signals can arrive; the chains (and the API) go on.
+                    signals_open = false;
+                    continue;
+                }
+                sig
+            }
+            cmd = ctl_rx.recv() => match cmd {
+                Some(ControlMsg::Signal(ev, ack)) => {
+                    pending_ack = Some(ack);
+                    Some(ev)
+                }
+                Some(ControlMsg::Start(req, reply)) => {
+                    let mode = *mode_tx.borrow();
+                    let answer = api_start(&store, opts, planner.as_ref(), req, mode, &mut api_missions).await;
+                    if let Ok((StartOutcome::Started(new_ids), batch)) = &answer {
+                        ids.extend(new_ids.iter().cloned());
+                        if let Some(b) = batch {
+                            known.extend(b.jobs.iter().map(Job::key));
+                        }
+                    }
+                    let answer = match answer {
+                        Ok((outcome, Some(batch))) => {
+                            let _ = operator.cast(OperatorMsg::Submit(batch));
+                            Ok(outcome)
+                        }
+                        Ok((outcome, None)) => Ok(outcome),
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(answer);
+                    continue;
+                }
+                None => continue,
+            },
+        };
+        {
+            match sig {
                 Some(SignalEvent::Stop) => {
                     stops += 1;
                     if stops == 1 {
@@ -494,27 +693,41 @@ pub async fn run(
                     let now = store.get_flag("pause_request").await?.as_deref() == Some("now");
                     store.set_flag("pause_request", None).await?;
                     let current = *mode_tx.borrow();
-                    if current == Mode::Running || (now && current == (Mode::Paused { interrupt: false })) {
+                    if current == Mode::Running
+                        || (now && current == (Mode::Paused { interrupt: false }))
+                    {
                         store.set_flag("paused", Some("1")).await?;
-                        bus.emit("orchestrator:paused", None, None, serde_json::json!({"now": now})).await;
+                        bus.emit(
+                            "orchestrator:paused",
+                            None,
+                            None,
+                            serde_json::json!({"now": now}),
+                        )
+                        .await;
                         if now {
-                            tracing::warn!("paused now: running sessions are interrupted and write their handoff; SIGUSR2 resumes");
+                            tracing::warn!(
+                                "paused now: running sessions are interrupted and write their handoff; SIGUSR2 resumes"
+                            );
                         } else {
-                            tracing::warn!("paused: running sessions finish, no new session starts until SIGUSR2");
+                            tracing::warn!(
+                                "paused: running sessions finish, no new session starts until SIGUSR2"
+                            );
                         }
                         let _ = mode_tx.send(Mode::Paused { interrupt: now });
                     }
                 }
-                Some(SignalEvent::Resume) => {
-                    if mode_tx.borrow().is_paused() {
-                        store.set_flag("paused", None).await?;
-                        bus.emit("orchestrator:resumed", None, None, serde_json::json!({})).await;
-                        tracing::warn!("resumed");
-                        let _ = mode_tx.send(Mode::Running);
-                    }
+                Some(SignalEvent::Resume) if mode_tx.borrow().is_paused() => {
+                    store.set_flag("paused", None).await?;
+                    bus.emit("orchestrator:resumed", None, None, serde_json::json!({}))
+                        .await;
+                    tracing::warn!("resumed");
+                    let _ = mode_tx.send(Mode::Running);
                 }
+                Some(SignalEvent::Resume) => {}
                 Some(SignalEvent::Reload) => match &reloader {
-                    None => tracing::warn!("SIGHUP: a resumed chain has no mission to reload; nothing changes"),
+                    None => tracing::warn!(
+                        "SIGHUP: a resumed chain has no mission to reload; nothing changes"
+                    ),
                     Some(r) => match reload(&store, opts, r, &mut known).await {
                         Ok((updates, fresh)) => {
                             let (changed, added) = (updates.len(), fresh.jobs.len());
@@ -522,25 +735,45 @@ pub async fn run(
                             let limits = fresh.limits.clone();
                             let _ = operator.cast(OperatorMsg::Reconfigure(updates, limits));
                             let _ = operator.cast(OperatorMsg::Submit(fresh));
-                            bus.emit("orchestrator:reloaded", None, None, serde_json::json!({"chains": changed, "added": added})).await;
-                            tracing::warn!(chains = changed, added, "configuration reloaded; changed settings apply from each chain's next session");
+                            bus.emit(
+                                "orchestrator:reloaded",
+                                None,
+                                None,
+                                serde_json::json!({"chains": changed, "added": added}),
+                            )
+                            .await;
+                            tracing::warn!(
+                                chains = changed,
+                                added,
+                                "configuration reloaded; changed settings apply from each chain's next session"
+                            );
                         }
                         Err(e) => {
-                            bus.emit("orchestrator:reload-failed", None, None, serde_json::json!({"error": e.to_string()})).await;
-                            tracing::warn!("configuration reload refused; the running configuration is kept: {e}");
+                            bus.emit(
+                                "orchestrator:reload-failed",
+                                None,
+                                None,
+                                serde_json::json!({"error": e.to_string()}),
+                            )
+                            .await;
+                            tracing::warn!(
+                                "configuration reload refused; the running configuration is kept: {e}"
+                            );
                         }
                     },
                 },
-                None => {
-                    // No more signals can arrive; wait for the chains.
-                    let _ = (&mut done_rx).await;
-                    break;
-                }
+                None => {}
             }
         }
     }
     operator.stop(None);
     let _ = handle.await;
+    if let Some(server) = server {
+        server.shutdown().await;
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let mut chains = Vec::new();
     for id in &ids {
         if let Some(mut c) = store.get_chain(id).await? {
@@ -572,6 +805,82 @@ pub async fn run(
         immediate,
         root_failed,
     })
+}
+
+/// A start asked through the API: plans from the configuration, checked, created in the store
+/// as `queued`. Returns the outcome and the batch to submit.
+async fn api_start(
+    store: &SharedStore,
+    opts: &RunOptions,
+    planner: Option<&Planner>,
+    req: StartRequest,
+    mode: Mode,
+    active: &mut std::collections::HashMap<String, Vec<String>>,
+) -> Result<(StartOutcome, Option<Batch>), ApiError> {
+    if mode == Mode::Stopping {
+        return Err(ApiError::Conflict("the operator is stopping".into()));
+    }
+    let planner =
+        planner.ok_or_else(|| ApiError::Conflict("this run cannot start new chains".into()))?;
+    let plans = match planner(&req) {
+        Ok(p) => p,
+        Err(PlanError::UnknownMission(m)) => {
+            return Err(ApiError::NotFound(format!(
+                "no mission named `{m}` in the missions folder"
+            )));
+        }
+        Err(PlanError::Config(e)) => {
+            return Err(ApiError::Unprocessable(
+                e.to_string().trim_end().to_string(),
+            ));
+        }
+    };
+    if req.dry_run {
+        let v = serde_json::to_value(&plans).map_err(|e| ApiError::Internal(e.to_string()))?;
+        return Ok((StartOutcome::Plan(v), None));
+    }
+    for plan in &plans {
+        let Some(m) = &plan.mission else { continue };
+        for id in active.get(m).into_iter().flatten() {
+            if let Some(c) = store.get_chain(id).await?
+                && !c.status.is_terminal()
+            {
+                return Err(ApiError::Conflict(format!(
+                    "mission `{m}` is already running (chain {id} is {}); abort it or wait",
+                    c.status
+                )));
+            }
+        }
+    }
+    let mut opts = opts.clone();
+    opts.concurrency = req.concurrency.or(opts.concurrency);
+    opts.continue_missions = false;
+    let batch = prepare_new(store, &plans, &opts)
+        .await
+        .map_err(|e| match e {
+            RunError::Agent(a) => ApiError::Unprocessable(a.to_string()),
+            RunError::Config(c) => ApiError::Unprocessable(c.to_string().trim_end().to_string()),
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    let ids: Vec<String> = batch.jobs.iter().map(|j| j.chain_id.clone()).collect();
+    for j in &batch.jobs {
+        tracing::info!(chain.id = %j.chain_id, name = %j.name, mission = j.mission.as_deref().unwrap_or("-"), "chain started through the API");
+        if let Some(m) = &j.mission {
+            active
+                .entry(m.clone())
+                .or_default()
+                .push(j.chain_id.clone());
+        }
+    }
+    for plan in &plans {
+        if let Some(m) = &plan.mission {
+            active
+                .entry(m.clone())
+                .or_default()
+                .retain(|id| ids.contains(id));
+        }
+    }
+    Ok((StartOutcome::Started(ids), Some(batch)))
 }
 
 /// The pid file that lets `operator pause|resume|stop` find a running operator.

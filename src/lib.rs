@@ -16,10 +16,12 @@
 //! - [`daemon`]: `run`, the supervisor as a library function, with signals and reload.
 //! - [`control`], [`signals`]: the run mode and the Unix signals that change it.
 //! - [`events`], [`eventlog`], [`notify`], [`progress`]: the event bus and what listens to it.
+//! - [`api`]: the HTTP API, WebSocket and its security; [`metrics`]: Prometheus metrics.
 //! - [`cost`]: pricing; [`redact`]: masking secrets; [`cli`]: the command line; [`doctor`]:
 //!   setup checks; [`fault`]: test-only fault injection.
 
 pub mod agent;
+pub mod api;
 pub mod chain;
 pub mod cli;
 pub mod config;
@@ -31,6 +33,7 @@ pub mod eventlog;
 pub mod events;
 pub mod fault;
 pub mod handoff;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod otp;

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 /// Where a chain stands. Terminal states never change again except through an
 /// explicit `--resume`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ChainStatus {
     /// Created, waiting for its turn (concurrency limit, ordering).
@@ -99,7 +99,7 @@ impl FromStr for ChainStatus {
 }
 
 /// How one session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SessionStatus {
     Running,
@@ -138,7 +138,7 @@ impl FromStr for SessionStatus {
 }
 
 /// Whether a failure is worth retrying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
     Transient,
@@ -146,7 +146,7 @@ pub enum ErrorKind {
 }
 
 /// One session of a chain, as stored and as printed by `--json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRecord {
     pub index: u32,
@@ -173,7 +173,7 @@ pub struct SessionRecord {
 }
 
 /// Sums over a chain's sessions.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
     pub sessions: u32,
@@ -183,7 +183,7 @@ pub struct Totals {
 }
 
 /// A chain, as stored and as printed by `--json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChainRecord {
     pub id: String,
@@ -203,7 +203,7 @@ pub struct ChainRecord {
 }
 
 /// A handoff as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HandoffRecord {
     pub chain_id: String,
@@ -218,7 +218,7 @@ pub struct HandoffRecord {
 }
 
 /// One entry of the append-only events journal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventRecord {
     pub id: i64,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 use crate::agent::Agent;
 use crate::chain::{Chain, ChainArgs, ChainMsg, Ctx};
@@ -69,14 +69,21 @@ pub enum OperatorMsg {
     Reconfigure(Vec<(String, ChainSettings, Arc<dyn Agent>)>, Limits),
     ModeChanged,
     Abort(String, RpcReplyPort<bool>),
-    /// (running chain ids, queued chain ids)
-    Status(RpcReplyPort<(Vec<String>, Vec<String>)>),
+    Status(RpcReplyPort<Snapshot>),
+}
+
+/// What the Operator runs and queues now.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub running: Vec<String>,
+    pub queued: Vec<String>,
+    pub limits: Vec<(Option<String>, usize)>,
 }
 
 pub struct OperatorArgs {
     pub ctx: Ctx,
-    /// Fired when nothing runs and nothing waits.
-    pub done: oneshot::Sender<()>,
+    /// Told each time nothing runs and nothing waits; closed if the Operator dies.
+    pub idle: mpsc::UnboundedSender<()>,
 }
 
 struct RunningChain {
@@ -92,7 +99,7 @@ pub struct OperatorState {
     running: HashMap<ActorId, RunningChain>,
     /// Final status of each ended chain, by key (for `after`).
     ended: HashMap<String, ChainStatus>,
-    done: Option<oneshot::Sender<()>>,
+    idle: mpsc::UnboundedSender<()>,
 }
 
 pub struct Operator;
@@ -218,11 +225,8 @@ impl OperatorState {
                 break;
             }
         }
-        if self.queue.is_empty()
-            && self.running.is_empty()
-            && let Some(done) = self.done.take()
-        {
-            let _ = done.send(());
+        if self.queue.is_empty() && self.running.is_empty() {
+            let _ = self.idle.send(());
         }
     }
 }
@@ -252,7 +256,7 @@ impl Actor for Operator {
             queue: Vec::new(),
             running: HashMap::new(),
             ended: HashMap::new(),
-            done: Some(a.done),
+            idle: a.idle,
         })
     }
 
@@ -317,7 +321,12 @@ impl Actor for Operator {
                     .map(|r| r.job.chain_id.clone())
                     .collect();
                 let queued = st.queue.iter().map(|j| j.chain_id.clone()).collect();
-                let _ = reply.send((running, queued));
+                let limits = st.limits.iter().map(|(m, n)| (m.clone(), *n)).collect();
+                let _ = reply.send(Snapshot {
+                    running,
+                    queued,
+                    limits,
+                });
             }
         }
         Ok(())
@@ -348,6 +357,15 @@ impl Actor for Operator {
                     // one_for_one: only this chain is restarted, from its state in the store.
                     if r.restarts.allow(CHAIN_INTENSITY, Instant::now()) {
                         tracing::warn!(chain.id = %r.job.chain_id, cause = %err, "the chain crashed; restarting it from the store");
+                        st.ctx
+                            .bus
+                            .emit(
+                                "chain:restarted",
+                                Some(&r.job.chain_id),
+                                None,
+                                serde_json::json!({"child": "chain", "cause": err.to_string()}),
+                            )
+                            .await;
                         st.spawn(&me, r.job, r.restarts).await;
                     } else {
                         tracing::error!(chain.id = %r.job.chain_id, cause = %err, "the chain crashed too often; giving up");

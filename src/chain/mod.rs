@@ -255,6 +255,19 @@ impl ChainState {
             }
             Action::Restart(ids) => {
                 for id in ids {
+                    let name = match id {
+                        Child::Cost => "cost",
+                        Child::Handoff => "handoff",
+                    };
+                    self.ctx
+                        .bus
+                        .emit(
+                            "chain:child-restarted",
+                            Some(&self.id),
+                            None,
+                            json!({"child": name}),
+                        )
+                        .await;
                     match id {
                         Child::Cost => self.respawn_cost(me).await?,
                         Child::Handoff => self.respawn_handoffs(me).await?,

@@ -34,6 +34,9 @@ const OPERATOR_KEYS: &[&str] = &[
     "shutdown_grace",
     "daily_cap_usd",
     "pricing",
+    "listen",
+    "api_token",
+    "allowed_hosts",
     "defaults",
 ];
 

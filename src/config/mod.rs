@@ -56,6 +56,17 @@ pub struct ChainSettings {
     pub sim: SimConfig,
 }
 
+/// A secret setting: never shown by `Debug` (so never in a log line).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
 /// How the next session of a chain continues (M3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +94,14 @@ pub struct OperatorSettings {
     /// Prices per million tokens by model fragment (`[pricing.opus]`), over the built-in ones.
     #[serde(default)]
     pub pricing: std::collections::BTreeMap<String, crate::cost::Rates>,
+    /// Where `operator serve` and `run --serve` listen (default 127.0.0.1:3100).
+    pub listen: String,
+    /// The API token (else `<data_dir>/api-token`); required to bind off loopback.
+    #[serde(default)]
+    pub api_token: Option<Secret>,
+    /// Host names the API answers to besides IP literals and localhost (DNS rebinding guard).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// One chain to run.
@@ -185,6 +204,7 @@ impl Env {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("retry_backoff")
+            .with_list_parse_key("allowed_hosts")
             .source(Some(map))
     }
 }
@@ -195,10 +215,29 @@ pub struct Overrides(pub Vec<(String, Value)>);
 
 impl Overrides {
     pub fn set(&mut self, key: &str, value: impl Into<ValueKind>) {
+        self.set_from(key, value, "the command line");
+    }
+
+    /// A value set by `origin` (named in error messages).
+    pub fn set_from(&mut self, key: &str, value: impl Into<ValueKind>, origin: &str) {
         self.0.push((
             key.to_string(),
-            Value::new(Some(&"the command line".to_string()), value),
+            Value::new(Some(&origin.to_string()), value),
         ));
+    }
+
+    /// A JSON scalar set by `origin`; other JSON values are ignored (callers check them first).
+    pub fn set_json(&mut self, key: &str, value: &serde_json::Value, origin: &str) {
+        use serde_json::Value as J;
+        match value {
+            J::String(s) => self.set_from(key, s.as_str(), origin),
+            J::Bool(b) => self.set_from(key, *b, origin),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => self.set_from(key, i, origin),
+                None => self.set_from(key, n.as_f64().unwrap_or(0.0), origin),
+            },
+            _ => {}
+        }
     }
 
     fn layer(&self) -> Layer {
@@ -339,6 +378,7 @@ pub fn load_operator(
     let built = Config::builder()
         .set_default("data_dir", ".operator")
         .and_then(|b| b.set_default("shutdown_grace", "10s"))
+        .and_then(|b| b.set_default("listen", "127.0.0.1:3100"))
         .map(|b| {
             b.add_source(Layer(top))
                 .add_source(env.source())

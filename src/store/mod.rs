@@ -143,6 +143,64 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Operator-wide flags that must survive a restart (e.g. `paused`).
     async fn get_flag(&self, key: &str) -> StoreResult<Option<String>>;
     async fn set_flag(&self, key: &str, value: Option<&str>) -> StoreResult<()>;
+    /// Archives one chain (it stays readable). `false` if there is no such chain.
+    async fn archive_chain(&self, id: &str) -> StoreResult<bool>;
+    /// How many chains are in each state (archived included).
+    async fn count_by_status(&self) -> StoreResult<Vec<(ChainStatus, u64)>>;
+    /// Spending today (UTC), all time, per model, per chain (the `by_chain` most expensive)
+    /// and per day over the last 30 days.
+    async fn cost_report(&self, by_chain: u32) -> StoreResult<CostReport>;
+}
+
+/// Cost and session count of one slice of the ledger.
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CostLine {
+    pub cost_usd: f64,
+    pub sessions: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCost {
+    pub model: String,
+    #[serde(flatten)]
+    pub cost: CostLine,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainCost {
+    pub chain_id: String,
+    pub name: String,
+    pub status: ChainStatus,
+    #[serde(flatten)]
+    pub cost: CostLine,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DayCost {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    #[serde(flatten)]
+    pub cost: CostLine,
+}
+
+/// The cost ledger, as `GET /api/costs` shows it.
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CostReport {
+    pub today: CostLine,
+    pub all_time: CostLine,
+    pub by_model: Vec<ModelCost>,
+    pub by_chain: Vec<ChainCost>,
+    pub by_day: Vec<DayCost>,
+    pub daily_cap_usd: Option<f64>,
 }
 
 pub type SharedStore = Arc<dyn Store>;

@@ -671,6 +671,113 @@ impl Store for SqliteStore {
         };
         Ok(())
     }
+
+    async fn archive_chain(&self, id: &str) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE chains SET archived = 1 WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn count_by_status(&self) -> StoreResult<Vec<(ChainStatus, u64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM chains GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let s: String = r.try_get(0)?;
+                Ok((
+                    ChainStatus::from_str(&s).map_err(StoreError::Corrupt)?,
+                    r.try_get::<i64, _>(1)? as u64,
+                ))
+            })
+            .collect()
+    }
+
+    async fn cost_report(&self, by_chain: u32) -> StoreResult<super::CostReport> {
+        use super::{ChainCost, CostLine, DayCost, ModelCost};
+        let line = |r: &SqliteRow, at: usize| -> StoreResult<CostLine> {
+            Ok(CostLine {
+                cost_usd: r.try_get(at)?,
+                sessions: r.try_get::<i64, _>(at + 1)? as u64,
+            })
+        };
+        let now = now_rfc3339();
+        let today = format!("{}T00:00:00.000Z", &now[..10]);
+        let month_ago = humantime::format_rfc3339_millis(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400),
+        )
+        .to_string();
+        let totals = sqlx::query(
+            "SELECT COALESCE(SUM(cost_usd), 0.0), COUNT(*), \
+             COALESCE(SUM(CASE WHEN started_at >= ?1 THEN cost_usd ELSE 0 END), 0.0), \
+             COUNT(CASE WHEN started_at >= ?1 THEN 1 END) FROM sessions",
+        )
+        .bind(&today)
+        .fetch_one(&self.pool)
+        .await?;
+        let by_model = sqlx::query(
+            "SELECT COALESCE(json_extract(c.config, '$.model'), '?') AS m, \
+             COALESCE(SUM(s.cost_usd), 0.0), COUNT(*) \
+             FROM sessions s JOIN chains c ON c.id = s.chain_id GROUP BY m ORDER BY 2 DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ModelCost {
+                model: r.try_get(0)?,
+                cost: CostLine {
+                    cost_usd: r.try_get(1)?,
+                    sessions: r.try_get::<i64, _>(2)? as u64,
+                },
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let chains = sqlx::query(
+            "SELECT s.chain_id, c.name, c.status, SUM(s.cost_usd) AS cost, COUNT(*) \
+             FROM sessions s JOIN chains c ON c.id = s.chain_id \
+             GROUP BY s.chain_id ORDER BY cost DESC, s.chain_id LIMIT ?1",
+        )
+        .bind(i64::from(by_chain))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let status: String = r.try_get(2)?;
+            Ok(ChainCost {
+                chain_id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                status: ChainStatus::from_str(&status).map_err(StoreError::Corrupt)?,
+                cost: line(r, 3)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let days = sqlx::query(
+            "SELECT substr(started_at, 1, 10) AS d, SUM(cost_usd), COUNT(*) FROM sessions \
+             WHERE started_at >= ?1 GROUP BY d ORDER BY d",
+        )
+        .bind(&month_ago)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(DayCost {
+                day: r.try_get(0)?,
+                cost: line(r, 1)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        Ok(super::CostReport {
+            today: line(&totals, 2)?,
+            all_time: line(&totals, 0)?,
+            by_model,
+            by_chain: chains,
+            by_day: days,
+            daily_cap_usd: None,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Test harness: runs the real `operator` binary in a temp data dir and workdir, and reads its store.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod fake_api;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,213 @@
+//! The HTTP API (axum): REST under `/api`, live events on `/ws`, Prometheus on `/metrics`, an OpenAPI
+//! document generated from the handlers at `/api/openapi.json`, all behind one security guard.
+//!
+//! The API never talks to actors directly: it reads the store and steers the supervisor through
+//! the [`Control`] trait, which the daemon implements with the same code paths as the signals.
+
+pub mod chains;
+pub mod error;
+pub mod orchestrator;
+pub mod security;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use serde::Serialize;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::events::Bus;
+use crate::metrics::Metrics;
+use crate::signals::SignalEvent;
+use crate::store::SharedStore;
+pub use error::{ApiError, ApiResult};
+pub use security::Security;
+
+/// The largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// What the API asks of the supervisor it runs in.
+#[async_trait]
+pub trait Control: Send + Sync {
+    async fn status(&self) -> Result<OperatorStatus, ApiError>;
+    /// `Ok(false)`: this operator does not run (or queue) that chain.
+    async fn abort(&self, chain_id: &str) -> Result<bool, ApiError>;
+    async fn start(&self, req: StartRequest) -> Result<StartOutcome, ApiError>;
+    /// Pause, resume or stop, exactly as the signals do.
+    async fn signal(&self, ev: SignalEvent) -> Result<(), ApiError>;
+}
+
+/// A start asked through the API, already checked: nothing here can widen permissions.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    /// A mission by name (a file in config/missions/), or
+    pub mission: Option<String>,
+    /// one chain on a task.
+    pub task: Option<String>,
+    pub name: Option<String>,
+    /// Config keys (snake_case) and values; only keys the API may set.
+    pub overrides: Vec<(String, serde_json::Value)>,
+    pub concurrency: Option<usize>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug)]
+pub enum StartOutcome {
+    Started(Vec<String>),
+    /// A dry run: the plans, as JSON.
+    Plan(serde_json::Value),
+}
+
+/// The supervisor's state, as `GET /api/orchestrator/status` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorStatus {
+    /// `running`, `paused`, `paused-now` or `stopping`.
+    pub mode: String,
+    /// Chains with a live Chain actor (running, waiting or paused between sessions).
+    pub running: Vec<String>,
+    /// Chains waiting for their turn (concurrency, ordering).
+    pub queued: Vec<String>,
+    /// Chains at once, by mission (`""` for chains started on a task).
+    pub concurrency: std::collections::BTreeMap<String, usize>,
+    pub pid: u32,
+    /// The server stays up when no chain runs (`operator serve`).
+    pub stays: bool,
+    pub daily_cap_usd: Option<f64>,
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: SharedStore,
+    pub bus: Bus,
+    /// `None`: a read-only server (no supervisor in this process).
+    pub control: Option<Arc<dyn Control>>,
+    pub security: Arc<Security>,
+    pub metrics: Arc<Metrics>,
+    pub data_dir: PathBuf,
+    pub started: Instant,
+    pub daily_cap_usd: Option<f64>,
+    /// Where mission files are looked up by name.
+    pub missions_dir: PathBuf,
+}
+
+impl AppState {
+    fn control(&self) -> ApiResult<&Arc<dyn Control>> {
+        self.control.as_ref().ok_or_else(|| {
+            ApiError::Conflict("this server is read-only: no supervisor runs in it".into())
+        })
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "operator",
+        description = "Watch and steer a running operator: chains, sessions, costs, the supervisor. \
+            Reads are open on a loopback bind; writes need `Authorization: Bearer <token>` \
+            (the token is in <data_dir>/api-token) or the CSRF token from /api/csrf."
+    ),
+    components(schemas(error::ErrorBody))
+)]
+struct ApiDoc;
+
+/// The routes and their OpenAPI document, from the same handler annotations.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(chains::list, chains::create))
+        .routes(routes!(chains::get_one, chains::delete))
+        .routes(routes!(chains::abort))
+        .routes(routes!(chains::session))
+        .routes(routes!(chains::output))
+        .routes(routes!(chains::events))
+        .routes(routes!(orchestrator::costs))
+        .routes(routes!(orchestrator::status))
+        .routes(routes!(orchestrator::start))
+        .routes(routes!(orchestrator::stop))
+        .routes(routes!(orchestrator::pause))
+        .routes(routes!(orchestrator::resume))
+        .routes(routes!(orchestrator::missions))
+        .routes(routes!(orchestrator::health))
+        .routes(routes!(orchestrator::csrf))
+        .routes(routes!(orchestrator::metrics))
+        .routes(routes!(ws::handler))
+        .split_for_parts()
+}
+
+/// The OpenAPI document (also served at `/api/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// The whole HTTP surface, guarded.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = routes();
+    let doc = Arc::new(doc);
+    api.route(
+        "/api/openapi.json",
+        get(move || {
+            let doc = doc.clone();
+            async move { axum::Json((*doc).clone()) }
+        }),
+    )
+    .fallback(|uri: axum::http::Uri| async move { ApiError::NoRoute(uri.path().to_string()) })
+    .method_not_allowed_fallback(|m: axum::http::Method, uri: axum::http::Uri| async move {
+        ApiError::MethodNotAllowed(format!("{m} is not allowed on {}", uri.path()))
+    })
+    .layer(DefaultBodyLimit::max(BODY_LIMIT))
+    .layer(axum::middleware::from_fn_with_state(
+        state.security.clone(),
+        security::guard,
+    ))
+    .layer(security::cors())
+    .with_state(state)
+}
+
+/// A running API server.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Serves `state` on `listener` until [`Server::shutdown`].
+    pub fn spawn(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = router(state);
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(cause = %e, "the API server stopped");
+            }
+        });
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Stops accepting, lets requests in flight finish for up to 2 s (WebSocket clients are
+    /// cut), and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Prometheus metrics (prometheus-client): counters fed from the event bus, chains by state read from the
+//! store at each scrape.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::events::{Bus, Event};
+use crate::model::ChainStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct State {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct What {
+    what: String,
+}
+
+/// The operator's metrics.
+pub struct Metrics {
+    registry: Registry,
+    chains: Family<State, Gauge>,
+    chain_ends: Family<State, Counter>,
+    sessions: Family<Outcome, Counter>,
+    retries: Counter,
+    waits: Counter,
+    breaker_openings: Counter,
+    restarts: Family<What, Counter>,
+    cost: Counter<f64, AtomicU64>,
+    duration: Histogram,
+    /// Encoding needs `&Registry` while the chain gauges are set: one scrape at a time.
+    scrape: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("operator");
+        let chains = Family::<State, Gauge>::default();
+        registry.register("chains", "Chains in the store by state", chains.clone());
+        let chain_ends = Family::<State, Counter>::default();
+        registry.register(
+            "chain_ends",
+            "Chains that ended, by final state",
+            chain_ends.clone(),
+        );
+        let sessions = Family::<Outcome, Counter>::default();
+        registry.register(
+            "sessions",
+            "Sessions that ended, by outcome",
+            sessions.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "session_retries",
+            "Attempts of a session retried after a transient failure",
+            retries.clone(),
+        );
+        let waits = Counter::default();
+        registry.register(
+            "usage_limit_waits",
+            "Waits for a usage or rate limit to reset",
+            waits.clone(),
+        );
+        let breaker_openings = Counter::default();
+        registry.register(
+            "breaker_openings",
+            "Chains stopped by their circuit breaker",
+            breaker_openings.clone(),
+        );
+        let restarts = Family::<What, Counter>::default();
+        registry.register(
+            "actor_restarts",
+            "Actors restarted by their supervisor (chain, cost, handoff)",
+            restarts.clone(),
+        );
+        let cost = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "cost_usd",
+            "Dollars spent by the sessions that ended",
+            cost.clone(),
+        );
+        let duration = Histogram::new([
+            1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+        ]);
+        registry.register(
+            "session_duration_seconds",
+            "How long sessions ran",
+            duration.clone(),
+        );
+        Self {
+            registry,
+            chains,
+            chain_ends,
+            sessions,
+            retries,
+            waits,
+            breaker_openings,
+            restarts,
+            cost,
+            duration,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Counts one event.
+    pub fn observe(&self, ev: &Event) {
+        match ev.kind.as_str() {
+            "chain:session-complete" => {
+                let s = &ev.data["session"];
+                let outcome = s["status"].as_str().unwrap_or("unknown").to_string();
+                self.sessions.get_or_create(&Outcome { outcome }).inc();
+                if let Some(c) = s["costUsd"].as_f64().filter(|c| c.is_finite() && *c >= 0.0) {
+                    self.cost.inc_by(c);
+                }
+                if let Some(ms) = s["durationMs"].as_f64() {
+                    self.duration.observe(ms / 1000.0);
+                }
+            }
+            "chain:session-retry" => {
+                self.retries.inc();
+            }
+            "chain:waiting" => {
+                self.waits.inc();
+            }
+            "chain:restarted" | "chain:child-restarted" => {
+                let what = ev.data["child"].as_str().unwrap_or("chain").to_string();
+                self.restarts.get_or_create(&What { what }).inc();
+            }
+            k if crate::events::is_final(k) => {
+                let state = ev.data["status"].as_str().unwrap_or("unknown").to_string();
+                if ev.data["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("circuit-open"))
+                {
+                    self.breaker_openings.inc();
+                }
+                self.chain_ends.get_or_create(&State { state }).inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts the bus's events until it closes.
+    pub fn spawn(self: &std::sync::Arc<Self>, bus: &Bus) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        let mut rx = bus.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => me.observe(&ev),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "metrics fell behind the event bus");
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
+    /// The text exposition, with chains by state as counted in the store now.
+    pub fn render(&self, counts: &[(ChainStatus, u64)]) -> Result<String, std::fmt::Error> {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        for st in ChainStatus::ALL {
+            let n = counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
+            self.chains
+                .get_or_create(&State {
+                    state: st.as_str().to_string(),
+                })
+                .set(n as i64);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(kind: &str, data: serde_json::Value) -> Event {
+        Event {
+            id: Some(1),
+            kind: kind.into(),
+            chain_id: Some("c".into()),
+            session_index: Some(1),
+            data,
+            at: String::new(),
+        }
+    }
+
+    #[test]
+    fn events_become_counters() {
+        let m = Metrics::new();
+        m.observe(&ev(
+            "chain:session-complete",
+            json!({"session": {"status": "completed", "costUsd": 0.25, "durationMs": 2000}}),
+        ));
+        m.observe(&ev("chain:session-retry", json!({})));
+        m.observe(&ev(
+            "chain:error",
+            json!({"status": "failed", "reason": "circuit-open: 3 consecutive failed sessions"}),
+        ));
+        m.observe(&ev("chain:restarted", json!({})));
+        let text = m.render(&[(ChainStatus::Running, 2)]).unwrap();
+        for line in [
+            "operator_sessions_total{outcome=\"completed\"} 1",
+            "operator_session_retries_total 1",
+            "operator_breaker_openings_total 1",
+            "operator_actor_restarts_total{what=\"chain\"} 1",
+            "operator_cost_usd_total 0.25",
+            "operator_chains{state=\"running\"} 2",
+            "operator_chains{state=\"queued\"} 0",
+            "operator_chain_ends_total{state=\"failed\"} 1",
+            "operator_session_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}
