@@ -662,6 +662,15 @@ pub async fn run(
                     }
                     let answer = match answer {
                         Ok((outcome, Some(batch))) => {
+                            let mut missions: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+                            for j in &batch.jobs {
+                                if let Some(m) = &j.mission {
+                                    missions.entry(m.clone()).or_default().push(j.chain_id.clone());
+                                }
+                            }
+                            for (m, chains) in missions {
+                                bus.emit("orchestrator:mission-started", None, None, serde_json::json!({"mission": m, "chains": chains})).await;
+                            }
                             let _ = operator.cast(OperatorMsg::Submit(batch));
                             Ok(outcome)
                         }
@@ -680,6 +689,8 @@ pub async fn run(
                     stops += 1;
                     if stops == 1 {
                         tracing::warn!(grace = ?opts.shutdown_grace, "stopping: running sessions get a grace period (send SIGINT again to stop at once)");
+                        bus.emit("orchestrator:stopping", None, None, serde_json::json!({}))
+                            .await;
                         let _ = mode_tx.send(Mode::Stopping);
                     } else {
                         tracing::warn!("stopping at once");

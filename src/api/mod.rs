@@ -211,3 +211,91 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    async fn read_only() -> (tempfile::TempDir, Router) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore = Arc::new(
+            crate::store::sqlite::SqliteStore::open(dir.path())
+                .await
+                .unwrap(),
+        );
+        let addr: SocketAddr = "127.0.0.1:3100".parse().unwrap();
+        let state = AppState {
+            store: store.clone(),
+            bus: Bus::new(store),
+            control: None,
+            security: Arc::new(security::for_bind(addr, None, dir.path(), vec![]).unwrap()),
+            metrics: Arc::new(Metrics::new()),
+            data_dir: dir.path().to_path_buf(),
+            started: Instant::now(),
+            daily_cap_usd: None,
+            missions_dir: dir.path().join("missions"),
+        };
+        (dir, router(state))
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "127.0.0.1:3100")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn a_server_without_a_supervisor_reads_but_cannot_steer() {
+        let (_dir, app) = read_only().await;
+        let (st, v) = call(&app, "GET", "/api/chains").await;
+        assert_eq!(
+            (st, v["chains"].as_array().map(Vec::len)),
+            (StatusCode::OK, Some(0))
+        );
+        let (st, v) = call(&app, "GET", "/api/orchestrator/status").await;
+        assert_eq!(st, StatusCode::CONFLICT);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("read-only")
+        );
+        let (st, v) = call(&app, "GET", "/api/openapi.json").await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(v["paths"]["/api/chains"]["post"].is_object());
+        let (st, v) = call(&app, "GET", "/nope").await;
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("no_route"))
+        );
+    }
+
+    #[test]
+    fn the_document_names_every_parameter_of_the_paths() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (_, op) in item.as_object().unwrap() {
+                let named: Vec<&str> = op["parameters"]
+                    .as_array()
+                    .map(|ps| ps.iter().filter_map(|p| p["name"].as_str()).collect())
+                    .unwrap_or_default();
+                for seg in path.split('/').filter(|s| s.starts_with('{')) {
+                    let name = seg.trim_matches(|c| c == '{' || c == '}');
+                    assert!(named.contains(&name), "{path}: `{name}` is not described");
+                }
+            }
+        }
+    }
+}

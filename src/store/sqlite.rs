@@ -93,6 +93,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN agent_pgid INTEGER;
     ALTER TABLE sessions ADD COLUMN agent_program TEXT;
     "#,
+    // 4: pages of all chains (archived included) in time order without a sort.
+    r#"
+    CREATE INDEX chains_by_time ON chains (started_at DESC, id DESC);
+    "#,
 ];
 
 /// The SQLite backend.
@@ -310,11 +314,15 @@ impl Store for SqliteStore {
     async fn list_chains(&self, q: &ChainQuery) -> StoreResult<Vec<ChainRecord>> {
         // The cursor is the id of the last chain of the previous page; order is
         // (started_at, id) descending so the cursor is stable under equal timestamps.
+        // The page's ids are chosen first (walking the time index, no sort), so the totals
+        // are aggregated for the page's chains only.
         let sql = format!(
-            "{CHAIN_SELECT} WHERE (?1 IS NULL OR c.status = ?1) AND (?2 OR c.archived = 0) \
-             AND (?3 IS NULL OR (c.started_at, c.id) < \
-                  (SELECT started_at, id FROM chains WHERE id = ?3)) \
-             ORDER BY c.started_at DESC, c.id DESC LIMIT ?4"
+            "{CHAIN_SELECT} JOIN (SELECT id AS page_id FROM chains \
+               WHERE (?1 IS NULL OR status = ?1) AND (?2 OR archived = 0) \
+               AND (?3 IS NULL OR (started_at, id) < \
+                    (SELECT started_at, id FROM chains WHERE id = ?3)) \
+               ORDER BY started_at DESC, id DESC LIMIT ?4) p ON p.page_id = c.id \
+             ORDER BY c.started_at DESC, c.id DESC"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(q.status.map(|s| s.as_str()))
