@@ -156,6 +156,9 @@ struct RunArgs {
     /// Path of the Claude Code CLI.
     #[arg(long, value_name = "PATH")]
     claude_bin: Option<PathBuf>,
+    /// Push after a chain completes (or reaches max-continuations), when a remote exists.
+    #[arg(long)]
+    auto_push: bool,
     /// POST a JSON summary of each chain to this URL when it ends.
     #[arg(long, value_name = "URL")]
     notify_webhook: Option<String>,
@@ -250,6 +253,8 @@ struct SimAgentArgs {
     turns: u32,
     #[arg(long)]
     resume: Option<String>,
+    #[arg(long)]
+    write: Option<String>,
 }
 
 /// Sets up logging. On a terminal with the live view only warnings are logged, so the
@@ -363,6 +368,7 @@ fn sim_agent(a: &SimAgentArgs) -> ExitCode {
         max_turns: a.max_turns,
         model: a.model.clone(),
         resume: a.resume.clone(),
+        write: a.write.clone(),
     }));
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -408,6 +414,9 @@ fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
     }
     if let Some(b) = &r.claude_bin {
         o.set("claude_bin", b.display().to_string());
+    }
+    if r.auto_push {
+        o.set("auto_push", true);
     }
     if let Some(u) = &r.notify_webhook {
         o.set("notify_webhook", u.as_str());
@@ -620,7 +629,15 @@ async fn run(
         backend: BackendOptions {
             claude_bin: op.claude_bin.clone(),
         },
-        notify_webhook: op.notify_webhook.clone(),
+        notify: crate::notify::NotifyConfig {
+            global: op.notify_webhook.clone().map(|url| config::Webhook {
+                url,
+                format: op.notify_format,
+                on: op.notify_on.clone(),
+            }),
+            secret: op.notify_secret.as_ref().map(|s| s.0.clone()),
+            timeout: op.notify_timeout,
+        },
         daily_cap_usd: op.daily_cap_usd,
         pricing: op.pricing.clone(),
         stay,
@@ -1116,7 +1133,11 @@ async fn doctor_session(
         backend: BackendOptions {
             claude_bin: loaded.operator.claude_bin.clone(),
         },
-        notify_webhook: None,
+        notify: crate::notify::NotifyConfig {
+            global: None,
+            secret: None,
+            timeout: Duration::from_secs(10),
+        },
         daily_cap_usd: None,
         pricing: loaded.operator.pricing.clone(),
         stay: false,

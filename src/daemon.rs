@@ -181,7 +181,7 @@ pub struct RunOptions {
     /// ended, start the others.
     pub continue_missions: bool,
     pub backend: BackendOptions,
-    pub notify_webhook: Option<String>,
+    pub notify: notify::NotifyConfig,
     /// Spending across all chains per UTC day.
     pub daily_cap_usd: Option<f64>,
     /// Price overrides from operator.toml.
@@ -227,10 +227,28 @@ pub async fn prepare_new(
     let mut agents = backends(&all, &opts.backend)?.into_iter();
     let mut batch = Batch::default();
     for plan in plans {
-        batch.limits.insert(
-            plan.mission.clone(),
-            opts.concurrency.unwrap_or(plan.concurrency),
-        );
+        let concurrency = opts.concurrency.unwrap_or(plan.concurrency);
+        batch.limits.insert(plan.mission.clone(), concurrency);
+        // Chains of the mission that would share a repository at once get a worktree each.
+        let workdirs: Vec<_> = plan
+            .chains
+            .iter()
+            .map(|c| {
+                (
+                    c.settings
+                        .workdir
+                        .canonicalize()
+                        .unwrap_or(c.settings.workdir.clone()),
+                    c.settings.worktree,
+                )
+            })
+            .collect();
+        let own_worktree = crate::git::needs_worktrees(concurrency, &workdirs);
+        let mut plan = plan.clone();
+        for i in own_worktree {
+            plan.chains[i].settings.worktree = crate::config::WorktreeMode::Always;
+        }
+        let plan = &plan;
         for c in &plan.chains {
             let agent = agents
                 .next()
@@ -564,10 +582,7 @@ pub async fn run(
         daily_cap_usd: opts.daily_cap_usd,
         pricing: std::sync::Arc::new(crate::cost::Pricing::with(&opts.pricing)),
     };
-    let notifier = opts
-        .notify_webhook
-        .clone()
-        .map(|url| notify::spawn(url, store.clone(), bus.clone()));
+    let notifier = notify::spawn(opts.notify.clone(), store.clone(), bus.clone());
     let (stop_log, stop_log_rx) = oneshot::channel();
     let event_log = crate::eventlog::spawn(&bus, opts.data_dir.clone(), stop_log_rx);
     let (idle_tx, mut idle_rx) = mpsc::unbounded_channel();
@@ -806,9 +821,7 @@ pub async fn run(
             chains.push(c);
         }
     }
-    if let Some(n) = notifier {
-        n.finish(Duration::from_secs(15)).await;
-    }
+    notifier.finish(Duration::from_secs(15)).await;
     let _ = stop_log.send(());
     let _ = event_log.await;
     Ok(RunReport {

@@ -17,6 +17,7 @@
 //! - [`control`], [`signals`]: the run mode and the Unix signals that change it.
 //! - [`events`], [`eventlog`], [`notify`], [`progress`]: the event bus and what listens to it.
 //! - [`api`]: the HTTP API, WebSocket and its security; [`metrics`]: Prometheus metrics.
+//! - [`git`]: commits, branches, worktrees, pushes and pull requests through the `git` CLI.
 //! - [`cost`]: pricing; [`redact`]: masking secrets; [`cli`]: the command line; [`doctor`]:
 //!   setup checks; [`fault`]: test-only fault injection.
 
@@ -32,6 +33,7 @@ pub mod doctor;
 pub mod eventlog;
 pub mod events;
 pub mod fault;
+pub mod git;
 pub mod handoff;
 pub mod metrics;
 pub mod model;

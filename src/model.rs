@@ -202,6 +202,43 @@ pub struct ChainRecord {
     pub archived: bool,
 }
 
+/// A URL shown without what may be a secret in it (Slack and Discord put their keys in the path,
+/// others in the query or the user info): `https://hooks.slack.com/…`.
+pub fn mask_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or(host);
+    let masked = rest.len() > host.len() || rest.contains('@');
+    format!(
+        "{}{host}{}",
+        if scheme.is_empty() {
+            String::new()
+        } else {
+            format!("{scheme}://")
+        },
+        if masked { "/…" } else { "" }
+    )
+}
+
+impl ChainRecord {
+    /// The record as it may leave the operator (API, webhooks): webhook URLs masked.
+    pub fn public(mut self) -> Self {
+        if let Some(hooks) = self
+            .config
+            .get_mut("webhooks")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for h in hooks {
+                if let Some(u) = h.get("url").and_then(serde_json::Value::as_str) {
+                    let m = mask_url(u);
+                    h["url"] = serde_json::Value::String(m);
+                }
+            }
+        }
+        self
+    }
+}
+
 /// A handoff as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -256,6 +293,20 @@ pub fn is_valid_chain_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_masked_past_their_host() {
+        assert_eq!(
+            mask_url("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            mask_url("http://user:pw@example.com"),
+            "http://example.com/…"
+        );
+        assert_eq!(mask_url("http://127.0.0.1:9000"), "http://127.0.0.1:9000");
+        assert_eq!(mask_url("http://h?token=x"), "http://h/…");
+    }
 
     #[test]
     fn chain_status_round_trips_through_its_name() {

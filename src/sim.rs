@@ -27,6 +27,8 @@ pub struct SimArgs {
     pub max_turns: u32,
     pub model: String,
     pub resume: Option<String>,
+    /// Appends a line to this file (relative to the working directory) at the session's start.
+    pub write: Option<String>,
 }
 
 /// Sonnet-like prices, so the sim's costs look like real ones.
@@ -319,6 +321,29 @@ impl Sim {
 
 /// Runs the simulated agent on stdin/stdout; returns the process exit code.
 pub async fn run(args: SimArgs) -> i32 {
+    if let Some(w) = &args.write {
+        let p = std::path::Path::new(w);
+        let inside = p.is_relative()
+            && p.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            eprintln!("sim-agent: --write must be a relative path inside the workdir");
+            return 2;
+        }
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let line = format!("session {} was here\n", args.session_index);
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("sim-agent: cannot write {w}: {e}");
+            return 2;
+        }
+    }
     let (tx, inbox) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();

@@ -167,7 +167,11 @@ async fn a_lagging_client_is_told_it_lagged_and_never_slows_the_bus() {
         concurrency: None,
         continue_missions: false,
         backend: Default::default(),
-        notify_webhook: None,
+        notify: operator::notify::NotifyConfig {
+            global: None,
+            secret: None,
+            timeout: Duration::from_secs(10),
+        },
         daily_cap_usd: None,
         pricing: Default::default(),
         stay: true,

@@ -86,6 +86,10 @@ pub struct SimConfig {
     pub step: Duration,
     /// Work turns before the final message.
     pub turns: u32,
+    /// A file (relative to the workdir) the sim appends a line to in each session, so tests see
+    /// a working tree change.
+    #[serde(default)]
+    pub write: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -95,6 +99,7 @@ impl Default for SimConfig {
             complete_after: 2,
             step: Duration::from_millis(150),
             turns: 3,
+            write: None,
         }
     }
 }
@@ -143,6 +148,9 @@ impl Agent for SimAgent {
         ];
         if let Some(id) = &spec.resume_id {
             args.extend(["--resume".into(), id.clone()]);
+        }
+        if let Some(w) = &sim.write {
+            args.extend(["--write".into(), w.clone()]);
         }
         CommandLine {
             program: self.exe.clone(),
@@ -199,6 +207,7 @@ mod tests {
                 complete_after: 1,
                 step: Duration::from_millis(250),
                 turns: 2,
+                write: None,
             },
         };
         let c = SimAgent {

@@ -32,6 +32,8 @@ pub const API_SETTINGS: &[(&str, &str)] = &[
     ("maxContinuations", "max_continuations"),
     ("maxBudgetUsd", "max_budget_usd"),
     ("maxSessionCostUsd", "max_session_cost_usd"),
+    ("autoPush", "auto_push"),
+    ("pullRequest", "pull_request"),
 ];
 
 /// Settings only the command line and config files may set; asking for them through the API
@@ -54,6 +56,14 @@ pub const CLI_ONLY: &[&str] = &[
     "dataDir",
     "dangerouslySkipPermissions",
     "allowedTools",
+    "autoCommit",
+    "commitAuthor",
+    "exclude",
+    "dirtyStart",
+    "branch",
+    "worktree",
+    "keepWorktree",
+    "webhooks",
 ];
 
 /// Parses a start body: CLI-only keys are 403, unknown keys 422 (with a suggestion), and the
@@ -187,6 +197,7 @@ async fn find(st: &AppState, id: &str) -> ApiResult<ChainRecord> {
     st.store
         .get_chain(id)
         .await?
+        .map(ChainRecord::public)
         .ok_or_else(|| ApiError::NotFound(format!("no chain `{id}`")))
 }
 
@@ -241,7 +252,7 @@ pub async fn list(
             return Err(ApiError::BadRequest(format!("unknown cursor `{c}`")));
         }
     }
-    let mut chains = st
+    let mut chains: Vec<ChainRecord> = st
         .store
         .list_chains(&ChainQuery {
             status,
@@ -250,7 +261,10 @@ pub async fn list(
             limit: limit + 1,
             with_sessions: false,
         })
-        .await?;
+        .await?
+        .into_iter()
+        .map(ChainRecord::public)
+        .collect();
     let next_cursor = if chains.len() > limit as usize {
         chains.truncate(limit as usize);
         chains.last().map(|c| c.id.clone())
@@ -277,6 +291,10 @@ pub struct StartChainBody {
     max_continuations: Option<u32>,
     max_budget_usd: Option<f64>,
     max_session_cost_usd: Option<f64>,
+    /// Push when the chain completes (a remote must exist).
+    auto_push: Option<bool>,
+    /// Open a pull request with `gh` after the push.
+    pull_request: Option<bool>,
 }
 
 /// Start one chain on a task, with the operator's defaults. Permission mode, workdir and agent

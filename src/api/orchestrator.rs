@@ -77,6 +77,8 @@ pub struct StartMissionBody {
     max_continuations: Option<u32>,
     max_budget_usd: Option<f64>,
     max_session_cost_usd: Option<f64>,
+    auto_push: Option<bool>,
+    pull_request: Option<bool>,
     /// Chains of the mission at once (default: the mission's own).
     concurrency: Option<u32>,
     /// Only return the plan.

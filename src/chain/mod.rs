@@ -8,6 +8,7 @@
 pub mod cost;
 pub mod handoffs;
 pub mod policy;
+pub mod vcs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -149,6 +150,14 @@ pub struct ChainState {
     finished: bool,
     span: tracing::Span,
     children: Supervisor<Child>,
+    /// The chain's name in its mission (commit messages).
+    name: String,
+    /// Its git workspace, when the workdir is in a repository.
+    git: Option<crate::git::Workspace>,
+    /// Why the chain must not run a session (a dirty tree it was told to refuse).
+    refused: Option<String>,
+    /// The 80 % budget warning went out.
+    budget_warned: bool,
 }
 
 pub struct Chain;
@@ -206,6 +215,9 @@ impl ChainState {
             return Ok(());
         }
         self.finished = true;
+        if let Some(ws) = &self.git {
+            vcs::finish(&self.ctx, &self.id, &self.settings, ws, status).await;
+        }
         self.set_status(status, reason.as_deref()).await?;
         self.ctx
             .bus
@@ -295,6 +307,9 @@ impl ChainState {
     async fn next(&mut self, me: &ActorRef<ChainMsg>) -> Result<(), ActorProcessingErr> {
         if self.finished || self.session.is_some() {
             return Ok(());
+        }
+        if let Some(reason) = self.refused.take() {
+            return self.finish(me, ChainStatus::Failed, Some(reason)).await;
         }
         crate::fault::check("chain:next");
         // A retry waits out its backoff (a mode change may wake the chain earlier); a stop
@@ -424,7 +439,11 @@ impl ChainState {
             max_turns: self.settings.max_turns,
             permission_mode: self.settings.permission_mode.clone(),
             resume_id,
-            workdir: self.settings.workdir.clone(),
+            workdir: self
+                .git
+                .as_ref()
+                .map(|g| g.workdir.clone())
+                .unwrap_or_else(|| self.settings.workdir.clone()),
             sim: self.settings.sim.clone(),
         };
         let args = SessionArgs {
@@ -675,6 +694,11 @@ impl ChainState {
             .await?;
         self.resumable = resumable_id(&record);
         let _ = self.handoffs.cast(HandoffMsg::Committed(handoff.clone()));
+        if self.settings.auto_commit
+            && let Some(ws) = &self.git
+        {
+            vcs::commit(&self.ctx, &self.id, &self.name, o.index, ws, &handoff.text).await;
+        }
         tracing::info!(
             parent: &self.span,
             session.index = o.index,
@@ -694,6 +718,18 @@ impl ChainState {
             )
             .await;
         let total: f64 = self.ask_cost(me, CostMsg::Total).await?;
+        if !self.budget_warned && total >= 0.8 * self.settings.max_budget_usd {
+            self.budget_warned = true;
+            self.ctx
+                .bus
+                .emit(
+                    "chain:budget-warning",
+                    Some(&self.id),
+                    Some(o.index),
+                    json!({"spentUsd": total, "budgetUsd": self.settings.max_budget_usd}),
+                )
+                .await;
+        }
         let after = AfterSession {
             verdict: verdict.clone(),
             complete: handoff.complete && !handoff.synthetic,
@@ -841,6 +877,22 @@ impl Actor for Chain {
             .collect();
         recent_errors.reverse();
         let session_base = store.session_base(&a.chain_id).await?;
+        let name = store
+            .get_chain(&a.chain_id)
+            .await?
+            .map(|c| c.name)
+            .unwrap_or_else(|| "main".into());
+        let (git, refused) = match vcs::open(&a.ctx, &a.chain_id, &a.task, &a.settings).await {
+            Ok(ws) => (ws, None),
+            Err(reason) => (None, Some(reason)),
+        };
+        let spent = store
+            .sessions(&a.chain_id)
+            .await?
+            .iter()
+            .map(|s| s.cost_usd)
+            .sum::<f64>();
+        let budget_warned = spent >= 0.8 * a.settings.max_budget_usd;
         let cost = spawn_cost(&me, &a.chain_id, &a.ctx, a.settings.max_session_cost_usd).await?;
         let handoffs = spawn_handoffs(&me, &a.chain_id, &a.task, &a.ctx).await?;
         let st = ChainState {
@@ -868,6 +920,10 @@ impl Actor for Chain {
             finished: false,
             span,
             children: child_supervisor(),
+            name,
+            git,
+            refused,
+            budget_warned,
         };
         st.set_status(ChainStatus::Running, None).await?;
         // Forward run-mode changes (pause, resume, stop) as messages.

@@ -23,14 +23,28 @@ pub const CHAIN_KEYS: &[&str] = &[
     "usage_limit_margin",
     "usage_limit_fallback",
     "sim",
+    "auto_commit",
+    "commit_author",
+    "exclude",
+    "dirty_start",
+    "auto_push",
+    "branch",
+    "pull_request",
+    "worktree",
+    "keep_worktree",
+    "webhooks",
 ];
-const SIM_KEYS: &[&str] = &["scenario", "complete_after", "step", "turns"];
+const SIM_KEYS: &[&str] = &["scenario", "complete_after", "step", "turns", "write"];
 const CHAIN_ENTRY_KEYS: &[&str] = &["name", "task", "after"];
 const MISSION_KEYS: &[&str] = &["name", "description", "concurrency", "defaults", "chain"];
 const OPERATOR_KEYS: &[&str] = &[
     "data_dir",
     "claude_bin",
     "notify_webhook",
+    "notify_secret",
+    "notify_format",
+    "notify_on",
+    "notify_timeout",
     "shutdown_grace",
     "daily_cap_usd",
     "pricing",

@@ -54,6 +54,108 @@ pub struct ChainSettings {
     #[serde(with = "humantime_serde")]
     pub usage_limit_fallback: Duration,
     pub sim: SimConfig,
+    /// Git: commit the working tree after each session that changed it (in a repository).
+    #[serde(default = "yes")]
+    pub auto_commit: bool,
+    /// `Name <email>` for the commits (default: the repository's own identity).
+    #[serde(default)]
+    pub commit_author: Option<String>,
+    /// Paths never committed: git pathspec globs; one without `/` matches at any depth.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// What to do when the working tree has uncommitted changes at the chain's start.
+    #[serde(default)]
+    pub dirty_start: DirtyStart,
+    /// Push after `complete`, `assumed-complete` or `max-continuations`, when a remote exists.
+    #[serde(default)]
+    pub auto_push: bool,
+    /// Work on a branch of its own, named after the task.
+    #[serde(default)]
+    pub branch: bool,
+    /// Open a pull request with `gh` after a push (implies `branch`).
+    #[serde(default)]
+    pub pull_request: bool,
+    /// A `git worktree` of its own: `auto` when chains of one mission share a repository.
+    #[serde(default)]
+    pub worktree: WorktreeMode,
+    /// Keep the worktree after the chain ends (default: removed when clean; the branch stays).
+    #[serde(default)]
+    pub keep_worktree: bool,
+    /// Webhooks of this chain, besides the operator-wide `notify_webhook`.
+    #[serde(default)]
+    pub webhooks: Vec<Webhook>,
+}
+
+fn default_notify_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A dirty working tree at a chain's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DirtyStart {
+    /// Report it and go on (the first commit includes those changes).
+    #[default]
+    Continue,
+    /// Fail the chain before any session.
+    Refuse,
+}
+
+/// Whether a chain gets a worktree of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WorktreeMode {
+    /// When several chains of one mission run at once in the same repository.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// What a webhook's body looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    /// `{"event", "chain", "summary", "data"}`.
+    #[default]
+    Json,
+    /// A Slack incoming webhook's `{"text"}`.
+    Slack,
+    /// A Discord webhook's `{"content"}`.
+    Discord,
+}
+
+/// Which events a webhook hears about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    /// The chain ended (any outcome).
+    End,
+    /// A session failed.
+    Failure,
+    /// The chain waits for a usage limit.
+    Waiting,
+    /// The chain has spent 80 % of its budget.
+    Budget,
+}
+
+pub fn default_notify_on() -> Vec<NotifyOn> {
+    vec![NotifyOn::End]
+}
+
+/// One webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: String,
+    #[serde(default)]
+    pub format: NotifyFormat,
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<NotifyOn>,
 }
 
 /// A secret setting: never shown by `Debug` (so never in a log line).
@@ -86,6 +188,18 @@ pub struct OperatorSettings {
     pub claude_bin: Option<PathBuf>,
     /// POST a JSON summary here when a chain ends.
     pub notify_webhook: Option<String>,
+    /// Signs webhook bodies (`X-Operator-Signature: sha256=<HMAC-SHA256 hex>`).
+    #[serde(default)]
+    pub notify_secret: Option<Secret>,
+    /// The body of `notify_webhook`: `json`, `slack` or `discord`.
+    #[serde(default)]
+    pub notify_format: NotifyFormat,
+    /// What `notify_webhook` hears about (default: the chain's end).
+    #[serde(default = "default_notify_on")]
+    pub notify_on: Vec<NotifyOn>,
+    /// How long one delivery attempt may take.
+    #[serde(with = "humantime_serde", default = "default_notify_timeout")]
+    pub notify_timeout: Duration,
     /// How long running sessions get to stop on a graceful shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -205,6 +319,8 @@ impl Env {
             .list_separator(",")
             .with_list_parse_key("retry_backoff")
             .with_list_parse_key("allowed_hosts")
+            .with_list_parse_key("exclude")
+            .with_list_parse_key("notify_on")
             .source(Some(map))
     }
 }
@@ -680,6 +796,16 @@ fn check_chain_settings(s: &ChainSettings) -> Result<(), String> {
     }
     if s.retry_backoff.is_empty() {
         return Err("`retry_backoff` needs at least one duration".into());
+    }
+    for w in &s.webhooks {
+        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            return Err("`webhooks`: each `url` must start with http:// or https://".into());
+        }
+    }
+    if let Some(a) = &s.commit_author
+        && !(a.contains('<') && a.trim_end().ends_with('>'))
+    {
+        return Err(format!("`commit_author` is `{a}`; expected `Name <email>`"));
     }
     if s.breaker_threshold == 0 {
         return Err("`breaker_threshold` must be at least 1".into());

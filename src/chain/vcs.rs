@@ -1,0 +1,252 @@
+//! A chain's git steps: open its workspace at start (branch, worktree, the dirty-tree check), commit
+//! after each session, push and open a pull request at the end. Each step is reported on the bus
+//! (`git:*` events, journaled); none can fail the chain's record.
+
+use serde_json::json;
+
+use super::Ctx;
+use crate::config::{ChainSettings, DirtyStart};
+use crate::git::{self, Push, Workspace};
+use crate::model::ChainStatus;
+
+/// Opens the workspace; `Err` holds the reason to refuse the chain (a dirty tree with
+/// `dirty_start = "refuse"`).
+pub async fn open(
+    ctx: &Ctx,
+    id: &str,
+    task: &str,
+    s: &ChainSettings,
+) -> Result<Option<Workspace>, String> {
+    let ws = match git::open(s, id, task, &ctx.data_dir).await {
+        Ok(Some(ws)) => ws,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::warn!(chain.id = id, cause = %e, "git: the chain works without its git steps");
+            ctx.bus
+                .emit("git:error", Some(id), None, json!({"error": e.to_string()}))
+                .await;
+            return Ok(None);
+        }
+    };
+    if let Some(path) = &ws.worktree {
+        ctx.bus
+            .emit(
+                "git:worktree",
+                Some(id),
+                None,
+                json!({"path": path, "branch": ws.branch}),
+            )
+            .await;
+    } else {
+        if let Some(b) = &ws.branch {
+            ctx.bus
+                .emit("git:branch", Some(id), None, json!({"branch": b}))
+                .await;
+        }
+        match ws.changes().await {
+            Ok(files) if !files.is_empty() => {
+                let refuse = s.dirty_start == DirtyStart::Refuse;
+                ctx.bus
+                    .emit(
+                        "git:dirty",
+                        Some(id),
+                        None,
+                        json!({"files": files.len(), "sample": files.iter().take(10).collect::<Vec<_>>(), "refused": refuse}),
+                    )
+                    .await;
+                tracing::warn!(
+                    chain.id = id,
+                    files = files.len(),
+                    "git: the working tree has uncommitted changes at the chain's start"
+                );
+                if refuse {
+                    return Err(format!(
+                        "the working tree of {} has {} uncommitted change(s) (dirty_start = \"refuse\"); commit or stash them first",
+                        ws.repo.display(),
+                        files.len()
+                    ));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                ctx.bus
+                    .emit("git:error", Some(id), None, json!({"error": e.to_string()}))
+                    .await;
+            }
+        }
+    }
+    Ok(Some(ws))
+}
+
+/// Commits what the session changed, with its handoff as the message.
+pub async fn commit(ctx: &Ctx, id: &str, name: &str, index: u32, ws: &Workspace, handoff: &str) {
+    let message = git::commit_message(name, id, index, handoff);
+    match ws.commit(&message).await {
+        Ok(Some(c)) => {
+            tracing::info!(chain.id = id, session.index = index, sha = %c.sha, files = c.files, "git: session committed");
+            ctx.bus
+                .emit(
+                    "git:committed",
+                    Some(id),
+                    Some(index),
+                    json!({"sha": c.sha, "files": c.files, "branch": ws.branch}),
+                )
+                .await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(chain.id = id, session.index = index, cause = %e, "git: the session could not be committed");
+            ctx.bus
+                .emit(
+                    "git:commit-failed",
+                    Some(id),
+                    Some(index),
+                    json!({"error": e.to_string()}),
+                )
+                .await;
+        }
+    }
+}
+
+/// Whether a chain that ended so is pushed.
+pub fn pushes(status: ChainStatus) -> bool {
+    matches!(
+        status,
+        ChainStatus::Complete | ChainStatus::AssumedComplete | ChainStatus::MaxContinuations
+    )
+}
+
+/// The body of a pull request: the chain's outcome, its sessions and its last handoff.
+pub fn pr_body(chain: &crate::model::ChainRecord, last_handoff: Option<&str>) -> String {
+    let mut b = format!(
+        "Opened by operator for chain `{}` ({}).\n\n**Task:** {}\n\n**Outcome:** {} after {} session(s), {} turns, ${:.2}.\n\n| session | status | turns | cost |\n|---|---|---|---|\n",
+        chain.name,
+        chain.id,
+        chain.task.trim(),
+        chain.status,
+        chain.totals.sessions,
+        chain.totals.turns,
+        chain.totals.cost_usd
+    );
+    for s in &chain.sessions {
+        b.push_str(&format!(
+            "| {} | {} | {} | ${:.2} |\n",
+            s.index,
+            s.status.as_str(),
+            s.turns,
+            s.cost_usd
+        ));
+    }
+    if let Some(h) = last_handoff {
+        b.push_str("\n### Last handoff\n\n");
+        b.push_str(h.trim());
+        b.push('\n');
+    }
+    b
+}
+
+/// At the chain's end: push (after a success or max-continuations, when asked and a remote
+/// exists), open the pull request, and remove a clean worktree.
+pub async fn finish(ctx: &Ctx, id: &str, s: &ChainSettings, ws: &Workspace, status: ChainStatus) {
+    if (s.auto_push || s.pull_request) && pushes(status) {
+        match ws.push().await {
+            Ok(Push::Pushed { remote, branch }) => {
+                tracing::info!(chain.id = id, %remote, %branch, "git: pushed");
+                ctx.bus
+                    .emit(
+                        "git:pushed",
+                        Some(id),
+                        None,
+                        json!({"remote": remote, "branch": branch}),
+                    )
+                    .await;
+                if s.pull_request {
+                    pull_request(ctx, id, ws, status).await;
+                }
+            }
+            Ok(Push::Skipped(why)) => {
+                ctx.bus
+                    .emit("git:push-skipped", Some(id), None, json!({"reason": why}))
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(chain.id = id, cause = %e, "git: the push failed");
+                ctx.bus
+                    .emit(
+                        "git:push-failed",
+                        Some(id),
+                        None,
+                        json!({"error": e.to_string()}),
+                    )
+                    .await;
+            }
+        }
+    }
+    if ws.worktree.is_some() && !s.keep_worktree && status != ChainStatus::Interrupted {
+        let origin = s.workdir.canonicalize().unwrap_or(s.workdir.clone());
+        match ws.remove_worktree(&origin).await {
+            Ok(true) => {
+                ctx.bus
+                    .emit(
+                        "git:worktree-removed",
+                        Some(id),
+                        None,
+                        json!({"branch": ws.branch}),
+                    )
+                    .await;
+            }
+            Ok(false) => {
+                ctx.bus
+                    .emit(
+                        "git:worktree-kept",
+                        Some(id),
+                        None,
+                        json!({"reason": "it has uncommitted changes", "path": ws.worktree}),
+                    )
+                    .await;
+            }
+            Err(e) => {
+                ctx.bus
+                    .emit("git:error", Some(id), None, json!({"error": e.to_string()}))
+                    .await;
+            }
+        }
+    }
+}
+
+async fn pull_request(ctx: &Ctx, id: &str, ws: &Workspace, status: ChainStatus) {
+    let Ok(Some(mut chain)) = ctx.store.get_chain(id).await else {
+        return;
+    };
+    chain.status = status;
+    let last = ctx.store.last_handoff(id).await.ok().flatten();
+    let title = format!("operator: {}", git::summary(&chain.task, 60));
+    let body = pr_body(&chain, last.as_ref().map(|h| h.text.as_str()));
+    match ws.pull_request(&title, &body).await {
+        Ok(Some(url)) => {
+            ctx.bus
+                .emit("git:pr-created", Some(id), None, json!({"url": url}))
+                .await;
+        }
+        Ok(None) => {
+            ctx.bus
+                .emit(
+                    "git:pr-skipped",
+                    Some(id),
+                    None,
+                    json!({"reason": "`gh` is not installed"}),
+                )
+                .await;
+        }
+        Err(e) => {
+            ctx.bus
+                .emit(
+                    "git:pr-failed",
+                    Some(id),
+                    None,
+                    json!({"error": e.to_string()}),
+                )
+                .await;
+        }
+    }
+}
