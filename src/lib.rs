@@ -18,6 +18,7 @@
 //! - [`events`], [`eventlog`], [`notify`], [`progress`]: the event bus and what listens to it.
 //! - [`api`]: the HTTP API, WebSocket and its security; [`metrics`]: Prometheus metrics.
 //! - [`git`]: commits, branches, worktrees, pushes and pull requests through the `git` CLI.
+//! - [`web`]: the dashboard pages (templates, markdown, charts), served with the API.
 //! - [`cost`]: pricing; [`redact`]: masking secrets; [`cli`]: the command line; [`doctor`]:
 //!   setup checks; [`fault`]: test-only fault injection.
 
@@ -47,3 +48,4 @@ pub mod signals;
 pub mod sim;
 pub mod store;
 pub mod supervisor;
+pub mod web;

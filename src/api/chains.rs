@@ -103,6 +103,7 @@ pub fn parse_start(body: &Map<String, Value>, extra: &[&str]) -> ApiResult<Start
                             .all(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(c))
                 }),
                 "max_turns" | "max_continuations" => v.as_u64().is_some_and(|n| n <= 10_000),
+                "auto_push" | "pull_request" => v.is_boolean(),
                 _ => v.as_f64().is_some_and(|f| f.is_finite() && f > 0.0),
             };
             if !ok {

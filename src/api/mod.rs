@@ -159,6 +159,7 @@ pub fn router(state: AppState) -> Router {
             async move { axum::Json((*doc).clone()) }
         }),
     )
+    .merge(crate::web::routes())
     .fallback(|uri: axum::http::Uri| async move { ApiError::NoRoute(uri.path().to_string()) })
     .method_not_allowed_fallback(|m: axum::http::Method, uri: axum::http::Uri| async move {
         ApiError::MethodNotAllowed(format!("{m} is not allowed on {}", uri.path()))

@@ -206,7 +206,7 @@ pub async fn missions(State(st): State<AppState>) -> ApiResult<axum::Json<Vec<Mi
     Ok(axum::Json(list))
 }
 
-fn list_missions(dir: &std::path::Path) -> Vec<MissionInfo> {
+pub fn list_missions(dir: &std::path::Path) -> Vec<MissionInfo> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();

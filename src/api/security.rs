@@ -82,6 +82,11 @@ impl Security {
         &self.csrf
     }
 
+    /// Is `given` the API token (compared in constant time)?
+    pub fn token_matches(&self, given: &str) -> bool {
+        constant_time_eq(given.as_bytes(), self.token.as_bytes())
+    }
+
     fn token_ok(&self, given: Option<&str>) -> bool {
         given.is_some_and(|g| constant_time_eq(g.as_bytes(), self.token.as_bytes()))
     }
@@ -264,7 +269,12 @@ fn is_safe(method: &Method) -> bool {
 
 /// Paths served to anyone who passes the Host and Origin checks (probes).
 fn is_public(path: &str) -> bool {
-    path == "/api/health"
+    path == "/api/health" || path == "/login" || path.starts_with("/assets/")
+}
+
+/// Pages people open in a browser (not the API, the WebSocket or metrics).
+fn is_page(path: &str) -> bool {
+    !(path.starts_with("/api/") || path == "/ws" || path == "/metrics")
 }
 
 /// The decision for one request, apart from the framework (unit-tested).
@@ -331,6 +341,11 @@ pub fn check(
 pub async fn guard(State(sec): State<Arc<Security>>, req: Request, next: Next) -> Response {
     match check(&sec, req.method(), req.uri().path(), req.headers()) {
         Ok(()) => next.run(req).await,
+        Err(ApiError::Unauthorized(_))
+            if req.method() == Method::GET && is_page(req.uri().path()) =>
+        {
+            axum::response::Redirect::to("/login").into_response()
+        }
         Err(e) => {
             tracing::warn!(method = %req.method(), path = %req.uri().path(), reason = %e, "API request refused");
             e.into_response()

@@ -1,0 +1,449 @@
+//! The dashboard in a real browser: headless Chromium driven over WebDriver (chromedriver + fantoccini)
+//! against `operator serve` with sim chains. Screenshots of each page go to `target/screenshots/`.
+//!
+//! In CI (`CI` set) a missing Chromium fails these tests; elsewhere they are skipped with a loud
+//! message. `.ci/run` installs Debian's `chromium` and `chromium-driver`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::api::Server;
+use common::{Op, eventually, processes_in};
+use fantoccini::{Client, ClientBuilder, Locator};
+use operator::model::{ChainStatus, HandoffRecord, SessionRecord, SessionStatus, now_rfc3339};
+use operator::store::{NewChain, SessionStart, Store};
+use serde_json::{Value, json};
+
+struct Browser {
+    driver: Child,
+    client: Client,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A headless Chromium, or `None` (loudly) when it is not installed outside CI.
+async fn browser(width: u32, height: u32) -> Option<Browser> {
+    let Some(driver_bin) = find_in_path("chromedriver") else {
+        let msg = "chromedriver (Debian: chromium-driver) is not installed";
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}: the dashboard tests cannot run in CI without it");
+        }
+        eprintln!("\n*** SKIPPED: {msg}; the dashboard browser tests did not run ***\n");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let driver = Command::new(driver_bin)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(
+        eventually(Duration::from_secs(20), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "chromedriver did not start"
+    );
+    let args = vec![
+        "--headless=new".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-dev-shm-usage".into(),
+        format!("--window-size={width},{height}"),
+    ];
+    let mut opts = json!({"args": args});
+    if let Some(bin) = find_in_path("chromium") {
+        opts["binary"] = json!(bin);
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".into(), opts);
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&url)
+        .await
+        .expect("a WebDriver session with Chromium");
+    Some(Browser { driver, client })
+}
+
+fn shots_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(shots_dir().join(format!("{name}.png")), png).unwrap();
+}
+
+async fn js(c: &Client, script: &str) -> Value {
+    c.execute(script, vec![]).await.expect("script")
+}
+
+/// Polls the page until `script` returns true.
+async fn until(c: &Client, what: &str, script: &str) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        if js(c, script).await == Value::Bool(true) {
+            return;
+        }
+        assert!(Instant::now() < end, "never true: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn no_horizontal_scroll() -> &'static str {
+    "return document.documentElement.scrollWidth <= document.documentElement.clientWidth;"
+}
+
+#[tokio::test]
+async fn the_home_page_follows_a_chain_live_and_kill_stops_it() {
+    let Some(b) = browser(1280, 900).await else {
+        return;
+    };
+    let c = &b.client;
+    let op = Op::new();
+    // Slow sessions, so the chain is seen running before it completes.
+    let srv = Server::start_with(
+        &op,
+        &["serve", "--listen", "127.0.0.1:0", "--agent", "sim"],
+        &[("OPERATOR_SIM__STEP", "250ms")],
+    );
+    let id = srv.start_chain("Follow me live").await;
+    srv.wait_status(&id, "running").await;
+    c.goto(&srv.url).await.unwrap();
+    let row = format!("tr[data-chain='{id}'] .state");
+    until(c, "the chain listed as running", &format!(
+        "var r = document.querySelector(\"{row}\"); return !!r && r.textContent.trim() === 'running';"
+    ))
+    .await;
+    shot(c, "home").await;
+    js(c, "window.__marker = 42; return true;").await;
+    // Its state changes on the page without a reload (over the WebSocket).
+    until(c, "the chain shown complete", &format!(
+        "var r = document.querySelector(\"{row}\"); return !!r && r.textContent.trim() === 'complete';"
+    ))
+    .await;
+    assert_eq!(
+        js(c, "return window.__marker;").await,
+        json!(42),
+        "the page was reloaded"
+    );
+    srv.wait_status(&id, "complete").await;
+
+    // The chain page: its timeline, then the kill switch on a chain that hangs.
+    c.goto(&format!("{}/chains/{id}", srv.url)).await.unwrap();
+    let bars = c
+        .find_all(Locator::Css("#timeline details.session"))
+        .await
+        .unwrap();
+    assert_eq!(bars.len(), 3);
+    shot(c, "chain").await;
+    drop(srv);
+
+    let op = Op::new();
+    let srv = Server::start(&op, &["--scenario", "hang"]);
+    let id = srv.start_chain("Hang until killed").await;
+    srv.wait_status(&id, "running").await;
+    assert!(eventually(Duration::from_secs(20), || !processes_in(
+        &op.workdir()
+    )
+    .is_empty()));
+    c.goto(&srv.url).await.unwrap();
+    let kill = c
+        .wait()
+        .for_element(Locator::Css(&format!("tr[data-chain='{id}'] button.kill")))
+        .await
+        .unwrap();
+    kill.click().await.unwrap();
+    // The confirmation first.
+    c.accept_alert().await.expect("a confirmation dialog");
+    srv.wait_status(&id, "aborted").await;
+    assert!(
+        eventually(Duration::from_secs(10), || processes_in(&op.workdir())
+            .is_empty()),
+        "the agent survived the kill switch"
+    );
+    until(
+        c,
+        "the chain leaves the active list",
+        &format!("return !document.querySelector(\"#active tr[data-chain='{id}']\");"),
+    )
+    .await;
+    let _ = b.client.clone().close().await;
+}
+
+#[tokio::test]
+async fn quick_start_and_the_mission_launcher_start_chains() {
+    let Some(b) = browser(1280, 900).await else {
+        return;
+    };
+    let c = &b.client;
+    let op = Op::new();
+    std::fs::create_dir_all(op.root.path().join("config/missions")).unwrap();
+    op.write(
+        "config/missions/nightly.toml",
+        "name = \"nightly\"\ndescription = \"two chains\"\nconcurrency = 2\n[defaults]\nsim = { scenario = \"complete\" }\n\
+         [[chain]]\nname = \"parser\"\ntask = \"Port the parser\"\n[[chain]]\nname = \"docs\"\ntask = \"Write docs\"\nafter = [\"parser\"]\n",
+    );
+    let srv = Server::start(&op, &["--scenario", "complete"]);
+    c.goto(&srv.url).await.unwrap();
+    let task = c
+        .find(Locator::Css("#quick-start textarea[name=task]"))
+        .await
+        .unwrap();
+    task.send_keys("Quick start from the dashboard")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#start-task"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, page) = srv.get("/api/chains").await;
+        if page["chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["task"] == "Quick start from the dashboard")
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "the quick-start form started nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    c.goto(&format!("{}/missions", srv.url)).await.unwrap();
+    let form = "article[data-mission=nightly]";
+    c.find(Locator::Css(&format!("{form} input[name=model]")))
+        .await
+        .unwrap()
+        .send_keys("opus")
+        .await
+        .unwrap();
+    c.find(Locator::Css(&format!("{form} button.outline")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(c, "the dry run's plan", "var t = document.querySelector('.plan table'); return !!t && t.textContent.includes('Port the parser') && t.textContent.includes('opus');").await;
+    shot(c, "missions").await;
+    assert_eq!(
+        srv.get("/api/chains").await.1["chains"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "a dry run started chains"
+    );
+    c.find(Locator::Css(&format!("{form} button[type=submit]")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, page) = srv.get("/api/chains").await;
+        let chains = page["chains"].as_array().unwrap();
+        if chains
+            .iter()
+            .filter(|c| c["mission"] == "nightly" && c["config"]["model"] == "opus")
+            .count()
+            == 2
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "the launcher started nothing: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The launcher goes back home, where the chains are.
+    until(
+        c,
+        "back on the home page",
+        "return location.pathname === '/';",
+    )
+    .await;
+    c.goto(&format!("{}/orchestrator", srv.url)).await.unwrap();
+    shot(c, "orchestrator").await;
+    let _ = b.client.clone().close().await;
+}
+
+/// A chain whose task and handoffs carry script payloads, written straight into the store.
+async fn hostile_chain(op: &Op) -> String {
+    let store = op.store().await;
+    let id = "c-20261125-bad001".to_string();
+    let payload = "<script>window.__pwned=1</script> and <img src=x onerror=\"window.__pwned=2\">";
+    store
+        .create_chain(&NewChain {
+            id: id.clone(),
+            name: "hostile".into(),
+            mission: None,
+            task: format!("Task with {payload}"),
+            config: json!({"model": "sonnet", "max_continuations": 5}),
+            status: ChainStatus::Complete,
+        })
+        .await
+        .unwrap();
+    for i in 1..=2u32 {
+        store
+            .start_session(&SessionStart {
+                chain_id: id.clone(),
+                index: i,
+                attempt: 1,
+                prompt: "p".into(),
+                started_at: now_rfc3339(),
+            })
+            .await
+            .unwrap();
+        let text = format!(
+            "## HANDOFF{}\n\n**Accomplished**\n- step {i}: {payload}\n\n**Remaining**\n- more <b onmouseover=\"window.__pwned=3\">work</b>\n",
+            if i == 2 { ": COMPLETE" } else { "" }
+        );
+        let record = SessionRecord {
+            index: i,
+            session_id: Some(format!("s{i}")),
+            status: SessionStatus::Completed,
+            turns: 3,
+            cost_usd: 0.05 * f64::from(i),
+            duration_ms: 1000 * u64::from(i),
+            hit_max_turns: false,
+            pre_compacted: false,
+            handoff_complete: i == 2,
+            handoff_file: None,
+            error: None,
+            error_kind: None,
+            handoff_synthetic: false,
+            asked_again: false,
+            attempts: 1,
+            started_at: now_rfc3339(),
+            ended_at: Some(now_rfc3339()),
+        };
+        let handoff = HandoffRecord {
+            chain_id: id.clone(),
+            index: i,
+            text,
+            complete: i == 2,
+            synthetic: false,
+            reason: None,
+            file: format!("handoff-{i}.md"),
+            created_at: now_rfc3339(),
+        };
+        store
+            .finish_session(&id, &record, Some(&handoff))
+            .await
+            .unwrap();
+    }
+    id
+}
+
+#[tokio::test]
+async fn handoffs_render_as_text_in_three_columns_and_every_page_fits_a_phone() {
+    let Some(b) = browser(1280, 900).await else {
+        return;
+    };
+    let c = &b.client;
+    let op = Op::new();
+    let id = hostile_chain(&op).await;
+    let srv = Server::start(&op, &[]);
+    for (path, name) in [
+        (format!("/chains/{id}"), "chain-hostile"),
+        (format!("/chains/{id}/sessions/2/handoff"), "handoff-viewer"),
+        (format!("/chains/{id}/report"), "report"),
+        ("/".to_string(), "home-hostile"),
+    ] {
+        c.goto(&format!("{}{path}", srv.url)).await.unwrap();
+        // Give any payload the chance to run: open every handoff and hover over everything.
+        js(c, "document.querySelectorAll('details').forEach(function (d) { d.open = true; }); document.querySelectorAll('b, img').forEach(function (e) { e.dispatchEvent(new MouseEvent('mouseover')); }); return true;").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            js(c, "return typeof window.__pwned;").await,
+            json!("undefined"),
+            "{path}: a payload ran"
+        );
+        assert_eq!(
+            js(
+                c,
+                "return document.querySelectorAll('main script, main img').length;"
+            )
+            .await,
+            json!(0),
+            "{path}"
+        );
+        let text = js(c, "return document.body.innerText;").await;
+        assert!(
+            text.as_str()
+                .unwrap()
+                .contains("<script>window.__pwned=1</script>"),
+            "{path}: the payload is not shown as text"
+        );
+        if name == "handoff-viewer" {
+            shot(c, name).await;
+        }
+    }
+    // The handoff viewer: previous handoff, the session's output, the next handoff.
+    c.goto(&format!("{}/chains/{id}/sessions/2/handoff", srv.url))
+        .await
+        .unwrap();
+    let cols = c.find_all(Locator::Css("#viewer .col")).await.unwrap();
+    assert_eq!(cols.len(), 3);
+    let first = cols[0].text().await.unwrap();
+    let last = cols[2].text().await.unwrap();
+    assert!(
+        first.contains("step 1") && last.contains("step 2"),
+        "{first} / {last}"
+    );
+    shot(c, "report-and-viewer").await;
+
+    // At 375 px wide nothing scrolls sideways.
+    c.set_window_size(375, 812).await.unwrap();
+    for path in [
+        "/".to_string(),
+        format!("/chains/{id}"),
+        format!("/chains/{id}/sessions/2/handoff"),
+        format!("/chains/{id}/report"),
+        "/missions".to_string(),
+        "/orchestrator".to_string(),
+    ] {
+        c.goto(&format!("{}{path}", srv.url)).await.unwrap();
+        let width = js(c, "return window.innerWidth;").await;
+        assert!(width.as_u64().unwrap() <= 400, "the window is {width} wide");
+        assert_eq!(
+            js(c, no_horizontal_scroll()).await,
+            json!(true),
+            "{path} scrolls sideways at 375 px"
+        );
+        if path == "/" {
+            shot(c, "home-375px").await;
+        }
+    }
+    let _ = b.client.clone().close().await;
+}
