@@ -1237,6 +1237,7 @@ mod tests {
             sessions: vec![],
             totals: Default::default(),
             archived: false,
+            verify: Vec::new(),
         }
     }
 

@@ -200,6 +200,9 @@ pub struct ChainRecord {
     pub sessions: Vec<SessionRecord>,
     pub totals: Totals,
     pub archived: bool,
+    /// The verify gates' results after the last COMPLETE (empty when none ran).
+    #[serde(default)]
+    pub verify: Vec<GateResult>,
 }
 
 /// A URL shown without what may be a secret in it (Slack and Discord put their keys in the path,
@@ -237,6 +240,21 @@ impl ChainRecord {
         }
         self
     }
+}
+
+/// One verify command's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateResult {
+    pub command: String,
+    pub passed: bool,
+    /// `None` when it was stopped (timeout) or could not start.
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    /// The tail of what it printed (stdout and stderr), secrets masked.
+    pub output_tail: String,
+    /// The session after which it ran.
+    pub session: u32,
 }
 
 /// A handoff as stored.

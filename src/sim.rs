@@ -31,6 +31,15 @@ pub struct SimArgs {
     pub write: Option<String>,
 }
 
+/// The marker file of the `usage-limit` scenario, in the working directory.
+const USAGE_LIMIT_MARK: &str = ".sim-usage-limit";
+
+const STUCK_HANDOFF: &str = "Still looking.\n\n## HANDOFF\n\n### Accomplished\nRead the code again \
+    and thought about the problem.\n\n### Remaining\n- the whole task\n\n### Context\nNothing changed.";
+
+const LAZY_COMPLETE_HANDOFF: &str = "Done.\n\n## HANDOFF: COMPLETE\n\n### Accomplished\nThe task \
+    is finished, everything works.\n\n### Remaining\nNothing.\n\n### Context\nNothing to add.";
+
 /// Sonnet-like prices, so the sim's costs look like real ones.
 const USD_PER_INPUT_TOKEN: f64 = 3.0 / 1_000_000.0;
 const USD_PER_OUTPUT_TOKEN: f64 = 15.0 / 1_000_000.0;
@@ -249,6 +258,22 @@ impl Sim {
                 );
                 return Ok(());
             }
+            Scenario::UsageLimit if !std::path::Path::new(USAGE_LIMIT_MARK).exists() => {
+                let _ = std::fs::write(USAGE_LIMIT_MARK, "hit\n");
+                self.step().await?;
+                let reset = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() + 2)
+                    .unwrap_or(0);
+                let text = format!("Claude AI usage limit reached|{reset}");
+                self.result(
+                    "success",
+                    true,
+                    &text,
+                    json!({"terminal_reason": "api_error", "api_error_status": 429}),
+                );
+                std::process::exit(1);
+            }
             _ => {}
         }
         if args.scenario == Scenario::Garbage {
@@ -284,7 +309,9 @@ impl Sim {
             Scenario::NoHandoff | Scenario::Forgetful => {
                 "I changed a few files and I think it works now.".to_string()
             }
-            Scenario::Incomplete => self.handoff(self.completes_now()),
+            Scenario::Incomplete | Scenario::UsageLimit => self.handoff(self.completes_now()),
+            Scenario::Stuck => STUCK_HANDOFF.to_string(),
+            Scenario::LazyComplete => LAZY_COMPLETE_HANDOFF.to_string(),
             _ => self.handoff(true),
         };
         self.assistant_text(args.turns + 1, &text);

@@ -32,6 +32,13 @@ pub enum Scenario {
     Garbage,
     /// Prints its init line and then nothing, forever.
     Hang,
+    /// Writes the very same incomplete handoff every session and changes nothing.
+    Stuck,
+    /// Writes the very same COMPLETE handoff every session and changes nothing.
+    LazyComplete,
+    /// The first session in a workdir hits a usage limit that resets 2 s later (a marker
+    /// file remembers it); every later one works like `incomplete`.
+    UsageLimit,
 }
 
 impl Scenario {
@@ -47,10 +54,13 @@ impl Scenario {
             Scenario::Slow => "slow",
             Scenario::Garbage => "garbage",
             Scenario::Hang => "hang",
+            Scenario::Stuck => "stuck",
+            Scenario::LazyComplete => "lazy-complete",
+            Scenario::UsageLimit => "usage-limit",
         }
     }
 
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Complete,
         Scenario::Incomplete,
         Scenario::NoHandoff,
@@ -61,6 +71,9 @@ impl Scenario {
         Scenario::Slow,
         Scenario::Garbage,
         Scenario::Hang,
+        Scenario::Stuck,
+        Scenario::LazyComplete,
+        Scenario::UsageLimit,
     ];
 }
 

@@ -64,6 +64,9 @@ pub const CLI_ONLY: &[&str] = &[
     "worktree",
     "keepWorktree",
     "webhooks",
+    "verify",
+    "verifyTimeout",
+    "noProgressSessions",
 ];
 
 /// Parses a start body: CLI-only keys are 403, unknown keys 422 (with a suggestion), and the

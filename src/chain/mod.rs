@@ -6,6 +6,7 @@
 //! records the session and applies [`policy::decide`].
 
 pub mod cost;
+pub mod gates;
 pub mod handoffs;
 pub mod policy;
 pub mod vcs;
@@ -24,7 +25,7 @@ use crate::config::{ChainSettings, Continuation};
 use crate::control::{Mode, ModeRx};
 use crate::events::Bus;
 use crate::handoff::prompt;
-use crate::model::{ChainStatus, SessionRecord, SessionStatus, now_rfc3339};
+use crate::model::{ChainStatus, HandoffRecord, SessionRecord, SessionStatus, now_rfc3339};
 use crate::otp::{
     Action, ChildSpec, Exit, Restart, RestartIntensity, Shutdown, Strategy, Supervisor,
 };
@@ -158,6 +159,12 @@ pub struct ChainState {
     refused: Option<String>,
     /// The 80 % budget warning went out.
     budget_warned: bool,
+    /// The working tree before the running session (for progress and stale COMPLETEs).
+    before: Option<gates::Fingerprint>,
+    /// Completed sessions in a row that made no measurable progress.
+    no_progress: u32,
+    /// The verify gates' last results.
+    last_gates: Vec<gates::GateResult>,
 }
 
 pub struct Chain;
@@ -430,6 +437,7 @@ impl ChainState {
             )
             .await;
         tracing::info!(parent: &self.span, session.index = index, max = self.session_base + 1 + self.settings.max_continuations, "session started");
+        self.before = Some(gates::fingerprint(self.workdir(), self.ctx.data_dir.clone()).await);
         let spec = SessionSpec {
             chain_id: self.id.clone(),
             index,
@@ -439,11 +447,7 @@ impl ChainState {
             max_turns: self.settings.max_turns,
             permission_mode: self.settings.permission_mode.clone(),
             resume_id,
-            workdir: self
-                .git
-                .as_ref()
-                .map(|g| g.workdir.clone())
-                .unwrap_or_else(|| self.settings.workdir.clone()),
+            workdir: self.workdir(),
             sim: self.settings.sim.clone(),
         };
         let args = SessionArgs {
@@ -765,11 +769,153 @@ impl ChainState {
         } else {
             policy::decide(&after)
         };
+        let decision = self
+            .judge(decision, o.index, &handoff, verdict.status)
+            .await?;
         match decision {
             Next::Continue => me.cast(ChainMsg::Next)?,
             Next::Finish(status, reason) => self.finish(me, status, reason).await?,
         }
         Ok(())
+    }
+
+    /// Where the agent works: the configured workdir, or its place in the chain's worktree.
+    fn workdir(&self) -> PathBuf {
+        self.git
+            .as_ref()
+            .map(|g| g.workdir.clone())
+            .unwrap_or_else(|| self.settings.workdir.clone())
+    }
+
+    /// Goes on after a COMPLETE that was not accepted, as a continuation (its limit applies).
+    fn go_on(&self, index: u32, why: &str) -> Next {
+        if index - self.session_base > self.settings.max_continuations {
+            Next::Finish(
+                ChainStatus::MaxContinuations,
+                Some(format!(
+                    "{} sessions run without a verified COMPLETE; the last: {why}",
+                    index - self.session_base
+                )),
+            )
+        } else {
+            Next::Continue
+        }
+    }
+
+    /// Checks a completed session against the facts: a COMPLETE must not be stale and must pass
+    /// the verify gates; sessions that change nothing, in a row, stop the chain.
+    async fn judge(
+        &mut self,
+        decision: Next,
+        index: u32,
+        handoff: &HandoffRecord,
+        status: SessionStatus,
+    ) -> Result<Next, ActorProcessingErr> {
+        let before = self.before.take();
+        if status != SessionStatus::Completed
+            || !matches!(
+                decision,
+                Next::Continue | Next::Finish(ChainStatus::Complete, _)
+            )
+        {
+            return Ok(decision);
+        }
+        let workdir = self.workdir();
+        let after = gates::fingerprint(workdir.clone(), self.ctx.data_dir.clone()).await;
+        let tree_changed = before.is_none_or(|b| b != after);
+        let previous = self
+            .ctx
+            .store
+            .handoffs(&self.id)
+            .await?
+            .into_iter()
+            .find(|h| h.index + 1 == index)
+            .map(|h| h.text);
+        let remaining_changed = previous
+            .as_deref()
+            .is_none_or(|p| gates::remaining(p) != gates::remaining(&handoff.text));
+        let mut gates_changed = false;
+        let mut decision = decision;
+        if matches!(decision, Next::Finish(ChainStatus::Complete, _)) {
+            let stale = !tree_changed
+                && previous
+                    .as_deref()
+                    .is_some_and(|p| gates::body(p) == gates::body(&handoff.text));
+            if stale {
+                tracing::warn!(parent: &self.span, session.index = index, "a stale COMPLETE: the same handoff as before and no change in the working tree");
+                self.ctx
+                    .bus
+                    .emit(
+                        "chain:stale-complete",
+                        Some(&self.id),
+                        Some(index),
+                        json!({"measured": after.source}),
+                    )
+                    .await;
+                self.note = Some(
+                    "Your COMPLETE handoff was not believed: it repeats the previous session's handoff and nothing changed in the working tree. Check what is really left to do, do it, and write a handoff that says what you did.".into(),
+                );
+                decision = self.go_on(index, "a stale COMPLETE");
+            } else if !self.settings.verify.is_empty() {
+                let mut results = Vec::new();
+                for cmd in &self.settings.verify {
+                    results.push(
+                        gates::run_gate(cmd, &workdir, self.settings.verify_timeout, index).await,
+                    );
+                }
+                let passed: Vec<bool> = results.iter().map(|r| r.passed).collect();
+                gates_changed =
+                    passed != self.last_gates.iter().map(|r| r.passed).collect::<Vec<_>>();
+                self.ctx.store.set_chain_verify(&self.id, &results).await?;
+                let failed: Vec<&gates::GateResult> =
+                    results.iter().filter(|r| !r.passed).collect();
+                self.ctx
+                    .bus
+                    .emit(
+                        "chain:verify",
+                        Some(&self.id),
+                        Some(index),
+                        json!({"passed": failed.is_empty(), "results": results}),
+                    )
+                    .await;
+                if !failed.is_empty() {
+                    let names: Vec<&str> = failed.iter().map(|g| g.command.as_str()).collect();
+                    tracing::warn!(parent: &self.span, session.index = index, failed = ?names, "COMPLETE, but verify commands failed; the chain goes on");
+                    self.note = Some(gates::failure_note(&failed));
+                    decision = self.go_on(index, &format!("verify failed: {}", names.join(", ")));
+                }
+                self.last_gates = results;
+            }
+        }
+        let progress = gates::Progress {
+            tree_changed,
+            remaining_changed,
+            gates_changed,
+        };
+        self.no_progress = if progress.made() {
+            0
+        } else {
+            self.no_progress + 1
+        };
+        self.ctx
+            .bus
+            .emit(
+                "chain:progress",
+                Some(&self.id),
+                Some(index),
+                json!({"treeChanged": tree_changed, "remainingChanged": remaining_changed,
+                       "gatesChanged": gates_changed, "measured": after.source,
+                       "sessionsWithout": self.no_progress}),
+            )
+            .await;
+        let limit = self.settings.no_progress_sessions;
+        if decision == Next::Continue && limit > 0 && self.no_progress >= limit {
+            return Ok(Next::Finish(
+                ChainStatus::Failed,
+                Some(gates::no_progress_reason(self.no_progress, after.source)),
+            ));
+        }
+        Ok(decision)
     }
 }
 
@@ -924,6 +1070,9 @@ impl Actor for Chain {
             git,
             refused,
             budget_warned,
+            before: None,
+            no_progress: 0,
+            last_gates: Vec::new(),
         };
         st.set_status(ChainStatus::Running, None).await?;
         // Forward run-mode changes (pause, resume, stop) as messages.

@@ -33,6 +33,9 @@ pub const CHAIN_KEYS: &[&str] = &[
     "worktree",
     "keep_worktree",
     "webhooks",
+    "verify",
+    "verify_timeout",
+    "no_progress_sessions",
 ];
 const SIM_KEYS: &[&str] = &["scenario", "complete_after", "step", "turns", "write"];
 const CHAIN_ENTRY_KEYS: &[&str] = &["name", "task", "after"];

@@ -81,9 +81,26 @@ pub struct ChainSettings {
     /// Keep the worktree after the chain ends (default: removed when clean; the branch stays).
     #[serde(default)]
     pub keep_worktree: bool,
+    /// Commands that must pass (exit 0, in the workdir) before a COMPLETE is believed.
+    #[serde(default)]
+    pub verify: Vec<String>,
+    /// How long one verify command may run.
+    #[serde(with = "humantime_serde", default = "default_verify_timeout")]
+    pub verify_timeout: Duration,
+    /// Sessions in a row without progress that stop the chain (`0`: never).
+    #[serde(default = "default_no_progress")]
+    pub no_progress_sessions: u32,
     /// Webhooks of this chain, besides the operator-wide `notify_webhook`.
     #[serde(default)]
     pub webhooks: Vec<Webhook>,
+}
+
+fn default_verify_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_no_progress() -> u32 {
+    3
 }
 
 fn default_notify_timeout() -> Duration {
@@ -320,6 +337,7 @@ impl Env {
             .with_list_parse_key("retry_backoff")
             .with_list_parse_key("allowed_hosts")
             .with_list_parse_key("exclude")
+            .with_list_parse_key("verify")
             .with_list_parse_key("notify_on")
             .source(Some(map))
     }

@@ -143,6 +143,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Operator-wide flags that must survive a restart (e.g. `paused`).
     async fn get_flag(&self, key: &str) -> StoreResult<Option<String>>;
     async fn set_flag(&self, key: &str, value: Option<&str>) -> StoreResult<()>;
+    /// Records the verify gates' results after a COMPLETE.
+    async fn set_chain_verify(
+        &self,
+        id: &str,
+        results: &[crate::model::GateResult],
+    ) -> StoreResult<()>;
     /// Archives one chain (it stays readable). `false` if there is no such chain.
     async fn archive_chain(&self, id: &str) -> StoreResult<bool>;
     /// How many chains are in each state (archived included).

@@ -97,6 +97,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX chains_by_time ON chains (started_at DESC, id DESC);
     "#,
+    // 5: the verify gates' last results.
+    r#"
+    ALTER TABLE chains ADD COLUMN verify TEXT;
+    "#,
 ];
 
 /// The SQLite backend.
@@ -257,6 +261,11 @@ fn chain_from_row(r: &SqliteRow) -> StoreResult<ChainRecord> {
             duration_ms: r.try_get::<i64, _>("sum_duration")? as u64,
         },
         archived: r.try_get("archived")?,
+        verify: match r.try_get::<Option<String>, _>("verify")? {
+            Some(v) => serde_json::from_str(&v)
+                .map_err(|e| StoreError::Corrupt(format!("verify results of a chain: {e}")))?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -677,6 +686,21 @@ impl Store for SqliteStore {
                     .await?
             }
         };
+        Ok(())
+    }
+
+    async fn set_chain_verify(
+        &self,
+        id: &str,
+        results: &[crate::model::GateResult],
+    ) -> StoreResult<()> {
+        let v = serde_json::to_string(results)
+            .map_err(|e| StoreError::Corrupt(format!("verify results: {e}")))?;
+        sqlx::query("UPDATE chains SET verify = ?1 WHERE id = ?2")
+            .bind(v)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

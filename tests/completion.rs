@@ -1,0 +1,127 @@
+//! Completion you can trust, on the sim agent: verify gates, stale COMPLETEs, no-progress detection,
+//! and a usage limit that holds every chain of the account.
+
+mod common;
+
+use common::{Op, chains, stderr};
+use operator::model::ChainStatus;
+use operator::store::Store;
+
+fn mission(op: &Op, body: &str) -> String {
+    op.write("mission.toml", body).display().to_string()
+}
+
+#[tokio::test]
+async fn a_verify_gate_failing_once_sends_the_chain_on_with_the_failure() {
+    let op = Op::new();
+    // Fails the first time (and says why), passes after.
+    let gate = "if [ -f .gate-seen ]; then echo all green; else touch .gate-seen; echo 'test parser::tokens ... FAILED (3 errors)'; exit 1; fi";
+    let m = mission(
+        &op,
+        &format!(
+            "name = \"m\"\n[defaults]\nsim = {{ scenario = \"complete\" }}\nverify = [\"true\", {gate:?}]\n[[chain]]\nname = \"a\"\ntask = \"Fix the parser\"\n"
+        ),
+    );
+    let out = op.run(&["run", &m, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(c.sessions.len(), 2, "the failed gate cost one more session");
+    assert!(
+        c.sessions.iter().all(|s| s.error.is_none()),
+        "a failed gate is not a failed session"
+    );
+    let store = op.store().await;
+    let prompt = store.session_prompt(&c.id, 2).await.unwrap().unwrap();
+    assert!(
+        prompt.contains("test parser::tokens ... FAILED (3 errors)"),
+        "{prompt}"
+    );
+    assert!(prompt.contains("exit code 1"), "{prompt}");
+    // The final record shows which gates passed.
+    let c = store.get_chain(&c.id).await.unwrap().unwrap();
+    assert_eq!(c.verify.len(), 2);
+    assert!(
+        c.verify.iter().all(|g| g.passed && g.session == 2),
+        "{:?}",
+        c.verify
+    );
+    assert_eq!(c.verify[1].output_tail.trim(), "all green");
+    let events = store.events(Some(&c.id), 0, 200).await.unwrap();
+    let verdicts: Vec<bool> = events
+        .iter()
+        .filter(|e| e.kind == "chain:verify")
+        .map(|e| e.data["passed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(verdicts, [false, true]);
+}
+
+#[tokio::test]
+async fn a_stale_complete_is_not_believed() {
+    let op = Op::new();
+    // The agent says COMPLETE, a gate fails, and it says the very same thing again, changing
+    // nothing: the second COMPLETE is not believed (the gate is not even consulted).
+    let m = mission(
+        &op,
+        "name = \"m\"\n[defaults]\nsim = { scenario = \"lazy-complete\" }\nverify = [\"exit 1\"]\nmax_continuations = 2\nno_progress_sessions = 0\n[[chain]]\nname = \"a\"\ntask = \"T\"\n",
+    );
+    let out = op.run(&["run", &m, "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::MaxContinuations);
+    assert!(
+        c.reason.as_deref().unwrap().contains("a stale COMPLETE"),
+        "{:?}",
+        c.reason
+    );
+    let store = op.store().await;
+    let events = store.events(Some(&c.id), 0, 200).await.unwrap();
+    let stale: Vec<u32> = events
+        .iter()
+        .filter(|e| e.kind == "chain:stale-complete")
+        .filter_map(|e| e.session_index)
+        .collect();
+    assert_eq!(stale, [2, 3]);
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "chain:verify").count(),
+        1
+    );
+    let prompt = store.session_prompt(&c.id, 3).await.unwrap().unwrap();
+    assert!(prompt.contains("was not believed"), "{prompt}");
+}
+
+#[tokio::test]
+async fn sessions_that_change_nothing_stop_the_chain_as_no_progress() {
+    let op = Op::new();
+    let out = op.run(&[
+        "run",
+        "--task",
+        "Go nowhere",
+        "--scenario",
+        "stuck",
+        "--max-continuations",
+        "10",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Failed);
+    let reason = c.reason.as_deref().unwrap();
+    assert!(reason.starts_with("no-progress: 3 sessions"), "{reason}");
+    assert!(
+        reason.contains("file sizes and modification times"),
+        "the record says what was measured: {reason}"
+    );
+    // Session 1 is progress (a first handoff); 2, 3 and 4 change nothing.
+    assert_eq!(c.sessions.len(), 4);
+
+    // The same agent writing a file each session is making progress.
+    let op = Op::new();
+    let m = mission(
+        &op,
+        "name = \"m\"\n[defaults]\nsim = { scenario = \"stuck\", write = \"notes.md\" }\nmax_continuations = 4\n[[chain]]\nname = \"a\"\ntask = \"T\"\n",
+    );
+    let out = op.run(&["run", &m, "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(chains(&out)[0].status, ChainStatus::MaxContinuations);
+}
