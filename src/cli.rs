@@ -38,6 +38,7 @@ pub mod exit {
     pub const MAX_CONTINUATIONS: u8 = 3;
     pub const BUDGET: u8 = 4;
     pub const ABORTED: u8 = 5;
+    pub const WAITING_LIMIT: u8 = 6;
     pub const INTERNAL: u8 = 10;
     pub const INTERRUPTED: u8 = 130;
 }
@@ -156,6 +157,9 @@ struct RunArgs {
     /// Path of the Claude Code CLI.
     #[arg(long, value_name = "PATH")]
     claude_bin: Option<PathBuf>,
+    /// At a usage limit, end the chain as `waiting-limit` (resumable) instead of waiting.
+    #[arg(long)]
+    no_wait: bool,
     /// Push after a chain completes (or reaches max-continuations), when a remote exists.
     #[arg(long)]
     auto_push: bool,
@@ -418,6 +422,9 @@ fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
     if r.auto_push {
         o.set("auto_push", true);
     }
+    if r.no_wait {
+        o.set("no_wait", true);
+    }
     if let Some(u) = &r.notify_webhook {
         o.set("notify_webhook", u.as_str());
     }
@@ -621,6 +628,12 @@ async fn run(
 ) -> Result<u8> {
     let stay = serve.as_ref().is_some_and(|(_, stay)| *stay);
     let op = &loaded.operator;
+    let quiet = op
+        .quiet_hours
+        .as_deref()
+        .map(crate::quota::parse_quiet)
+        .transpose()
+        .map_err(|e| UsageError(format!("quiet_hours: {e}")))?;
     let opts = RunOptions {
         data_dir: op.data_dir.clone(),
         shutdown_grace: op.shutdown_grace,
@@ -641,6 +654,12 @@ async fn run(
         daily_cap_usd: op.daily_cap_usd,
         pricing: op.pricing.clone(),
         stay,
+        quota: crate::quota::Limits {
+            per_hour: op.max_sessions_per_hour,
+            concurrent: op.max_concurrent_sessions,
+            quiet,
+            jitter: op.release_jitter,
+        },
     };
     let missions: Vec<PathBuf> = r
         .missions
@@ -773,6 +792,8 @@ pub fn exit_code(chains: &[ChainRecord]) -> u8 {
         exit::BUDGET
     } else if has(ChainStatus::Aborted) {
         exit::ABORTED
+    } else if has(ChainStatus::WaitingLimit) {
+        exit::WAITING_LIMIT
     } else if has(ChainStatus::MaxContinuations) {
         exit::MAX_CONTINUATIONS
     } else {
@@ -1141,6 +1162,7 @@ async fn doctor_session(
         daily_cap_usd: None,
         pricing: loaded.operator.pricing.clone(),
         stay: false,
+        quota: Default::default(),
     };
     let store = open_store(dir).await?;
     let batch = daemon::prepare_new(&store, std::slice::from_ref(plan), &opts).await?;

@@ -188,6 +188,8 @@ pub struct RunOptions {
     pub pricing: std::collections::BTreeMap<String, crate::cost::Rates>,
     /// Keep running when no chain is left (`operator serve`), until stopped.
     pub stay: bool,
+    /// Session caps per account, quiet hours, the release jitter after a usage limit.
+    pub quota: crate::quota::Limits,
 }
 
 /// The stored JSON config of a chain: its settings plus its place in the mission.
@@ -581,6 +583,7 @@ pub async fn run(
         shutdown_grace: opts.shutdown_grace,
         daily_cap_usd: opts.daily_cap_usd,
         pricing: std::sync::Arc::new(crate::cost::Pricing::with(&opts.pricing)),
+        quota: std::sync::Arc::new(crate::quota::Quota::new(opts.quota.clone())),
     };
     let notifier = notify::spawn(opts.notify.clone(), store.clone(), bus.clone());
     let (stop_log, stop_log_rx) = oneshot::channel();

@@ -19,6 +19,7 @@
 //! - [`api`]: the HTTP API, WebSocket and its security; [`metrics`]: Prometheus metrics.
 //! - [`git`]: commits, branches, worktrees, pushes and pull requests through the `git` CLI.
 //! - [`web`]: the dashboard pages (templates, markdown, charts), served with the API.
+//! - [`quota`]: the operator-wide scheduler of usage limits, session caps and quiet hours.
 //! - [`cost`]: pricing; [`redact`]: masking secrets; [`cli`]: the command line; [`doctor`]:
 //!   setup checks; [`fault`]: test-only fault injection.
 
@@ -42,6 +43,7 @@ pub mod notify;
 pub mod otp;
 pub mod process;
 pub mod progress;
+pub mod quota;
 pub mod redact;
 pub mod session;
 pub mod signals;

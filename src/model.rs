@@ -27,10 +27,12 @@ pub enum ChainStatus {
     BudgetExceeded,
     Failed,
     Aborted,
+    /// Stopped at a usage limit instead of waiting for it (`--no-wait`); resumable.
+    WaitingLimit,
 }
 
 impl ChainStatus {
-    pub const ALL: [ChainStatus; 11] = [
+    pub const ALL: [ChainStatus; 12] = [
         Self::Queued,
         Self::Running,
         Self::Paused,
@@ -42,6 +44,7 @@ impl ChainStatus {
         Self::BudgetExceeded,
         Self::Failed,
         Self::Aborted,
+        Self::WaitingLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +60,7 @@ impl ChainStatus {
             Self::BudgetExceeded => "budget-exceeded",
             Self::Failed => "failed",
             Self::Aborted => "aborted",
+            Self::WaitingLimit => "waiting-limit",
         }
     }
 
@@ -77,7 +81,12 @@ impl ChainStatus {
     pub fn is_resumable(self) -> bool {
         matches!(
             self,
-            Self::Running | Self::Paused | Self::Waiting | Self::Interrupted | Self::Failed
+            Self::Running
+                | Self::Paused
+                | Self::Waiting
+                | Self::Interrupted
+                | Self::Failed
+                | Self::WaitingLimit
         )
     }
 }

@@ -258,8 +258,14 @@ impl Sim {
                 );
                 return Ok(());
             }
-            Scenario::UsageLimit if !std::path::Path::new(USAGE_LIMIT_MARK).exists() => {
-                let _ = std::fs::write(USAGE_LIMIT_MARK, "hit\n");
+            // Exactly one session of the workdir hits it, however many start at once.
+            Scenario::UsageLimit
+                if std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(USAGE_LIMIT_MARK)
+                    .is_ok() =>
+            {
                 self.step().await?;
                 let reset = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

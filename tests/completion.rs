@@ -125,3 +125,89 @@ async fn sessions_that_change_nothing_stop_the_chain_as_no_progress() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(chains(&out)[0].status, ChainStatus::MaxContinuations);
 }
+
+fn time_of(s: &str) -> std::time::SystemTime {
+    humantime::parse_rfc3339_weak(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+#[tokio::test]
+async fn a_usage_limit_on_one_chain_holds_every_chain_of_the_account() {
+    let op = Op::new();
+    let m = mission(
+        &op,
+        "name = \"three\"\nconcurrency = 3\n[defaults]\nsim = { scenario = \"usage-limit\", complete_after = 2 }\n\
+         [[chain]]\nname = \"a\"\ntask = \"A\"\n[[chain]]\nname = \"b\"\ntask = \"B\"\n[[chain]]\nname = \"c\"\ntask = \"C\"\n",
+    );
+    let out = op
+        .cmd(&["run", &m, "--json"])
+        .env("OPERATOR_USAGE_LIMIT_MARGIN", "100ms")
+        .env("OPERATOR_RELEASE_JITTER", "300ms")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cs = chains(&out);
+    assert_eq!(cs.len(), 3);
+    assert!(cs.iter().all(|c| c.status == ChainStatus::Complete));
+    let store = op.store().await;
+    // One chain hit the limit: its session 1 was tried again under the same index.
+    let hit: Vec<_> = cs.iter().filter(|c| c.sessions[0].attempts == 2).collect();
+    assert_eq!(hit.len(), 1, "{cs:?}");
+    assert!(
+        cs.iter().all(|c| c.sessions.len() == 3),
+        "a wait is not a continuation"
+    );
+    assert!(cs.iter().all(|c| {
+        c.sessions
+            .iter()
+            .all(|s| s.error.is_none() || s.attempts > 1)
+    }));
+    let hit_events = store.events(Some(&hit[0].id), 0, 200).await.unwrap();
+    let reset = hit_events
+        .iter()
+        .find(|e| e.kind == "chain:waiting")
+        .map(|e| time_of(e.data["until"].as_str().unwrap()))
+        .expect("the chain that hit the limit waited");
+    // The two others were held too: no session of theirs started before the reset.
+    for c in cs.iter().filter(|c| c.id != hit[0].id) {
+        let events = store.events(Some(&c.id), 0, 200).await.unwrap();
+        let held = events
+            .iter()
+            .find(|e| e.kind == "chain:waiting" && e.data["account"] == true)
+            .unwrap_or_else(|| panic!("chain {} was not held: {events:?}", c.name));
+        assert!(
+            held.data["reason"].as_str().unwrap().contains(&hit[0].id),
+            "{:?}",
+            held.data
+        );
+        for s in &c.sessions[1..] {
+            assert!(
+                time_of(&s.started_at) >= reset - std::time::Duration::from_secs(1),
+                "chain {} started session {} at {} before the reset",
+                c.name,
+                s.index,
+                s.started_at
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_wait_ends_the_chain_at_a_usage_limit_and_resume_goes_on() {
+    let op = Op::new();
+    let out = op.run(&[
+        "run",
+        "--task",
+        "T",
+        "--scenario",
+        "usage-limit",
+        "--no-wait",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::WaitingLimit);
+    assert!(c.reason.as_deref().unwrap().contains("usage limit"));
+    let out = op.run(&["run", "--resume", &c.id, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(chains(&out)[0].status, ChainStatus::Complete);
+}

@@ -175,6 +175,7 @@ async fn a_lagging_client_is_told_it_lagged_and_never_slows_the_bus() {
         daily_cap_usd: None,
         pricing: Default::default(),
         stay: true,
+        quota: Default::default(),
     };
     let (signals_tx, signals) = tokio::sync::mpsc::unbounded_channel();
     let hooks = Hooks {

@@ -110,6 +110,10 @@ pub enum AgentError {
 /// A backend: how to start a session of one kind of agent.
 pub trait Agent: Send + Sync + fmt::Debug + 'static {
     fn kind(&self) -> AgentKind;
+    /// Which account's quota the sessions use (usage limits hold every chain of an account).
+    fn account(&self) -> String {
+        self.kind().to_string()
+    }
     /// The command line for one session.
     fn command(&self, spec: &SessionSpec) -> CommandLine;
     /// Checks made once before any chain starts (the binary exists…).

@@ -67,6 +67,7 @@ pub const CLI_ONLY: &[&str] = &[
     "verify",
     "verifyTimeout",
     "noProgressSessions",
+    "noWait",
 ];
 
 /// Parses a start body: CLI-only keys are 403, unknown keys 422 (with a suggestion), and the

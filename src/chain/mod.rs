@@ -98,6 +98,8 @@ pub struct Ctx {
     /// Spending across all chains per UTC day.
     pub daily_cap_usd: Option<f64>,
     pub pricing: std::sync::Arc<crate::cost::Pricing>,
+    /// The operator-wide scheduler of usage limits and session caps.
+    pub quota: std::sync::Arc<crate::quota::Quota>,
 }
 
 pub struct ChainArgs {
@@ -165,6 +167,12 @@ pub struct ChainState {
     no_progress: u32,
     /// The verify gates' last results.
     last_gates: Vec<gates::GateResult>,
+    /// The agent's account, for the quota scheduler.
+    account: String,
+    /// The running session was admitted by the quota scheduler (and must be released).
+    admitted: bool,
+    /// No session starts before this: the account is held (usage limit, caps, quiet hours).
+    quota_wait: Option<std::time::Instant>,
 }
 
 pub struct Chain;
@@ -382,6 +390,43 @@ impl ChainState {
             return self
                 .finish(me, ChainStatus::BudgetExceeded, Some(reason))
                 .await;
+        }
+        // The operator-wide quota: a usage limit hit by any chain of this account, caps on
+        // sessions per hour and at once, quiet hours.
+        if let Some(t) = self.quota_wait
+            && std::time::Instant::now() < t
+            && mode == Mode::Running
+        {
+            return Ok(());
+        }
+        match self.ctx.quota.admit(&self.account, &self.id) {
+            crate::quota::Admission::Go => {
+                self.admitted = true;
+                self.quota_wait = None;
+            }
+            crate::quota::Admission::Wait { until, reason } => {
+                let delay = until
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default()
+                    + self.ctx.quota.jitter();
+                if self.quota_wait.is_none() {
+                    let at = humantime::format_rfc3339_seconds(until).to_string();
+                    tracing::warn!(parent: &self.span, until = %at, %reason, "the chain waits for its account");
+                    self.set_status(ChainStatus::Waiting, Some(&reason)).await?;
+                    self.ctx
+                        .bus
+                        .emit(
+                            "chain:waiting",
+                            Some(&self.id),
+                            Some(self.next_index),
+                            json!({"until": at, "reason": reason, "account": true}),
+                        )
+                        .await;
+                }
+                self.quota_wait = Some(std::time::Instant::now() + delay);
+                me.send_after(delay, || ChainMsg::Next);
+                return Ok(());
+            }
         }
         let index = self.next_index;
         let note = self.note.take();
@@ -607,15 +652,62 @@ impl ChainState {
         let Some(run) = self.session.take() else {
             return Ok(());
         };
+        if std::mem::take(&mut self.admitted) {
+            self.ctx.quota.finished(&self.account, &self.id);
+        }
         let verdict = policy::classify(&o.facts);
         let reported = o.reported_cost;
         let cost: f64 = self
             .ask_cost(me, |reply| CostMsg::EndSession { reported, reply })
             .await?;
         let running = !self.aborting && *self.ctx.mode.borrow() == Mode::Running;
+        if let (Some(reset), true, true) = (verdict.usage_limit, running, self.settings.no_wait) {
+            // `--no-wait`: stop here, resumable, instead of waiting for the reset.
+            let delay = usage_limit_delay(reset, &self.settings);
+            let until =
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now() + delay).to_string();
+            let record = SessionRecord {
+                index: o.index,
+                session_id: o.session_id.clone(),
+                status: SessionStatus::Interrupted,
+                turns: o.turns,
+                cost_usd: cost,
+                duration_ms: o.duration.as_millis() as u64,
+                hit_max_turns: false,
+                pre_compacted: o.pre_compacted,
+                handoff_complete: false,
+                handoff_file: None,
+                error: verdict.error.clone(),
+                error_kind: verdict.error_kind,
+                handoff_synthetic: false,
+                asked_again: run.asked_again,
+                attempts: self.attempt,
+                started_at: run.started_at,
+                ended_at: Some(now_rfc3339()),
+            };
+            self.ctx
+                .store
+                .finish_session(&self.id, &record, None)
+                .await?;
+            return self
+                .finish(
+                    me,
+                    ChainStatus::WaitingLimit,
+                    Some(format!(
+                        "usage limit; it resets at {until} (no_wait: not waiting)"
+                    )),
+                )
+                .await;
+        }
         if let (Some(reset), true) = (verdict.usage_limit, running) {
             // A usage limit is not a failure: wait for the window, then the same session again.
+            // Every chain of the same account waits too (the quota scheduler holds it).
             let delay = usage_limit_delay(reset, &self.settings);
+            self.ctx.quota.hold(
+                &self.account,
+                std::time::SystemTime::now() + delay,
+                &self.id,
+            );
             self.waits += 1;
             self.retry(me, &o, run, &verdict, cost, delay).await?;
             let until =
@@ -1039,6 +1131,9 @@ impl Actor for Chain {
             .map(|s| s.cost_usd)
             .sum::<f64>();
         let budget_warned = spent >= 0.8 * a.settings.max_budget_usd;
+        let account = a.agent.account();
+        // A restarted chain runs nothing yet: whatever it held is released.
+        a.ctx.quota.finished(&account, &a.chain_id);
         let cost = spawn_cost(&me, &a.chain_id, &a.ctx, a.settings.max_session_cost_usd).await?;
         let handoffs = spawn_handoffs(&me, &a.chain_id, &a.task, &a.ctx).await?;
         let st = ChainState {
@@ -1073,6 +1168,9 @@ impl Actor for Chain {
             before: None,
             no_progress: 0,
             last_gates: Vec::new(),
+            account,
+            admitted: false,
+            quota_wait: None,
         };
         st.set_status(ChainStatus::Running, None).await?;
         // Forward run-mode changes (pause, resume, stop) as messages.

@@ -36,6 +36,7 @@ pub const CHAIN_KEYS: &[&str] = &[
     "verify",
     "verify_timeout",
     "no_progress_sessions",
+    "no_wait",
 ];
 const SIM_KEYS: &[&str] = &["scenario", "complete_after", "step", "turns", "write"];
 const CHAIN_ENTRY_KEYS: &[&str] = &["name", "task", "after"];
@@ -51,6 +52,10 @@ const OPERATOR_KEYS: &[&str] = &[
     "shutdown_grace",
     "daily_cap_usd",
     "pricing",
+    "max_sessions_per_hour",
+    "max_concurrent_sessions",
+    "quiet_hours",
+    "release_jitter",
     "listen",
     "api_token",
     "allowed_hosts",

@@ -87,12 +87,19 @@ pub struct ChainSettings {
     /// How long one verify command may run.
     #[serde(with = "humantime_serde", default = "default_verify_timeout")]
     pub verify_timeout: Duration,
+    /// On a usage limit, end the chain as `waiting-limit` instead of waiting for the reset.
+    #[serde(default)]
+    pub no_wait: bool,
     /// Sessions in a row without progress that stop the chain (`0`: never).
     #[serde(default = "default_no_progress")]
     pub no_progress_sessions: u32,
     /// Webhooks of this chain, besides the operator-wide `notify_webhook`.
     #[serde(default)]
     pub webhooks: Vec<Webhook>,
+}
+
+fn default_release_jitter() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_verify_timeout() -> Duration {
@@ -225,6 +232,18 @@ pub struct OperatorSettings {
     /// Prices per million tokens by model fragment (`[pricing.opus]`), over the built-in ones.
     #[serde(default)]
     pub pricing: std::collections::BTreeMap<String, crate::cost::Rates>,
+    /// Sessions started per rolling hour, per account.
+    #[serde(default)]
+    pub max_sessions_per_hour: Option<u32>,
+    /// Sessions running at once, per account.
+    #[serde(default)]
+    pub max_concurrent_sessions: Option<u32>,
+    /// No session starts in this daily window, UTC (`"22:00-06:00"`).
+    #[serde(default)]
+    pub quiet_hours: Option<String>,
+    /// Chains released after a usage limit start spread over this long.
+    #[serde(with = "humantime_serde", default = "default_release_jitter")]
+    pub release_jitter: Duration,
     /// Where `operator serve` and `run --serve` listen (default 127.0.0.1:3100).
     pub listen: String,
     /// The API token (else `<data_dir>/api-token`); required to bind off loopback.
