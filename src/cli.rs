@@ -78,6 +78,14 @@ enum Command {
     Serve(ServeArgs),
     /// Print the API token (creating <data_dir>/api-token, mode 0600, if there is none).
     Token,
+    /// The cost ledger: today, this week, all time, per model, mission and chain, and the burn rate.
+    Costs {
+        #[arg(long)]
+        json: bool,
+        /// Chains listed, most expensive first.
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
     /// List chains, newest first.
     List(ListArgs),
     /// Show one chain with its sessions and handoffs.
@@ -470,6 +478,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
             )
             .await
         }
+        Command::Costs { json, limit } => costs(&loaded.operator, *json, *limit).await,
         Command::Token => {
             let t = crate::api::security::read_or_create_token(&data_dir, true)?
                 .ok_or_else(|| anyhow::anyhow!("no token could be created"))?;
@@ -770,6 +779,80 @@ async fn run(
     } else {
         exit_code(&report.chains)
     })
+}
+
+/// What a burn rate forecasts, as lines for `operator costs`.
+pub fn forecast_lines(r: &crate::store::CostReport, cap: Option<f64>) -> Vec<String> {
+    let mut out = Vec::new();
+    if r.all_time.sessions > 0 {
+        out.push(format!(
+            "about ${:.4} a session ({} sessions so far)",
+            r.all_time.cost_usd / r.all_time.sessions as f64,
+            r.all_time.sessions
+        ));
+    }
+    let hourly = r.last_day.cost_usd / 24.0;
+    out.push(format!(
+        "${:.4} in the last hour; ${hourly:.4} an hour averaged over the last 24 h",
+        r.last_hour.cost_usd
+    ));
+    if let Some(cap) = cap {
+        let left = (cap - r.today.cost_usd).max(0.0);
+        let rate = r.last_hour.cost_usd.max(hourly);
+        out.push(if rate > 0.0 {
+            format!(
+                "daily cap ${cap:.2}: ${left:.4} left today, about {:.1} h at the last hour's rate",
+                left / rate
+            )
+        } else {
+            format!("daily cap ${cap:.2}: ${left:.4} left today")
+        });
+    }
+    out
+}
+
+async fn costs(op: &config::OperatorSettings, json: bool, limit: u32) -> Result<u8> {
+    let store = open_store(&op.data_dir).await?;
+    let mut r = store.cost_report(limit.clamp(1, 500)).await?;
+    r.daily_cap_usd = op.daily_cap_usd;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(exit::OK);
+    }
+    let line =
+        |l: &crate::store::CostLine| format!("${:>9.4} {:>6} sessions", l.cost_usd, l.sessions);
+    say!("spent");
+    say!("  today (UTC)   {}", line(&r.today));
+    say!("  last 7 days   {}", line(&r.week));
+    say!("  all time      {}", line(&r.all_time));
+    say!("per model");
+    for m in &r.by_model {
+        say!("  {:<13} {}", truncate(&m.model, 13), line(&m.cost));
+    }
+    say!("per mission");
+    for m in &r.by_mission {
+        let name = if m.model.is_empty() {
+            "(tasks)"
+        } else {
+            m.model.as_str()
+        };
+        say!("  {:<13} {}", truncate(name, 13), line(&m.cost));
+    }
+    say!("per chain (most expensive first)");
+    for c in &r.by_chain {
+        say!(
+            "  {} {:<14} {:<17} {}",
+            c.chain_id,
+            truncate(&c.name, 14),
+            c.status.as_str(),
+            line(&c.cost)
+        );
+    }
+    say!("forecast");
+    for l in forecast_lines(&r, op.daily_cap_usd) {
+        say!("  {l}");
+    }
+    Ok(exit::OK)
 }
 
 /// The exit status of a run: the most serious outcome decides.

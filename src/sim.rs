@@ -31,6 +31,22 @@ pub struct SimArgs {
     pub write: Option<String>,
 }
 
+/// Counts (and records) the failures of the `flaky` scenario in the working directory.
+fn flaky_failures() -> usize {
+    const MARK: &str = ".sim-flaky";
+    let n = std::fs::read_to_string(MARK)
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+    if n < 3 {
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(MARK)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"failed\n"));
+    }
+    n
+}
+
 /// The marker file of the `usage-limit` scenario, in the working directory.
 const USAGE_LIMIT_MARK: &str = ".sim-usage-limit";
 
@@ -231,6 +247,16 @@ impl Sim {
                 self.assistant_text(1, "Starting work…");
                 std::process::exit(3);
             }
+            Scenario::Flaky if flaky_failures() < 3 => {
+                self.step().await?;
+                self.result(
+                    "success",
+                    true,
+                    "API Error: 500 Internal server error",
+                    json!({"terminal_reason": "api_error", "api_error_status": 500}),
+                );
+                std::process::exit(1);
+            }
             Scenario::Error => {
                 self.step().await?;
                 self.assistant_text(1, "Starting work…");
@@ -316,6 +342,7 @@ impl Sim {
                 "I changed a few files and I think it works now.".to_string()
             }
             Scenario::Incomplete | Scenario::UsageLimit => self.handoff(self.completes_now()),
+            Scenario::Flaky => self.handoff(true),
             Scenario::Stuck => STUCK_HANDOFF.to_string(),
             Scenario::LazyComplete => LAZY_COMPLETE_HANDOFF.to_string(),
             _ => self.handoff(true),

@@ -843,3 +843,86 @@ async fn three_failed_sessions_open_the_breaker_with_the_real_cli() {
     );
     assert_eq!(reason.matches("500").count(), 3, "{reason}");
 }
+
+/// `total_cost_usd` of the last result line of a transcript (the CLI's own total).
+fn cli_total(op: &Op, chain: &str, n: u32) -> f64 {
+    transcript(op, chain, n)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "result")
+        .filter_map(|v| v["total_cost_usd"].as_f64())
+        .next_back()
+        .expect("a result line with total_cost_usd")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledger_equals_the_clis_own_totals_across_resumes() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(
+        vec![
+            Step::text(incomplete(1)),
+            Step::text(incomplete(2)),
+            Step::text(COMPLETE),
+        ],
+        Step::text("unexpected"),
+    )
+    .await;
+    // One session per run: the chain is resumed twice; a resume never resets what it spent.
+    let out = run_claude(
+        &op,
+        &api,
+        &bin,
+        &[
+            "run",
+            "--task",
+            "Three parts",
+            "--max-continuations",
+            "0",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let id = chains(&out)[0].id.clone();
+    for expect in [3, 0] {
+        let out = run_claude(
+            &op,
+            &api,
+            &bin,
+            &["run", "--resume", &id, "--max-continuations", "0", "--json"],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(expect), "{}", stderr(&out));
+    }
+    let store = op.store().await;
+    use operator::store::Store;
+    let c = store.get_chain(&id).await.unwrap().unwrap();
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(c.sessions.len(), 3);
+    let cli: f64 = (1..=3).map(|n| cli_total(&op, &id, n)).sum();
+    assert!(cli > 0.0);
+    assert!(
+        (c.totals.cost_usd - cli).abs() < 1e-9,
+        "ledger {} vs the CLI's {cli}",
+        c.totals.cost_usd
+    );
+    for s in &c.sessions {
+        assert!((s.cost_usd - cli_total(&op, &id, s.index)).abs() < 1e-9);
+    }
+    // `operator costs` prints the same ledger.
+    let out = op.run(&["costs", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        (report["allTime"]["costUsd"].as_f64().unwrap() - cli).abs() < 1e-9,
+        "{report}"
+    );
+    assert_eq!(report["allTime"]["sessions"], 3);
+    assert_eq!(report["byChain"][0]["chainId"], id.as_str());
+    let text = String::from_utf8(op.run(&["costs"]).stdout).unwrap();
+    assert!(
+        text.contains("forecast") && text.contains("a session (3 sessions so far)"),
+        "{text}"
+    );
+}

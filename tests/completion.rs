@@ -211,3 +211,116 @@ async fn no_wait_ends_the_chain_at_a_usage_limit_and_resume_goes_on() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(chains(&out)[0].status, ChainStatus::Complete);
 }
+
+#[tokio::test]
+async fn a_half_open_breaker_probes_once_after_its_cool_down() {
+    // A probe that succeeds closes the breaker and the chain goes on.
+    let op = Op::new();
+    let m = mission(
+        &op,
+        "name = \"m\"\n[defaults]\nsim = { scenario = \"flaky\" }\nmax_attempts = 1\nbreaker_cooldown = \"300ms\"\n[[chain]]\nname = \"a\"\ntask = \"T\"\n",
+    );
+    let out = op.run(&["run", &m, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(c.sessions.len(), 4, "three failures, then the probe");
+    let kinds: Vec<String> = op
+        .store()
+        .await
+        .events(Some(&c.id), 0, 200)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| k.starts_with("chain:breaker"))
+        .collect();
+    assert_eq!(kinds, ["chain:breaker-half-open", "chain:breaker-closed"]);
+
+    // A probe that fails ends the chain; without a cool-down there is no probe at all.
+    let op = Op::new();
+    let m = mission(
+        &op,
+        "name = \"m\"\n[defaults]\nsim = { scenario = \"error\" }\nmax_attempts = 1\nbreaker_cooldown = \"200ms\"\n[[chain]]\nname = \"a\"\ntask = \"T\"\n",
+    );
+    let out = op.run(&["run", &m, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.sessions.len(), 4);
+    let reason = c.reason.as_deref().unwrap();
+    assert!(
+        reason.starts_with("circuit-open") && reason.contains("probe"),
+        "{reason}"
+    );
+    let out = op.run(&["run", "--task", "T", "--scenario", "error", "--json"]);
+    let c = &chains(&out)[0];
+    assert_eq!(
+        c.sessions.len(),
+        3,
+        "off by default: three failures end the chain"
+    );
+
+    // The breaker's state does not leak into the next run: a resume starts counting again.
+    // Session 4 fails (its three attempts are `flaky`'s three failures): with the old count
+    // that would open the breaker at once; counted afresh, session 5 runs and completes.
+    let out = op.run(&["run", "--resume", &c.id, "--scenario", "flaky", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(c.sessions.len(), 5, "{:?}", c.reason);
+}
+
+#[tokio::test]
+async fn quiet_hours_and_a_cap_on_sessions_at_once_hold_sessions_back() {
+    let op = Op::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let hms = |s: u64| {
+        let s = s % 86_400;
+        format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+    };
+    // A quiet window from a second ago to two seconds from now (UTC).
+    let quiet = format!("{}-{}", hms(now - 1), hms(now + 2));
+    let m = mission(
+        &op,
+        "name = \"two\"\nconcurrency = 2\n[defaults]\nsim = { scenario = \"incomplete\", complete_after = 1 }\n\
+         [[chain]]\nname = \"a\"\ntask = \"A\"\n[[chain]]\nname = \"b\"\ntask = \"B\"\n",
+    );
+    let out = op
+        .cmd(&["run", &m, "--json"])
+        .env("OPERATOR_QUIET_HOURS", &quiet)
+        .env("OPERATOR_MAX_CONCURRENT_SESSIONS", "1")
+        .env("OPERATOR_RELEASE_JITTER", "50ms")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cs = chains(&out);
+    let store = op.store().await;
+    let mut spans = Vec::new();
+    for c in &cs {
+        let events = store.events(Some(&c.id), 0, 100).await.unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == "chain:waiting" && e.data["reason"] == "quiet hours"),
+            "{events:?}"
+        );
+        for s in &c.sessions {
+            assert!(
+                time_of(&s.started_at)
+                    >= std::time::UNIX_EPOCH + std::time::Duration::from_secs(now + 2)
+            );
+            spans.push((
+                time_of(&s.started_at),
+                time_of(s.ended_at.as_deref().unwrap()),
+            ));
+        }
+    }
+    // One session of the account at a time: no two sessions overlap.
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "sessions overlap: {w:?}");
+    }
+}

@@ -39,6 +39,8 @@ pub enum Scenario {
     /// The first session in a workdir hits a usage limit that resets 2 s later (a marker
     /// file remembers it); every later one works like `incomplete`.
     UsageLimit,
+    /// Fails its first three sessions in a workdir (a counter file remembers), then completes.
+    Flaky,
 }
 
 impl Scenario {
@@ -57,10 +59,11 @@ impl Scenario {
             Scenario::Stuck => "stuck",
             Scenario::LazyComplete => "lazy-complete",
             Scenario::UsageLimit => "usage-limit",
+            Scenario::Flaky => "flaky",
         }
     }
 
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::Complete,
         Scenario::Incomplete,
         Scenario::NoHandoff,
@@ -74,6 +77,7 @@ impl Scenario {
         Scenario::Stuck,
         Scenario::LazyComplete,
         Scenario::UsageLimit,
+        Scenario::Flaky,
     ];
 }
 

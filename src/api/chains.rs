@@ -68,6 +68,7 @@ pub const CLI_ONLY: &[&str] = &[
     "verifyTimeout",
     "noProgressSessions",
     "noWait",
+    "breakerCooldown",
 ];
 
 /// Parses a start body: CLI-only keys are 403, unknown keys 422 (with a suggestion), and the

@@ -173,6 +173,8 @@ pub struct ChainState {
     admitted: bool,
     /// No session starts before this: the account is held (usage limit, caps, quiet hours).
     quota_wait: Option<std::time::Instant>,
+    /// The breaker is half-open: the running (or next) session is its one probe.
+    probing: bool,
 }
 
 pub struct Chain;
@@ -610,7 +612,7 @@ impl ChainState {
             asked_again: run.asked_again,
             attempts: self.attempt,
             started_at: run.started_at,
-            ended_at: Some(now_rfc3339()),
+            ended_at: Some(o.ended_at.clone()),
         };
         self.ctx
             .store
@@ -683,7 +685,7 @@ impl ChainState {
                 asked_again: run.asked_again,
                 attempts: self.attempt,
                 started_at: run.started_at,
-                ended_at: Some(now_rfc3339()),
+                ended_at: Some(o.ended_at.clone()),
             };
             self.ctx
                 .store
@@ -782,7 +784,7 @@ impl ChainState {
             asked_again: run.asked_again,
             attempts,
             started_at: run.started_at,
-            ended_at: Some(now_rfc3339()),
+            ended_at: Some(o.ended_at.clone()),
         };
         self.ctx
             .store
@@ -864,11 +866,65 @@ impl ChainState {
         let decision = self
             .judge(decision, o.index, &handoff, verdict.status)
             .await?;
+        let Some(decision) = self.breaker(me, decision, verdict.status).await? else {
+            return Ok(());
+        };
         match decision {
             Next::Continue => me.cast(ChainMsg::Next)?,
             Next::Finish(status, reason) => self.finish(me, status, reason).await?,
         }
         Ok(())
+    }
+
+    /// The optional half-open state of the breaker: when it opens and `breaker_cooldown` is
+    /// set, the chain waits the cool-down and runs one probe session; a probe that succeeds
+    /// closes the breaker, one that fails ends the chain. `None`: the chain waits.
+    async fn breaker(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        decision: Next,
+        status: SessionStatus,
+    ) -> Result<Option<Next>, ActorProcessingErr> {
+        if std::mem::take(&mut self.probing) {
+            if status == SessionStatus::Completed {
+                tracing::info!(parent: &self.span, "the probe session succeeded; the breaker is closed");
+                self.ctx
+                    .bus
+                    .emit("chain:breaker-closed", Some(&self.id), None, json!({}))
+                    .await;
+                return Ok(Some(decision));
+            }
+            return Ok(Some(match decision {
+                Next::Finish(ChainStatus::Failed, Some(r)) if r.starts_with("circuit-open") => {
+                    Next::Finish(
+                        ChainStatus::Failed,
+                        Some(format!("{r} (the probe after the cool-down failed too)")),
+                    )
+                }
+                other => other,
+            }));
+        }
+        let opens = matches!(&decision, Next::Finish(ChainStatus::Failed, Some(r)) if r.starts_with("circuit-open"));
+        let (true, Some(cool)) = (opens, self.settings.breaker_cooldown) else {
+            return Ok(Some(decision));
+        };
+        self.probing = true;
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + cool).to_string();
+        let reason = format!("circuit half-open: one probe session at {at}");
+        tracing::warn!(parent: &self.span, cool_down = %humantime::format_duration(cool), "the breaker opened; one probe session after the cool-down");
+        self.set_status(ChainStatus::Waiting, Some(&reason)).await?;
+        self.ctx
+            .bus
+            .emit(
+                "chain:breaker-half-open",
+                Some(&self.id),
+                None,
+                json!({"until": at, "failures": self.consecutive_failures}),
+            )
+            .await;
+        self.retry_at = Some(std::time::Instant::now() + cool);
+        me.send_after(cool, || ChainMsg::Next);
+        Ok(None)
     }
 
     /// Where the agent works: the configured workdir, or its place in the chain's worktree.
@@ -1095,14 +1151,19 @@ impl Actor for Chain {
             store.finish_session(&a.chain_id, s, None).await?;
         }
         let next_index = sessions.last().map(|s| s.index + 1).unwrap_or(1);
+        // The breaker counts this run's sessions only: its state never leaks into a new run
+        // (an explicit resume of an ended chain moves the session base).
+        let session_base = store.session_base(&a.chain_id).await?;
         let consecutive_failures = sessions
             .iter()
+            .filter(|s| s.index > session_base)
             .rev()
             .take_while(|s| s.status == SessionStatus::Failed)
             .count() as u32;
         let resumable = sessions.last().and_then(resumable_id);
         let mut recent_errors: Vec<String> = sessions
             .iter()
+            .filter(|s| s.index > session_base)
             .rev()
             .take_while(|s| s.status == SessionStatus::Failed)
             .map(|s| {
@@ -1171,6 +1232,7 @@ impl Actor for Chain {
             account,
             admitted: false,
             quota_wait: None,
+            probing: false,
         };
         st.set_status(ChainStatus::Running, None).await?;
         // Forward run-mode changes (pause, resume, stop) as messages.

@@ -37,6 +37,7 @@ pub const CHAIN_KEYS: &[&str] = &[
     "verify_timeout",
     "no_progress_sessions",
     "no_wait",
+    "breaker_cooldown",
 ];
 const SIM_KEYS: &[&str] = &["scenario", "complete_after", "step", "turns", "write"];
 const CHAIN_ENTRY_KEYS: &[&str] = &["name", "task", "after"];

@@ -87,6 +87,10 @@ pub struct ChainSettings {
     /// How long one verify command may run.
     #[serde(with = "humantime_serde", default = "default_verify_timeout")]
     pub verify_timeout: Duration,
+    /// After the breaker opens, wait this long and run one probe session (half-open); off
+    /// when absent (the breaker ends the chain).
+    #[serde(default, with = "humantime_serde")]
+    pub breaker_cooldown: Option<Duration>,
     /// On a usage limit, end the chain as `waiting-limit` instead of waiting for the reset.
     #[serde(default)]
     pub no_wait: bool,

@@ -95,6 +95,8 @@ pub struct SessionOutcome {
     pub pre_compacted: bool,
     pub duration: Duration,
     pub transcript_truncated: bool,
+    /// When the agent's process ended (RFC 3339), before anything was recorded.
+    pub ended_at: String,
 }
 
 impl SessionOutcome {
@@ -110,6 +112,7 @@ impl SessionOutcome {
             pre_compacted: false,
             duration: Duration::ZERO,
             transcript_truncated: false,
+            ended_at: crate::model::now_rfc3339(),
         }
     }
 }
@@ -496,6 +499,7 @@ impl Actor for Session {
                     pre_compacted: st.pre_compacted,
                     duration: st.started.elapsed(),
                     transcript_truncated: st.transcript_truncated,
+                    ended_at: crate::model::now_rfc3339(),
                 };
                 st.chain.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
                 myself.stop(None);

@@ -202,7 +202,15 @@ pub struct DayCost {
 #[serde(rename_all = "camelCase")]
 pub struct CostReport {
     pub today: CostLine,
+    /// The last 7 days.
+    pub week: CostLine,
+    /// The last hour and the last 24 hours, for the burn rate.
+    pub last_hour: CostLine,
+    pub last_day: CostLine,
     pub all_time: CostLine,
+    /// Per mission (`""` for chains started on a task).
+    #[serde(default)]
+    pub by_mission: Vec<ModelCost>,
     pub by_model: Vec<ModelCost>,
     pub by_chain: Vec<ChainCost>,
     pub by_day: Vec<DayCost>,

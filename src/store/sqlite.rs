@@ -741,14 +741,43 @@ impl Store for SqliteStore {
             std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400),
         )
         .to_string();
+        let ago = |secs: u64| {
+            humantime::format_rfc3339_millis(
+                std::time::SystemTime::now() - std::time::Duration::from_secs(secs),
+            )
+            .to_string()
+        };
         let totals = sqlx::query(
             "SELECT COALESCE(SUM(cost_usd), 0.0), COUNT(*), \
              COALESCE(SUM(CASE WHEN started_at >= ?1 THEN cost_usd ELSE 0 END), 0.0), \
-             COUNT(CASE WHEN started_at >= ?1 THEN 1 END) FROM sessions",
+             COUNT(CASE WHEN started_at >= ?1 THEN 1 END), \
+             COALESCE(SUM(CASE WHEN started_at >= ?2 THEN cost_usd ELSE 0 END), 0.0), \
+             COUNT(CASE WHEN started_at >= ?2 THEN 1 END), \
+             COALESCE(SUM(CASE WHEN started_at >= ?3 THEN cost_usd ELSE 0 END), 0.0), \
+             COUNT(CASE WHEN started_at >= ?3 THEN 1 END), \
+             COALESCE(SUM(CASE WHEN started_at >= ?4 THEN cost_usd ELSE 0 END), 0.0), \
+             COUNT(CASE WHEN started_at >= ?4 THEN 1 END) FROM sessions",
         )
         .bind(&today)
+        .bind(ago(7 * 86_400))
+        .bind(ago(3_600))
+        .bind(ago(86_400))
         .fetch_one(&self.pool)
         .await?;
+        let by_mission = sqlx::query(
+            "SELECT COALESCE(c.mission, '') AS m, COALESCE(SUM(s.cost_usd), 0.0), COUNT(*) \
+             FROM sessions s JOIN chains c ON c.id = s.chain_id GROUP BY m ORDER BY 2 DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ModelCost {
+                model: r.try_get(0)?,
+                cost: line(r, 1)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
         let by_model = sqlx::query(
             "SELECT COALESCE(json_extract(c.config, '$.model'), '?') AS m, \
              COALESCE(SUM(s.cost_usd), 0.0), COUNT(*) \
@@ -803,7 +832,11 @@ impl Store for SqliteStore {
         .collect::<StoreResult<Vec<_>>>()?;
         Ok(super::CostReport {
             today: line(&totals, 2)?,
+            week: line(&totals, 4)?,
+            last_hour: line(&totals, 6)?,
+            last_day: line(&totals, 8)?,
             all_time: line(&totals, 0)?,
+            by_mission,
             by_model,
             by_chain: chains,
             by_day: days,
