@@ -926,3 +926,36 @@ async fn the_ledger_equals_the_clis_own_totals_across_resumes() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_verify_gate_reaches_the_real_cli_in_the_next_prompt() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(
+        vec![
+            Step::text(COMPLETE),
+            Step::text(COMPLETE.replace("twice", "three times")),
+        ],
+        Step::text("unexpected"),
+    )
+    .await;
+    let gate = "if [ -f .gate-seen ]; then exit 0; else touch .gate-seen; echo 'assertion failed: greeting == \"hi\"'; exit 101; fi";
+    let out = run_claude_env(
+        &op,
+        &api,
+        &bin,
+        &["run", "--task", "Say hi", "--json"],
+        &[("OPERATOR_VERIFY", gate)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(c.sessions.len(), 2);
+    let second = request_text(&api.scripted()[1]);
+    assert!(
+        second.contains("assertion failed: greeting"),
+        "the gate's output is not in the prompt"
+    );
+    assert!(second.contains("exit code 101"));
+}
