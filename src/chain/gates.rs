@@ -110,9 +110,11 @@ pub struct Fingerprint {
     pub hash: u64,
 }
 
-/// Fingerprints `workdir`, leaving out `skip` (the data dir) and `.git`.
-pub async fn fingerprint(workdir: PathBuf, skip: PathBuf) -> Fingerprint {
-    tokio::task::spawn_blocking(move || fingerprint_blocking(&workdir, &skip))
+/// Fingerprints `workdir`, leaving out `skip` (the data dir) and `.git`. `repo` is the top of
+/// the git repository the chain works in, if any (known from its workspace, so no process is
+/// spawned to find out).
+pub async fn fingerprint(workdir: PathBuf, skip: PathBuf, repo: Option<PathBuf>) -> Fingerprint {
+    tokio::task::spawn_blocking(move || fingerprint_blocking(&workdir, &skip, repo.as_deref()))
         .await
         .unwrap_or(Fingerprint {
             source: "none",
@@ -144,16 +146,46 @@ fn stat_hash(h: &mut DefaultHasher, p: &Path) {
     }
 }
 
-fn fingerprint_blocking(workdir: &Path, skip: &Path) -> Fingerprint {
+/// The path of one `git status --porcelain=v2` entry.
+fn v2_path(line: &str) -> Option<&str> {
+    let fields = |n: usize| line.splitn(n, ' ').nth(n - 1);
+    match line.as_bytes().first()? {
+        b'1' => fields(9),
+        b'2' => fields(10).and_then(|p| p.split('\t').next()),
+        b'u' => fields(11),
+        b'?' => line.get(2..),
+        _ => None,
+    }
+}
+
+fn fingerprint_blocking(workdir: &Path, skip: &Path, repo: Option<&Path>) -> Fingerprint {
     let mut h = DefaultHasher::new();
-    if let Some(top) = git_out(workdir, &["rev-parse", "--show-toplevel"]) {
-        let top = PathBuf::from(top.trim());
-        let head = git_out(&top, &["rev-parse", "HEAD"]).unwrap_or_default();
-        let status =
-            git_out(&top, &["status", "--porcelain", "--untracked-files=all"]).unwrap_or_default();
-        head.hash(&mut h);
-        for line in status.lines().filter(|l| l.len() > 3) {
-            let path = top.join(&line[3..]);
+    // Compared with paths under the (canonical) repository and workdir.
+    let skip = &skip.canonicalize().unwrap_or_else(|_| skip.to_path_buf());
+    let workdir = &workdir
+        .canonicalize()
+        .unwrap_or_else(|_| workdir.to_path_buf());
+    // One `git status` gives HEAD (`# branch.oid`) and every change.
+    let repo = repo.map(|r| r.canonicalize().unwrap_or_else(|_| r.to_path_buf()));
+    if let Some(top) = repo.as_deref()
+        && let Some(status) = git_out(
+            top,
+            &[
+                "status",
+                "--porcelain=v2",
+                "--branch",
+                "--untracked-files=all",
+            ],
+        )
+    {
+        for line in status.lines() {
+            if line.starts_with("# branch.oid") {
+                line.hash(&mut h);
+                continue;
+            }
+            let Some(path) = v2_path(line).map(|p| top.join(p)) else {
+                continue;
+            };
             if path.starts_with(skip) {
                 continue;
             }
@@ -173,7 +205,7 @@ fn fingerprint_blocking(workdir: &Path, skip: &Path) -> Fingerprint {
         };
         for e in rd.flatten() {
             let p = e.path();
-            if p == skip || p.file_name().is_some_and(|n| n == ".git") {
+            if &p == skip || p.file_name().is_some_and(|n| n == ".git") {
                 continue;
             }
             match e.file_type() {
@@ -276,15 +308,43 @@ mod tests {
     #[tokio::test]
     async fn fingerprints_see_file_changes_but_not_the_data_dir() {
         let dir = tempfile::tempdir().unwrap();
+        // The same in a git repository, with a data dir given as a relative path.
+        let repo = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .current_dir(repo.path())
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        git(&["init", "-q"]);
+        std::fs::write(repo.path().join("a.txt"), "1").unwrap();
+        let data = repo.path().join(".operator");
+        std::fs::create_dir_all(&data).unwrap();
+        let top = Some(repo.path().to_path_buf());
+        let g = fingerprint(repo.path().into(), data.clone(), top.clone()).await;
+        assert_eq!(g.source, "git");
+        std::fs::write(data.join("operator.db"), "changes every session").unwrap();
+        assert_eq!(
+            fingerprint(repo.path().into(), data.clone(), top.clone()).await,
+            g
+        );
+        std::fs::write(repo.path().join("a.txt"), "22").unwrap();
+        assert_ne!(fingerprint(repo.path().into(), data, top).await, g);
         let data = dir.path().join(".operator");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(dir.path().join("a.txt"), "1").unwrap();
-        let a = fingerprint(dir.path().into(), data.clone()).await;
+        let a = fingerprint(dir.path().into(), data.clone(), None).await;
         assert_eq!(a.source, "files");
         std::fs::write(data.join("x"), "noise").unwrap();
-        assert_eq!(fingerprint(dir.path().into(), data.clone()).await, a);
+        assert_eq!(fingerprint(dir.path().into(), data.clone(), None).await, a);
         std::fs::write(dir.path().join("b.txt"), "2").unwrap();
-        assert_ne!(fingerprint(dir.path().into(), data).await, a);
+        assert_ne!(fingerprint(dir.path().into(), data, None).await, a);
+        assert_eq!(v2_path("? new file.txt"), Some("new file.txt"));
+        assert_eq!(
+            v2_path("1 .M N... 100644 100644 100644 abc def src/a b.rs"),
+            Some("src/a b.rs")
+        );
     }
 
     #[test]

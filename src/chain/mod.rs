@@ -484,7 +484,8 @@ impl ChainState {
             )
             .await;
         tracing::info!(parent: &self.span, session.index = index, max = self.session_base + 1 + self.settings.max_continuations, "session started");
-        self.before = Some(gates::fingerprint(self.workdir(), self.ctx.data_dir.clone()).await);
+        self.before =
+            Some(gates::fingerprint(self.workdir(), self.ctx.data_dir.clone(), self.repo()).await);
         let spec = SessionSpec {
             chain_id: self.id.clone(),
             index,
@@ -927,6 +928,11 @@ impl ChainState {
         Ok(None)
     }
 
+    /// The top of the chain's git repository (or worktree), if it works in one.
+    fn repo(&self) -> Option<PathBuf> {
+        self.git.as_ref().map(|g| g.repo.clone())
+    }
+
     /// Where the agent works: the configured workdir, or its place in the chain's worktree.
     fn workdir(&self) -> PathBuf {
         self.git
@@ -969,7 +975,8 @@ impl ChainState {
             return Ok(decision);
         }
         let workdir = self.workdir();
-        let after = gates::fingerprint(workdir.clone(), self.ctx.data_dir.clone()).await;
+        let after =
+            gates::fingerprint(workdir.clone(), self.ctx.data_dir.clone(), self.repo()).await;
         let tree_changed = before.is_none_or(|b| b != after);
         let previous = self
             .ctx

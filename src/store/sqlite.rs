@@ -147,9 +147,13 @@ impl SqliteStore {
             // lose the last transactions.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Each connection is a thread with its own page cache and statement cache: a few
+            // small ones are plenty for one writer (measured in benches/memory.rs).
+            .pragma("cache_size", "-512")
+            .statement_cache_capacity(32);
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(2)
             .connect_with(opts)
             .await?;
         let store = Self { pool };

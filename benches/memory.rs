@@ -1,0 +1,196 @@
+//! Memory and idle cost of the operator itself (never its agents): the peak RSS of `operator run` during a
+//! chain of sim sessions, against the peak RSS of one bare sim agent in the same run; and many
+//! concurrent chains whose agents sleep: the operator's RSS and its CPU while they idle.
+//!
+//! `cargo bench --bench memory` runs 1,000 concurrent chains; without `--bench` (under `cargo test
+//! --all-targets`) a quick pass with 20, so CI notices a bench that no longer runs.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_operator");
+
+/// A field of /proc/<pid>/status in kB (`VmHWM`, `VmRSS`).
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Waits for `child`, sampling until it exits: its peak RSS (VmHWM), and the peak of its
+/// anonymous memory (heap, stacks: what it allocated, as opposed to the binary's mapped pages).
+fn peak_until_exit(mut child: Child) -> (u64, u64) {
+    let pid = child.id();
+    let (mut peak, mut anon) = (0, 0);
+    loop {
+        if let Some(kb) = status_kb(pid, "VmHWM") {
+            peak = peak.max(kb);
+        }
+        if let Some(kb) = status_kb(pid, "RssAnon") {
+            anon = anon.max(kb);
+        }
+        if child.try_wait().expect("wait").is_some() {
+            return (peak, anon);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn operator(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .current_dir(dir)
+        .env(
+            "OPERATOR_DATA_DIR",
+            dir.join(format!("data-{}", fastrand::u32(..))),
+        )
+        .env("OPERATOR_WORKDIR", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // 1b. One chain of 10 sessions: the operator's own peak RSS, and one bare agent's.
+    let child = operator(
+        dir.path(),
+        &[
+            "run",
+            "--task",
+            "bench",
+            "--scenario",
+            "incomplete",
+            "--quiet",
+            "--max-continuations",
+            "9",
+        ],
+        &[
+            ("OPERATOR_SIM__STEP", "20ms"),
+            ("OPERATOR_SIM__COMPLETE_AFTER", "9"),
+        ],
+    )
+    .spawn()
+    .expect("operator");
+    let (op_peak, op_anon) = peak_until_exit(child);
+    let mut agent = Command::new(BIN)
+        .args(["sim-agent", "--scenario", "complete", "--step", "20ms"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sim-agent");
+    {
+        let mut stdin = agent.stdin.take().expect("stdin");
+        let _ = writeln!(
+            stdin,
+            "{}",
+            operator::agent::stream::initialize_request("i")
+        );
+        let _ = writeln!(stdin, "{}", operator::agent::stream::user_message("task"));
+    }
+    let (agent_peak, _) = peak_until_exit(agent);
+    println!("memory of one chain (10 sessions of the sim agent):");
+    println!(
+        "  operator peak RSS         : {:>8.1} MB",
+        op_peak as f64 / 1024.0
+    );
+    println!(
+        "  one bare sim agent (peak) : {:>8.1} MB  (the same binary, for scale)",
+        agent_peak as f64 / 1024.0
+    );
+
+    // 2. Many chains at once, their agents idle (the `hang` scenario): RSS and CPU of the
+    // operator alone while nothing happens.
+    let n = if full { 1000 } else { 20 };
+    let n = std::env::var("OPERATOR_BENCH_CHAINS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
+    let mission = dir.path().join("many.toml");
+    let mut m = format!(
+        "name = \"many\"\nconcurrency = {n}\n[defaults]\nsim = {{ scenario = \"hang\" }}\n"
+    );
+    for i in 0..n {
+        m.push_str(&format!(
+            "[[chain]]\nname = \"c{i}\"\ntask = \"idle {i}\"\n"
+        ));
+    }
+    std::fs::write(&mission, m).expect("mission");
+    let child = operator(
+        dir.path(),
+        &["run", mission.to_str().expect("path"), "--quiet"],
+        &[],
+    )
+    .spawn()
+    .expect("operator");
+    let pid = child.id();
+    // Wait until every agent runs: the operator's children (agent-exec wrappers exec the agent).
+    let started = Instant::now();
+    loop {
+        // Children of any of the operator's threads.
+        let kids: usize = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|t| {
+                std::fs::read_to_string(t.path().join("children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .count()
+            })
+            .sum();
+        if kids >= n || started.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ready = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let (t0, c0) = (Instant::now(), cpu_ticks(pid).unwrap_or(0));
+    std::thread::sleep(Duration::from_secs(if full { 10 } else { 3 }));
+    let (t1, c1) = (t0.elapsed(), cpu_ticks(pid).unwrap_or(0));
+    let rss = status_kb(pid, "VmRSS").unwrap_or(0);
+    let anon = status_kb(pid, "RssAnon").unwrap_or(0);
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let cpu = (c1 - c0) as f64 / ticks_per_s / t1.as_secs_f64() * 100.0;
+    println!(
+        "{n} concurrent chains with idle agents (all started in {:.1} s):",
+        ready.as_secs_f64()
+    );
+    println!(
+        "  operator RSS              : {:>8.1} MB",
+        rss as f64 / 1024.0
+    );
+    println!("  operator CPU while idle   : {cpu:>8.2} % of a core");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let mut child = child;
+    let end = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+}
