@@ -116,6 +116,10 @@ fn main() {
         op_peak as f64 / 1024.0
     );
     println!(
+        "  of which anonymous (heap) : {:>8.1} MB",
+        op_anon as f64 / 1024.0
+    );
+    println!(
         "  one bare sim agent (peak) : {:>8.1} MB  (the same binary, for scale)",
         agent_peak as f64 / 1024.0
     );
@@ -181,6 +185,10 @@ fn main() {
     println!(
         "  operator RSS              : {:>8.1} MB",
         rss as f64 / 1024.0
+    );
+    println!(
+        "  of which anonymous (heap) : {:>8.1} MB",
+        anon as f64 / 1024.0
     );
     println!("  operator CPU while idle   : {cpu:>8.2} % of a core");
     let _ = nix::sys::signal::kill(
