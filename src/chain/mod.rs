@@ -596,25 +596,10 @@ impl ChainState {
     ) -> Result<(), ActorProcessingErr> {
         self.failed_attempts.0 += cost;
         self.failed_attempts.1 += o.turns;
-        let record = SessionRecord {
-            index: o.index,
-            session_id: o.session_id.clone(),
-            status: SessionStatus::Failed,
-            turns: self.failed_attempts.1,
-            cost_usd: self.failed_attempts.0,
-            duration_ms: o.duration.as_millis() as u64,
-            hit_max_turns: o.facts.hit_max_turns,
-            pre_compacted: o.pre_compacted,
-            handoff_complete: false,
-            handoff_file: None,
-            error: verdict.error.clone(),
-            error_kind: verdict.error_kind,
-            handoff_synthetic: false,
-            asked_again: run.asked_again,
-            attempts: self.attempt,
-            started_at: run.started_at,
-            ended_at: Some(o.ended_at.clone()),
-        };
+        let (cost, turns) = self.failed_attempts;
+        let mut record = self.unfinished_record(o, run, verdict, SessionStatus::Failed, cost);
+        record.turns = turns;
+        record.hit_max_turns = o.facts.hit_max_turns;
         self.ctx
             .store
             .finish_session(&self.id, &record, None)
@@ -669,25 +654,8 @@ impl ChainState {
             let delay = usage_limit_delay(reset, &self.settings);
             let until =
                 humantime::format_rfc3339_seconds(std::time::SystemTime::now() + delay).to_string();
-            let record = SessionRecord {
-                index: o.index,
-                session_id: o.session_id.clone(),
-                status: SessionStatus::Interrupted,
-                turns: o.turns,
-                cost_usd: cost,
-                duration_ms: o.duration.as_millis() as u64,
-                hit_max_turns: false,
-                pre_compacted: o.pre_compacted,
-                handoff_complete: false,
-                handoff_file: None,
-                error: verdict.error.clone(),
-                error_kind: verdict.error_kind,
-                handoff_synthetic: false,
-                asked_again: run.asked_again,
-                attempts: self.attempt,
-                started_at: run.started_at,
-                ended_at: Some(o.ended_at.clone()),
-            };
+            let record =
+                self.unfinished_record(&o, run, &verdict, SessionStatus::Interrupted, cost);
             self.ctx
                 .store
                 .finish_session(&self.id, &record, None)
@@ -926,6 +894,37 @@ impl ChainState {
         self.retry_at = Some(std::time::Instant::now() + cool);
         me.send_after(cool, || ChainMsg::Next);
         Ok(None)
+    }
+
+    /// The record of a session attempt that ends without a handoff (retried, or stopped at a
+    /// usage limit).
+    fn unfinished_record(
+        &self,
+        o: &SessionOutcome,
+        run: Running,
+        verdict: &policy::Verdict,
+        status: SessionStatus,
+        cost: f64,
+    ) -> SessionRecord {
+        SessionRecord {
+            index: o.index,
+            session_id: o.session_id.clone(),
+            status,
+            turns: o.turns,
+            cost_usd: cost,
+            duration_ms: o.duration.as_millis() as u64,
+            hit_max_turns: false,
+            pre_compacted: o.pre_compacted,
+            handoff_complete: false,
+            handoff_file: None,
+            error: verdict.error.clone(),
+            error_kind: verdict.error_kind,
+            handoff_synthetic: false,
+            asked_again: run.asked_again,
+            attempts: self.attempt,
+            started_at: run.started_at,
+            ended_at: Some(o.ended_at.clone()),
+        }
     }
 
     /// The top of the chain's git repository (or worktree), if it works in one.
