@@ -5,37 +5,18 @@
 //! `cargo bench --bench api` runs 10,000 chains; without `--bench` (under `cargo test
 //! --all-targets`) a quick pass over 300 chains, so CI notices a bench that no longer runs.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
-use operator::model::{ChainStatus, SessionRecord, SessionStatus, now_rfc3339};
+use operator::model::{ChainStatus, now_rfc3339};
 use operator::store::sqlite::SqliteStore;
 use operator::store::{ChainQuery, NewChain, SessionStart, SharedStore};
 use tower::ServiceExt;
-
-fn session(index: u32) -> SessionRecord {
-    SessionRecord {
-        index,
-        session_id: Some(format!("s{index}")),
-        status: SessionStatus::Completed,
-        turns: 3,
-        cost_usd: 0.01,
-        duration_ms: 1000,
-        hit_max_turns: false,
-        pre_compacted: false,
-        handoff_complete: true,
-        handoff_file: None,
-        error: None,
-        error_kind: None,
-        handoff_synthetic: false,
-        asked_again: false,
-        attempts: 1,
-        started_at: now_rfc3339(),
-        ended_at: Some(now_rfc3339()),
-    }
-}
 
 async fn fill(store: &SharedStore, n: usize) {
     for i in 0..n {
@@ -63,7 +44,7 @@ async fn fill(store: &SharedStore, n: usize) {
                 .await
                 .expect("start");
             store
-                .finish_session(&id, &session(idx), None)
+                .finish_session(&id, &common::session(idx), None)
                 .await
                 .expect("finish");
         }

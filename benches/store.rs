@@ -3,34 +3,15 @@
 //!
 //! `cargo bench --bench store` fills 10,000 chains; without `--bench` a quick pass with 500.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use operator::model::{ChainStatus, HandoffRecord, SessionRecord, SessionStatus, now_rfc3339};
+use operator::model::{ChainStatus, HandoffRecord, now_rfc3339};
 use operator::store::sqlite::SqliteStore;
 use operator::store::{NewChain, SessionStart, SharedStore};
-
-fn session(index: u32) -> SessionRecord {
-    SessionRecord {
-        index,
-        session_id: Some(format!("s{index}")),
-        status: SessionStatus::Completed,
-        turns: 3,
-        cost_usd: 0.01,
-        duration_ms: 1000,
-        hit_max_turns: false,
-        pre_compacted: false,
-        handoff_complete: false,
-        handoff_file: None,
-        error: None,
-        error_kind: None,
-        handoff_synthetic: false,
-        asked_again: false,
-        attempts: 1,
-        started_at: now_rfc3339(),
-        ended_at: Some(now_rfc3339()),
-    }
-}
 
 async fn chain(store: &SharedStore, id: &str) {
     store
@@ -72,7 +53,7 @@ async fn record_sessions(store: &SharedStore, id: &str, n: u32) -> Vec<Duration>
             created_at: now_rfc3339(),
         };
         store
-            .finish_session(id, &session(i), Some(&h))
+            .finish_session(id, &common::session(i), Some(&h))
             .await
             .expect("finish");
         v.push(t.elapsed());

@@ -892,20 +892,11 @@ async fn api_start(
     let ids: Vec<String> = batch.jobs.iter().map(|j| j.chain_id.clone()).collect();
     for j in &batch.jobs {
         tracing::info!(chain.id = %j.chain_id, name = %j.name, mission = j.mission.as_deref().unwrap_or("-"), "chain started through the API");
-        if let Some(m) = &j.mission {
-            active
-                .entry(m.clone())
-                .or_default()
-                .push(j.chain_id.clone());
-        }
     }
-    for plan in &plans {
-        if let Some(m) = &plan.mission {
-            active
-                .entry(m.clone())
-                .or_default()
-                .retain(|id| ids.contains(id));
-        }
+    // This run of each mission replaces its previous one (all ended: checked above).
+    for m in plans.iter().filter_map(|p| p.mission.as_ref()) {
+        let chains = batch.jobs.iter().filter(|j| j.mission.as_ref() == Some(m));
+        active.insert(m.clone(), chains.map(|j| j.chain_id.clone()).collect());
     }
     Ok((StartOutcome::Started(ids), Some(batch)))
 }

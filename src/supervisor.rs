@@ -129,6 +129,7 @@ impl OperatorState {
     async fn spawn(&mut self, me: &ActorRef<OperatorMsg>, job: Job, restarts: RestartLog) {
         let args = ChainArgs {
             chain_id: job.chain_id.clone(),
+            name: job.name.clone(),
             task: job.task.clone(),
             settings: job.settings.clone(),
             agent: job.agent.clone(),

@@ -198,7 +198,8 @@ fn check_id(id: &str) -> ApiResult<()> {
     }
 }
 
-async fn find(st: &AppState, id: &str) -> ApiResult<ChainRecord> {
+/// The chain `id` as it may leave the operator: a bad id is 400, an unknown one 404.
+pub(crate) async fn find(st: &AppState, id: &str) -> ApiResult<ChainRecord> {
     check_id(id)?;
     st.store
         .get_chain(id)
@@ -507,11 +508,7 @@ pub async fn output(
     }
     let offset = q.offset.unwrap_or(0);
     // The path is built from the stored chain's id and a number, never from request text.
-    let path = st
-        .data_dir
-        .join("chains")
-        .join(&id)
-        .join(format!("session-{idx}.jsonl"));
+    let path = crate::chain::transcript_path(&st.data_dir, &id, idx);
     let running = session.status == crate::model::SessionStatus::Running;
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,

@@ -104,6 +104,8 @@ pub struct Ctx {
 
 pub struct ChainArgs {
     pub chain_id: String,
+    /// The chain's name in its mission (commit messages).
+    pub name: String,
     pub task: String,
     pub settings: ChainSettings,
     pub agent: Arc<dyn Agent>,
@@ -206,10 +208,6 @@ fn child_supervisor() -> Supervisor<Child> {
 }
 
 impl ChainState {
-    fn dir(&self) -> PathBuf {
-        chain_dir(&self.ctx, &self.id)
-    }
-
     async fn set_status(
         &self,
         status: ChainStatus,
@@ -504,7 +502,7 @@ impl ChainState {
             chain: me.clone(),
             bus: self.ctx.bus.clone(),
             registry: self.ctx.registry.clone(),
-            transcript: self.dir().join(format!("session-{index}.jsonl")),
+            transcript: transcript_path(&self.ctx.data_dir, &self.id, index),
             attempt: self.attempt,
             watchdog: crate::session::Watchdog {
                 idle_timeout: self.settings.idle_timeout,
@@ -1094,7 +1092,17 @@ fn resumable_id(s: &SessionRecord) -> Option<String> {
 }
 
 fn chain_dir(ctx: &Ctx, id: &str) -> PathBuf {
-    ctx.data_dir.join("chains").join(id)
+    chain_folder(&ctx.data_dir, id)
+}
+
+/// `<data_dir>/chains/<id>`: the chain's handoffs, transcripts and log.
+pub fn chain_folder(data_dir: &std::path::Path, id: &str) -> PathBuf {
+    data_dir.join("chains").join(id)
+}
+
+/// The transcript of session `index` of chain `id`.
+pub fn transcript_path(data_dir: &std::path::Path, id: &str, index: u32) -> PathBuf {
+    chain_folder(data_dir, id).join(format!("session-{index}.jsonl"))
 }
 
 async fn spawn_cost(
@@ -1182,21 +1190,11 @@ impl Actor for Chain {
             .collect();
         recent_errors.reverse();
         let session_base = store.session_base(&a.chain_id).await?;
-        let name = store
-            .get_chain(&a.chain_id)
-            .await?
-            .map(|c| c.name)
-            .unwrap_or_else(|| "main".into());
         let (git, refused) = match vcs::open(&a.ctx, &a.chain_id, &a.task, &a.settings).await {
             Ok(ws) => (ws, None),
             Err(reason) => (None, Some(reason)),
         };
-        let spent = store
-            .sessions(&a.chain_id)
-            .await?
-            .iter()
-            .map(|s| s.cost_usd)
-            .sum::<f64>();
+        let spent = sessions.iter().map(|s| s.cost_usd).sum::<f64>();
         let budget_warned = spent >= 0.8 * a.settings.max_budget_usd;
         let account = a.agent.account();
         // A restarted chain runs nothing yet: whatever it held is released.
@@ -1228,7 +1226,7 @@ impl Actor for Chain {
             finished: false,
             span,
             children: child_supervisor(),
-            name,
+            name: a.name,
             git,
             refused,
             budget_warned,

@@ -18,10 +18,10 @@ use minijinja::{Environment, context};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::api::chains::parse_start;
+use crate::api::chains::{find, parse_start};
 use crate::api::error::ApiPath;
 use crate::api::{ApiError, AppState, StartOutcome};
-use crate::model::{ChainRecord, is_valid_chain_id};
+use crate::model::ChainRecord;
 use crate::store::ChainQuery;
 
 const HTMX: &[u8] = include_bytes!("assets/htmx-2.0.11.min.js");
@@ -239,17 +239,6 @@ async fn home_fragment(State(st): State<AppState>) -> Page {
     })
 }
 
-async fn find(st: &AppState, id: &str) -> Result<ChainRecord, ApiError> {
-    if !is_valid_chain_id(id) {
-        return Err(ApiError::BadRequest("that is not a chain id".into()));
-    }
-    st.store
-        .get_chain(id)
-        .await?
-        .map(ChainRecord::public)
-        .ok_or_else(|| ApiError::NotFound(format!("no chain `{id}`")))
-}
-
 fn human(ms: u64) -> String {
     let s = ms / 1000;
     match s {
@@ -368,11 +357,7 @@ async fn handoff_inner(st: &AppState, id: &str, idx: u32) -> Result<String, ApiE
     };
     let after = text(idx).unwrap_or_else(|| "(no handoff yet)".into());
     // The path comes from the stored chain's id and a number, never from request text.
-    let path = st
-        .data_dir
-        .join("chains")
-        .join(&chain.id)
-        .join(format!("session-{idx}.jsonl"));
+    let path = crate::chain::transcript_path(&st.data_dir, &chain.id, idx);
     let output = transcript::read_readable(&path, VIEWER_OUTPUT).await;
     let has_next = chain.sessions.iter().any(|s| s.index == idx + 1);
     render(
