@@ -1,84 +1,122 @@
-//! Per-session overhead of the operator, against a baseline in the same run: a chain of N sessions of the
-//! sim agent in instant mode, versus spawning the same sim agent N times bare and feeding it the same
-//! stdin. Whole processes are timed (start-up and exit included).
+//! Per-session overhead of the operator, against a baseline in the same run: a chain of N sessions
+//! run by `operator run`, versus the same agent program spawned N times bare and driven the way the
+//! operator drives it (initialize request and prompt on stdin, read stdout up to the `result` line,
+//! close stdin, wait for the exit). Whole processes are timed, start-up and exit included.
+//!
+//! Three agents: the sim agent in instant mode, a minimal static program (a POSIX sh script that
+//! prints one canned session and exits), and the real Claude Code CLI talking to the fake Messages
+//! API of the tests (when the CLI is installed: `OPERATOR_TEST_CLAUDE_BIN`, as `.ci/run` sets it).
 //!
 //! `cargo bench --bench overhead` runs the full measurement; without `--bench` (as under
 //! `cargo test --all-targets`) it runs a quick pass, so CI notices a bench that no longer runs.
 
-use std::io::Write;
+#[allow(dead_code)]
+#[path = "../tests/common/fake_api.rs"]
+mod fake_api;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fake_api::{FakeApi, Step};
+use operator::agent::stream::{initialize_request, user_message};
+
 const BIN: &str = env!("CARGO_BIN_EXE_operator");
 
-fn bare_sessions(n: u32, dir: &std::path::Path) -> Duration {
+/// The handoff every canned session writes (long enough for the operator's quality checks).
+const HANDOFF: &str = "Done for now.\n\n## HANDOFF\n\n### Accomplished\nRead the module, wrote \
+the parser and its unit tests; all pass.\n\n### Remaining\n- wire the parser into the CLI\n- \
+document the flags\n\n### Context\nThe tests live beside the parser in src/parse.rs.";
+
+/// One agent under test: how to run it bare, and how to point `operator run` at it.
+struct Subject {
+    name: &'static str,
+    program: PathBuf,
+    /// Arguments of session `i` (1-based), exactly as the operator passes them.
+    args: Box<dyn Fn(u32) -> Vec<String>>,
+    /// Environment for both the bare runs and the operator.
+    env: Vec<(String, String)>,
+    /// More environment for the operator only (which agent, which binary).
+    operator_env: Vec<(String, String)>,
+}
+
+/// Runs one session bare, driven as the operator drives an agent.
+fn bare_session(s: &Subject, i: u32, dir: &Path) {
+    let mut cmd = Command::new(&s.program);
+    cmd.args((s.args)(i))
+        .current_dir(dir)
+        .env_remove("CLAUDECODE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in &s.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn the agent");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "{}", initialize_request("init_1")).expect("write");
+    writeln!(stdin, "{}", user_message("Continue the task.")).expect("write");
+    stdin.flush().expect("flush");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut got_result = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read");
+        if line.contains("\"type\":\"result\"") {
+            got_result = true;
+            break;
+        }
+    }
+    drop(stdin);
+    let status = child.wait().expect("wait");
+    assert!(got_result, "{}: no result line", s.name);
+    assert!(status.success(), "{}: bare agent failed: {status}", s.name);
+}
+
+fn bare(s: &Subject, n: u32, dir: &Path) -> Duration {
     let start = Instant::now();
     for i in 1..=n {
-        let mut child = Command::new(BIN)
-            .args(["sim-agent", "--scenario", "incomplete", "--complete-after"])
-            .arg((n - 1).to_string())
-            .args([
-                "--session-index",
-                &i.to_string(),
-                "--step",
-                "0s",
-                "--turns",
-                "3",
-            ])
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn sim-agent");
-        let mut stdin = child.stdin.take().expect("stdin");
-        writeln!(
-            stdin,
-            "{}",
-            operator::agent::stream::initialize_request("init_1")
-        )
-        .expect("write");
-        writeln!(stdin, "{}", operator::agent::stream::user_message("task")).expect("write");
-        drop(stdin);
-        let status = child.wait().expect("wait");
-        assert!(status.success(), "bare sim-agent failed: {status}");
+        bare_session(s, i, dir);
     }
     start.elapsed()
 }
 
-fn chain(n: u32, dir: &std::path::Path) -> Duration {
-    let data = dir.join(format!("data-{}", fastrand::u32(..)));
-    let start = Instant::now();
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            "--task",
-            "bench",
-            "--scenario",
-            "incomplete",
-            "--json",
-            "--quiet",
-        ])
+fn chain(s: &Subject, n: u32, dir: &Path) -> Duration {
+    // The data dir sits beside the working tree, not in it: the operator measures each
+    // session's tree change, and earlier rounds' stores must not be part of that tree.
+    let data = dir
+        .parent()
+        .expect("the workdir has a parent")
+        .join(format!("data-{}", fastrand::u32(..)));
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--task", "bench", "--json", "--quiet"])
         .args(["--max-continuations", &(n - 1).to_string()])
         .env("OPERATOR_DATA_DIR", &data)
         .env("OPERATOR_WORKDIR", dir)
-        .env("OPERATOR_SIM__STEP", "0s")
-        .env("OPERATOR_SIM__COMPLETE_AFTER", (n - 1).to_string())
         .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run operator");
+        .stdin(Stdio::null());
+    for (k, v) in s.env.iter().chain(&s.operator_env) {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let out = cmd.output().expect("run operator");
     let elapsed = start.elapsed();
-    assert_eq!(
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}: operator exit {:?}\n{}\n{stdout}",
+        s.name,
         out.status.code(),
-        Some(0),
-        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let sessions = String::from_utf8_lossy(&out.stdout)
-        .matches("\"index\"")
-        .count();
-    assert_eq!(sessions as u32, n, "the chain did not run {n} sessions");
+    let chain: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{}: operator --json output: {e}\n{stdout}", s.name));
+    let sessions = chain["sessions"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        sessions as u32, n,
+        "{}: the chain ran {sessions} sessions, not {n} ({})",
+        s.name, chain["reason"]
+    );
     elapsed
 }
 
@@ -87,32 +125,204 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let (n, rounds) = if full { (10, 7) } else { (3, 1) };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut bare = Vec::new();
-    let mut op = Vec::new();
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn measure(s: &Subject, n: u32, rounds: usize, dir: &Path) {
+    // One unmeasured round of each warms the page cache.
+    bare(s, 1, dir);
+    let mut b = Vec::new();
+    let mut o = Vec::new();
     for _ in 0..rounds {
-        bare.push(bare_sessions(n, dir.path()));
-        op.push(chain(n, dir.path()));
+        b.push(bare(s, n, dir));
+        o.push(chain(s, n, dir));
     }
-    let (b, o) = (median(bare), median(op));
+    let (b, o) = (median(b), median(o));
+    println!("{}: {n} sessions, median of {rounds} rounds", s.name);
     println!(
-        "per-session overhead, {n} sessions of the sim agent (instant mode), median of {rounds}:"
+        "  bare agent processes : {:>9.1} ms  ({:.2} ms/session)",
+        ms(b),
+        ms(b) / n as f64
     );
     println!(
-        "  bare agent processes : {:>8.1} ms  ({:.1} ms/session)",
-        b.as_secs_f64() * 1e3,
-        b.as_secs_f64() * 1e3 / n as f64
+        "  operator chain       : {:>9.1} ms  ({:.2} ms/session)",
+        ms(o),
+        ms(o) / n as f64
     );
     println!(
-        "  operator chain       : {:>8.1} ms  ({:.1} ms/session)",
-        o.as_secs_f64() * 1e3,
-        o.as_secs_f64() * 1e3 / n as f64
-    );
-    println!(
-        "  ratio                : {:.3}x",
+        "  overhead             : {:>9.1} ms  ({:.2} ms/session)  ratio {:.3}x",
+        ms(o) - ms(b),
+        (ms(o) - ms(b)) / n as f64,
         o.as_secs_f64() / b.as_secs_f64()
     );
+}
+
+fn sim_subject() -> Subject {
+    let args = |i: u32| {
+        [
+            "sim-agent",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--max-turns",
+            "30",
+            "--model",
+            "sonnet",
+            "--scenario",
+            "incomplete",
+            "--complete-after",
+            "1000",
+            "--session-index",
+            &i.to_string(),
+            "--step",
+            "0s",
+            "--turns",
+            "3",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    Subject {
+        name: "sim agent, instant mode",
+        program: BIN.into(),
+        args: Box::new(args),
+        env: Vec::new(),
+        operator_env: [
+            ("OPERATOR_AGENT", "sim"),
+            ("OPERATOR_SIM__SCENARIO", "incomplete"),
+            ("OPERATOR_SIM__STEP", "0s"),
+            ("OPERATOR_SIM__COMPLETE_AFTER", "1000"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec(),
+    }
+}
+
+/// The claude backend's arguments (src/agent/claude.rs), for a bare run of the same program.
+fn claude_args() -> Vec<String> {
+    [
+        "--input-format",
+        "stream-json",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--max-turns",
+        "30",
+        "--model",
+        "sonnet",
+        "--permission-mode",
+        "bypassPermissions",
+        "--append-system-prompt",
+        "You are one session of a chain run by operator.",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A POSIX sh script that answers the initialize request, reads the prompt, appends a line to
+/// a file (so each session changes the tree), prints one canned session and exits.
+fn static_agent(dir: &Path) -> Subject {
+    let line = |v: serde_json::Value| format!("printf '%s\\n' '{v}'\n");
+    let mut script = String::from("#!/bin/sh\nread -r line\n");
+    script += &line(serde_json::json!({"type": "control_response", "response":
+        {"subtype": "success", "request_id": "init_1", "response": {}}}));
+    script += "read -r line\necho step >> work.txt\n";
+    script += &line(serde_json::json!({"type": "system", "subtype": "init",
+        "session_id": "s-1", "model": "sonnet", "tools": [], "cwd": "."}));
+    script += &line(serde_json::json!({"type": "assistant", "session_id": "s-1",
+        "message": {"role": "assistant", "model": "sonnet",
+            "content": [{"type": "text", "text": HANDOFF}],
+            "usage": {"input_tokens": 1500, "output_tokens": 250}}}));
+    script += &line(serde_json::json!({"type": "result", "subtype": "success",
+        "is_error": false, "num_turns": 1, "total_cost_usd": 0.001, "duration_ms": 1,
+        "duration_api_ms": 1, "session_id": "s-1", "result": HANDOFF,
+        "usage": {"input_tokens": 1500, "output_tokens": 250}}));
+    assert!(
+        !HANDOFF.contains('\''),
+        "the canned text must not need sh quoting"
+    );
+    let path = dir.join("static-agent.sh");
+    std::fs::write(&path, script).expect("write the static agent");
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&path)
+        .status()
+        .expect("chmod");
+    Subject {
+        name: "minimal static program (sh script)",
+        program: path.clone(),
+        args: Box::new(|_| claude_args()),
+        env: Vec::new(),
+        operator_env: vec![
+            ("OPERATOR_AGENT".into(), "claude".into()),
+            ("OPERATOR_CLAUDE_BIN".into(), path.display().to_string()),
+        ],
+    }
+}
+
+/// The installed Claude Code CLI, if any (CI always has it; then it must be found).
+fn claude_bin() -> Option<PathBuf> {
+    let found = std::env::var_os("OPERATOR_TEST_CLAUDE_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    if found.is_none() && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but OPERATOR_TEST_CLAUDE_BIN does not name the Claude Code CLI");
+    }
+    found
+}
+
+fn claude_subject(bin: PathBuf, api: &FakeApi, home: &Path) -> Subject {
+    let env = [
+        ("ANTHROPIC_BASE_URL", api.url.as_str()),
+        ("ANTHROPIC_API_KEY", "sk-test"),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+        ("IS_SANDBOX", "1"),
+        ("HOME", &home.display().to_string()),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec();
+    Subject {
+        name: "Claude Code CLI + fake Messages API",
+        program: bin.clone(),
+        args: Box::new(|_| claude_args()),
+        env,
+        operator_env: vec![
+            ("OPERATOR_AGENT".into(), "claude".into()),
+            ("OPERATOR_CLAUDE_BIN".into(), bin.display().to_string()),
+            (
+                "OPERATOR_PERMISSION_MODE".into(),
+                "bypassPermissions".into(),
+            ),
+        ],
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("workdir");
+
+    let (n, rounds) = if full { (20, 7) } else { (3, 1) };
+    measure(&sim_subject(), n, rounds, &work);
+    measure(&static_agent(dir.path()), n, rounds, &work);
+
+    let Some(bin) = claude_bin() else {
+        println!("Claude Code CLI: not installed (set OPERATOR_TEST_CLAUDE_BIN); not measured");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // Every agent-loop request gets the same answer: a session of one turn with a handoff.
+    let api = rt.block_on(FakeApi::start(Vec::new(), Step::text(HANDOFF)));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    // These sessions change nothing in the tree, so the chain's progress check is turned off
+    // (`no_progress_sessions = 0`); otherwise it would rightly stop the chain after three.
+    let mut s = claude_subject(bin, &api, &home);
+    s.operator_env
+        .push(("OPERATOR_NO_PROGRESS_SESSIONS".into(), "0".into()));
+    let (n, rounds) = if full { (10, 3) } else { (2, 1) };
+    measure(&s, n, rounds, &work);
 }

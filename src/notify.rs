@@ -108,54 +108,101 @@ fn chain_hooks(chain: &ChainRecord) -> Vec<Webhook> {
     serde_json::from_value(chain.config["webhooks"].clone()).unwrap_or_default()
 }
 
-/// Starts delivering.
+/// Starts delivering. The HTTP client is built on the first delivery, so an operator without
+/// webhooks never loads a TLS stack.
 pub fn spawn(cfg: NotifyConfig, store: SharedStore, bus: Bus) -> Notifier {
     let mut rx = bus.subscribe();
     let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let client = reqwest::Client::builder()
-        .timeout(cfg.timeout)
-        .user_agent(concat!("operator/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default();
     let task = tokio::spawn(async move {
-        let mut deliveries = JoinSet::new();
+        let mut router = Router {
+            cfg,
+            store,
+            bus,
+            client: None,
+            deliveries: JoinSet::new(),
+        };
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Ok(ev) => {
-                        let Some(on) = trigger(&ev) else { continue };
-                        let Some(id) = ev.chain_id.clone() else { continue };
-                        let Ok(Some(chain)) = store.get_chain(&id).await else { continue };
-                        let mut hooks = chain_hooks(&chain);
-                        hooks.extend(cfg.global.clone());
-                        let chain = chain.public();
-                        for hook in hooks.into_iter().filter(|h| h.on.contains(&on)) {
-                            let body = payload(hook.format, &ev.kind, &chain, &ev.data);
-                            let (client, bus, secret) = (client.clone(), bus.clone(), cfg.secret.clone());
-                            let (id, kind) = (id.clone(), ev.kind.clone());
-                            deliveries.spawn(async move {
-                                deliver(&client, &hook.url, secret.as_deref(), &body, &bus, &id, &kind).await
-                            });
-                        }
-                    }
+                    Ok(ev) => router.route(&ev).await,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "the notifier fell behind the event bus");
                     }
                     Err(_) => break,
                 },
-                _ = &mut stop_rx => break,
+                _ = &mut stop_rx => {
+                    // Events published before the stop are still delivered.
+                    while let Ok(ev) = rx.try_recv() {
+                        router.route(&ev).await;
+                    }
+                    break;
+                }
             }
         }
-        while deliveries.join_next().await.is_some() {}
+        while router.deliveries.join_next().await.is_some() {}
     });
     Notifier { task, stop }
 }
 
+/// Turns bus events into deliveries.
+struct Router {
+    cfg: NotifyConfig,
+    store: SharedStore,
+    bus: Bus,
+    client: Option<reqwest::Client>,
+    deliveries: JoinSet<()>,
+}
+
+impl Router {
+    async fn route(&mut self, ev: &Event) {
+        let Some(on) = trigger(ev) else { return };
+        let Some(id) = ev.chain_id.clone() else {
+            return;
+        };
+        let Ok(Some(chain)) = self.store.get_chain(&id).await else {
+            return;
+        };
+        let mut hooks = chain_hooks(&chain);
+        hooks.extend(self.cfg.global.clone());
+        hooks.retain(|h| h.on.contains(&on));
+        if hooks.is_empty() {
+            return;
+        }
+        let timeout = self.cfg.timeout;
+        let client = self
+            .client
+            .get_or_insert_with(|| {
+                reqwest::Client::builder()
+                    .timeout(timeout)
+                    .user_agent(concat!("operator/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .unwrap_or_default()
+            })
+            .clone();
+        let chain = chain.public();
+        for hook in hooks {
+            let body = payload(hook.format, &ev.kind, &chain, &ev.data);
+            let (client, bus, secret) = (client.clone(), self.bus.clone(), self.cfg.secret.clone());
+            let (id, kind) = (id.clone(), ev.kind.clone());
+            self.deliveries.spawn(async move {
+                deliver(
+                    &client,
+                    &hook.url,
+                    secret.as_deref(),
+                    &body,
+                    &bus,
+                    &id,
+                    &kind,
+                )
+                .await
+            });
+        }
+    }
+}
+
 impl Notifier {
-    /// Waits (at most `limit`) for deliveries in flight.
+    /// Delivers what is already on the bus, then waits (at most `limit`) for deliveries in flight.
     pub async fn finish(self, limit: Duration) {
-        // Let events already on the bus reach the notifier first.
-        tokio::time::sleep(Duration::from_millis(50)).await;
         let _ = self.stop.send(());
         if tokio::time::timeout(limit, self.task).await.is_err() {
             tracing::warn!("webhook deliveries still running at exit were abandoned");

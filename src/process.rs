@@ -129,6 +129,22 @@ pub fn spawn(
     ))
 }
 
+/// The arguments of `operator agent-exec --parent PID -- PROGRAM ARGS…` exactly as
+/// [`spawn`] writes them: parent, program, args. The binary checks them before anything else
+/// starts (no argument parser, no runtime), because every session pays for this start.
+pub fn agent_exec_args(
+    argv: &[std::ffi::OsString],
+) -> Option<(u32, &std::ffi::OsStr, &[std::ffi::OsString])> {
+    match argv {
+        [_, cmd, flag, parent, dashes, program, args @ ..]
+            if cmd == "agent-exec" && flag == "--parent" && dashes == "--" =>
+        {
+            Some((parent.to_str()?.parse().ok()?, program.as_os_str(), args))
+        }
+        _ => None,
+    }
+}
+
 /// `operator agent-exec`: arrange to be killed when the parent operator dies, then become
 /// `program`. Returns only when that fails.
 pub fn agent_exec(parent: u32, program: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> i32 {
@@ -166,6 +182,33 @@ pub fn is_other_live_operator(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_exec_args_are_recognised_only_in_the_spawned_shape() {
+        let v = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let argv = v(&[
+            "operator",
+            "agent-exec",
+            "--parent",
+            "42",
+            "--",
+            "claude",
+            "-p",
+            "--",
+        ]);
+        let (parent, program, args) = agent_exec_args(&argv).unwrap();
+        assert_eq!((parent, program), (42, std::ffi::OsStr::new("claude")));
+        assert_eq!(args, &v(&["-p", "--"])[..]);
+        // No program, a bad pid, another order, another subcommand: left to the parser.
+        assert!(agent_exec_args(&v(&["operator", "agent-exec", "--parent", "42", "--"])).is_none());
+        assert!(
+            agent_exec_args(&v(&["operator", "agent-exec", "--parent", "x", "--", "a"])).is_none()
+        );
+        assert!(
+            agent_exec_args(&v(&["operator", "agent-exec", "--", "a", "--parent", "1"])).is_none()
+        );
+        assert!(agent_exec_args(&v(&["operator", "run", "--parent", "1", "--", "a"])).is_none());
+    }
 
     #[tokio::test]
     async fn dropping_the_group_kills_grandchildren() {

@@ -1,4 +1,4 @@
-//! Actor failures, injected with the test-only fault hook (`OPERATOR_FAULT`, debug builds):
+//! Actor failures, injected with the fault hook (`OPERATOR_FAULT`, src/fault.rs):
 //! restarts rebuild state from the store, a crash never touches a sibling chain, and a chain
 //! that keeps crashing is given up as `failed` while the operator stays up.
 

@@ -165,6 +165,8 @@ pub struct ChainState {
     budget_warned: bool,
     /// The working tree before the running session (for progress and stale COMPLETEs).
     before: Option<gates::Fingerprint>,
+    /// The last judged session's index and handoff text (the next judgement compares with it).
+    last_judged: Option<(u32, String)>,
     /// Completed sessions in a row that made no measurable progress.
     no_progress: u32,
     /// The verify gates' last results.
@@ -299,6 +301,7 @@ impl ChainState {
                         Child::Cost => self.respawn_cost(me).await?,
                         Child::Handoff => self.respawn_handoffs(me).await?,
                     }
+                    tracing::info!(parent: &self.span, child = name, "the child actor was restarted");
                 }
                 Ok(())
             }
@@ -975,14 +978,20 @@ impl ChainState {
         let after =
             gates::fingerprint(workdir.clone(), self.ctx.data_dir.clone(), self.repo()).await;
         let tree_changed = before.is_none_or(|b| b != after);
-        let previous = self
-            .ctx
-            .store
-            .handoffs(&self.id)
-            .await?
-            .into_iter()
-            .find(|h| h.index + 1 == index)
-            .map(|h| h.text);
+        // The previous session's handoff: kept from the last judgement, read from the store
+        // only after a start or a session that was not judged.
+        let previous = match self.last_judged.take() {
+            Some((i, text)) if i + 1 == index => Some(text),
+            _ => self
+                .ctx
+                .store
+                .handoffs(&self.id)
+                .await?
+                .into_iter()
+                .find(|h| h.index + 1 == index)
+                .map(|h| h.text),
+        };
+        self.last_judged = Some((index, handoff.text.clone()));
         let remaining_changed = previous
             .as_deref()
             .is_none_or(|p| gates::remaining(p) != gates::remaining(&handoff.text));
@@ -1231,6 +1240,7 @@ impl Actor for Chain {
             refused,
             budget_warned,
             before: None,
+            last_judged: None,
             no_progress: 0,
             last_gates: Vec::new(),
             account,
