@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -19,7 +18,6 @@ use crate::events::Bus;
 use crate::handoff::prompt;
 use crate::model::{ChainRecord, ChainStatus, is_valid_chain_id};
 use crate::progress::truncate;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{ChainQuery, SharedStore};
 
 /// `println!` that reports a closed stdout (`operator list | head`) as an error instead of panicking.
@@ -65,6 +63,10 @@ pub struct Cli {
     /// Where the store and chain folders live (default ./.operator, or $OPERATOR_DATA_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// A PostgreSQL store shared by a fleet (postgres://…, or $OPERATOR_STORE_URL); default:
+    /// SQLite in the data dir.
+    #[arg(long = "store", global = true, value_name = "URL")]
+    store_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -390,6 +392,9 @@ fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
     if let Some(d) = &cli.data_dir {
         o.set("data_dir", d.display().to_string());
     }
+    if let Some(u) = &cli.store_url {
+        o.set("store_url", u.as_str());
+    }
     let Some(r) = r else { return o };
     if let Some(a) = r.agent {
         o.set(
@@ -439,11 +444,18 @@ fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
     o
 }
 
+/// The PostgreSQL store's URL from the settings (`store_url`, `--store`, `OPERATOR_STORE_URL`),
+/// set once by `dispatch`; `None`: SQLite in the data dir.
+static STORE_URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
 async fn open_store(data_dir: &Path) -> Result<SharedStore> {
-    let s = SqliteStore::open(data_dir)
+    let url = STORE_URL.get().and_then(|u| u.as_deref());
+    crate::store::open(data_dir, url)
         .await
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    Ok(Arc::new(s))
+        .with_context(|| match url {
+            Some(u) => format!("opening the store at {}", crate::model::mask_url(u)),
+            None => format!("opening the store in {}", data_dir.display()),
+        })
 }
 
 async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
@@ -457,6 +469,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
     let ov = overrides(&cli, run_args);
     let loaded = config::load_operator(op_file.as_deref(), &env, &ov)?;
     let data_dir = loaded.operator.data_dir.clone();
+    let _ = STORE_URL.set(loaded.operator.store_url.as_ref().map(|u| u.0.clone()));
     match &cli.command {
         Command::Run(r) => {
             let serve = r.serve.clone().map(|a| (a, false));

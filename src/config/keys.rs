@@ -58,6 +58,7 @@ const OPERATOR_KEYS: &[&str] = &[
     "quiet_hours",
     "release_jitter",
     "listen",
+    "store_url",
     "api_token",
     "allowed_hosts",
     "defaults",

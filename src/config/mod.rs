@@ -250,6 +250,9 @@ pub struct OperatorSettings {
     pub release_jitter: Duration,
     /// Where `operator serve` and `run --serve` listen (default 127.0.0.1:3100).
     pub listen: String,
+    /// A PostgreSQL store shared by a fleet (`postgres://…`); unset: SQLite in `data_dir`.
+    #[serde(default)]
+    pub store_url: Option<Secret>,
     /// The API token (else `<data_dir>/api-token`); required to bind off loopback.
     #[serde(default)]
     pub api_token: Option<Secret>,

@@ -1,9 +1,10 @@
 //! The store: the `Store` trait over chains, sessions, handoffs and the events journal, and its backends
-//! (`sqlite`, embedded default; PostgreSQL for fleets comes behind the same trait).
+//! (`sqlite`, embedded default; `postgres` for fleets of workers over one database).
 //!
 //! Every call is one small transaction: recording a session or an event never rewrites
 //! anything else, so the cost of a write does not grow with the number of chains.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -28,6 +29,10 @@ pub enum StoreError {
         "the store was written by a newer operator (schema version {found}, this one knows up to {known})"
     )]
     TooNew { found: i64, known: i64 },
+    #[error(
+        "store URL {0}: only postgres:// (or postgresql://) URLs are supported; leave it unset for the SQLite store in the data dir"
+    )]
+    BadUrl(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -218,3 +223,15 @@ pub struct CostReport {
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store: PostgreSQL at `url` (`postgres://…`) when one is given, else SQLite in
+/// `data_dir`.
+pub async fn open(data_dir: &std::path::Path, url: Option<&str>) -> StoreResult<SharedStore> {
+    match url {
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            Ok(Arc::new(postgres::PostgresStore::open(u).await?))
+        }
+        Some(u) => Err(StoreError::BadUrl(crate::model::mask_url(u))),
+        None => Ok(Arc::new(sqlite::SqliteStore::open(data_dir).await?)),
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod fake_api;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,808 @@
+//! The PostgreSQL store, for fleets of workers over one database: the same behaviour as the
+//! SQLite store (the same store tests run against both), numbered migrations tracked in a
+//! `schema_version` table, one small transaction per write.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{ChainQuery, NewChain, SessionStart, Store, StoreError, StoreResult};
+use crate::model::{
+    ChainRecord, ChainStatus, ErrorKind, EventRecord, HandoffRecord, SessionRecord, SessionStatus,
+    Totals, now_rfc3339,
+};
+
+/// Each entry moves the schema one version up; never edit a released one. Times are RFC 3339
+/// text, as in SQLite, so both stores order and compare them the same way.
+const MIGRATIONS: &[&str] = &[
+    // 1: the schema of SQLite's migrations 1-5.
+    r#"
+    CREATE TABLE chains (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        mission TEXT,
+        task TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        started_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        config TEXT NOT NULL,
+        archived BOOLEAN NOT NULL DEFAULT FALSE,
+        owner_pid BIGINT,
+        session_base BIGINT NOT NULL DEFAULT 0,
+        verify TEXT
+    );
+    CREATE INDEX chains_by_start ON chains (archived, started_at DESC, id DESC);
+    CREATE INDEX chains_by_status ON chains (status, started_at DESC);
+    CREATE INDEX chains_by_time ON chains (started_at DESC, id DESC);
+    CREATE TABLE sessions (
+        chain_id TEXT NOT NULL REFERENCES chains (id),
+        idx BIGINT NOT NULL,
+        session_id TEXT,
+        status TEXT NOT NULL,
+        turns BIGINT NOT NULL DEFAULT 0,
+        cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+        duration_ms BIGINT NOT NULL DEFAULT 0,
+        hit_max_turns BOOLEAN NOT NULL DEFAULT FALSE,
+        pre_compacted BOOLEAN NOT NULL DEFAULT FALSE,
+        handoff_complete BOOLEAN NOT NULL DEFAULT FALSE,
+        handoff_synthetic BOOLEAN NOT NULL DEFAULT FALSE,
+        asked_again BOOLEAN NOT NULL DEFAULT FALSE,
+        handoff_file TEXT,
+        error TEXT,
+        error_kind TEXT,
+        prompt TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        attempts BIGINT NOT NULL DEFAULT 1,
+        agent_pgid BIGINT,
+        agent_program TEXT,
+        PRIMARY KEY (chain_id, idx)
+    );
+    CREATE INDEX sessions_by_start ON sessions (started_at);
+    CREATE TABLE handoffs (
+        chain_id TEXT NOT NULL REFERENCES chains (id),
+        idx BIGINT NOT NULL,
+        text TEXT NOT NULL,
+        complete BOOLEAN NOT NULL,
+        synthetic BOOLEAN NOT NULL,
+        reason TEXT,
+        file TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (chain_id, idx)
+    );
+    CREATE TABLE events (
+        id BIGSERIAL PRIMARY KEY,
+        chain_id TEXT,
+        session_idx BIGINT,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX events_by_chain ON events (chain_id, id);
+    CREATE TABLE flags (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
+];
+
+/// Serialises migrations of one database across processes (`pg_advisory_xact_lock`).
+const MIGRATION_LOCK: i64 = 0x6f70_6572_6174_6f72; // "operator"
+
+/// The PostgreSQL backend.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db`) and migrates the database.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let version: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                found: version,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM schema_version")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The pool, for benches and tests that inspect the database directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn session_from_row(r: &PgRow) -> StoreResult<SessionRecord> {
+    let status: String = r.try_get("status")?;
+    let error_kind: Option<String> = r.try_get("error_kind")?;
+    Ok(SessionRecord {
+        index: r.try_get::<i64, _>("idx")? as u32,
+        session_id: r.try_get("session_id")?,
+        status: SessionStatus::from_str(&status).map_err(StoreError::Corrupt)?,
+        turns: r.try_get::<i64, _>("turns")? as u32,
+        cost_usd: r.try_get("cost_usd")?,
+        duration_ms: r.try_get::<i64, _>("duration_ms")? as u64,
+        hit_max_turns: r.try_get("hit_max_turns")?,
+        pre_compacted: r.try_get("pre_compacted")?,
+        handoff_complete: r.try_get("handoff_complete")?,
+        handoff_file: r.try_get("handoff_file")?,
+        error: r.try_get("error")?,
+        error_kind: match error_kind.as_deref() {
+            Some("transient") => Some(ErrorKind::Transient),
+            Some("fatal") => Some(ErrorKind::Fatal),
+            _ => None,
+        },
+        handoff_synthetic: r.try_get("handoff_synthetic")?,
+        asked_again: r.try_get("asked_again")?,
+        attempts: r.try_get::<i64, _>("attempts")? as u32,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+    })
+}
+
+fn handoff_from_row(r: &PgRow) -> StoreResult<HandoffRecord> {
+    Ok(HandoffRecord {
+        chain_id: r.try_get("chain_id")?,
+        index: r.try_get::<i64, _>("idx")? as u32,
+        text: r.try_get("text")?,
+        complete: r.try_get("complete")?,
+        synthetic: r.try_get("synthetic")?,
+        reason: r.try_get("reason")?,
+        file: r.try_get("file")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn chain_from_row(r: &PgRow) -> StoreResult<ChainRecord> {
+    let status: String = r.try_get("status")?;
+    let config: String = r.try_get("config")?;
+    Ok(ChainRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        mission: r.try_get("mission")?,
+        task: r.try_get("task")?,
+        status: ChainStatus::from_str(&status).map_err(StoreError::Corrupt)?,
+        reason: r.try_get("reason")?,
+        started_at: r.try_get("started_at")?,
+        updated_at: r.try_get("updated_at")?,
+        config: serde_json::from_str(&config)
+            .map_err(|e| StoreError::Corrupt(format!("config of a chain: {e}")))?,
+        sessions: Vec::new(),
+        totals: Totals {
+            sessions: r.try_get::<i64, _>("n_sessions")? as u32,
+            turns: r.try_get::<i64, _>("n_turns")? as u64,
+            cost_usd: r.try_get("sum_cost")?,
+            duration_ms: r.try_get::<i64, _>("sum_duration")? as u64,
+        },
+        archived: r.try_get("archived")?,
+        verify: match r.try_get::<Option<String>, _>("verify")? {
+            Some(v) => serde_json::from_str(&v)
+                .map_err(|e| StoreError::Corrupt(format!("verify results of a chain: {e}")))?,
+            None => Vec::new(),
+        },
+    })
+}
+
+/// A chain row with its totals, aggregated from its sessions (indexed by chain id).
+const CHAIN_SELECT: &str = "SELECT c.*, \
+    (SELECT COUNT(*) FROM sessions s WHERE s.chain_id = c.id) AS n_sessions, \
+    (SELECT COALESCE(SUM(turns), 0)::BIGINT FROM sessions s WHERE s.chain_id = c.id) AS n_turns, \
+    (SELECT COALESCE(SUM(cost_usd), 0.0) FROM sessions s WHERE s.chain_id = c.id) AS sum_cost, \
+    (SELECT COALESCE(SUM(duration_ms), 0)::BIGINT FROM sessions s WHERE s.chain_id = c.id) AS sum_duration \
+    FROM chains c";
+
+async fn touch(tx: &mut Transaction<'_, Postgres>, chain_id: &str) -> StoreResult<()> {
+    sqlx::query("UPDATE chains SET updated_at = $1 WHERE id = $2")
+        .bind(now_rfc3339())
+        .bind(chain_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_chain(&self, c: &NewChain) -> StoreResult<()> {
+        let now = now_rfc3339();
+        sqlx::query(
+            "INSERT INTO chains (id, name, mission, task, status, started_at, updated_at, config) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+        )
+        .bind(&c.id)
+        .bind(&c.name)
+        .bind(&c.mission)
+        .bind(&c.task)
+        .bind(c.status.as_str())
+        .bind(&now)
+        .bind(c.config.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_chain(&self, id: &str) -> StoreResult<Option<ChainRecord>> {
+        let sql = format!("{CHAIN_SELECT} WHERE c.id = $1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut chain = chain_from_row(&row)?;
+        chain.sessions = self.sessions(id).await?;
+        Ok(Some(chain))
+    }
+
+    async fn list_chains(&self, q: &ChainQuery) -> StoreResult<Vec<ChainRecord>> {
+        // The cursor is the id of the last chain of the previous page; order is
+        // (started_at, id) descending so the cursor is stable under equal timestamps.
+        // The page's ids are chosen first (walking the time index, no sort), so the totals
+        // are aggregated for the page's chains only.
+        let sql = format!(
+            "{CHAIN_SELECT} JOIN (SELECT id AS page_id FROM chains \
+               WHERE ($1 IS NULL OR status = $1) AND ($2 OR NOT archived) \
+               AND ($3 IS NULL OR (started_at, id) < \
+                    (SELECT started_at, id FROM chains WHERE id = $3)) \
+               ORDER BY started_at DESC, id DESC LIMIT $4) p ON p.page_id = c.id \
+             ORDER BY c.started_at DESC, c.id DESC"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(q.status.map(|s| s.as_str()))
+            .bind(q.include_archived)
+            .bind(q.before.as_deref())
+            .bind(i64::from(if q.limit == 0 {
+                super::KEEP_UNARCHIVED
+            } else {
+                q.limit
+            }))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut chains = rows
+            .iter()
+            .map(chain_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        if q.with_sessions {
+            for c in &mut chains {
+                c.sessions = self.sessions(&c.id).await?;
+            }
+        }
+        Ok(chains)
+    }
+
+    async fn set_chain_status(
+        &self,
+        id: &str,
+        status: ChainStatus,
+        reason: Option<&str>,
+        owner_pid: Option<u32>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE chains SET status = $1, reason = $2, updated_at = $3, \
+             owner_pid = COALESCE($4, owner_pid) WHERE id = $5",
+        )
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(now_rfc3339())
+        .bind(owner_pid.map(i64::from))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_chain_config(&self, id: &str, config: &serde_json::Value) -> StoreResult<()> {
+        sqlx::query("UPDATE chains SET config = $1, updated_at = $2 WHERE id = $3")
+            .bind(config.to_string())
+            .bind(now_rfc3339())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn chain_owner(&self, id: &str) -> StoreResult<Option<u32>> {
+        let row = sqlx::query("SELECT owner_pid FROM chains WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten())
+            .map(|p| p as u32))
+    }
+
+    async fn set_session_base(&self, id: &str, base: u32) -> StoreResult<()> {
+        sqlx::query("UPDATE chains SET session_base = $1 WHERE id = $2")
+            .bind(i64::from(base))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_base(&self, id: &str) -> StoreResult<u32> {
+        let row = sqlx::query("SELECT session_base FROM chains WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?
+            .unwrap_or(0) as u32)
+    }
+
+    async fn start_session(&self, s: &SessionStart) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        if s.attempt <= 1 {
+            // A new session: its index must not exist yet.
+            sqlx::query(
+                "INSERT INTO sessions (chain_id, idx, status, prompt, started_at) \
+                 VALUES ($1, $2, 'running', $3, $4)",
+            )
+            .bind(&s.chain_id)
+            .bind(i64::from(s.index))
+            .bind(&s.prompt)
+            .bind(&s.started_at)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            let done = sqlx::query(
+                "UPDATE sessions SET status = 'running', attempts = $1, prompt = $2, \
+                 error = NULL, error_kind = NULL, ended_at = NULL \
+                 WHERE chain_id = $3 AND idx = $4 AND status = 'failed'",
+            )
+            .bind(i64::from(s.attempt))
+            .bind(&s.prompt)
+            .bind(&s.chain_id)
+            .bind(i64::from(s.index))
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "retry of session {} of chain {}: no failed session to retry",
+                    s.index, s.chain_id
+                )));
+            }
+        }
+        touch(&mut tx, &s.chain_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finish_session(
+        &self,
+        chain_id: &str,
+        s: &SessionRecord,
+        handoff: Option<&HandoffRecord>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE sessions SET session_id = $1, status = $2, turns = $3, cost_usd = $4, \
+             duration_ms = $5, hit_max_turns = $6, pre_compacted = $7, handoff_complete = $8, \
+             handoff_synthetic = $9, asked_again = $10, handoff_file = $11, error = $12, \
+             error_kind = $13, ended_at = $14, attempts = $17 WHERE chain_id = $15 AND idx = $16",
+        )
+        .bind(&s.session_id)
+        .bind(s.status.as_str())
+        .bind(i64::from(s.turns))
+        .bind(s.cost_usd)
+        .bind(s.duration_ms as i64)
+        .bind(s.hit_max_turns)
+        .bind(s.pre_compacted)
+        .bind(s.handoff_complete)
+        .bind(s.handoff_synthetic)
+        .bind(s.asked_again)
+        .bind(&s.handoff_file)
+        .bind(&s.error)
+        .bind(s.error_kind.map(|k| match k {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Fatal => "fatal",
+        }))
+        .bind(&s.ended_at)
+        .bind(chain_id)
+        .bind(i64::from(s.index))
+        .bind(i64::from(s.attempts))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(h) = handoff {
+            sqlx::query(
+                "INSERT INTO handoffs \
+                 (chain_id, idx, text, complete, synthetic, reason, file, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (chain_id, idx) DO UPDATE \
+                 SET text = EXCLUDED.text, complete = EXCLUDED.complete, \
+                 synthetic = EXCLUDED.synthetic, reason = EXCLUDED.reason, \
+                 file = EXCLUDED.file, created_at = EXCLUDED.created_at",
+            )
+            .bind(&h.chain_id)
+            .bind(i64::from(h.index))
+            .bind(&h.text)
+            .bind(h.complete)
+            .bind(h.synthetic)
+            .bind(&h.reason)
+            .bind(&h.file)
+            .bind(&h.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        touch(&mut tx, chain_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn cost_since(&self, since: &str) -> StoreResult<(f64, u32)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(cost_usd), 0.0), COUNT(*) FROM sessions WHERE started_at >= $1",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get::<i64, _>(1)? as u32))
+    }
+
+    async fn set_session_agent(
+        &self,
+        chain_id: &str,
+        index: u32,
+        pgid: i32,
+        program: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE sessions SET agent_pgid = $1, agent_program = $2 WHERE chain_id = $3 AND idx = $4")
+            .bind(i64::from(pgid))
+            .bind(program)
+            .bind(chain_id)
+            .bind(i64::from(index))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn running_agents(&self) -> StoreResult<Vec<super::RunningAgent>> {
+        let rows = sqlx::query(
+            "SELECT s.chain_id, s.idx, s.agent_pgid, s.agent_program, c.owner_pid FROM sessions s \
+             JOIN chains c ON c.id = s.chain_id \
+             WHERE s.status = 'running' AND s.agent_pgid IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::RunningAgent {
+                    chain_id: r.try_get("chain_id")?,
+                    index: r.try_get::<i64, _>("idx")? as u32,
+                    pgid: r.try_get::<i64, _>("agent_pgid")? as i32,
+                    program: r
+                        .try_get::<Option<String>, _>("agent_program")?
+                        .unwrap_or_default(),
+                    owner_pid: r.try_get::<Option<i64>, _>("owner_pid")?.map(|p| p as u32),
+                })
+            })
+            .collect()
+    }
+
+    async fn sessions(&self, chain_id: &str) -> StoreResult<Vec<SessionRecord>> {
+        let rows = sqlx::query("SELECT * FROM sessions WHERE chain_id = $1 ORDER BY idx")
+            .bind(chain_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn session_prompt(&self, chain_id: &str, index: u32) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT prompt FROM sessions WHERE chain_id = $1 AND idx = $2")
+            .bind(chain_id)
+            .bind(i64::from(index))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn last_handoff(&self, chain_id: &str) -> StoreResult<Option<HandoffRecord>> {
+        let row =
+            sqlx::query("SELECT * FROM handoffs WHERE chain_id = $1 ORDER BY idx DESC LIMIT 1")
+                .bind(chain_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(handoff_from_row).transpose()
+    }
+
+    async fn handoffs(&self, chain_id: &str) -> StoreResult<Vec<HandoffRecord>> {
+        let rows = sqlx::query("SELECT * FROM handoffs WHERE chain_id = $1 ORDER BY idx")
+            .bind(chain_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(handoff_from_row).collect()
+    }
+
+    async fn append_event(
+        &self,
+        chain_id: Option<&str>,
+        session_index: Option<u32>,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "INSERT INTO events (chain_id, session_idx, kind, data, at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(chain_id)
+        .bind(session_index.map(i64::from))
+        .bind(kind)
+        .bind(data.to_string())
+        .bind(now_rfc3339())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn events(
+        &self,
+        chain_id: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE ($1 IS NULL OR chain_id = $1) AND id > $2 \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(chain_id)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let data: String = r.try_get("data")?;
+                Ok(EventRecord {
+                    id: r.try_get("id")?,
+                    chain_id: r.try_get("chain_id")?,
+                    session_index: r
+                        .try_get::<Option<i64>, _>("session_idx")?
+                        .map(|i| i as u32),
+                    kind: r.try_get("kind")?,
+                    data: serde_json::from_str(&data)
+                        .map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn archive_old(&self, keep: u32) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE chains SET archived = TRUE WHERE NOT archived \
+             AND status NOT IN ('running', 'queued', 'paused', 'waiting') \
+             AND id NOT IN (SELECT id FROM chains ORDER BY started_at DESC, id DESC LIMIT $1)",
+        )
+        .bind(i64::from(keep))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn get_flag(&self, key: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT value FROM flags WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn set_flag(&self, key: &str, value: Option<&str>) -> StoreResult<()> {
+        match value {
+            Some(v) => {
+                sqlx::query(
+                    "INSERT INTO flags (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                )
+                .bind(key)
+                .bind(v)
+                .execute(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM flags WHERE key = $1")
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
+    async fn set_chain_verify(
+        &self,
+        id: &str,
+        results: &[crate::model::GateResult],
+    ) -> StoreResult<()> {
+        let v = serde_json::to_string(results)
+            .map_err(|e| StoreError::Corrupt(format!("verify results: {e}")))?;
+        sqlx::query("UPDATE chains SET verify = $1 WHERE id = $2")
+            .bind(v)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn archive_chain(&self, id: &str) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE chains SET archived = TRUE WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn count_by_status(&self) -> StoreResult<Vec<(ChainStatus, u64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM chains GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let s: String = r.try_get(0)?;
+                Ok((
+                    ChainStatus::from_str(&s).map_err(StoreError::Corrupt)?,
+                    r.try_get::<i64, _>(1)? as u64,
+                ))
+            })
+            .collect()
+    }
+
+    async fn cost_report(&self, by_chain: u32) -> StoreResult<super::CostReport> {
+        use super::{ChainCost, CostLine, DayCost, ModelCost};
+        let line = |r: &PgRow, at: usize| -> StoreResult<CostLine> {
+            Ok(CostLine {
+                cost_usd: r.try_get(at)?,
+                sessions: r.try_get::<i64, _>(at + 1)? as u64,
+            })
+        };
+        let now = now_rfc3339();
+        let today = format!("{}T00:00:00.000Z", &now[..10]);
+        let month_ago = humantime::format_rfc3339_millis(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400),
+        )
+        .to_string();
+        let ago = |secs: u64| {
+            humantime::format_rfc3339_millis(
+                std::time::SystemTime::now() - std::time::Duration::from_secs(secs),
+            )
+            .to_string()
+        };
+        let totals = sqlx::query(
+            "SELECT COALESCE(SUM(cost_usd), 0.0), COUNT(*), \
+             COALESCE(SUM(CASE WHEN started_at >= $1 THEN cost_usd ELSE 0 END), 0.0), \
+             COUNT(CASE WHEN started_at >= $1 THEN 1 END), \
+             COALESCE(SUM(CASE WHEN started_at >= $2 THEN cost_usd ELSE 0 END), 0.0), \
+             COUNT(CASE WHEN started_at >= $2 THEN 1 END), \
+             COALESCE(SUM(CASE WHEN started_at >= $3 THEN cost_usd ELSE 0 END), 0.0), \
+             COUNT(CASE WHEN started_at >= $3 THEN 1 END), \
+             COALESCE(SUM(CASE WHEN started_at >= $4 THEN cost_usd ELSE 0 END), 0.0), \
+             COUNT(CASE WHEN started_at >= $4 THEN 1 END) FROM sessions",
+        )
+        .bind(&today)
+        .bind(ago(7 * 86_400))
+        .bind(ago(3_600))
+        .bind(ago(86_400))
+        .fetch_one(&self.pool)
+        .await?;
+        let by_mission = sqlx::query(
+            "SELECT COALESCE(c.mission, '') AS m, COALESCE(SUM(s.cost_usd), 0.0), COUNT(*) \
+             FROM sessions s JOIN chains c ON c.id = s.chain_id GROUP BY m ORDER BY 2 DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ModelCost {
+                model: r.try_get(0)?,
+                cost: line(r, 1)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let by_model = sqlx::query(
+            "SELECT COALESCE(c.config::jsonb ->> 'model', '?') AS m, \
+             COALESCE(SUM(s.cost_usd), 0.0), COUNT(*) \
+             FROM sessions s JOIN chains c ON c.id = s.chain_id GROUP BY m ORDER BY 2 DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ModelCost {
+                model: r.try_get(0)?,
+                cost: CostLine {
+                    cost_usd: r.try_get(1)?,
+                    sessions: r.try_get::<i64, _>(2)? as u64,
+                },
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let chains = sqlx::query(
+            "SELECT s.chain_id, c.name, c.status, SUM(s.cost_usd) AS cost, COUNT(*) \
+             FROM sessions s JOIN chains c ON c.id = s.chain_id \
+             GROUP BY s.chain_id, c.name, c.status ORDER BY cost DESC, s.chain_id LIMIT $1",
+        )
+        .bind(i64::from(by_chain))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let status: String = r.try_get(2)?;
+            Ok(ChainCost {
+                chain_id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                status: ChainStatus::from_str(&status).map_err(StoreError::Corrupt)?,
+                cost: line(r, 3)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let days = sqlx::query(
+            "SELECT substr(started_at, 1, 10) AS d, SUM(cost_usd), COUNT(*) FROM sessions \
+             WHERE started_at >= $1 GROUP BY d ORDER BY d",
+        )
+        .bind(&month_ago)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(DayCost {
+                day: r.try_get(0)?,
+                cost: line(r, 1)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        Ok(super::CostReport {
+            today: line(&totals, 2)?,
+            week: line(&totals, 4)?,
+            last_hour: line(&totals, 6)?,
+            last_day: line(&totals, 8)?,
+            all_time: line(&totals, 0)?,
+            by_mission,
+            by_model,
+            by_chain: chains,
+            by_day: days,
+            daily_cap_usd: None,
+        })
+    }
+}
