@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -18,6 +19,7 @@ use crate::events::Bus;
 use crate::handoff::prompt;
 use crate::model::{ChainRecord, ChainStatus, is_valid_chain_id};
 use crate::progress::truncate;
+use crate::store::postgres::PostgresStore;
 use crate::store::{ChainQuery, SharedStore};
 
 /// `println!` that reports a closed stdout (`operator list | head`) as an error instead of panicking.
@@ -78,6 +80,9 @@ enum Command {
     /// Serve the HTTP API, WebSocket and metrics, and run what is started through them (and any
     /// missions named here) until stopped.
     Serve(ServeArgs),
+    /// Run chains of a fleet: claim queued (or orphaned) chains from the PostgreSQL store
+    /// given by --store / store_url, run up to --capacity at once, until stopped.
+    Worker(WorkerArgs),
     /// Print the API token (creating <data_dir>/api-token, mode 0600, if there is none).
     Token,
     /// The cost ledger: today, this week, all time, per model, mission and chain, and the burn rate.
@@ -126,6 +131,16 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
+struct WorkerArgs {
+    /// Chains this worker runs at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    capacity: u32,
+    /// How long a claim holds without a heartbeat; another worker may take the chain after.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
 struct RunArgs {
     /// Mission files (`config/missions/*.toml`), or names of ones in config/missions/.
     missions: Vec<String>,
@@ -170,6 +185,10 @@ struct RunArgs {
     /// At a usage limit, end the chain as `waiting-limit` (resumable) instead of waiting.
     #[arg(long)]
     no_wait: bool,
+    /// With a PostgreSQL store: queue the chains for the fleet's workers instead of running
+    /// them here, print their ids and exit.
+    #[arg(long)]
+    enqueue: bool,
     /// Push after a chain completes (or reaches max-continuations), when a remote exists.
     #[arg(long)]
     auto_push: bool,
@@ -491,6 +510,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
             )
             .await
         }
+        Command::Worker(w) => worker(w, &loaded).await,
         Command::Costs { json, limit } => costs(&loaded.operator, *json, *limit).await,
         Command::Token => {
             let t = crate::api::security::read_or_create_token(&data_dir, true)?
@@ -650,6 +670,16 @@ async fn run(
 ) -> Result<u8> {
     let stay = serve.as_ref().is_some_and(|(_, stay)| *stay);
     let op = &loaded.operator;
+    let opts = run_options(op, Some(r), stay)?;
+    run_with(r, loaded, ov, live_view, (op_file, env), serve, opts).await
+}
+
+/// The operator-wide options of a run (or a worker) from the settings.
+fn run_options(
+    op: &config::OperatorSettings,
+    r: Option<&RunArgs>,
+    stay: bool,
+) -> Result<RunOptions> {
     let quiet = op
         .quiet_hours
         .as_deref()
@@ -659,8 +689,8 @@ async fn run(
     let opts = RunOptions {
         data_dir: op.data_dir.clone(),
         shutdown_grace: op.shutdown_grace,
-        concurrency: r.concurrency,
-        continue_missions: r.continue_missions,
+        concurrency: r.and_then(|r| r.concurrency),
+        continue_missions: r.is_some_and(|r| r.continue_missions),
         backend: BackendOptions {
             claude_bin: op.claude_bin.clone(),
         },
@@ -682,7 +712,22 @@ async fn run(
             quiet,
             jitter: op.release_jitter,
         },
+        shared_store: op.store_url.is_some(),
     };
+    Ok(opts)
+}
+
+async fn run_with(
+    r: &RunArgs,
+    loaded: &config::Loaded,
+    ov: &Overrides,
+    live_view: bool,
+    (op_file, env): (Option<PathBuf>, Env),
+    serve: Option<(String, bool)>,
+    opts: RunOptions,
+) -> Result<u8> {
+    let stay = opts.stay;
+    let op = &loaded.operator;
     let missions: Vec<PathBuf> = r
         .missions
         .iter()
@@ -711,6 +756,9 @@ async fn run(
             print_plan(plan, &opts.backend)?;
         }
         return Ok(exit::OK);
+    }
+    if r.enqueue {
+        return enqueue(op, plans, &opts).await;
     }
     let _pid = PidFile::create(&opts.data_dir)?;
     let store = open_store(&opts.data_dir).await?;
@@ -767,6 +815,7 @@ async fn run(
         reloader,
         planner,
         api,
+        feeder: None,
     };
     let report = daemon::run(store.clone(), batch, &opts, signals, bus, hooks).await?;
     let _ = std::fs::remove_file(opts.data_dir.join("api.addr"));
@@ -791,6 +840,101 @@ async fn run(
         exit::INTERRUPTED
     } else {
         exit_code(&report.chains)
+    })
+}
+
+/// The fleet store named by the settings, or a usage error saying how to name one.
+async fn fleet_store(op: &config::OperatorSettings, what: &str) -> Result<PostgresStore> {
+    let Some(url) = op.store_url.as_ref().map(|u| u.0.as_str()) else {
+        return Err(UsageError(format!(
+            "{what} needs a PostgreSQL store: --store postgres://user@host/db (or store_url in operator.toml, or OPERATOR_STORE_URL)"
+        ))
+        .into());
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(UsageError(format!(
+            "{what}: the store {} is not a postgres:// URL",
+            crate::model::mask_url(url)
+        ))
+        .into());
+    }
+    PostgresStore::open(url)
+        .await
+        .with_context(|| format!("opening the store at {}", crate::model::mask_url(url)))
+}
+
+/// `operator run --enqueue`: the chains are created queued, for the fleet's workers.
+async fn enqueue(
+    op: &config::OperatorSettings,
+    plans: Option<Vec<Plan>>,
+    opts: &RunOptions,
+) -> Result<u8> {
+    let Some(plans) = plans else {
+        return Err(UsageError("--enqueue needs a mission or --task (not --resume)".into()).into());
+    };
+    let pg = fleet_store(op, "--enqueue").await?;
+    let store: SharedStore = Arc::new(pg.clone());
+    let batch = daemon::prepare_new(&store, &plans, opts).await?;
+    pg.notify(crate::fleet::QUEUE_CHANNEL).await?;
+    for j in &batch.jobs {
+        say!("{}", j.chain_id);
+    }
+    Ok(exit::OK)
+}
+
+/// `operator worker`: claims and runs the fleet's chains until stopped.
+async fn worker(w: &WorkerArgs, loaded: &config::Loaded) -> Result<u8> {
+    let op = &loaded.operator;
+    let pg = fleet_store(op, "operator worker").await?;
+    let mut opts = run_options(op, None, true)?;
+    opts.shared_store = true;
+    let store: SharedStore = Arc::new(pg.clone());
+    let cfg = crate::fleet::WorkerConfig {
+        id: crate::fleet::worker_id(),
+        capacity: w.capacity,
+        lease: w.lease.max(std::time::Duration::from_secs(1)),
+    };
+    tracing::info!(worker = %cfg.id, capacity = cfg.capacity, lease = ?cfg.lease, "worker started");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let claims = tokio::spawn(crate::fleet::claim_loop(
+        pg.clone(),
+        store.clone(),
+        cfg.clone(),
+        opts.clone(),
+        tx,
+    ));
+    let bus = Bus::new(store.clone());
+    let signals = crate::signals::listen().context("installing signal handlers")?;
+    let hooks = daemon::Hooks {
+        feeder: Some(rx),
+        ..Default::default()
+    };
+    let report = daemon::run(
+        store.clone(),
+        daemon::Batch::default(),
+        &opts,
+        signals,
+        bus,
+        hooks,
+    )
+    .await;
+    claims.abort();
+    // Chains stopped here go back to the queue, for another worker to take at once.
+    match pg.release(&cfg.id).await {
+        Ok(n) if n > 0 => {
+            let _ = pg.notify(crate::fleet::QUEUE_CHANNEL).await;
+            tracing::warn!(worker = %cfg.id, chains = n, "chains handed back to the fleet");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(cause = %e, "could not hand chains back; they are taken over when their lease ends")
+        }
+    }
+    let report = report?;
+    Ok(if report.immediate {
+        exit::INTERRUPTED
+    } else {
+        exit::OK
     })
 }
 
@@ -1259,8 +1403,10 @@ async fn doctor_session(
         pricing: loaded.operator.pricing.clone(),
         stay: false,
         quota: Default::default(),
+        shared_store: false,
     };
-    let store = open_store(dir).await?;
+    // The check runs in its own temp dir, never in a fleet's store.
+    let store = crate::store::open(dir, None).await?;
     let batch = daemon::prepare_new(&store, std::slice::from_ref(plan), &opts).await?;
     let (_keep, signals) = tokio::sync::mpsc::unbounded_channel();
     let bus = Bus::new(store.clone());

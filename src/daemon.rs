@@ -69,12 +69,25 @@ pub struct ApiSetup {
     pub missions_dir: PathBuf,
 }
 
-/// What a run may do besides its batch: reload (SIGHUP), start chains (API), serve the API.
+/// What a run may do besides its batch: reload (SIGHUP), start chains (API), serve the API,
+/// take work from a fleet's store (a worker).
 #[derive(Default)]
 pub struct Hooks {
     pub reloader: Option<Reloader>,
     pub planner: Option<Planner>,
     pub api: Option<ApiSetup>,
+    pub feeder: Option<mpsc::UnboundedReceiver<FeedMsg>>,
+}
+
+/// What a worker's claim loop tells its run.
+#[derive(Debug)]
+pub enum FeedMsg {
+    /// Chains claimed from the shared store.
+    Submit(Batch),
+    /// A claim was lost (another worker holds the chain now): stop it here, agent included.
+    Lost(String),
+    /// A fleet-wide pause or resume seen in the shared store.
+    Signal(SignalEvent),
 }
 
 /// Requests from the API to the run's loop (the signals' path, plus starts).
@@ -188,6 +201,9 @@ pub struct RunOptions {
     pub pricing: std::collections::BTreeMap<String, crate::cost::Rates>,
     /// Keep running when no chain is left (`operator serve`), until stopped.
     pub stay: bool,
+    /// The store is shared with other machines (PostgreSQL): process ids and groups recorded
+    /// in it may be another machine's.
+    pub shared_store: bool,
     /// Session caps per account, quiet hours, the release jitter after a usage limit.
     pub quota: crate::quota::Limits,
 }
@@ -425,12 +441,7 @@ pub async fn prepare_resume(
     {
         return Err(RunError::Busy { id: chain.id, pid });
     }
-    let settings: ChainSettings =
-        serde_json::from_value(chain.config.clone()).map_err(|e| RunError::BadStoredConfig {
-            id: chain.id.clone(),
-            cause: e.to_string(),
-        })?;
-    let settings = apply(settings)?;
+    let settings = apply(stored_settings(&chain)?)?;
     let agent = backends(&[&settings], &opts.backend)?.remove(0);
     if matches!(
         chain.status,
@@ -460,6 +471,40 @@ pub async fn prepare_resume(
         }],
         limits: Limits::from([(None, 1)]),
         settled: Vec::new(),
+    })
+}
+
+fn stored_settings(chain: &ChainRecord) -> Result<ChainSettings, RunError> {
+    serde_json::from_value(chain.config.clone()).map_err(|e| RunError::BadStoredConfig {
+        id: chain.id.clone(),
+        cause: e.to_string(),
+    })
+}
+
+/// The job for a chain a fleet worker claimed: it goes on from its stored state (the last
+/// handoff), with its stored settings, alone (what it came after has already run).
+pub async fn claimed_job(
+    store: &SharedStore,
+    id: &str,
+    opts: &RunOptions,
+) -> Result<Job, RunError> {
+    let chain = store
+        .get_chain(id)
+        .await?
+        .ok_or_else(|| RunError::UnknownChain(id.to_string()))?;
+    let settings = stored_settings(&chain)?;
+    let agent = backends(&[&settings], &opts.backend)?.remove(0);
+    store
+        .set_chain_status(&chain.id, ChainStatus::Queued, None, None)
+        .await?;
+    Ok(Job {
+        chain_id: chain.id.clone(),
+        mission: None,
+        name: chain.name.clone(),
+        task: chain.task.clone(),
+        after: Vec::new(),
+        settings,
+        agent,
     })
 }
 
@@ -549,7 +594,12 @@ pub async fn run(
         reloader,
         planner,
         api: api_setup,
+        feeder,
     } = hooks;
+    let (mut feeder, mut feeding) = match feeder {
+        Some(f) => (f, true),
+        None => (mpsc::unbounded_channel().1, false),
+    };
     let mut ids: Vec<String> = batch
         .jobs
         .iter()
@@ -562,7 +612,10 @@ pub async fn run(
         .map(Job::key)
         .chain(batch.settled.iter().map(|(key, _, _)| key.clone()))
         .collect();
-    stop_stale_agents(&store).await?;
+    // Process groups recorded by other machines of a fleet mean nothing here.
+    if !opts.shared_store {
+        stop_stale_agents(&store).await?;
+    }
     let paused = store.get_flag("paused").await?.is_some();
     let initial = if paused {
         Mode::Paused { interrupt: false }
@@ -639,6 +692,9 @@ pub async fn run(
         if let Some(ack) = pending_ack.take() {
             let _ = ack.send(());
         }
+        // A pause or resume is kept in the store (for a restart, and for a fleet's workers)
+        // unless it is one worker's own signal, or the fleet's flag seen by a worker.
+        let mut persist_mode = true;
         let sig = tokio::select! {
             idle = idle_rx.recv() => {
                 match idle {
@@ -657,6 +713,7 @@ pub async fn run(
                 }
             }
             sig = signals.recv(), if signals_open => {
+                persist_mode = !opts.shared_store;
                 if sig.is_none() {
                     // No more signals can arrive; the chains (and the API) go on.
                     signals_open = false;
@@ -664,6 +721,27 @@ pub async fn run(
                 }
                 sig
             }
+            feed = feeder.recv(), if feeding => match feed {
+                Some(FeedMsg::Submit(batch)) => {
+                    ids.extend(batch.jobs.iter().map(|j| j.chain_id.clone()));
+                    known.extend(batch.jobs.iter().map(Job::key));
+                    let _ = operator.cast(OperatorMsg::Submit(batch));
+                    continue;
+                }
+                Some(FeedMsg::Lost(id)) => {
+                    tracing::warn!(chain.id = %id, "this worker's claim on the chain was lost; stopping it here");
+                    let _ = operator.call(|r| OperatorMsg::Abort(id, r), Some(CALL_TIMEOUT)).await;
+                    continue;
+                }
+                Some(FeedMsg::Signal(ev)) => {
+                    persist_mode = false;
+                    Some(ev)
+                }
+                None => {
+                    feeding = false;
+                    continue;
+                }
+            },
             cmd = ctl_rx.recv() => match cmd {
                 Some(ControlMsg::Signal(ev, ack)) => {
                     pending_ack = Some(ack);
@@ -725,7 +803,9 @@ pub async fn run(
                     if current == Mode::Running
                         || (now && current == (Mode::Paused { interrupt: false }))
                     {
-                        store.set_flag("paused", Some("1")).await?;
+                        if persist_mode {
+                            store.set_flag("paused", Some("1")).await?;
+                        }
                         bus.emit(
                             "orchestrator:paused",
                             None,
@@ -746,7 +826,9 @@ pub async fn run(
                     }
                 }
                 Some(SignalEvent::Resume) if mode_tx.borrow().is_paused() => {
-                    store.set_flag("paused", None).await?;
+                    if persist_mode {
+                        store.set_flag("paused", None).await?;
+                    }
                     bus.emit("orchestrator:resumed", None, None, serde_json::json!({}))
                         .await;
                     tracing::warn!("resumed");

@@ -35,6 +35,7 @@ pub mod doctor;
 pub mod eventlog;
 pub mod events;
 pub mod fault;
+pub mod fleet;
 pub mod git;
 pub mod handoff;
 pub mod metrics;

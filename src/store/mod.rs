@@ -33,6 +33,10 @@ pub enum StoreError {
         "store URL {0}: only postgres:// (or postgresql://) URLs are supported; leave it unset for the SQLite store in the data dir"
     )]
     BadUrl(String),
+    #[error(
+        "chain {chain}: this worker's claim (fence {fence}) was taken over by another worker; the write was refused"
+    )]
+    Fenced { chain: String, fence: i64 },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -2,7 +2,9 @@
 //! SQLite store (the same store tests run against both), numbered migrations tracked in a
 //! `schema_version` table, one small transaction per write.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -88,7 +90,28 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 2: fleets. A chain is claimed by one worker at a time, for a lease renewed by heartbeat;
+    // `fence` grows on every claim and every write of a worker checks it.
+    r#"
+    ALTER TABLE chains ADD COLUMN worker TEXT;
+    ALTER TABLE chains ADD COLUMN lease_until TIMESTAMPTZ;
+    ALTER TABLE chains ADD COLUMN fence BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX chains_claimable ON chains (status, started_at) WHERE NOT archived;
+    ALTER TABLE sessions ADD COLUMN worker TEXT;
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        capacity BIGINT NOT NULL,
+        load BIGINT NOT NULL DEFAULT 0,
+        started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    "#,
 ];
+
+/// Statuses of chains that are not over (a worker may hold or claim them).
+const LIVE: &str = "('queued', 'running', 'paused', 'waiting', 'waiting-limit', 'interrupted')";
 
 /// Serialises migrations of one database across processes (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x6f70_6572_6174_6f72; // "operator"
@@ -97,6 +120,26 @@ const MIGRATION_LOCK: i64 = 0x6f70_6572_6174_6f72; // "operator"
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// This process's claims: chain id → fence. Writes for these chains check the fence.
+    fences: Arc<RwLock<HashMap<String, i64>>>,
+    /// Who creates chains here and runs them itself (`operator run`): such chains are never
+    /// claimed by a worker. `None`: chains are left queued for the fleet (`--enqueue`, serve).
+    owner: Option<String>,
+}
+
+/// A worker as the fleet sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerRecord {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub capacity: u32,
+    pub load: u32,
+    pub started_at: String,
+    pub heartbeat_at: String,
+    /// Seconds since its last heartbeat.
+    pub silent_secs: f64,
 }
 
 impl PostgresStore {
@@ -107,9 +150,236 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            fences: Arc::default(),
+            owner: None,
+        };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Chains created from now on are run by `owner` itself and never claimed by a worker.
+    pub fn owned_by(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    fn fence_of(&self, chain_id: &str) -> Option<i64> {
+        self.fences.read().ok()?.get(chain_id).copied()
+    }
+
+    /// A transaction for a write about `chain_id`: when this process holds a claim on the
+    /// chain, the claim's fence must still be the chain's, or the write is refused.
+    async fn fenced(&self, chain_id: &str) -> StoreResult<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = self.fence_of(chain_id) {
+            let ok = sqlx::query("SELECT 1 FROM chains WHERE id = $1 AND fence = $2 FOR SHARE")
+                .bind(chain_id)
+                .bind(fence)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !ok {
+                return Err(StoreError::Fenced {
+                    chain: chain_id.to_string(),
+                    fence,
+                });
+            }
+        }
+        Ok(tx)
+    }
+
+    /// Registers (or refreshes) a worker.
+    pub async fn heartbeat(&self, worker: &str, capacity: u32, load: u32) -> StoreResult<()> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO workers (id, host, pid, capacity, load) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET capacity = EXCLUDED.capacity, load = EXCLUDED.load, \
+             heartbeat_at = now()",
+        )
+        .bind(worker)
+        .bind(host)
+        .bind(i64::from(std::process::id()))
+        .bind(i64::from(capacity))
+        .bind(i64::from(load))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims up to `n` chains for `worker` for `lease`: queued chains nobody holds, and
+    /// chains whose holder's lease ran out. Each claim increments the chain's fence; the
+    /// claims are remembered so this process's writes are fenced.
+    pub async fn claim(
+        &self,
+        worker: &str,
+        n: u32,
+        lease: Duration,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "UPDATE chains SET worker = $1, fence = fence + 1, \
+               lease_until = now() + make_interval(secs => $2), owner_pid = NULL \
+             WHERE id IN (SELECT id FROM chains WHERE NOT archived AND status IN {LIVE} \
+               AND ((worker IS NULL AND status = 'queued') \
+                    OR (lease_until IS NOT NULL AND lease_until < now())) \
+               ORDER BY started_at, id FOR UPDATE SKIP LOCKED LIMIT $3) \
+             RETURNING id, fence"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(worker)
+            .bind(lease.as_secs_f64())
+            .bind(i64::from(n))
+            .fetch_all(&self.pool)
+            .await?;
+        let claimed: Vec<(String, i64)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<StoreResult<_>>()?;
+        if let Ok(mut f) = self.fences.write() {
+            f.extend(claimed.iter().cloned());
+        }
+        Ok(claimed)
+    }
+
+    /// Renews the leases this process holds; returns the chains it has lost (another worker
+    /// claimed them) and forgets those, and the chains that are over.
+    pub async fn renew(&self, lease: Duration) -> StoreResult<(Vec<String>, Vec<String>)> {
+        let held: Vec<(String, i64)> = match self.fences.read() {
+            Ok(f) => f.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            Err(_) => Vec::new(),
+        };
+        let (mut lost, mut over) = (Vec::new(), Vec::new());
+        for (id, fence) in held {
+            let row = sqlx::query(
+                "UPDATE chains SET lease_until = now() + make_interval(secs => $3) \
+                 WHERE id = $1 AND fence = $2 RETURNING status",
+            )
+            .bind(&id)
+            .bind(fence)
+            .bind(lease.as_secs_f64())
+            .fetch_optional(&self.pool)
+            .await?;
+            match row {
+                None => lost.push(id),
+                Some(r) => {
+                    let status: String = r.try_get(0)?;
+                    if ChainStatus::from_str(&status).is_ok_and(|s| s.is_terminal()) {
+                        over.push(id);
+                    }
+                }
+            }
+        }
+        if let Ok(mut f) = self.fences.write() {
+            for id in lost.iter().chain(&over) {
+                f.remove(id);
+            }
+        }
+        Ok((lost, over))
+    }
+
+    /// The chains this process holds.
+    pub fn held(&self) -> Vec<String> {
+        self.fences
+            .read()
+            .map(|f| f.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets every claim (the worker could not renew in time: others may hold them now).
+    pub fn forget_claims(&self) -> Vec<String> {
+        self.fences
+            .write()
+            .map(|mut f| f.drain().map(|(k, _)| k).collect())
+            .unwrap_or_default()
+    }
+
+    /// Hands back the chains `worker` holds that are not over (a graceful stop): queued
+    /// again, for any worker to claim at once.
+    pub async fn release(&self, worker: &str) -> StoreResult<u64> {
+        let held: Vec<(String, i64)> = match self.fences.read() {
+            Ok(f) => f.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut n = 0;
+        for (id, fence) in held {
+            let sql = format!(
+                "UPDATE chains SET worker = NULL, lease_until = NULL, status = 'queued', \
+                 reason = NULL WHERE id = $1 AND fence = $2 AND worker = $3 AND status IN {LIVE}"
+            );
+            n += sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&id)
+                .bind(fence)
+                .bind(worker)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    /// A connection listening for notifications on `channel`.
+    pub async fn listener(&self, channel: &str) -> StoreResult<sqlx::postgres::PgListener> {
+        let mut l = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        l.listen(channel).await?;
+        Ok(l)
+    }
+
+    /// Wakes the workers listening on `channel`.
+    pub async fn notify(&self, channel: &str) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(channel)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The fleet's workers, most recently heard first.
+    pub async fn workers(&self) -> StoreResult<Vec<WorkerRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, host, pid, capacity, load, \
+             to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS started, \
+             to_char(heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS beat, \
+             EXTRACT(EPOCH FROM (now() - heartbeat_at))::DOUBLE PRECISION AS silent \
+             FROM workers ORDER BY heartbeat_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WorkerRecord {
+                    id: r.try_get("id")?,
+                    host: r.try_get("host")?,
+                    pid: r.try_get::<i64, _>("pid")? as u32,
+                    capacity: r.try_get::<i64, _>("capacity")? as u32,
+                    load: r.try_get::<i64, _>("load")? as u32,
+                    started_at: r.try_get("started")?,
+                    heartbeat_at: r.try_get("beat")?,
+                    silent_secs: r.try_get("silent")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Which worker holds each of `ids` (chains nobody holds are left out).
+    pub async fn holders(&self, ids: &[String]) -> StoreResult<HashMap<String, String>> {
+        let rows =
+            sqlx::query("SELECT id, worker FROM chains WHERE id = ANY($1) AND worker IS NOT NULL")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -247,8 +517,9 @@ impl Store for PostgresStore {
     async fn create_chain(&self, c: &NewChain) -> StoreResult<()> {
         let now = now_rfc3339();
         sqlx::query(
-            "INSERT INTO chains (id, name, mission, task, status, started_at, updated_at, config) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+            "INSERT INTO chains \
+             (id, name, mission, task, status, started_at, updated_at, config, worker) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)",
         )
         .bind(&c.id)
         .bind(&c.name)
@@ -257,6 +528,7 @@ impl Store for PostgresStore {
         .bind(c.status.as_str())
         .bind(&now)
         .bind(c.config.to_string())
+        .bind(&self.owner)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -319,6 +591,7 @@ impl Store for PostgresStore {
         reason: Option<&str>,
         owner_pid: Option<u32>,
     ) -> StoreResult<()> {
+        let mut tx = self.fenced(id).await?;
         sqlx::query(
             "UPDATE chains SET status = $1, reason = $2, updated_at = $3, \
              owner_pid = COALESCE($4, owner_pid) WHERE id = $5",
@@ -328,18 +601,21 @@ impl Store for PostgresStore {
         .bind(now_rfc3339())
         .bind(owner_pid.map(i64::from))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn set_chain_config(&self, id: &str, config: &serde_json::Value) -> StoreResult<()> {
+        let mut tx = self.fenced(id).await?;
         sqlx::query("UPDATE chains SET config = $1, updated_at = $2 WHERE id = $3")
             .bind(config.to_string())
             .bind(now_rfc3339())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -354,11 +630,13 @@ impl Store for PostgresStore {
     }
 
     async fn set_session_base(&self, id: &str, base: u32) -> StoreResult<()> {
+        let mut tx = self.fenced(id).await?;
         sqlx::query("UPDATE chains SET session_base = $1 WHERE id = $2")
             .bind(i64::from(base))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -374,7 +652,7 @@ impl Store for PostgresStore {
     }
 
     async fn start_session(&self, s: &SessionStart) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.fenced(&s.chain_id).await?;
         if s.attempt <= 1 {
             // A new session: its index must not exist yet.
             sqlx::query(
@@ -417,7 +695,7 @@ impl Store for PostgresStore {
         s: &SessionRecord,
         handoff: Option<&HandoffRecord>,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.fenced(chain_id).await?;
         sqlx::query(
             "UPDATE sessions SET session_id = $1, status = $2, turns = $3, cost_usd = $4, \
              duration_ms = $5, hit_max_turns = $6, pre_compacted = $7, handoff_complete = $8, \
@@ -488,13 +766,15 @@ impl Store for PostgresStore {
         pgid: i32,
         program: &str,
     ) -> StoreResult<()> {
+        let mut tx = self.fenced(chain_id).await?;
         sqlx::query("UPDATE sessions SET agent_pgid = $1, agent_program = $2 WHERE chain_id = $3 AND idx = $4")
             .bind(i64::from(pgid))
             .bind(program)
             .bind(chain_id)
             .bind(i64::from(index))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -562,6 +842,10 @@ impl Store for PostgresStore {
         kind: &str,
         data: &serde_json::Value,
     ) -> StoreResult<i64> {
+        let mut tx = match chain_id {
+            Some(c) => self.fenced(c).await?,
+            None => self.pool.begin().await?,
+        };
         let row = sqlx::query(
             "INSERT INTO events (chain_id, session_idx, kind, data, at) \
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -571,8 +855,9 @@ impl Store for PostgresStore {
         .bind(kind)
         .bind(data.to_string())
         .bind(now_rfc3339())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(row.try_get(0)?)
     }
 
@@ -656,13 +941,15 @@ impl Store for PostgresStore {
         id: &str,
         results: &[crate::model::GateResult],
     ) -> StoreResult<()> {
+        let mut tx = self.fenced(id).await?;
         let v = serde_json::to_string(results)
             .map_err(|e| StoreError::Corrupt(format!("verify results: {e}")))?;
         sqlx::query("UPDATE chains SET verify = $1 WHERE id = $2")
             .bind(v)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -1,0 +1,136 @@
+//! A fleet worker's claim loop: heartbeat, lease renewal, claims of queued or orphaned chains
+//! (`FOR UPDATE SKIP LOCKED` in the PostgreSQL store), fleet-wide pause, and stopping its own
+//! agents when it cannot renew its leases. The chains themselves run in the worker's ordinary
+//! supervision tree (`daemon::run`), fed through [`FeedMsg`].
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::daemon::{self, FeedMsg, RunOptions};
+use crate::signals::SignalEvent;
+use crate::store::SharedStore;
+use crate::store::postgres::PostgresStore;
+use crate::supervisor::{Batch, Limits};
+
+/// The channel `run --enqueue` notifies and idle workers listen on.
+pub const QUEUE_CHANNEL: &str = "operator_queue";
+
+/// How a worker takes work.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// `<host>:<pid>`, unique in the fleet.
+    pub id: String,
+    /// Chains it runs at once.
+    pub capacity: u32,
+    /// How long a claim holds without renewal; renewed every third of it.
+    pub lease: Duration,
+}
+
+/// This machine's worker id.
+pub fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Runs until `tx` closes (the worker's run ended).
+pub async fn claim_loop(
+    pg: PostgresStore,
+    store: SharedStore,
+    cfg: WorkerConfig,
+    opts: RunOptions,
+    tx: mpsc::UnboundedSender<FeedMsg>,
+) {
+    let tick = cfg.lease / 3;
+    let mut renewed = Instant::now();
+    let mut paused = None;
+    let mut listener = pg.listener(QUEUE_CHANNEL).await.ok();
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        match step(&pg, &store, &cfg, &opts, &tx, &mut paused).await {
+            Ok(()) => renewed = Instant::now(),
+            Err(e) => {
+                tracing::warn!(worker = %cfg.id, cause = %e, "the fleet store did not answer");
+                if renewed.elapsed() >= cfg.lease {
+                    // Past the lease another worker may claim these chains: stop them here.
+                    for id in pg.forget_claims() {
+                        let _ = tx.send(FeedMsg::Lost(id));
+                    }
+                }
+                listener = None;
+            }
+        }
+        // Woken by a NOTIFY from `run --enqueue`, or after a tick (polling is the fallback).
+        match listener.as_mut() {
+            Some(l) => {
+                if let Ok(Err(_)) = tokio::time::timeout(tick, l.recv()).await {
+                    listener = None;
+                }
+            }
+            None => {
+                tokio::time::sleep(tick).await;
+                if renewed.elapsed() < tick * 2 {
+                    listener = pg.listener(QUEUE_CHANNEL).await.ok();
+                }
+            }
+        }
+    }
+}
+
+async fn step(
+    pg: &PostgresStore,
+    store: &SharedStore,
+    cfg: &WorkerConfig,
+    opts: &RunOptions,
+    tx: &mpsc::UnboundedSender<FeedMsg>,
+    paused: &mut Option<bool>,
+) -> Result<(), crate::store::StoreError> {
+    let (lost, _over) = pg.renew(cfg.lease).await?;
+    for id in lost {
+        let _ = tx.send(FeedMsg::Lost(id));
+    }
+    let held = pg.held().len() as u32;
+    pg.heartbeat(&cfg.id, cfg.capacity, held).await?;
+    let fleet_paused = store.get_flag("paused").await?.is_some();
+    if *paused != Some(fleet_paused) {
+        if paused.is_some() {
+            let _ = tx.send(FeedMsg::Signal(if fleet_paused {
+                SignalEvent::Pause
+            } else {
+                SignalEvent::Resume
+            }));
+        }
+        *paused = Some(fleet_paused);
+    }
+    if fleet_paused {
+        return Ok(());
+    }
+    let claimed = pg
+        .claim(&cfg.id, cfg.capacity.saturating_sub(held), cfg.lease)
+        .await?;
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let mut jobs = Vec::new();
+    for (id, fence) in claimed {
+        match daemon::claimed_job(store, &id, opts).await {
+            Ok(job) => {
+                tracing::info!(worker = %cfg.id, chain.id = %id, fence, "claimed");
+                jobs.push(job);
+            }
+            Err(e) => {
+                tracing::error!(chain.id = %id, cause = %e, "a claimed chain cannot run here")
+            }
+        }
+    }
+    let _ = tx.send(FeedMsg::Submit(Batch {
+        jobs,
+        limits: Limits::from([(None, cfg.capacity as usize)]),
+        settled: Vec::new(),
+    }));
+    Ok(())
+}

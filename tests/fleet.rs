@@ -1,0 +1,345 @@
+//! Fleet mode on one machine: a throwaway PostgreSQL server (tests/common/pg.rs), chains queued
+//! with `operator run --enqueue`, several `operator worker` processes claiming them. Checked from
+//! the database: every chain completes, its sessions never overlap and their indices are used
+//! once; a worker killed with `kill -9` loses its chains to the others after its lease; a stale
+//! worker's writes are refused by the fence.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Op, pg};
+use operator::model::{ChainStatus, HandoffRecord, SessionRecord, SessionStatus, now_rfc3339};
+use operator::store::postgres::PostgresStore;
+use operator::store::{ChainQuery, NewChain, SessionStart, Store, StoreError};
+
+/// A mission of `n` sim chains of three sessions each.
+fn mission(op: &Op, n: usize, step: &str) -> std::path::PathBuf {
+    let mut m = format!(
+        "name = \"fleet\"\nconcurrency = {n}\n[defaults]\nagent = \"sim\"\nmax_continuations = 5\n\
+         [defaults.sim]\nscenario = \"incomplete\"\ncomplete_after = 2\nstep = \"{step}\"\nturns = 2\n"
+    );
+    for i in 0..n {
+        m += &format!("[[chain]]\nname = \"c{i}\"\ntask = \"Part {i} of the work.\"\n");
+    }
+    op.write("fleet.toml", &m)
+}
+
+fn enqueue(op: &Op, url: &str, mission: &std::path::Path) -> Vec<String> {
+    let out = op
+        .cmd(&["run", "--store", url, "--enqueue"])
+        .arg(mission)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// `operator worker` with its own data dir.
+fn worker(op: &Op, url: &str, name: &str, capacity: u32, lease: &str) -> Child {
+    let data = op.root.path().join(format!("data-{name}"));
+    op.cmd(&[
+        "worker",
+        "--store",
+        url,
+        "--capacity",
+        &capacity.to_string(),
+        "--lease",
+        lease,
+    ])
+    .env("OPERATOR_DATA_DIR", data)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap()
+}
+
+fn stop(mut w: Child) {
+    let pid = nix::unistd::Pid::from_raw(w.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = w.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = w.kill();
+    panic!("a worker did not stop within 20 s of SIGTERM");
+}
+
+async fn all_chains(s: &PostgresStore) -> Vec<operator::model::ChainRecord> {
+    s.list_chains(&ChainQuery {
+        limit: 500,
+        include_archived: true,
+        with_sessions: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn wait_all_complete(s: &PostgresStore, n: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let chains = all_chains(s).await;
+        let done = chains
+            .iter()
+            .filter(|c| c.status == ChainStatus::Complete)
+            .count();
+        if done == n {
+            return;
+        }
+        assert!(
+            !chains
+                .iter()
+                .any(|c| c.status.is_terminal() && c.status != ChainStatus::Complete),
+            "a chain ended otherwise: {:?}",
+            chains
+                .iter()
+                .map(|c| (&c.id, c.status, &c.reason))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {n} chains complete after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every chain's sessions: indices 1..=k used once, each completed, none overlapping the next.
+fn check_sessions(chains: &[operator::model::ChainRecord]) {
+    for c in chains {
+        let s = &c.sessions;
+        assert!(!s.is_empty(), "{}: no sessions", c.id);
+        for (i, r) in s.iter().enumerate() {
+            assert_eq!(r.index as usize, i + 1, "{}: session indices {s:?}", c.id);
+        }
+        for w in s.windows(2) {
+            let ended = w[0].ended_at.as_deref().expect("an ended session");
+            assert!(
+                w[1].started_at.as_str() >= ended,
+                "{}: session {} started at {} before session {} ended at {ended}",
+                c.id,
+                w[1].index,
+                w[1].started_at,
+                w[0].index
+            );
+        }
+        assert_eq!(
+            s.last().map(|r| r.status),
+            Some(SessionStatus::Completed),
+            "{}",
+            c.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_chains_on_three_workers_each_run_by_one_worker_at_a_time() {
+    let Some(server) = pg::shared() else { return };
+    let url = server.fresh_db().await;
+    let op = Op::new();
+    let ids = enqueue(&op, &url, &mission(&op, 30, "20ms"));
+    assert_eq!(ids.len(), 30);
+    let s = PostgresStore::open(&url).await.unwrap();
+    assert!(
+        all_chains(&s)
+            .await
+            .iter()
+            .all(|c| c.status == ChainStatus::Queued),
+        "--enqueue runs nothing"
+    );
+    let workers: Vec<Child> = (0..3)
+        .map(|i| worker(&op, &url, &format!("w{i}"), 4, "5s"))
+        .collect();
+    wait_all_complete(&s, 30, Duration::from_secs(180)).await;
+    let chains = all_chains(&s).await;
+    check_sessions(&chains);
+    // The work was shared: more than one worker ran chains.
+    let holders = s.holders(&ids).await.unwrap();
+    let distinct: std::collections::HashSet<_> = holders.values().collect();
+    assert!(
+        distinct.len() >= 2,
+        "one worker did everything: {holders:?}"
+    );
+    assert_eq!(s.workers().await.unwrap().len(), 3);
+    for w in workers {
+        stop(w);
+    }
+    assert!(
+        s.workers().await.unwrap().is_empty(),
+        "stopped workers leave"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_chains_finish_on_the_others_after_its_lease() {
+    let Some(server) = pg::shared() else { return };
+    let url = server.fresh_db().await;
+    let op = Op::new();
+    let ids = enqueue(&op, &url, &mission(&op, 4, "300ms"));
+    let s = PostgresStore::open(&url).await.unwrap();
+    let mut first = worker(&op, &url, "first", 4, "2s");
+    // Wait until it runs all four, mid-session.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let chains = all_chains(&s).await;
+        let running = chains
+            .iter()
+            .filter(|c| {
+                c.status == ChainStatus::Running
+                    && c.sessions
+                        .iter()
+                        .any(|x| x.status == SessionStatus::Running)
+            })
+            .count();
+        if running == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first worker never ran all four"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = s.holders(&ids).await.unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let others: Vec<Child> = (0..2)
+        .map(|i| worker(&op, &url, &format!("w{i}"), 4, "2s"))
+        .collect();
+    wait_all_complete(&s, 4, Duration::from_secs(120)).await;
+    let chains = all_chains(&s).await;
+    check_sessions(&chains);
+    let now = s.holders(&ids).await.unwrap();
+    for id in &ids {
+        assert_ne!(
+            dead.get(id),
+            now.get(id),
+            "{id} finished on the killed worker"
+        );
+    }
+    for w in others {
+        stop(w);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_worker_cannot_overwrite_the_new_owners_records() {
+    let Some(server) = pg::shared() else { return };
+    let url = server.fresh_db().await;
+    let old = PostgresStore::open(&url).await.unwrap();
+    let new = PostgresStore::open(&url).await.unwrap();
+    old.create_chain(&NewChain {
+        id: "c-1".into(),
+        name: "main".into(),
+        mission: None,
+        task: "t".into(),
+        config: serde_json::json!({}),
+        status: ChainStatus::Queued,
+    })
+    .await
+    .unwrap();
+    let claim = old
+        .claim("old", 4, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(claim, vec![("c-1".to_string(), 1)]);
+    let start = |i| SessionStart {
+        chain_id: "c-1".into(),
+        index: i,
+        attempt: 1,
+        prompt: "p".into(),
+        started_at: now_rfc3339(),
+    };
+    old.start_session(&start(1)).await.unwrap();
+    // Nobody else may claim it while the lease holds.
+    assert!(
+        new.claim("new", 4, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        new.claim("new", 4, Duration::from_secs(30)).await.unwrap(),
+        vec![("c-1".to_string(), 2)]
+    );
+    new.set_chain_status("c-1", ChainStatus::Running, None, None)
+        .await
+        .unwrap();
+    // The old owner's writes, each refused by the fence.
+    let record = SessionRecord {
+        index: 1,
+        session_id: None,
+        status: SessionStatus::Completed,
+        turns: 1,
+        cost_usd: 9.0,
+        duration_ms: 1,
+        hit_max_turns: false,
+        pre_compacted: false,
+        handoff_complete: true,
+        handoff_file: None,
+        error: None,
+        error_kind: None,
+        handoff_synthetic: false,
+        asked_again: false,
+        attempts: 1,
+        started_at: now_rfc3339(),
+        ended_at: Some(now_rfc3339()),
+    };
+    let handoff = HandoffRecord {
+        chain_id: "c-1".into(),
+        index: 1,
+        text: "## HANDOFF: COMPLETE\nstale".into(),
+        complete: true,
+        synthetic: false,
+        reason: None,
+        file: "handoff-1.md".into(),
+        created_at: now_rfc3339(),
+    };
+    let fenced = |r: Result<(), StoreError>| {
+        assert!(
+            matches!(r, Err(StoreError::Fenced { fence: 1, .. })),
+            "{r:?}"
+        )
+    };
+    fenced(old.finish_session("c-1", &record, Some(&handoff)).await);
+    fenced(
+        old.set_chain_status("c-1", ChainStatus::Complete, None, None)
+            .await,
+    );
+    fenced(old.start_session(&start(2)).await);
+    fenced(
+        old.append_event(
+            Some("c-1"),
+            Some(1),
+            "chain:complete",
+            &serde_json::json!({}),
+        )
+        .await
+        .map(|_| ()),
+    );
+    fenced(old.set_session_agent("c-1", 1, 4242, "claude").await);
+    // Nothing of it landed; the old owner learns it lost the chain at its next renewal.
+    let c = new.get_chain("c-1").await.unwrap().unwrap();
+    assert_eq!(c.status, ChainStatus::Running);
+    assert_eq!(c.sessions.len(), 1);
+    assert_eq!(c.sessions[0].status, SessionStatus::Running);
+    assert!(new.handoffs("c-1").await.unwrap().is_empty());
+    assert!(new.events(Some("c-1"), 0, 10).await.unwrap().is_empty());
+    let (lost, _) = old.renew(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(lost, vec!["c-1".to_string()]);
+    assert!(old.held().is_empty());
+}
