@@ -353,6 +353,18 @@ impl Actor for Operator {
                     st.pump(&me).await;
                 }
             }
+            SupervisionEvent::ActorFailed(cell, err)
+                if err
+                    .downcast_ref::<crate::store::StoreError>()
+                    .is_some_and(|e| matches!(e, crate::store::StoreError::Fenced { .. })) =>
+            {
+                // A fleet worker lost its claim: the chain is another worker's now. It stops
+                // here, unrestarted, and its record is left to the new owner.
+                if let Some(r) = st.running.remove(&cell.get_id()) {
+                    tracing::warn!(chain.id = %r.job.chain_id, "another worker holds this chain now; it stops here");
+                    st.pump(&me).await;
+                }
+            }
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some(mut r) = st.running.remove(&cell.get_id()) {
                     // one_for_one: only this chain is restarted, from its state in the store.

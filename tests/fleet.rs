@@ -343,3 +343,60 @@ async fn a_stale_worker_cannot_overwrite_the_new_owners_records() {
     assert_eq!(lost, vec!["c-1".to_string()]);
     assert!(old.held().is_empty());
 }
+
+/// Pids of `sim-agent` processes whose parent is `pid` (a worker's agents).
+fn agents_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        // pid (comm) state ppid …
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && String::from_utf8_lossy(&cmd).contains("sim-agent") {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cut_off_from_the_database_stops_its_agents_and_rejoins() {
+    let Some(bin) = pg::available() else { return };
+    // A server of its own: this test stops it.
+    let server = pg::PgServer::start(&bin);
+    let url = server.fresh_db().await;
+    let op = Op::new();
+    enqueue(&op, &url, &mission(&op, 2, "400ms"));
+    let s = PostgresStore::open(&url).await.unwrap();
+    let w = worker(&op, &url, "w", 4, "2s");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agents_of(w.id()).len() < 2 {
+        assert!(Instant::now() < deadline, "the worker never ran both chains");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(s);
+    server.stop();
+    // Within a lease (2 s) and a renewal tick its agents are stopped.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !agents_of(w.id()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker's agents still run 15 s after the database went away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(agents_of(w.id()).is_empty(), "no agent started without the database");
+    server.resume();
+    // It rejoins: claims the chains again (their leases ran out) and finishes them.
+    let s = PostgresStore::open(&url).await.unwrap();
+    wait_all_complete(&s, 2, Duration::from_secs(120)).await;
+    check_sessions(&all_chains(&s).await);
+    stop(w);
+}
