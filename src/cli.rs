@@ -468,13 +468,30 @@ fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
 static STORE_URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
 async fn open_store(data_dir: &Path) -> Result<SharedStore> {
+    open_store_as(data_dir, true).await
+}
+
+/// `owned`: chains this process creates in a fleet's store are run by it, never claimed by a
+/// worker.
+async fn open_store_as(data_dir: &Path, owned: bool) -> Result<SharedStore> {
     let url = STORE_URL.get().and_then(|u| u.as_deref());
-    crate::store::open(data_dir, url)
-        .await
-        .with_context(|| match url {
-            Some(u) => format!("opening the store at {}", crate::model::mask_url(u)),
-            None => format!("opening the store in {}", data_dir.display()),
-        })
+    let context = || match url {
+        Some(u) => format!("opening the store at {}", crate::model::mask_url(u)),
+        None => format!("opening the store in {}", data_dir.display()),
+    };
+    match url {
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            let pg = PostgresStore::open(u).await.with_context(context)?;
+            Ok(Arc::new(if owned {
+                pg.owned_by(format!("run:{}", crate::fleet::worker_id()))
+            } else {
+                pg
+            }))
+        }
+        _ => crate::store::open(data_dir, url)
+            .await
+            .with_context(context),
+    }
 }
 
 async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
@@ -713,7 +730,14 @@ fn run_options(
             jitter: op.release_jitter,
         },
         shared_store: op.store_url.is_some(),
+        enqueue: stay && r.is_some_and(|r| r.enqueue),
     };
+    if opts.enqueue && op.store_url.is_none() {
+        return Err(UsageError(
+            "--enqueue queues chains for a fleet's workers: it needs a PostgreSQL store (--store postgres://…)".into(),
+        )
+        .into());
+    }
     Ok(opts)
 }
 
@@ -757,11 +781,12 @@ async fn run_with(
         }
         return Ok(exit::OK);
     }
-    if r.enqueue {
+    if r.enqueue && !stay {
         return enqueue(op, plans, &opts).await;
     }
     let _pid = PidFile::create(&opts.data_dir)?;
-    let store = open_store(&opts.data_dir).await?;
+    // A serve that queues for the fleet creates chains any worker may claim.
+    let store = open_store_as(&opts.data_dir, !opts.enqueue).await?;
     let api = match &serve {
         Some((listen, _)) => Some(api_setup(op, listen).await?),
         None => None,
@@ -1404,6 +1429,7 @@ async fn doctor_session(
         stay: false,
         quota: Default::default(),
         shared_store: false,
+        enqueue: false,
     };
     // The check runs in its own temp dir, never in a fleet's store.
     let store = crate::store::open(dir, None).await?;

@@ -204,6 +204,8 @@ pub struct RunOptions {
     /// The store is shared with other machines (PostgreSQL): process ids and groups recorded
     /// in it may be another machine's.
     pub shared_store: bool,
+    /// Chains are queued for a fleet's workers instead of run here (`serve --enqueue`).
+    pub enqueue: bool,
     /// Session caps per account, quiet hours, the release jitter after a usage limit.
     pub quota: crate::quota::Limits,
 }
@@ -646,9 +648,14 @@ pub async fn run(
     let (operator, handle) = Actor::spawn(None, Operator, OperatorArgs { ctx, idle: idle_tx })
         .await
         .map_err(|e| RunError::Spawn(e.to_string()))?;
-    operator
-        .cast(OperatorMsg::Submit(batch))
-        .map_err(|e| RunError::Spawn(e.to_string()))?;
+    if opts.enqueue {
+        // The fleet's workers run them; this process serves and watches.
+        store.wake_workers().await?;
+    } else {
+        operator
+            .cast(OperatorMsg::Submit(batch))
+            .map_err(|e| RunError::Spawn(e.to_string()))?;
+    }
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<ControlMsg>();
     let mut metrics_task = None;
     let server = match api_setup {
@@ -680,6 +687,9 @@ pub async fn run(
             )
         }
     };
+    // With a shared store, what the fleet's workers journal reaches the API's WebSocket.
+    let relay = (opts.shared_store && server.is_some())
+        .then(|| crate::fleet::relay_events(store.clone(), bus.clone()));
     // Missions started through the API, with their chains (one run of a mission at a time).
     let mut api_missions: std::collections::HashMap<String, Vec<String>> = Default::default();
 
@@ -767,7 +777,13 @@ pub async fn run(
                             for (m, chains) in missions {
                                 bus.emit("orchestrator:mission-started", None, None, serde_json::json!({"mission": m, "chains": chains})).await;
                             }
-                            let _ = operator.cast(OperatorMsg::Submit(batch));
+                            if opts.enqueue {
+                                if let Err(e) = store.wake_workers().await {
+                                    tracing::warn!(cause = %e, "could not wake the fleet's workers; they find the chains at their next heartbeat");
+                                }
+                            } else {
+                                let _ = operator.cast(OperatorMsg::Submit(batch));
+                            }
                             Ok(outcome)
                         }
                         Ok((outcome, None)) => Ok(outcome),
@@ -883,6 +899,9 @@ pub async fn run(
         server.shutdown().await;
     }
     if let Some(t) = metrics_task {
+        t.abort();
+    }
+    if let Some(t) = relay {
         t.abort();
     }
     let mut chains = Vec::new();

@@ -1,6 +1,9 @@
 //! The event bus: typed events broadcast to the terminal, webhooks and (later) the API, and persisted
 //! to the store's append-only journal when they record a state change.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -47,7 +50,12 @@ pub fn is_final(kind: &str) -> bool {
 pub struct Bus {
     tx: broadcast::Sender<Event>,
     store: SharedStore,
+    /// Journal ids this process emitted lately, so [`Bus::relay`] does not send them twice.
+    mine: Arc<Mutex<BTreeSet<i64>>>,
 }
+
+/// How many of its own journal ids a bus remembers for [`Bus::relay`].
+const MINE: usize = 4096;
 
 /// How many events a slow subscriber may fall behind before it is told it lagged.
 const CAPACITY: usize = 1024;
@@ -55,7 +63,11 @@ const CAPACITY: usize = 1024;
 impl Bus {
     pub fn new(store: SharedStore) -> Self {
         let (tx, _) = broadcast::channel(CAPACITY);
-        Self { tx, store }
+        Self {
+            tx,
+            store,
+            mine: Arc::default(),
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -76,7 +88,15 @@ impl Bus {
             .append_event(chain_id, session_index, kind, &data)
             .await
         {
-            Ok(id) => Some(id),
+            Ok(id) => {
+                if let Ok(mut m) = self.mine.lock() {
+                    m.insert(id);
+                    while m.len() > MINE {
+                        m.pop_first();
+                    }
+                }
+                Some(id)
+            }
             Err(e) => {
                 tracing::warn!(cause = %e, kind, "could not journal an event");
                 None
@@ -101,6 +121,22 @@ impl Bus {
             session_index: Some(session_index),
             data,
             at: now_rfc3339(),
+        });
+    }
+
+    /// Broadcasts an event another process journaled (a fleet worker's, read from the shared
+    /// store); one this process emitted itself is not sent again.
+    pub fn relay(&self, rec: &crate::model::EventRecord) {
+        if self.mine.lock().is_ok_and(|mut m| m.remove(&rec.id)) {
+            return;
+        }
+        self.send(Event {
+            id: Some(rec.id),
+            kind: rec.kind.clone(),
+            chain_id: rec.chain_id.clone(),
+            session_index: rec.session_index,
+            data: rec.data.clone(),
+            at: rec.at.clone(),
         });
     }
 

@@ -377,7 +377,10 @@ async fn a_worker_cut_off_from_the_database_stops_its_agents_and_rejoins() {
     let w = worker(&op, &url, "w", 4, "2s");
     let deadline = Instant::now() + Duration::from_secs(60);
     while agents_of(w.id()).len() < 2 {
-        assert!(Instant::now() < deadline, "the worker never ran both chains");
+        assert!(
+            Instant::now() < deadline,
+            "the worker never ran both chains"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(s);
@@ -392,11 +395,149 @@ async fn a_worker_cut_off_from_the_database_stops_its_agents_and_rejoins() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(agents_of(w.id()).is_empty(), "no agent started without the database");
+    assert!(
+        agents_of(w.id()).is_empty(),
+        "no agent started without the database"
+    );
     server.resume();
     // It rejoins: claims the chains again (their leases ran out) and finishes them.
     let s = PostgresStore::open(&url).await.unwrap();
     wait_all_complete(&s, 2, Duration::from_secs(120)).await;
     check_sessions(&all_chains(&s).await);
     stop(w);
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// WebSocket messages until one of `kind` for `chain` arrives (within 60 s).
+async fn ws_until(ws: &mut Ws, kind: &str, chain: &str) -> Vec<serde_json::Value> {
+    use futures_util::StreamExt;
+    let mut seen = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("an event within 60 s")
+            .expect("the socket is open")
+            .expect("a frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            let done = v["kind"] == kind && v["chainId"] == chain;
+            seen.push(v);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_shows_the_fleet_relays_its_events_and_pauses_every_worker() {
+    let Some(server) = pg::shared() else { return };
+    let url = server.fresh_db().await;
+    let op = Op::new();
+    // A chain a plain `run` made in the shared store is its own: no worker takes it.
+    let s = PostgresStore::open(&url)
+        .await
+        .unwrap()
+        .owned_by("run:elsewhere:1");
+    s.create_chain(&NewChain {
+        id: "c-20261126-000000".into(),
+        name: "mine".into(),
+        mission: None,
+        task: "t".into(),
+        config: serde_json::json!({}),
+        status: ChainStatus::Queued,
+    })
+    .await
+    .unwrap();
+    let workers: Vec<Child> = (0..2)
+        .map(|i| worker(&op, &url, &format!("w{i}"), 2, "3s"))
+        .collect();
+    let srv = common::api::Server::start_with(
+        &op,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent",
+            "sim",
+            "--store",
+            &url,
+            "--enqueue",
+        ],
+        &[("OPERATOR_SIM__STEP", "100ms")],
+    );
+    // The fleet view: both workers heard from.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, v) = srv.get("/api/fleet").await;
+        assert_eq!(st, reqwest::StatusCode::OK, "{v}");
+        assert_eq!(v["shared"], true);
+        if v["workers"].as_array().map_or(0, Vec::len) == 2 {
+            assert!(v["workers"][0]["heartbeatAt"].is_string());
+            assert_eq!(v["workers"][0]["capacity"], 2);
+            break;
+        }
+        assert!(Instant::now() < deadline, "workers never showed: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A chain started through the API is queued for the fleet; a worker runs it, and its
+    // events reach this server's WebSocket live.
+    let mut ws = tokio_tungstenite::connect_async(srv.ws_url("/ws?subscribe=chain:*"))
+        .await
+        .expect("connect")
+        .0;
+    let id = srv.start_chain("Write the docs.").await;
+    let events = ws_until(&mut ws, "chain:session-started", &id).await;
+    assert!(events.iter().any(|e| e["kind"] == "subscribed"));
+    let (_, fleet) = srv.get("/api/fleet").await;
+    let holder = fleet["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["chainId"] == id.as_str())
+        .map(|h| h["worker"].as_str().unwrap().to_string())
+        .expect("the chain is held by a worker");
+    assert!(!holder.starts_with("run:"), "{holder}");
+    ws_until(&mut ws, "chain:complete", &id).await;
+    // The dashboard's orchestrator page lists the workers.
+    let page = srv
+        .req(reqwest::Method::GET, "/orchestrator")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("fleet-workers") && page.contains(&holder),
+        "{page}"
+    );
+
+    // A fleet-wide pause through the API: no worker starts a session until the resume.
+    let (st, _) = srv
+        .post("/api/orchestrator/pause", serde_json::Value::Null)
+        .await;
+    assert!(st.is_success());
+    tokio::time::sleep(Duration::from_secs(2)).await; // every worker's heartbeat has run
+    let paused = srv.start_chain("Write more docs.").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, c) = srv.get(&format!("/api/chains/{paused}")).await;
+    assert_eq!(c["sessions"].as_array().map_or(0, Vec::len), 0, "{c}");
+    let (st, _) = srv
+        .post("/api/orchestrator/resume", serde_json::Value::Null)
+        .await;
+    assert!(st.is_success());
+    srv.wait_status(&paused, "complete").await;
+    let mine = s.get_chain("c-20261126-000000").await.unwrap().unwrap();
+    assert_eq!(
+        mine.status,
+        ChainStatus::Queued,
+        "a worker took a chain it must not"
+    );
+    for w in workers {
+        stop(w);
+    }
+    srv.stop().await;
 }

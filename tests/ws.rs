@@ -177,6 +177,7 @@ async fn a_lagging_client_is_told_it_lagged_and_never_slows_the_bus() {
         stay: true,
         quota: Default::default(),
         shared_store: false,
+        enqueue: false,
     };
     let (signals_tx, signals) = tokio::sync::mpsc::unbounded_channel();
     let hooks = Hooks {

@@ -130,6 +130,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(chains::output))
         .routes(routes!(chains::events))
         .routes(routes!(orchestrator::costs))
+        .routes(routes!(orchestrator::fleet))
         .routes(routes!(orchestrator::status))
         .routes(routes!(orchestrator::start))
         .routes(routes!(orchestrator::stop))

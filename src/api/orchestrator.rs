@@ -42,6 +42,14 @@ pub struct CostsQuery {
     limit: Option<u32>,
 }
 
+/// The fleet sharing the store (PostgreSQL): its workers with their last heartbeat, capacity
+/// and load, and which worker holds each chain that is not over. `shared: false` on SQLite.
+#[utoipa::path(get, path = "/api/fleet", tag = "operator",
+    responses((status = 200, body = crate::store::Fleet)))]
+pub async fn fleet(State(st): State<AppState>) -> ApiResult<axum::Json<crate::store::Fleet>> {
+    Ok(axum::Json(st.store.fleet().await?))
+}
+
 /// Spending today (UTC), all time, per model, per chain and per day (last 30 days).
 #[utoipa::path(get, path = "/api/costs", tag = "operator", params(CostsQuery),
     responses((status = 200, body = CostReport)))]

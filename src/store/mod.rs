@@ -148,6 +148,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         after_id: i64,
         limit: u32,
     ) -> StoreResult<Vec<EventRecord>>;
+    /// The newest journal id (0 when the journal is empty).
+    async fn last_event_id(&self) -> StoreResult<i64>;
     /// Archives all but the newest `keep` chains that are not running.
     async fn archive_old(&self, keep: u32) -> StoreResult<u64>;
     /// Operator-wide flags that must survive a restart (e.g. `paused`).
@@ -166,6 +168,53 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Spending today (UTC), all time, per model, per chain (the `by_chain` most expensive)
     /// and per day over the last 30 days.
     async fn cost_report(&self, by_chain: u32) -> StoreResult<CostReport>;
+    /// The fleet sharing this store: its workers and which of them holds each chain that is
+    /// not over. Empty for a store no worker can share (SQLite).
+    async fn fleet(&self) -> StoreResult<Fleet> {
+        Ok(Fleet::default())
+    }
+    /// Tells idle fleet workers that chains were queued (no-op without a fleet).
+    async fn wake_workers(&self) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+/// A worker as the fleet sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerRecord {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub capacity: u32,
+    /// Chains it holds now.
+    pub load: u32,
+    pub started_at: String,
+    pub heartbeat_at: String,
+    /// Seconds since its last heartbeat.
+    pub silent_secs: f64,
+}
+
+/// Which worker holds a chain, and until when.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Holding {
+    pub chain_id: String,
+    pub worker: String,
+    /// RFC 3339; `None` for a chain run by the process that created it (`operator run`).
+    pub lease_until: Option<String>,
+}
+
+/// `GET /api/fleet`.
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Fleet {
+    /// The store is shared by workers (PostgreSQL).
+    pub shared: bool,
+    pub workers: Vec<WorkerRecord>,
+    pub chains: Vec<Holding>,
 }
 
 /// Cost and session count of one slice of the ledger.

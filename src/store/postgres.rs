@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
-use super::{ChainQuery, NewChain, SessionStart, Store, StoreError, StoreResult};
+use super::{
+    ChainQuery, Fleet, Holding, NewChain, SessionStart, Store, StoreError, StoreResult,
+    WorkerRecord,
+};
 use crate::model::{
     ChainRecord, ChainStatus, ErrorKind, EventRecord, HandoffRecord, SessionRecord, SessionStatus,
     Totals, now_rfc3339,
@@ -125,21 +128,6 @@ pub struct PostgresStore {
     /// Who creates chains here and runs them itself (`operator run`): such chains are never
     /// claimed by a worker. `None`: chains are left queued for the fleet (`--enqueue`, serve).
     owner: Option<String>,
-}
-
-/// A worker as the fleet sees it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerRecord {
-    pub id: String,
-    pub host: String,
-    pub pid: u32,
-    pub capacity: u32,
-    pub load: u32,
-    pub started_at: String,
-    pub heartbeat_at: String,
-    /// Seconds since its last heartbeat.
-    pub silent_secs: f64,
 }
 
 impl PostgresStore {
@@ -826,6 +814,13 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn last_event_id(&self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
     async fn archive_old(&self, keep: u32) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE chains SET archived = TRUE WHERE NOT archived \
@@ -906,6 +901,35 @@ impl Store for PostgresStore {
                 ))
             })
             .collect()
+    }
+
+    async fn fleet(&self) -> StoreResult<Fleet> {
+        let sql = format!(
+            "SELECT id, worker, to_char(lease_until AT TIME ZONE 'UTC', \
+             'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM chains \
+             WHERE worker IS NOT NULL AND status IN {LIVE} ORDER BY started_at DESC, id DESC LIMIT 1000"
+        );
+        let chains = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Holding {
+                    chain_id: r.try_get(0)?,
+                    worker: r.try_get(1)?,
+                    lease_until: r.try_get(2)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Fleet {
+            shared: true,
+            workers: self.workers().await?,
+            chains,
+        })
+    }
+
+    async fn wake_workers(&self) -> StoreResult<()> {
+        self.notify(crate::fleet::QUEUE_CHANNEL).await
     }
 
     async fn cost_report(&self, by_chain: u32) -> StoreResult<super::CostReport> {

@@ -478,9 +478,11 @@ async fn orchestrator_ctx(st: &AppState) -> Result<minijinja::Value, ApiError> {
         }
     }
     let costs = st.store.cost_report(1).await?;
+    let fleet = st.store.fleet().await?;
     Ok(context! {
         status => status, running => running, queued => queued,
         costs => serde_json::to_value(&costs).unwrap_or_default(),
+        fleet => serde_json::to_value(&fleet).unwrap_or_default(),
     })
 }
 
