@@ -841,6 +841,7 @@ async fn run_with(
         planner,
         api,
         feeder: None,
+        mode_out: None,
     };
     let report = daemon::run(store.clone(), batch, &opts, signals, bus, hooks).await?;
     let _ = std::fs::remove_file(opts.data_dir.join("api.addr"));
@@ -921,17 +922,20 @@ async fn worker(w: &WorkerArgs, loaded: &config::Loaded) -> Result<u8> {
     };
     tracing::info!(worker = %cfg.id, capacity = cfg.capacity, lease = ?cfg.lease, "worker started");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (mode_out, mode_in) = tokio::sync::oneshot::channel();
     let claims = tokio::spawn(crate::fleet::claim_loop(
         pg.clone(),
         store.clone(),
         cfg.clone(),
         opts.clone(),
         tx,
+        mode_in,
     ));
     let bus = Bus::new(store.clone());
     let signals = crate::signals::listen().context("installing signal handlers")?;
     let hooks = daemon::Hooks {
         feeder: Some(rx),
+        mode_out: Some(mode_out),
         ..Default::default()
     };
     let report = daemon::run(

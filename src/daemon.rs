@@ -77,6 +77,9 @@ pub struct Hooks {
     pub planner: Option<Planner>,
     pub api: Option<ApiSetup>,
     pub feeder: Option<mpsc::UnboundedReceiver<FeedMsg>>,
+    /// Receives the run's mode (running, paused, stopping) once it starts (a worker's claim
+    /// loop claims nothing while its worker is paused or stopping).
+    pub mode_out: Option<oneshot::Sender<control::ModeRx>>,
 }
 
 /// What a worker's claim loop tells its run.
@@ -597,6 +600,7 @@ pub async fn run(
         planner,
         api: api_setup,
         feeder,
+        mode_out,
     } = hooks;
     let (mut feeder, mut feeding) = match feeder {
         Some(f) => (f, true),
@@ -625,6 +629,9 @@ pub async fn run(
         Mode::Running
     };
     let (mode_tx, mode_rx) = control::channel(initial);
+    if let Some(out) = mode_out {
+        let _ = out.send(mode_rx.clone());
+    }
     if paused {
         tracing::warn!("the operator is paused (send SIGUSR2 or run `operator resume` to go on)");
     }
@@ -639,6 +646,7 @@ pub async fn run(
         daily_cap_usd: opts.daily_cap_usd,
         pricing: std::sync::Arc::new(crate::cost::Pricing::with(&opts.pricing)),
         quota: std::sync::Arc::new(crate::quota::Quota::new(opts.quota.clone())),
+        shared_store: opts.shared_store,
     };
     let notifier = notify::spawn(opts.notify.clone(), store.clone(), bus.clone());
     let (stop_log, stop_log_rx) = oneshot::channel();

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::control::ModeRx;
 use crate::daemon::{self, FeedMsg, RunOptions};
 use crate::signals::SignalEvent;
 use crate::store::SharedStore;
@@ -42,7 +43,10 @@ pub async fn claim_loop(
     cfg: WorkerConfig,
     opts: RunOptions,
     tx: mpsc::UnboundedSender<FeedMsg>,
+    mut mode_in: tokio::sync::oneshot::Receiver<ModeRx>,
 ) {
+    // The run sends its mode as it starts; nothing is claimed before.
+    let mut mode: Option<ModeRx> = (&mut mode_in).await.ok();
     let tick = cfg.lease / 3;
     let mut renewed = Instant::now();
     let mut paused = None;
@@ -51,7 +55,14 @@ pub async fn claim_loop(
         if tx.is_closed() {
             return;
         }
-        match step(&pg, &store, &cfg, &opts, &tx, &mut paused).await {
+        if mode.is_none() {
+            mode = mode_in.try_recv().ok();
+        }
+        // A worker paused (its own SIGUSR1, or the fleet's flag) or stopping takes no more work.
+        let taking = mode
+            .as_ref()
+            .is_some_and(|m| *m.borrow() == crate::control::Mode::Running);
+        match step(&pg, &store, &cfg, &opts, &tx, &mut paused, taking).await {
             Ok(()) => renewed = Instant::now(),
             Err(e) => {
                 tracing::warn!(worker = %cfg.id, cause = %e, "the fleet store did not answer");
@@ -88,6 +99,7 @@ async fn step(
     opts: &RunOptions,
     tx: &mpsc::UnboundedSender<FeedMsg>,
     paused: &mut Option<bool>,
+    taking: bool,
 ) -> Result<(), crate::store::StoreError> {
     let (lost, _over) = pg.renew(cfg.lease).await?;
     for id in lost {
@@ -106,7 +118,7 @@ async fn step(
         }
         *paused = Some(fleet_paused);
     }
-    if fleet_paused {
+    if fleet_paused || !taking {
         return Ok(());
     }
     let claimed = pg

@@ -541,3 +541,132 @@ async fn serve_shows_the_fleet_relays_its_events_and_pauses_every_worker() {
     }
     srv.stop().await;
 }
+
+fn time_of(s: &str) -> std::time::SystemTime {
+    humantime::parse_rfc3339_weak(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_usage_limit_on_one_worker_holds_the_accounts_chains_on_every_worker() {
+    let Some(server) = pg::shared() else { return };
+    let url = server.fresh_db().await;
+    let op = Op::new();
+    let mut m = String::from(
+        "name = \"limits\"\nconcurrency = 4\n[defaults]\nagent = \"sim\"\nusage_limit_margin = \"100ms\"\n\
+         sim = { scenario = \"usage-limit\", complete_after = 2 }\n",
+    );
+    for i in 0..4 {
+        m += &format!("[[chain]]\nname = \"c{i}\"\ntask = \"Part {i}.\"\n");
+    }
+    let ids = enqueue(&op, &url, &op.write("limits.toml", &m));
+    let workers: Vec<Child> = (0..2)
+        .map(|i| {
+            let data = op.root.path().join(format!("data-w{i}"));
+            op.cmd(&[
+                "worker",
+                "--store",
+                &url,
+                "--capacity",
+                "2",
+                "--lease",
+                "5s",
+            ])
+            .env("OPERATOR_DATA_DIR", data)
+            .env("OPERATOR_RELEASE_JITTER", "300ms")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let s = PostgresStore::open(&url).await.unwrap();
+    wait_all_complete(&s, 4, Duration::from_secs(120)).await;
+    let chains = all_chains(&s).await;
+    check_sessions(&chains);
+    let holders = s.holders(&ids).await.unwrap();
+    let hit: Vec<_> = chains
+        .iter()
+        .filter(|c| c.sessions[0].attempts == 2)
+        .collect();
+    assert_eq!(hit.len(), 1, "one chain hit the limit");
+    let hit = hit[0];
+    let reset = s
+        .events(Some(&hit.id), 0, 200)
+        .await
+        .unwrap()
+        .iter()
+        .find(|e| e.kind == "chain:waiting")
+        .map(|e| time_of(e.data["until"].as_str().unwrap()))
+        .expect("the chain that hit the limit waited");
+    // The chains on the other worker were held too, through the shared store.
+    let others: Vec<_> = chains
+        .iter()
+        .filter(|c| holders.get(&c.id) != holders.get(&hit.id))
+        .collect();
+    assert!(
+        !others.is_empty(),
+        "every chain ran on one worker: {holders:?}"
+    );
+    for c in others {
+        let events = s.events(Some(&c.id), 0, 200).await.unwrap();
+        let held = events
+            .iter()
+            .find(|e| e.kind == "chain:waiting" && e.data["account"] == true)
+            .unwrap_or_else(|| {
+                panic!(
+                    "chain {} on another worker was not held: {events:?}",
+                    c.name
+                )
+            });
+        assert!(
+            held.data["reason"]
+                .as_str()
+                .unwrap()
+                .contains("another worker"),
+            "{:?}",
+            held.data
+        );
+        for x in &c.sessions[1..] {
+            assert!(
+                time_of(&x.started_at) >= reset - Duration::from_secs(1),
+                "chain {} started session {} at {} before the reset",
+                c.name,
+                x.index,
+                x.started_at
+            );
+        }
+    }
+    for w in workers {
+        stop(w);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_paused_by_its_own_signal_takes_no_work_and_the_fleet_goes_on() {
+    let Some(server) = pg::shared() else { return };
+    let url = server.fresh_db().await;
+    let op = Op::new();
+    let s = PostgresStore::open(&url).await.unwrap();
+    let paused = worker(&op, &url, "paused", 4, "2s");
+    let busy = worker(&op, &url, "busy", 4, "2s");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.workers().await.unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "the workers never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(paused.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids = enqueue(&op, &url, &mission(&op, 4, "20ms"));
+    wait_all_complete(&s, 4, Duration::from_secs(60)).await;
+    let holders = s.holders(&ids).await.unwrap();
+    let busy_id = format!(":{}", busy.id());
+    assert!(
+        holders.values().all(|w| w.ends_with(&busy_id)),
+        "the paused worker took work: {holders:?}"
+    );
+    // A worker's own pause is its own: the fleet's flag is untouched.
+    assert_eq!(s.get_flag("paused").await.unwrap(), None);
+    stop(paused);
+    stop(busy);
+}

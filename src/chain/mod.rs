@@ -100,6 +100,8 @@ pub struct Ctx {
     pub pricing: std::sync::Arc<crate::cost::Pricing>,
     /// The operator-wide scheduler of usage limits and session caps.
     pub quota: std::sync::Arc<crate::quota::Quota>,
+    /// The store is a fleet's: an account's usage-limit hold is shared through it.
+    pub shared_store: bool,
 }
 
 pub struct ChainArgs {
@@ -402,6 +404,9 @@ impl ChainState {
         {
             return Ok(());
         }
+        if self.ctx.shared_store {
+            self.fleet_hold().await?;
+        }
         match self.ctx.quota.admit(&self.account, &self.id) {
             crate::quota::Admission::Go => {
                 self.admitted = true;
@@ -675,11 +680,19 @@ impl ChainState {
             // A usage limit is not a failure: wait for the window, then the same session again.
             // Every chain of the same account waits too (the quota scheduler holds it).
             let delay = usage_limit_delay(reset, &self.settings);
-            self.ctx.quota.hold(
-                &self.account,
-                std::time::SystemTime::now() + delay,
-                &self.id,
-            );
+            let until = std::time::SystemTime::now() + delay;
+            self.ctx.quota.hold(&self.account, until, &self.id);
+            if self.ctx.shared_store {
+                // Every worker of the fleet holds the account's chains too.
+                let secs = until
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                self.ctx
+                    .store
+                    .set_flag(&hold_flag(&self.account), Some(&secs.to_string()))
+                    .await?;
+            }
             self.waits += 1;
             self.retry(me, &o, run, &verdict, cost, delay).await?;
             let until =
@@ -1077,6 +1090,28 @@ impl ChainState {
             ));
         }
         Ok(decision)
+    }
+}
+
+/// The shared store's flag that holds an account's chains across a fleet (epoch seconds).
+fn hold_flag(account: &str) -> String {
+    format!("hold:{account}")
+}
+
+impl ChainState {
+    /// Takes over a usage-limit hold another worker of the fleet recorded for this account.
+    async fn fleet_hold(&self) -> Result<(), ActorProcessingErr> {
+        let until = self
+            .ctx
+            .store
+            .get_flag(&hold_flag(&self.account))
+            .await?
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s));
+        if let Some(until) = until.filter(|u| *u > std::time::SystemTime::now()) {
+            self.ctx.quota.hold(&self.account, until, "another worker");
+        }
+        Ok(())
     }
 }
 
