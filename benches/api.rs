@@ -2,11 +2,16 @@
 //! `list_chains` for the same page. Three ways: the store call, the router in-process
 //! (`tower::ServiceExt::oneshot`), and over real HTTP on 127.0.0.1 (reqwest). First and last pages.
 //!
+//! The same on SQLite and on PostgreSQL (a throwaway server, when installed).
+//!
 //! `cargo bench --bench api` runs 10,000 chains; without `--bench` (under `cargo test
 //! --all-targets`) a quick pass over 300 chains, so CI notices a bench that no longer runs.
 
 #[path = "common/mod.rs"]
 mod common;
+#[allow(dead_code)]
+#[path = "../tests/common/pg.rs"]
+mod pg;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +45,7 @@ async fn fill(store: &SharedStore, n: usize) {
                     attempt: 1,
                     prompt: "p".into(),
                     started_at: now_rfc3339(),
+                    account: None,
                 })
                 .await
                 .expect("start");
@@ -88,9 +94,28 @@ async fn main() {
     let (n, iters) = if full { (10_000, 200) } else { (300, 20) };
     let dir = tempfile::tempdir().expect("tempdir");
     let store: SharedStore = Arc::new(SqliteStore::open(dir.path()).await.expect("store"));
+    bench(store, "SQLite", n, iters, dir.path()).await;
+    // The same on a fleet's PostgreSQL store (a throwaway server).
+    let Some(bin) = pg::available() else {
+        println!("PostgreSQL is not installed: its figures were not measured");
+        return;
+    };
+    let server = pg::PgServer::start(&bin);
+    let url = server.fresh_db().await;
+    let store: SharedStore = Arc::new(
+        operator::store::postgres::PostgresStore::open(&url)
+            .await
+            .expect("store"),
+    );
+    bench(store, "PostgreSQL", n, iters, dir.path()).await;
+}
+
+async fn bench(store: SharedStore, backend: &str, n: usize, iters: usize, dir: &std::path::Path) {
     let t = Instant::now();
     fill(&store, n).await;
-    println!("GET /api/chains with {n} chains (2 sessions each), {iters} requests per line:");
+    println!(
+        "GET /api/chains on {backend} with {n} chains (2 sessions each), {iters} requests per line:"
+    );
     println!(
         "  (filling the store took {:.1} s)",
         t.elapsed().as_secs_f64()
@@ -98,18 +123,17 @@ async fn main() {
 
     let bus = operator::events::Bus::new(store.clone());
     let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let security =
-        operator::api::security::for_bind(addr, None, dir.path(), vec![]).expect("security");
+    let security = operator::api::security::for_bind(addr, None, dir, vec![]).expect("security");
     let state = operator::api::AppState {
         store: store.clone(),
         bus,
         control: None,
         security: Arc::new(security),
         metrics: Arc::new(operator::metrics::Metrics::new()),
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.to_path_buf(),
         started: Instant::now(),
         daily_cap_usd: None,
-        missions_dir: dir.path().join("missions"),
+        missions_dir: dir.join("missions"),
     };
     let app = operator::api::router(state.clone());
     // The cursor of the last page: the 51st oldest chain.

@@ -39,6 +39,7 @@ async fn record_sessions(store: &SharedStore, id: &str, n: u32) -> Vec<Duration>
                 attempt: 1,
                 prompt: "p".repeat(2000),
                 started_at: now_rfc3339(),
+                account: None,
             })
             .await
             .expect("start");

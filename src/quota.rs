@@ -171,9 +171,32 @@ impl Quota {
 
     /// Asks to start a session; `Go` counts it as started and running.
     pub fn admit(&self, account: &str, chain: &str) -> Admission {
+        self.admit_with(account, chain, None)
+    }
+
+    /// [`Quota::admit`] for a fleet: the account's running sessions and those started in the
+    /// last hour are the fleet's (`usage`, from the shared store) besides this process's own.
+    pub fn admit_with(
+        &self,
+        account: &str,
+        chain: &str,
+        usage: Option<&crate::store::AccountUsage>,
+    ) -> Admission {
         let now = SystemTime::now();
         self.with(account, |a| {
-            let d = decide(a, &self.limits, now);
+            let d = match usage {
+                None => decide(a, &self.limits, now),
+                Some(u) => {
+                    let mut fleet = a.clone();
+                    fleet.running.extend(u.running.iter().cloned());
+                    fleet.started = u
+                        .started
+                        .iter()
+                        .filter_map(|t| humantime::parse_rfc3339_weak(t).ok())
+                        .collect();
+                    decide(&fleet, &self.limits, now)
+                }
+            };
             if d == Admission::Go {
                 a.running.insert(chain.to_string());
                 a.started.push_back(now);

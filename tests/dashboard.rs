@@ -321,6 +321,7 @@ async fn hostile_chain(op: &Op) -> String {
                 attempt: 1,
                 prompt: "p".into(),
                 started_at: now_rfc3339(),
+                account: None,
             })
             .await
             .unwrap();

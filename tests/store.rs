@@ -50,6 +50,7 @@ fn start(chain: &str, index: u32) -> SessionStart {
         attempt: 1,
         prompt: format!("prompt {index}"),
         started_at: now_rfc3339(),
+        account: None,
     }
 }
 
@@ -88,6 +89,7 @@ both!(chain_session_and_handoff_round_trip, |s| {
             attempt: 1,
             prompt: format!("prompt {i}"),
             started_at: now_rfc3339(),
+            account: None,
         })
         .await
         .unwrap();
@@ -129,6 +131,7 @@ both!(a_session_index_is_never_used_twice, |s| {
         attempt: 1,
         prompt: "p".into(),
         started_at: now_rfc3339(),
+        account: None,
     };
     s.start_session(&start).await.unwrap();
     assert!(s.start_session(&start).await.is_err());

@@ -404,10 +404,24 @@ impl ChainState {
         {
             return Ok(());
         }
-        if self.ctx.shared_store {
+        let usage = if self.ctx.shared_store {
             self.fleet_hold().await?;
-        }
-        match self.ctx.quota.admit(&self.account, &self.id) {
+            let hour_ago = humantime::format_rfc3339_millis(
+                std::time::SystemTime::now() - Duration::from_secs(3600),
+            )
+            .to_string();
+            self.ctx
+                .store
+                .account_usage(&self.account, &hour_ago)
+                .await?
+        } else {
+            None
+        };
+        match self
+            .ctx
+            .quota
+            .admit_with(&self.account, &self.id, usage.as_ref())
+        {
             crate::quota::Admission::Go => {
                 self.admitted = true;
                 self.quota_wait = None;
@@ -438,6 +452,7 @@ impl ChainState {
         }
         let index = self.next_index;
         let note = self.note.take();
+        let kept_note = note.clone();
         let resume_id = match self.settings.continuation {
             Continuation::Resume => self.resumable.clone(),
             Continuation::Fresh => None,
@@ -468,7 +483,9 @@ impl ChainState {
         };
         let started_at = now_rfc3339();
         // Committed before the agent starts: a crash from here on finds the session in the store.
-        self.ctx
+        let limits = &self.ctx.quota.limits;
+        let started = self
+            .ctx
             .store
             .start_session(&SessionStart {
                 chain_id: self.id.clone(),
@@ -476,8 +493,25 @@ impl ChainState {
                 attempt: self.attempt,
                 prompt: user_prompt.clone(),
                 started_at: started_at.clone(),
+                account: Some(crate::store::SessionAccount {
+                    id: self.account.clone(),
+                    max_running: limits.concurrent,
+                    max_per_hour: limits.per_hour,
+                }),
             })
-            .await?;
+            .await;
+        if let Err(crate::store::StoreError::AccountBusy { reason }) = &started {
+            // Another worker of the fleet took the account's last slot a moment ago.
+            self.ctx.quota.finished(&self.account, &self.id);
+            self.admitted = false;
+            self.note = kept_note;
+            let delay = Duration::from_secs(5) + self.ctx.quota.jitter();
+            tracing::info!(parent: &self.span, %reason, "the chain waits for its account");
+            self.set_status(ChainStatus::Waiting, Some(reason)).await?;
+            me.send_after(delay, || ChainMsg::Next);
+            return Ok(());
+        }
+        started?;
         self.next_index += 1;
         self.set_status(ChainStatus::Running, None).await?;
         self.ctx

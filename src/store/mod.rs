@@ -38,6 +38,8 @@ pub enum StoreError {
         "chain {chain}: this worker's claim (fence {fence}) was taken over by another worker; the write was refused"
     )]
     Fenced { chain: String, fence: i64 },
+    #[error("the account is at its cap across the fleet: {reason}")]
+    AccountBusy { reason: String },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -75,6 +77,28 @@ pub struct SessionStart {
     pub attempt: u32,
     pub prompt: String,
     pub started_at: String,
+    /// The agent account the session uses, with the caps to hold across a fleet.
+    pub account: Option<SessionAccount>,
+}
+
+/// A session's agent account and the operator's caps on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionAccount {
+    /// A hash of the agent's credentials (never the secret).
+    pub id: String,
+    /// `max_concurrent_sessions`.
+    pub max_running: Option<u32>,
+    /// `max_sessions_per_hour`.
+    pub max_per_hour: Option<u32>,
+}
+
+/// One account's sessions across a fleet (from the shared store).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountUsage {
+    /// Chains with a session of the account running now.
+    pub running: Vec<String>,
+    /// When the account's sessions since the asked time started (RFC 3339, oldest first).
+    pub started: Vec<String>,
 }
 
 /// The agent of a session recorded as running.
@@ -172,6 +196,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// not over. Empty for a store no worker can share (SQLite).
     async fn fleet(&self) -> StoreResult<Fleet> {
         Ok(Fleet::default())
+    }
+    /// The account's running sessions and its sessions started since `since`, across the
+    /// fleet; `None` for a store no worker shares (the local scheduler counts alone).
+    async fn account_usage(
+        &self,
+        _account: &str,
+        _since: &str,
+    ) -> StoreResult<Option<AccountUsage>> {
+        Ok(None)
     }
     /// Tells idle fleet workers that chains were queued (no-op without a fleet).
     async fn wake_workers(&self) -> StoreResult<()> {

@@ -111,6 +111,16 @@ const MIGRATIONS: &[&str] = &[
         heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
     );
     "#,
+    // 3: claims walk an index in order instead of sorting every live chain: queued chains
+    // nobody holds by start time, and held chains by lease end.
+    r#"
+    DROP INDEX chains_claimable;
+    CREATE INDEX chains_queued ON chains (started_at, id)
+        WHERE worker IS NULL AND status = 'queued' AND NOT archived;
+    CREATE INDEX chains_leases ON chains (lease_until) WHERE lease_until IS NOT NULL;
+    ALTER TABLE sessions ADD COLUMN account TEXT;
+    CREATE INDEX sessions_by_account ON sessions (account, started_at);
+    "#,
 ];
 
 /// Statuses of chains that are not over (a worker may hold or claim them).
@@ -210,25 +220,35 @@ impl PostgresStore {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "UPDATE chains SET worker = $1, fence = fence + 1, \
-               lease_until = now() + make_interval(secs => $2), owner_pid = NULL \
-             WHERE id IN (SELECT id FROM chains WHERE NOT archived AND status IN {LIVE} \
-               AND ((worker IS NULL AND status = 'queued') \
-                    OR (lease_until IS NOT NULL AND lease_until < now())) \
-               ORDER BY started_at, id FOR UPDATE SKIP LOCKED LIMIT $3) \
-             RETURNING id, fence"
+        // Orphans first (their holder's lease ran out), then queued chains nobody holds;
+        // each an index walk that skips rows another worker is claiming.
+        let orphans = format!(
+            "SELECT id FROM chains WHERE lease_until < now() AND status IN {LIVE} \
+             AND NOT archived ORDER BY lease_until FOR UPDATE SKIP LOCKED LIMIT $3"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(worker)
-            .bind(lease.as_secs_f64())
-            .bind(i64::from(n))
-            .fetch_all(&self.pool)
-            .await?;
-        let claimed: Vec<(String, i64)> = rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<StoreResult<_>>()?;
+        let queued = "SELECT id FROM chains WHERE worker IS NULL AND status = 'queued' \
+             AND NOT archived ORDER BY started_at, id FOR UPDATE SKIP LOCKED LIMIT $3";
+        let mut claimed: Vec<(String, i64)> = Vec::new();
+        for pick in [orphans.as_str(), queued] {
+            let want = n as usize - claimed.len();
+            if want == 0 {
+                break;
+            }
+            let sql = format!(
+                "UPDATE chains SET worker = $1, fence = fence + 1, \
+                   lease_until = now() + make_interval(secs => $2), owner_pid = NULL \
+                 WHERE id IN ({pick}) RETURNING id, fence"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(worker)
+                .bind(lease.as_secs_f64())
+                .bind(want as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            for r in &rows {
+                claimed.push((r.try_get(0)?, r.try_get(1)?));
+            }
+        }
         if let Ok(mut f) = self.fences.write() {
             f.extend(claimed.iter().cloned());
         }
@@ -415,6 +435,55 @@ impl PostgresStore {
 
 super::rows::row_mappers!(PgRow);
 
+/// Refuses a session start that would take the account over a cap (`AccountBusy`), holding
+/// the account's advisory lock until the transaction ends.
+async fn account_caps(
+    tx: &mut Transaction<'static, Postgres>,
+    a: &super::SessionAccount,
+    chain_id: &str,
+) -> StoreResult<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(&a.id)
+        .execute(&mut **tx)
+        .await?;
+    if let Some(max) = a.max_running {
+        let running: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT chain_id) FROM sessions \
+             WHERE account = $1 AND status = 'running' AND chain_id <> $2",
+        )
+        .bind(&a.id)
+        .bind(chain_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        if running >= i64::from(max) {
+            return Err(StoreError::AccountBusy {
+                reason: format!("{max} session(s) of this account already run in the fleet"),
+            });
+        }
+    }
+    if let Some(max) = a.max_per_hour {
+        let hour_ago = humantime::format_rfc3339_millis(
+            std::time::SystemTime::now() - Duration::from_secs(3600),
+        )
+        .to_string();
+        let started: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sessions WHERE account = $1 AND started_at >= $2",
+        )
+        .bind(&a.id)
+        .bind(hour_ago)
+        .fetch_one(&mut **tx)
+        .await?;
+        if started >= i64::from(max) {
+            return Err(StoreError::AccountBusy {
+                reason: format!(
+                    "{max} session(s) of this account started in the fleet in the last hour"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A chain row with its totals, aggregated from its sessions (indexed by chain id).
 const CHAIN_SELECT: &str = "SELECT c.*, \
     (SELECT COUNT(*) FROM sessions s WHERE s.chain_id = c.id) AS n_sessions, \
@@ -573,28 +642,38 @@ impl Store for PostgresStore {
 
     async fn start_session(&self, s: &SessionStart) -> StoreResult<()> {
         let mut tx = self.fenced(&s.chain_id).await?;
+        if let Some(a) = &s.account
+            && (a.max_running.is_some() || a.max_per_hour.is_some())
+        {
+            // The fleet's caps, checked and taken in one step: workers starting sessions of
+            // the same account at once queue on the account's lock.
+            account_caps(&mut tx, a, &s.chain_id).await?;
+        }
         if s.attempt <= 1 {
             // A new session: its index must not exist yet.
             sqlx::query(
-                "INSERT INTO sessions (chain_id, idx, status, prompt, started_at) \
-                 VALUES ($1, $2, 'running', $3, $4)",
+                "INSERT INTO sessions (chain_id, idx, status, prompt, started_at, account, worker) \
+                 VALUES ($1, $2, 'running', $3, $4, $5, (SELECT worker FROM chains WHERE id = $1))",
             )
             .bind(&s.chain_id)
             .bind(i64::from(s.index))
             .bind(&s.prompt)
             .bind(&s.started_at)
+            .bind(s.account.as_ref().map(|a| a.id.as_str()))
             .execute(&mut *tx)
             .await?;
         } else {
             let done = sqlx::query(
                 "UPDATE sessions SET status = 'running', attempts = $1, prompt = $2, \
-                 error = NULL, error_kind = NULL, ended_at = NULL \
+                 error = NULL, error_kind = NULL, ended_at = NULL, account = $5, \
+                 worker = (SELECT worker FROM chains WHERE id = $3) \
                  WHERE chain_id = $3 AND idx = $4 AND status = 'failed'",
             )
             .bind(i64::from(s.attempt))
             .bind(&s.prompt)
             .bind(&s.chain_id)
             .bind(i64::from(s.index))
+            .bind(s.account.as_ref().map(|a| a.id.as_str()))
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() != 1 {
@@ -926,6 +1005,28 @@ impl Store for PostgresStore {
             workers: self.workers().await?,
             chains,
         })
+    }
+
+    async fn account_usage(
+        &self,
+        account: &str,
+        since: &str,
+    ) -> StoreResult<Option<super::AccountUsage>> {
+        let running = sqlx::query_scalar(
+            "SELECT DISTINCT chain_id FROM sessions WHERE account = $1 AND status = 'running'",
+        )
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        let started = sqlx::query_scalar(
+            "SELECT started_at FROM sessions WHERE account = $1 AND started_at >= $2 \
+             ORDER BY started_at",
+        )
+        .bind(account)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(super::AccountUsage { running, started }))
     }
 
     async fn wake_workers(&self) -> StoreResult<()> {
