@@ -46,8 +46,20 @@ fn enqueue(op: &Op, url: &str, mission: &std::path::Path) -> Vec<String> {
 
 /// `operator worker` with its own data dir.
 fn worker(op: &Op, url: &str, name: &str, capacity: u32, lease: &str) -> Child {
+    worker_env(op, url, name, capacity, lease, &[])
+}
+
+/// The same, with more environment variables.
+fn worker_env(
+    op: &Op,
+    url: &str,
+    name: &str,
+    capacity: u32,
+    lease: &str,
+    env: &[(&str, &str)],
+) -> Child {
     let data = op.root.path().join(format!("data-{name}"));
-    op.cmd(&[
+    let mut cmd = op.cmd(&[
         "worker",
         "--store",
         url,
@@ -55,12 +67,15 @@ fn worker(op: &Op, url: &str, name: &str, capacity: u32, lease: &str) -> Child {
         &capacity.to_string(),
         "--lease",
         lease,
-    ])
-    .env("OPERATOR_DATA_DIR", data)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap()
+    ]);
+    cmd.env("OPERATOR_DATA_DIR", data);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn stop(mut w: Child) {
@@ -562,22 +577,14 @@ async fn a_usage_limit_on_one_worker_holds_the_accounts_chains_on_every_worker()
     let ids = enqueue(&op, &url, &op.write("limits.toml", &m));
     let workers: Vec<Child> = (0..2)
         .map(|i| {
-            let data = op.root.path().join(format!("data-w{i}"));
-            op.cmd(&[
-                "worker",
-                "--store",
+            worker_env(
+                &op,
                 &url,
-                "--capacity",
-                "2",
-                "--lease",
+                &format!("w{i}"),
+                2,
                 "5s",
-            ])
-            .env("OPERATOR_DATA_DIR", data)
-            .env("OPERATOR_RELEASE_JITTER", "300ms")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+                &[("OPERATOR_RELEASE_JITTER", "300ms")],
+            )
         })
         .collect();
     let s = PostgresStore::open(&url).await.unwrap();
@@ -688,23 +695,17 @@ async fn an_accounts_session_cap_holds_across_the_fleet() {
     // One session of the account at a time, in the whole fleet.
     let workers: Vec<Child> = (0..2)
         .map(|i| {
-            let data = op.root.path().join(format!("data-w{i}"));
-            op.cmd(&[
-                "worker",
-                "--store",
+            worker_env(
+                &op,
                 &url,
-                "--capacity",
-                "2",
-                "--lease",
+                &format!("w{i}"),
+                2,
                 "5s",
-            ])
-            .env("OPERATOR_DATA_DIR", data)
-            .env("OPERATOR_MAX_CONCURRENT_SESSIONS", "1")
-            .env("OPERATOR_RELEASE_JITTER", "50ms")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+                &[
+                    ("OPERATOR_MAX_CONCURRENT_SESSIONS", "1"),
+                    ("OPERATOR_RELEASE_JITTER", "50ms"),
+                ],
+            )
         })
         .collect();
     let s = PostgresStore::open(&url).await.unwrap();
