@@ -530,6 +530,21 @@ async fn serve_shows_the_fleet_relays_its_events_and_pauses_every_worker() {
         page.contains("fleet-workers") && page.contains(&holder),
         "{page}"
     );
+    // The chain's own page names the worker that ran it.
+    let page = srv
+        .req(reqwest::Method::GET, &format!("/chains/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!(
+            "last on worker <span class=\"worker\">{holder}</span>"
+        )),
+        "{page}"
+    );
 
     // A fleet-wide pause through the API: no worker starts a session until the resume.
     let (st, _) = srv

@@ -206,6 +206,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<Option<AccountUsage>> {
         Ok(None)
     }
+    /// The fleet worker that holds (or last held) the chain; `None` without a fleet.
+    async fn holder(&self, _chain_id: &str) -> StoreResult<Option<String>> {
+        Ok(None)
+    }
     /// Tells idle fleet workers that chains were queued (no-op without a fleet).
     async fn wake_workers(&self) -> StoreResult<()> {
         Ok(())

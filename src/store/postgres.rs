@@ -1029,6 +1029,16 @@ impl Store for PostgresStore {
         Ok(Some(super::AccountUsage { running, started }))
     }
 
+    async fn holder(&self, chain_id: &str) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar::<_, Option<String>>("SELECT worker FROM chains WHERE id = $1")
+                .bind(chain_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
     async fn wake_workers(&self) -> StoreResult<()> {
         self.notify(crate::fleet::QUEUE_CHANNEL).await
     }

@@ -310,8 +310,9 @@ async fn chain_ctx(st: &AppState, id: &str) -> Result<minijinja::Value, ApiError
         .collect();
     let model = chain.config["model"].as_str().unwrap_or("?").to_string();
     let active = !chain.status.is_terminal();
+    let worker = st.store.holder(id).await?;
     Ok(
-        context! { chain => chain, sessions => sessions, history => history, model => model, active => active },
+        context! { chain => chain, sessions => sessions, history => history, model => model, active => active, worker => worker },
     )
 }
 
