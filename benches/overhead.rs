@@ -10,6 +10,8 @@
 //! `cargo bench --bench overhead` runs the full measurement; without `--bench` (as under
 //! `cargo test --all-targets`) it runs a quick pass, so CI notices a bench that no longer runs.
 
+#[path = "../tests/common/cli.rs"]
+mod cli;
 #[allow(dead_code)]
 #[path = "../tests/common/fake_api.rs"]
 mod fake_api;
@@ -262,17 +264,6 @@ fn static_agent(dir: &Path) -> Subject {
     }
 }
 
-/// The installed Claude Code CLI, if any (CI always has it; then it must be found).
-fn claude_bin() -> Option<PathBuf> {
-    let found = std::env::var_os("OPERATOR_TEST_CLAUDE_BIN")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file());
-    if found.is_none() && std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but OPERATOR_TEST_CLAUDE_BIN does not name the Claude Code CLI");
-    }
-    found
-}
-
 fn claude_subject(bin: PathBuf, api: &FakeApi, home: &Path) -> Subject {
     let env = [
         ("ANTHROPIC_BASE_URL", api.url.as_str()),
@@ -309,7 +300,7 @@ fn main() {
     measure(&sim_subject(), n, rounds, &work);
     measure(&static_agent(dir.path()), n, rounds, &work);
 
-    let Some(bin) = claude_bin() else {
+    let Some(bin) = cli::claude_bin() else {
         println!("Claude Code CLI: not installed (set OPERATOR_TEST_CLAUDE_BIN); not measured");
         return;
     };

@@ -479,19 +479,10 @@ async fn open_store_as(data_dir: &Path, owned: bool) -> Result<SharedStore> {
         Some(u) => format!("opening the store at {}", crate::model::mask_url(u)),
         None => format!("opening the store in {}", data_dir.display()),
     };
-    match url {
-        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            let pg = PostgresStore::open(u).await.with_context(context)?;
-            Ok(Arc::new(if owned {
-                pg.owned_by(format!("run:{}", crate::fleet::worker_id()))
-            } else {
-                pg
-            }))
-        }
-        _ => crate::store::open(data_dir, url)
-            .await
-            .with_context(context),
-    }
+    let owner = owned.then(|| format!("run:{}", crate::fleet::worker_id()));
+    crate::store::open(data_dir, url, owner)
+        .await
+        .with_context(context)
 }
 
 async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
@@ -877,7 +868,7 @@ async fn fleet_store(op: &config::OperatorSettings, what: &str) -> Result<Postgr
         ))
         .into());
     };
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    if !crate::store::is_postgres_url(url) {
         return Err(UsageError(format!(
             "{what}: the store {} is not a postgres:// URL",
             crate::model::mask_url(url)
@@ -1436,7 +1427,7 @@ async fn doctor_session(
         enqueue: false,
     };
     // The check runs in its own temp dir, never in a fleet's store.
-    let store = crate::store::open(dir, None).await?;
+    let store = crate::store::open(dir, None, None).await?;
     let batch = daemon::prepare_new(&store, std::slice::from_ref(plan), &opts).await?;
     let (_keep, signals) = tokio::sync::mpsc::unbounded_channel();
     let bus = Bus::new(store.clone());

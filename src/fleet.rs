@@ -28,12 +28,19 @@ pub struct WorkerConfig {
     pub lease: Duration,
 }
 
-/// This machine's worker id.
+/// This machine's name (read once).
+pub fn hostname() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into())
+    })
+}
+
+/// This process's worker id.
 pub fn worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    format!("{host}:{}", std::process::id())
+    format!("{}:{}", hostname(), std::process::id())
 }
 
 /// Runs until `tx` closes (the worker's run ended).
@@ -43,10 +50,10 @@ pub async fn claim_loop(
     cfg: WorkerConfig,
     opts: RunOptions,
     tx: mpsc::UnboundedSender<FeedMsg>,
-    mut mode_in: tokio::sync::oneshot::Receiver<ModeRx>,
+    mode_in: tokio::sync::oneshot::Receiver<ModeRx>,
 ) {
     // The run sends its mode as it starts; nothing is claimed before.
-    let mut mode: Option<ModeRx> = (&mut mode_in).await.ok();
+    let mode: Option<ModeRx> = mode_in.await.ok();
     let tick = cfg.lease / 3;
     let mut renewed = Instant::now();
     let mut paused = None;
@@ -54,9 +61,6 @@ pub async fn claim_loop(
     loop {
         if tx.is_closed() {
             return;
-        }
-        if mode.is_none() {
-            mode = mode_in.try_recv().ok();
         }
         // A worker paused (its own SIGUSR1, or the fleet's flag) or stopping takes no more work.
         let taking = mode

@@ -16,10 +16,20 @@ use operator::store::{ChainQuery, NewChain, SessionStart, Store, StoreError};
 
 /// A mission of `n` sim chains of three sessions each.
 fn mission(op: &Op, n: usize, step: &str) -> std::path::PathBuf {
-    let mut m = format!(
-        "name = \"fleet\"\nconcurrency = {n}\n[defaults]\nagent = \"sim\"\nmax_continuations = 5\n\
-         [defaults.sim]\nscenario = \"incomplete\"\ncomplete_after = 2\nstep = \"{step}\"\nturns = 2\n"
-    );
+    mission_with(
+        op,
+        n,
+        &format!(
+            "max_continuations = 5\n\
+             sim = {{ scenario = \"incomplete\", complete_after = 2, step = \"{step}\", turns = 2 }}\n"
+        ),
+    )
+}
+
+/// A mission of `n` sim chains, all run at once, with these `[defaults]` lines.
+fn mission_with(op: &Op, n: usize, defaults: &str) -> std::path::PathBuf {
+    let mut m =
+        format!("name = \"fleet\"\nconcurrency = {n}\n[defaults]\nagent = \"sim\"\n{defaults}");
     for i in 0..n {
         m += &format!("[[chain]]\nname = \"c{i}\"\ntask = \"Part {i} of the work.\"\n");
     }
@@ -582,14 +592,12 @@ async fn a_usage_limit_on_one_worker_holds_the_accounts_chains_on_every_worker()
     let Some(server) = pg::shared() else { return };
     let url = server.fresh_db().await;
     let op = Op::new();
-    let mut m = String::from(
-        "name = \"limits\"\nconcurrency = 4\n[defaults]\nagent = \"sim\"\nusage_limit_margin = \"100ms\"\n\
-         sim = { scenario = \"usage-limit\", complete_after = 2 }\n",
+    let m = mission_with(
+        &op,
+        4,
+        "usage_limit_margin = \"100ms\"\nsim = { scenario = \"usage-limit\", complete_after = 2 }\n",
     );
-    for i in 0..4 {
-        m += &format!("[[chain]]\nname = \"c{i}\"\ntask = \"Part {i}.\"\n");
-    }
-    let ids = enqueue(&op, &url, &op.write("limits.toml", &m));
+    let ids = enqueue(&op, &url, &m);
     let workers: Vec<Child> = (0..2)
         .map(|i| {
             worker_env(
@@ -699,14 +707,12 @@ async fn an_accounts_session_cap_holds_across_the_fleet() {
     let Some(server) = pg::shared() else { return };
     let url = server.fresh_db().await;
     let op = Op::new();
-    let mut m = String::from(
-        "name = \"capped\"\nconcurrency = 4\n[defaults]\nagent = \"sim\"\n\
-         sim = { scenario = \"complete\", step = \"100ms\", turns = 2 }\n",
+    let m = mission_with(
+        &op,
+        4,
+        "sim = { scenario = \"complete\", step = \"100ms\", turns = 2 }\n",
     );
-    for i in 0..4 {
-        m += &format!("[[chain]]\nname = \"c{i}\"\ntask = \"Part {i}.\"\n");
-    }
-    let ids = enqueue(&op, &url, &op.write("capped.toml", &m));
+    let ids = enqueue(&op, &url, &m);
     // One session of the account at a time, in the whole fleet.
     let workers: Vec<Child> = (0..2)
         .map(|i| {

@@ -359,7 +359,7 @@ both!(the_cost_ledger_adds_up, |s| {
 #[tokio::test]
 async fn a_bad_store_url_says_what_it_takes_and_hides_the_password() {
     let dir = tempfile::tempdir().unwrap();
-    let err = operator::store::open(dir.path(), Some("mysql://me:hunter2@db/ops"))
+    let err = operator::store::open(dir.path(), Some("mysql://me:hunter2@db/ops"), None)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::BadUrl(_)));

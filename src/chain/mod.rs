@@ -404,8 +404,12 @@ impl ChainState {
         {
             return Ok(());
         }
-        let usage = if self.ctx.shared_store {
+        if self.ctx.shared_store {
             self.fleet_hold().await?;
+        }
+        let limits = &self.ctx.quota.limits;
+        let capped = limits.concurrent.is_some() || limits.per_hour.is_some();
+        let usage = if self.ctx.shared_store && capped {
             let hour_ago = humantime::format_rfc3339_millis(
                 std::time::SystemTime::now() - Duration::from_secs(3600),
             )

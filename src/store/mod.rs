@@ -315,12 +315,26 @@ pub struct CostReport {
 
 pub type SharedStore = Arc<dyn Store>;
 
+/// A URL the PostgreSQL store takes.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Opens the store: PostgreSQL at `url` (`postgres://…`) when one is given, else SQLite in
-/// `data_dir`.
-pub async fn open(data_dir: &std::path::Path, url: Option<&str>) -> StoreResult<SharedStore> {
+/// `data_dir`. `owner`: chains created through this store are run by that process itself and
+/// never claimed by a fleet worker (`PostgresStore::owned_by`).
+pub async fn open(
+    data_dir: &std::path::Path,
+    url: Option<&str>,
+    owner: Option<String>,
+) -> StoreResult<SharedStore> {
     match url {
-        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            Ok(Arc::new(postgres::PostgresStore::open(u).await?))
+        Some(u) if is_postgres_url(u) => {
+            let pg = postgres::PostgresStore::open(u).await?;
+            Ok(Arc::new(match owner {
+                Some(o) => pg.owned_by(o),
+                None => pg,
+            }))
         }
         Some(u) => Err(StoreError::BadUrl(crate::model::mask_url(u))),
         None => Ok(Arc::new(sqlite::SqliteStore::open(data_dir).await?)),

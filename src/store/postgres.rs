@@ -190,16 +190,13 @@ impl PostgresStore {
 
     /// Registers (or refreshes) a worker.
     pub async fn heartbeat(&self, worker: &str, capacity: u32, load: u32) -> StoreResult<()> {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
         sqlx::query(
             "INSERT INTO workers (id, host, pid, capacity, load) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (id) DO UPDATE SET capacity = EXCLUDED.capacity, load = EXCLUDED.load, \
              heartbeat_at = now()",
         )
         .bind(worker)
-        .bind(host)
+        .bind(crate::fleet::hostname())
         .bind(i64::from(std::process::id()))
         .bind(i64::from(capacity))
         .bind(i64::from(load))

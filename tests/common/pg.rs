@@ -38,25 +38,7 @@ fn bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, b)| b)
 }
 
-/// `setpriv` arguments that run a command as `postgres` when we are root.
-fn as_server_user() -> Vec<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Vec::new();
-    }
-    let id = |flag: &str| {
-        let out = Command::new("id")
-            .args([flag, "postgres"])
-            .output()
-            .expect("id postgres");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    vec![
-        format!("--reuid={}", id("-u")),
-        format!("--regid={}", id("-g")),
-        "--clear-groups".into(),
-    ]
-}
-
+/// The `postgres` user's uid and gid when we are root (the server refuses to run as root).
 fn owner_ids() -> Option<(u32, u32)> {
     if !nix::unistd::geteuid().is_root() {
         return None;
@@ -72,6 +54,18 @@ fn owner_ids() -> Option<(u32, u32)> {
             .expect("a numeric id of the postgres user")
     };
     Some((id("-u"), id("-g")))
+}
+
+/// `setpriv` arguments that run a command as `postgres` when we are root.
+fn as_server_user() -> Vec<String> {
+    match owner_ids() {
+        None => Vec::new(),
+        Some((uid, gid)) => vec![
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            "--clear-groups".into(),
+        ],
+    }
 }
 
 fn free_port() -> u16 {
