@@ -13,8 +13,8 @@ fn main() {
     }
     // Packed relative relocations (DT_RELR, glibc >= 2.36, GNU ld >= 2.38 or lld): the
     // relocation table shrinks from ~0.7 MB to a few KB, which the dynamic loader otherwise
-    // reads at every start — of the operator and of each `operator agent-exec` — and which
-    // stays resident. docs/performance.md has the figures.
+    // reads at every start — of the operator and of each sim agent — and which stays
+    // resident. docs/performance.md has the figures.
     if std::env::var_os("OPERATOR_NO_RELR").is_none() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }

@@ -149,7 +149,7 @@ fn main() {
     .spawn()
     .expect("operator");
     let pid = child.id();
-    // Wait until every agent runs: the operator's children (agent-exec wrappers exec the agent).
+    // Wait until every agent runs: the operator's children.
     let started = Instant::now();
     loop {
         // Children of any of the operator's threads.

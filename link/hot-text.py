@@ -8,7 +8,7 @@ every operator process (docs/performance.md, "Memory"). Placing those functions 
 in a few windows.
 
 How: runs two short chains (release build, sim agent; one in a throwaway git repository so the
-commit path runs too) under valgrind's callgrind, children included (`agent-exec`, `sim-agent`), and
+commit path runs too) under valgrind's callgrind, children included (the `sim-agent`s), and
 writes a linker script that puts every function it saw into a `.text.hot` output section, in
 first-seen order, before `.text`. Each function is listed twice: by its exact section name
 (dense, while the symbol hashes match this build) and then with the hash and crate
@@ -58,7 +58,7 @@ def chain(tmp, name, workdir, sessions):
 def profile(tmp):
     """Two chains: ten sessions in a plain directory (as `benches/memory.rs` runs), three in a
     git repository (the commit path). The operators' own profiles come first, so their
-    functions lead the section; the agents' (`agent-exec`, `sim-agent`) follow."""
+    functions lead the section; the agents' (`sim-agent`) follow."""
     plain = os.path.join(tmp, "plain")
     repo = os.path.join(tmp, "repo")
     os.makedirs(plain)

@@ -120,14 +120,6 @@ enum Command {
     /// The simulated agent (used by the `sim` backend).
     #[command(hide = true)]
     SimAgent(SimAgentArgs),
-    /// Runs an agent program so that it dies with its operator (used internally).
-    #[command(hide = true)]
-    AgentExec {
-        #[arg(long)]
-        parent: u32,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        command: Vec<std::ffi::OsString>,
-    },
 }
 
 #[derive(Debug, Args)]
@@ -320,10 +312,6 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::SimAgent(a) = &cli.command {
         return sim_agent(a);
-    }
-    if let Command::AgentExec { parent, command } = &cli.command {
-        let code = crate::process::agent_exec(*parent, &command[0], &command[1..]);
-        return ExitCode::from(code.clamp(0, 255) as u8);
     }
     let live_view = matches!(&cli.command, Command::Run(r) if !r.dry_run && !r.json)
         && std::io::stderr().is_terminal()
@@ -549,7 +537,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
         ),
         Command::Status => status(&data_dir).await,
         Command::Doctor(d) => doctor(d, &env, op_file.as_deref(), &ov).await,
-        Command::SimAgent(_) | Command::AgentExec { .. } => Ok(exit::OK),
+        Command::SimAgent(_) => Ok(exit::OK),
     }
 }
 

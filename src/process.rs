@@ -78,30 +78,17 @@ impl Drop for Group {
     }
 }
 
-/// Exit code of `operator agent-exec` when the agent program could not be executed.
+/// Exit status of an agent that could not be started at all: a shell's "command not found",
+/// as when the interpreter of a script agent (`node` for the Claude Code CLI) is missing.
 pub const EXEC_FAILED: i32 = 127;
 
-/// Spawns `cmd` with piped stdio in a new process group. The agent is started through
-/// `operator agent-exec`, which asks the kernel to kill it if the operator dies (even by
-/// `kill -9`) and then becomes the agent (`exec`), so no agent outlives its operator.
-/// `wrapper` is the operator binary (`None`: run the program directly, as unit tests do).
-pub fn spawn(
-    cmd: &CommandLine,
-    registry: &Registry,
-    wrapper: Option<&std::path::Path>,
-) -> std::io::Result<(Child, Group)> {
-    let mut c = match wrapper {
-        Some(me) => {
-            let mut c = Command::new(me);
-            c.arg("agent-exec")
-                .arg("--parent")
-                .arg(std::process::id().to_string())
-                .arg("--")
-                .arg(&cmd.program);
-            c
-        }
-        None => Command::new(&cmd.program),
-    };
+/// Spawns `cmd` with piped stdio in a new process group, with the parent-death signal set
+/// (`prctl(PR_SET_PDEATHSIG, SIGKILL)` between fork and exec, by `ur-taking-me-with-you`):
+/// the kernel kills the agent if the operator dies, even by `kill -9`, so no agent outlives
+/// its operator. (The signal follows the thread that spawned it; agents are spawned by the
+/// session actors on the runtime's worker threads, which live as long as the operator.)
+pub fn spawn(cmd: &CommandLine, registry: &Registry) -> std::io::Result<(Child, Group)> {
+    let mut c = Command::new(&cmd.program);
     c.args(&cmd.args)
         .current_dir(&cmd.cwd)
         .stdin(Stdio::piped())
@@ -115,7 +102,7 @@ pub fn spawn(
     for (k, v) in &cmd.env {
         c.env(k, v);
     }
-    let child = c.spawn()?;
+    let child = ur_taking_me_with_you::spawn_dying_with_parent_async(c)?;
     let pgid = child.id().map(|p| p as i32);
     if let Some(g) = pgid {
         registry.insert(g);
@@ -127,41 +114,6 @@ pub fn spawn(
             registry: registry.clone(),
         },
     ))
-}
-
-/// The arguments of `operator agent-exec --parent PID -- PROGRAM ARGS…` exactly as
-/// [`spawn`] writes them: parent, program, args. The binary checks them before anything else
-/// starts (no argument parser, no runtime), because every session pays for this start.
-pub fn agent_exec_args(
-    argv: &[std::ffi::OsString],
-) -> Option<(u32, &std::ffi::OsStr, &[std::ffi::OsString])> {
-    match argv {
-        [_, cmd, flag, parent, dashes, program, args @ ..]
-            if cmd == "agent-exec" && flag == "--parent" && dashes == "--" =>
-        {
-            Some((parent.to_str()?.parse().ok()?, program.as_os_str(), args))
-        }
-        _ => None,
-    }
-}
-
-/// `operator agent-exec`: arrange to be killed when the parent operator dies, then become
-/// `program`. Returns only when that fails.
-pub fn agent_exec(parent: u32, program: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> i32 {
-    use std::os::unix::process::CommandExt;
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        eprintln!("operator agent-exec: cannot set the parent-death signal: {e}");
-    }
-    // The operator may have died before the line above: then nobody would kill us.
-    if nix::unistd::getppid().as_raw() as u32 != parent {
-        return 1;
-    }
-    let err = std::process::Command::new(program).args(args).exec();
-    eprintln!(
-        "operator agent-exec: cannot run {}: {err}",
-        program.to_string_lossy()
-    );
-    EXEC_FAILED
 }
 
 /// Is a process with this pid alive (and ours to signal)?
@@ -184,30 +136,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn agent_exec_args_are_recognised_only_in_the_spawned_shape() {
-        let v = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
-        let argv = v(&[
-            "operator",
-            "agent-exec",
-            "--parent",
-            "42",
-            "--",
-            "claude",
-            "-p",
-            "--",
-        ]);
-        let (parent, program, args) = agent_exec_args(&argv).unwrap();
-        assert_eq!((parent, program), (42, std::ffi::OsStr::new("claude")));
-        assert_eq!(args, &v(&["-p", "--"])[..]);
-        // No program, a bad pid, another order, another subcommand: left to the parser.
-        assert!(agent_exec_args(&v(&["operator", "agent-exec", "--parent", "42", "--"])).is_none());
-        assert!(
-            agent_exec_args(&v(&["operator", "agent-exec", "--parent", "x", "--", "a"])).is_none()
+    fn an_agent_dies_with_the_thread_that_spawned_it() {
+        // The parent-death signal fires when the spawning thread ends (and so when the
+        // operator dies): spawn from a thread that then exits, keeping the child's handles
+        // alive (forgotten) so that nothing of ours kills it.
+        let pid = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let cmd = CommandLine {
+                    program: "/bin/sleep".into(),
+                    args: vec!["20".into()],
+                    cwd: std::env::temp_dir(),
+                    env: vec![],
+                    env_remove: vec![],
+                };
+                let (child, group) = spawn(&cmd, &Registry::default()).unwrap();
+                let pid = child.id().unwrap();
+                std::mem::forget(child);
+                std::mem::forget(group);
+                pid
+            })
+        })
+        .join()
+        .unwrap();
+        let status = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None).unwrap();
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Signaled(Pid::from_raw(pid as i32), Signal::SIGKILL, false),
+            "the agent should have been killed when its spawning thread ended"
         );
-        assert!(
-            agent_exec_args(&v(&["operator", "agent-exec", "--", "a", "--parent", "1"])).is_none()
-        );
-        assert!(agent_exec_args(&v(&["operator", "run", "--parent", "1", "--", "a"])).is_none());
     }
 
     #[tokio::test]
@@ -220,7 +180,7 @@ mod tests {
             env: vec![],
             env_remove: vec![],
         };
-        let (mut child, group) = spawn(&cmd, &reg, None).unwrap();
+        let (mut child, group) = spawn(&cmd, &reg).unwrap();
         assert_eq!(reg.len(), 1);
         use tokio::io::AsyncBufReadExt;
         let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();

@@ -289,11 +289,7 @@ impl Actor for Session {
         );
         let cmd = args.agent.command(&args.spec);
         tracing::debug!(parent: &span, command = %cmd, "starting the agent");
-        let (mut child, group) = process::spawn(
-            &cmd,
-            &args.registry,
-            std::env::current_exe().ok().as_deref(),
-        )?;
+        let (mut child, group) = process::spawn(&cmd, &args.registry)?;
         let stdout = child.stdout.take().ok_or("the agent has no stdout")?;
         let stderr = child.stderr.take().ok_or("the agent has no stderr")?;
         let stdin = child.stdin.take();
