@@ -347,15 +347,16 @@ impl Env {
         self.0.get(key).map(String::as_str)
     }
 
-    fn source(&self) -> Environment {
+    fn source(&self) -> EnvSource {
         let map: Map<String, String> = self
             .0
             .iter()
-            // OPERATOR_CONFIG names the file itself; it is not a setting.
-            .filter(|(k, _)| k.as_str() != "OPERATOR_CONFIG")
+            // OPERATOR_CONFIG names the file itself; it is not a setting. OPERATOR_VERIFY is
+            // read below: its list is not comma-separated.
+            .filter(|(k, _)| !matches!(k.as_str(), "OPERATOR_CONFIG" | "OPERATOR_VERIFY"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        Environment::with_prefix("OPERATOR")
+        let vars = Environment::with_prefix("OPERATOR")
             .prefix_separator("_")
             .separator("__")
             .try_parsing(true)
@@ -363,9 +364,50 @@ impl Env {
             .with_list_parse_key("retry_backoff")
             .with_list_parse_key("allowed_hosts")
             .with_list_parse_key("exclude")
-            .with_list_parse_key("verify")
             .with_list_parse_key("notify_on")
-            .source(Some(map))
+            .source(Some(map));
+        let verify = self.get("OPERATOR_VERIFY").map(|v| {
+            let commands = verify_commands(v)
+                .into_iter()
+                .map(|c| Value::new(None, c))
+                .collect::<Vec<_>>();
+            Value::new(
+                Some(&"OPERATOR_VERIFY".to_string()),
+                ValueKind::Array(commands),
+            )
+        });
+        EnvSource { vars, verify }
+    }
+}
+
+/// The commands of `OPERATOR_VERIFY`: one per line (a command may well contain a comma, as in
+/// `cargo test --features a,b`), blank lines skipped.
+fn verify_commands(value: &str) -> Vec<String> {
+    value
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// `OPERATOR_*` variables as a configuration layer.
+#[derive(Debug, Clone)]
+struct EnvSource {
+    vars: Environment,
+    verify: Option<Value>,
+}
+
+impl Source for EnvSource {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        let mut map = self.vars.collect()?;
+        if let Some(v) = &self.verify {
+            map.insert("verify".into(), v.clone());
+        }
+        Ok(map)
     }
 }
 

@@ -52,6 +52,31 @@ fn builtin_defaults_apply_without_files() {
 }
 
 #[test]
+fn verify_commands_from_the_environment_are_one_per_line_and_keep_their_commas() {
+    let vars = env(&[
+        (
+            "OPERATOR_VERIFY",
+            "cargo test --features a,b\n\n  npm test -- --grep x,y  \n",
+        ),
+        ("OPERATOR_EXCLUDE", "*.log,target"),
+    ]);
+    let loaded = load_operator(None, &vars, &Overrides::default()).unwrap();
+    let plan = loaded
+        .plan_for_task("Do it", &Overrides::default())
+        .unwrap();
+    let s = &plan.chains[0].settings;
+    assert_eq!(
+        s.verify,
+        vec![
+            "cargo test --features a,b".to_string(),
+            "npm test -- --grep x,y".to_string()
+        ]
+    );
+    // Other lists stay comma-separated.
+    assert_eq!(s.exclude, vec!["*.log".to_string(), "target".to_string()]);
+}
+
+#[test]
 fn precedence_is_defaults_operator_mission_chain_env_cli() {
     let dir = tempfile::tempdir().unwrap();
     let op = write(
