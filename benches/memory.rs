@@ -30,20 +30,47 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Waits for `child`, sampling until it exits: its peak RSS (VmHWM), and the peak of its
-/// anonymous memory (heap, stacks: what it allocated, as opposed to the binary's mapped pages).
-fn peak_until_exit(mut child: Child) -> (u64, u64) {
+/// Resident kB of the executable mapping of `BIN` in process `pid` (its code), from smaps.
+fn code_kb(pid: u32) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut in_code = false;
+    for line in smaps.lines() {
+        if line.contains(" r-xp ") {
+            in_code = line.ends_with(BIN);
+        } else if in_code && let Some(rss) = line.strip_prefix("Rss:") {
+            return rss.trim().trim_end_matches("kB").trim().parse().ok();
+        }
+    }
+    None
+}
+
+/// Peaks of a process's memory, in kB.
+#[derive(Default)]
+struct Peaks {
+    /// Resident set (VmHWM).
+    rss: u64,
+    /// Anonymous memory (heap, stacks: what it allocated).
+    anon: u64,
+    /// The binary's code mapped in (see link/hot-text.py).
+    code: u64,
+}
+
+/// Waits for `child`, sampling until it exits.
+fn peak_until_exit(mut child: Child) -> Peaks {
     let pid = child.id();
-    let (mut peak, mut anon) = (0, 0);
+    let mut p = Peaks::default();
     loop {
         if let Some(kb) = status_kb(pid, "VmHWM") {
-            peak = peak.max(kb);
+            p.rss = p.rss.max(kb);
         }
         if let Some(kb) = status_kb(pid, "RssAnon") {
-            anon = anon.max(kb);
+            p.anon = p.anon.max(kb);
+        }
+        if let Some(kb) = code_kb(pid) {
+            p.code = p.code.max(kb);
         }
         if child.try_wait().expect("wait").is_some() {
-            return (peak, anon);
+            return p;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -91,7 +118,7 @@ fn main() {
     )
     .spawn()
     .expect("operator");
-    let (op_peak, op_anon) = peak_until_exit(child);
+    let op = peak_until_exit(child);
     let mut agent = Command::new(BIN)
         .args(["sim-agent", "--scenario", "complete", "--step", "20ms"])
         .current_dir(dir.path())
@@ -109,15 +136,19 @@ fn main() {
         );
         let _ = writeln!(stdin, "{}", operator::agent::stream::user_message("task"));
     }
-    let (agent_peak, _) = peak_until_exit(agent);
+    let agent_peak = peak_until_exit(agent).rss;
     println!("memory of one chain (10 sessions of the sim agent):");
     println!(
         "  operator peak RSS         : {:>8.1} MB",
-        op_peak as f64 / 1024.0
+        op.rss as f64 / 1024.0
     );
     println!(
         "  of which anonymous (heap) : {:>8.1} MB",
-        op_anon as f64 / 1024.0
+        op.anon as f64 / 1024.0
+    );
+    println!(
+        "  of which the binary's code: {:>8.1} MB  (grows if link/hot-text.ld is stale)",
+        op.code as f64 / 1024.0
     );
     println!(
         "  one bare sim agent (peak) : {:>8.1} MB  (the same binary, for scale)",
