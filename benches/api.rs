@@ -7,7 +7,7 @@
 //! `cargo bench --bench api` runs 10,000 chains; without `--bench` (under `cargo test
 //! --all-targets`) a quick pass over 300 chains, so CI notices a bench that no longer runs.
 
-#[path = "common/mod.rs"]
+#[path = "../tests/common/records.rs"]
 mod common;
 #[allow(dead_code)]
 #[path = "../tests/common/pg.rs"]

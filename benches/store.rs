@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench store` fills 10,000 chains; without `--bench` a quick pass with 500.
 
-#[path = "common/mod.rs"]
+#[path = "../tests/common/records.rs"]
 mod common;
 
 use std::sync::Arc;

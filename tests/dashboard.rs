@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::api::Server;
 use common::{Op, eventually, processes_in};
 use fantoccini::{Client, ClientBuilder, Locator};
-use operator::model::{ChainStatus, HandoffRecord, SessionRecord, SessionStatus, now_rfc3339};
+use operator::model::{ChainStatus, HandoffRecord, SessionRecord, now_rfc3339};
 use operator::store::{NewChain, SessionStart, Store};
 use serde_json::{Value, json};
 
@@ -330,23 +330,10 @@ async fn hostile_chain(op: &Op) -> String {
             if i == 2 { ": COMPLETE" } else { "" }
         );
         let record = SessionRecord {
-            index: i,
-            session_id: Some(format!("s{i}")),
-            status: SessionStatus::Completed,
-            turns: 3,
             cost_usd: 0.05 * f64::from(i),
             duration_ms: 1000 * u64::from(i),
-            hit_max_turns: false,
-            pre_compacted: false,
             handoff_complete: i == 2,
-            handoff_file: None,
-            error: None,
-            error_kind: None,
-            handoff_synthetic: false,
-            asked_again: false,
-            attempts: 1,
-            started_at: now_rfc3339(),
-            ended_at: Some(now_rfc3339()),
+            ..common::records::session(i)
         };
         let handoff = HandoffRecord {
             chain_id: id.clone(),

@@ -307,23 +307,12 @@ async fn a_stale_worker_cannot_overwrite_the_new_owners_records() {
         .unwrap();
     // The old owner's writes, each refused by the fence.
     let record = SessionRecord {
-        index: 1,
         session_id: None,
-        status: SessionStatus::Completed,
         turns: 1,
         cost_usd: 9.0,
         duration_ms: 1,
-        hit_max_turns: false,
-        pre_compacted: false,
         handoff_complete: true,
-        handoff_file: None,
-        error: None,
-        error_kind: None,
-        handoff_synthetic: false,
-        asked_again: false,
-        attempts: 1,
-        started_at: now_rfc3339(),
-        ended_at: Some(now_rfc3339()),
+        ..common::records::session(1)
     };
     let handoff = HandoffRecord {
         chain_id: "c-1".into(),

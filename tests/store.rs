@@ -23,23 +23,9 @@ fn new_chain(id: &str) -> NewChain {
 
 fn session(index: u32, cost: f64) -> SessionRecord {
     SessionRecord {
-        index,
-        session_id: Some(format!("s{index}")),
-        status: SessionStatus::Completed,
-        turns: 3,
         cost_usd: cost,
         duration_ms: 100,
-        hit_max_turns: false,
-        pre_compacted: false,
-        handoff_complete: false,
-        handoff_file: None,
-        error: None,
-        error_kind: None,
-        handoff_synthetic: false,
-        asked_again: false,
-        attempts: 1,
-        started_at: now_rfc3339(),
-        ended_at: Some(now_rfc3339()),
+        ..common::records::session(index)
     }
 }
 

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod fake_api;
 pub mod pg;
+pub mod records;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

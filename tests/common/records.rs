@@ -1,4 +1,4 @@
-//! What the store benches share: a completed session record.
+//! Records the store tests and benches write: a completed session.
 
 use operator::model::{SessionRecord, SessionStatus, now_rfc3339};
 
