@@ -88,6 +88,20 @@ fn worker_env(
         .unwrap()
 }
 
+/// `n` workers named `w0`, `w1`, … with the same capacity, lease and extra environment.
+fn workers(
+    op: &Op,
+    url: &str,
+    n: u32,
+    capacity: u32,
+    lease: &str,
+    env: &[(&str, &str)],
+) -> Vec<Child> {
+    (0..n)
+        .map(|i| worker_env(op, url, &format!("w{i}"), capacity, lease, env))
+        .collect()
+}
+
 fn stop(mut w: Child) {
     let pid = nix::unistd::Pid::from_raw(w.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -185,9 +199,7 @@ async fn thirty_chains_on_three_workers_each_run_by_one_worker_at_a_time() {
             .all(|c| c.status == ChainStatus::Queued),
         "--enqueue runs nothing"
     );
-    let workers: Vec<Child> = (0..3)
-        .map(|i| worker(&op, &url, &format!("w{i}"), 4, "5s"))
-        .collect();
+    let workers = workers(&op, &url, 3, 4, "5s", &[]);
     wait_all_complete(&s, 30, Duration::from_secs(180)).await;
     let chains = all_chains(&s).await;
     check_sessions(&chains);
@@ -241,9 +253,7 @@ async fn a_killed_workers_chains_finish_on_the_others_after_its_lease() {
     let dead = s.holders(&ids).await.unwrap();
     first.kill().unwrap();
     first.wait().unwrap();
-    let others: Vec<Child> = (0..2)
-        .map(|i| worker(&op, &url, &format!("w{i}"), 4, "2s"))
-        .collect();
+    let others = workers(&op, &url, 2, 4, "2s", &[]);
     wait_all_complete(&s, 4, Duration::from_secs(120)).await;
     let chains = all_chains(&s).await;
     check_sessions(&chains);
@@ -587,18 +597,14 @@ async fn a_usage_limit_on_one_worker_holds_the_accounts_chains_on_every_worker()
         "usage_limit_margin = \"100ms\"\nsim = { scenario = \"usage-limit\", complete_after = 2 }\n",
     );
     let ids = enqueue(&op, &url, &m);
-    let workers: Vec<Child> = (0..2)
-        .map(|i| {
-            worker_env(
-                &op,
-                &url,
-                &format!("w{i}"),
-                2,
-                "5s",
-                &[("OPERATOR_RELEASE_JITTER", "300ms")],
-            )
-        })
-        .collect();
+    let workers = workers(
+        &op,
+        &url,
+        2,
+        2,
+        "5s",
+        &[("OPERATOR_RELEASE_JITTER", "300ms")],
+    );
     let s = PostgresStore::open(&url).await.unwrap();
     wait_all_complete(&s, 4, Duration::from_secs(120)).await;
     let chains = all_chains(&s).await;
@@ -703,21 +709,17 @@ async fn an_accounts_session_cap_holds_across_the_fleet() {
     );
     let ids = enqueue(&op, &url, &m);
     // One session of the account at a time, in the whole fleet.
-    let workers: Vec<Child> = (0..2)
-        .map(|i| {
-            worker_env(
-                &op,
-                &url,
-                &format!("w{i}"),
-                2,
-                "5s",
-                &[
-                    ("OPERATOR_MAX_CONCURRENT_SESSIONS", "1"),
-                    ("OPERATOR_RELEASE_JITTER", "50ms"),
-                ],
-            )
-        })
-        .collect();
+    let workers = workers(
+        &op,
+        &url,
+        2,
+        2,
+        "5s",
+        &[
+            ("OPERATOR_MAX_CONCURRENT_SESSIONS", "1"),
+            ("OPERATOR_RELEASE_JITTER", "50ms"),
+        ],
+    );
     let s = PostgresStore::open(&url).await.unwrap();
     wait_all_complete(&s, 4, Duration::from_secs(120)).await;
     let chains = all_chains(&s).await;
