@@ -188,6 +188,18 @@ impl PostgresStore {
         Ok(tx)
     }
 
+    /// One statement as a write of `chain_id`, in its own transaction behind the fence.
+    async fn fenced_execute(
+        &self,
+        chain_id: &str,
+        statement: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> StoreResult<()> {
+        let mut tx = self.fenced(chain_id).await?;
+        statement.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Registers (or refreshes) a worker.
     pub async fn heartbeat(&self, worker: &str, capacity: u32, load: u32) -> StoreResult<()> {
         sqlx::query(
@@ -577,32 +589,30 @@ impl Store for PostgresStore {
         reason: Option<&str>,
         owner_pid: Option<u32>,
     ) -> StoreResult<()> {
-        let mut tx = self.fenced(id).await?;
-        sqlx::query(
-            "UPDATE chains SET status = $1, reason = $2, updated_at = $3, \
-             owner_pid = COALESCE($4, owner_pid) WHERE id = $5",
+        self.fenced_execute(
+            id,
+            sqlx::query(
+                "UPDATE chains SET status = $1, reason = $2, updated_at = $3, \
+                 owner_pid = COALESCE($4, owner_pid) WHERE id = $5",
+            )
+            .bind(status.as_str())
+            .bind(reason)
+            .bind(now_rfc3339())
+            .bind(owner_pid.map(i64::from))
+            .bind(id),
         )
-        .bind(status.as_str())
-        .bind(reason)
-        .bind(now_rfc3339())
-        .bind(owner_pid.map(i64::from))
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 
     async fn set_chain_config(&self, id: &str, config: &serde_json::Value) -> StoreResult<()> {
-        let mut tx = self.fenced(id).await?;
-        sqlx::query("UPDATE chains SET config = $1, updated_at = $2 WHERE id = $3")
-            .bind(config.to_string())
-            .bind(now_rfc3339())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.fenced_execute(
+            id,
+            sqlx::query("UPDATE chains SET config = $1, updated_at = $2 WHERE id = $3")
+                .bind(config.to_string())
+                .bind(now_rfc3339())
+                .bind(id),
+        )
+        .await
     }
 
     async fn chain_owner(&self, id: &str) -> StoreResult<Option<u32>> {
@@ -616,14 +626,13 @@ impl Store for PostgresStore {
     }
 
     async fn set_session_base(&self, id: &str, base: u32) -> StoreResult<()> {
-        let mut tx = self.fenced(id).await?;
-        sqlx::query("UPDATE chains SET session_base = $1 WHERE id = $2")
-            .bind(i64::from(base))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.fenced_execute(
+            id,
+            sqlx::query("UPDATE chains SET session_base = $1 WHERE id = $2")
+                .bind(i64::from(base))
+                .bind(id),
+        )
+        .await
     }
 
     async fn session_base(&self, id: &str) -> StoreResult<u32> {
@@ -762,16 +771,18 @@ impl Store for PostgresStore {
         pgid: i32,
         program: &str,
     ) -> StoreResult<()> {
-        let mut tx = self.fenced(chain_id).await?;
-        sqlx::query("UPDATE sessions SET agent_pgid = $1, agent_program = $2 WHERE chain_id = $3 AND idx = $4")
+        self.fenced_execute(
+            chain_id,
+            sqlx::query(
+                "UPDATE sessions SET agent_pgid = $1, agent_program = $2 \
+                 WHERE chain_id = $3 AND idx = $4",
+            )
             .bind(i64::from(pgid))
             .bind(program)
             .bind(chain_id)
-            .bind(i64::from(index))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+            .bind(i64::from(index)),
+        )
+        .await
     }
 
     async fn running_agents(&self) -> StoreResult<Vec<super::RunningAgent>> {
@@ -944,16 +955,15 @@ impl Store for PostgresStore {
         id: &str,
         results: &[crate::model::GateResult],
     ) -> StoreResult<()> {
-        let mut tx = self.fenced(id).await?;
         let v = serde_json::to_string(results)
             .map_err(|e| StoreError::Corrupt(format!("verify results: {e}")))?;
-        sqlx::query("UPDATE chains SET verify = $1 WHERE id = $2")
-            .bind(v)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.fenced_execute(
+            id,
+            sqlx::query("UPDATE chains SET verify = $1 WHERE id = $2")
+                .bind(v)
+                .bind(id),
+        )
+        .await
     }
 
     async fn archive_chain(&self, id: &str) -> StoreResult<bool> {
