@@ -36,9 +36,13 @@ fn mission_with(op: &Op, n: usize, defaults: &str) -> std::path::PathBuf {
     op.write("fleet.toml", &m)
 }
 
+/// Queues a mission's chains. Their settings are stored as the mission gives them: the
+/// harness's `OPERATOR_SIM__STEP` would override the mission's step (the environment ranks
+/// above mission defaults), so it is left out here.
 fn enqueue(op: &Op, url: &str, mission: &std::path::Path) -> Vec<String> {
     let out = op
         .cmd(&["run", "--store", url, "--enqueue"])
+        .env_remove("OPERATOR_SIM__STEP")
         .arg(mission)
         .output()
         .unwrap();
@@ -246,7 +250,18 @@ async fn a_killed_workers_chains_finish_on_the_others_after_its_lease() {
         }
         assert!(
             Instant::now() < deadline,
-            "the first worker never ran all four"
+            "the first worker never ran all four: {:?}",
+            chains
+                .iter()
+                .map(|c| (
+                    &c.id,
+                    c.status,
+                    c.sessions
+                        .iter()
+                        .map(|x| (x.status, x.started_at.clone(), x.ended_at.clone()))
+                        .collect::<Vec<_>>()
+                ))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
