@@ -85,6 +85,7 @@ fn operator(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Comma
             dir.join(format!("data-{}", fastrand::u32(..))),
         )
         .env("OPERATOR_WORKDIR", dir)
+        .env("OPERATOR_AGENT", "sim")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -297,6 +297,8 @@ fn static_agent(dir: &Path) -> Subject {
         operator_env: vec![
             ("OPERATOR_AGENT".into(), "claude".into()),
             ("OPERATOR_CLAUDE_BIN".into(), path.display().to_string()),
+            // A stand-in for the CLI: it needs no credentials.
+            ("OPERATOR_SKIP_CREDENTIALS_CHECK".into(), "1".into()),
         ],
     }
 }

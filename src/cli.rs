@@ -39,6 +39,8 @@ pub mod exit {
     pub const BUDGET: u8 = 4;
     pub const ABORTED: u8 = 5;
     pub const WAITING_LIMIT: u8 = 6;
+    /// The agent has no valid credentials: refused before the run, or a chain failed on them.
+    pub const CREDENTIALS: u8 = 7;
     pub const INTERNAL: u8 = 10;
     pub const INTERRUPTED: u8 = 130;
 }
@@ -115,11 +117,27 @@ enum Command {
     Stop,
     /// Is an operator running on this data dir, and what are its chains doing?
     Status,
+    /// Let a tool call run that a chain holds for a person (an `ask` permission rule).
+    Approve(AnswerArgs),
+    /// Refuse a tool call that a chain holds for a person; the agent is told (`--message`).
+    Deny(AnswerArgs),
     /// Check what a run needs (agent CLI, credentials, permissions); `--session` runs one tiny session.
     Doctor(DoctorArgs),
     /// The simulated agent (used by the `sim` backend).
     #[command(hide = true)]
     SimAgent(SimAgentArgs),
+}
+
+#[derive(Debug, Args)]
+struct AnswerArgs {
+    /// The chain holding the call.
+    chain: String,
+    /// The approval's id (`ap-…`, from `operator show` or the event); optional when the chain
+    /// holds only one call.
+    approval: Option<String>,
+    /// What the agent is told with the answer (a denial's reason).
+    #[arg(long)]
+    message: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +208,10 @@ struct RunArgs {
     /// Print the plan, the agent command lines and the prompts; run nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Start even when no credentials for the agent CLI are found (for setups the check cannot
+    /// see); a chain then fails at its first session if the CLI has none.
+    #[arg(long, env = "OPERATOR_SKIP_CREDENTIALS_CHECK", value_parser = clap::builder::BoolishValueParser::new())]
+    skip_credentials_check: bool,
     /// At the end, print one JSON object per chain, one per line, on stdout.
     #[arg(long)]
     json: bool,
@@ -536,6 +558,8 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
             "asked to stop",
         ),
         Command::Status => status(&data_dir).await,
+        Command::Approve(a) => answer_approval(&data_dir, a, true).await,
+        Command::Deny(a) => answer_approval(&data_dir, a, false).await,
         Command::Doctor(d) => doctor(d, &env, op_file.as_deref(), &ov).await,
         Command::SimAgent(_) => Ok(exit::OK),
     }
@@ -760,6 +784,26 @@ async fn run_with(
         }
         return Ok(exit::OK);
     }
+    // Checked once the CLI is known to be there (a missing binary is reported as such).
+    let claude_chains = plans.as_ref().is_some_and(|ps| {
+        ps.iter()
+            .flat_map(|p| &p.chains)
+            .any(|c| c.settings.agent == AgentKind::Claude)
+    }) && agent::backend(AgentKind::Claude, &opts.backend)
+        .preflight()
+        .is_ok();
+    // A worker elsewhere runs enqueued chains: its own environment has the credentials.
+    if claude_chains
+        && !r.skip_credentials_check
+        && !r.enqueue
+        && let Err(why) = crate::doctor::claude_credentials(&|k| std::env::var(k).ok())
+    {
+        eprintln!(
+            "error: the claude agent has no credentials: {why}.\n\
+             Nothing was started. `operator doctor` checks the setup; --skip-credentials-check starts anyway (for setups this check cannot see)."
+        );
+        return Ok(exit::CREDENTIALS);
+    }
     if r.enqueue && !stay {
         return enqueue(op, plans, &opts).await;
     }
@@ -775,6 +819,12 @@ async fn run_with(
         .then(|| api_planner(op_file.clone(), env.clone(), ov.clone()));
     let (batch, reloader) = match plans {
         Some(plans) => {
+            let sims = plans
+                .iter()
+                .flat_map(|p| &p.chains)
+                .filter(|c| c.settings.agent == AgentKind::Sim)
+                .count();
+            sim_notice(sims);
             for c in daemon::incomplete_chains(&store).await? {
                 // Logged at warn level, so it shows with and without the live view.
                 tracing::warn!(chain.id = %c.id, status = %c.status, "an earlier chain is incomplete; `operator run --resume {}` continues it", c.id);
@@ -798,6 +848,16 @@ async fn run_with(
             let batch =
                 daemon::prepare_resume(&store, id, &opts, |s| config::with_overrides(&s, &flags))
                     .await?;
+            for j in &batch.jobs {
+                eprintln!("operator: resuming chain {} ({})", j.chain_id, j.name);
+            }
+            sim_notice(
+                batch
+                    .jobs
+                    .iter()
+                    .filter(|j| j.settings.agent == AgentKind::Sim)
+                    .count(),
+            );
             (batch, None)
         }
     };
@@ -834,6 +894,15 @@ async fn run_with(
         }
     } else {
         eprint!("{}", summary_table(&report.chains));
+        let sims = report
+            .chains
+            .iter()
+            .filter(|c| c.config.get("agent").and_then(|a| a.as_str()) == Some("sim"))
+            .count();
+        if sims > 0 {
+            eprintln!("note: {sims} chain(s) ran on the built-in simulated agent (sim):");
+            eprintln!("note: the work above is simulated, nothing real was changed");
+        }
     }
     if report.root_failed {
         eprintln!(
@@ -1031,9 +1100,18 @@ pub fn exit_code(chains: &[ChainRecord]) -> u8 {
                 | ChainStatus::Running
                 | ChainStatus::Queued
                 | ChainStatus::Waiting
+                | ChainStatus::AwaitingApproval
         )
     }) {
         exit::INTERRUPTED
+    } else if chains.iter().any(|c| {
+        c.status == ChainStatus::Failed
+            && c.reason.as_deref().is_some_and(|r| {
+                r.strip_prefix("fatal: ")
+                    .is_some_and(|r| r.starts_with(crate::chain::policy::CREDENTIALS))
+            })
+    }) {
+        exit::CREDENTIALS
     } else if has(ChainStatus::Failed) {
         exit::FAILED
     } else if has(ChainStatus::BudgetExceeded) {
@@ -1050,6 +1128,15 @@ pub fn exit_code(chains: &[ChainRecord]) -> u8 {
 }
 
 /// The table printed after a run; it fits 80 columns.
+/// Says up front that chains run on the simulated agent, so nobody takes its "complete" for real work.
+fn sim_notice(sims: usize) {
+    if sims > 0 {
+        // Two short lines: a terminal of 80 columns shows them whole.
+        eprintln!("operator: {sims} chain(s) run on the built-in simulated agent (sim):");
+        eprintln!("operator: nothing real will be done (real work: --agent claude, the default)");
+    }
+}
+
 fn summary_table(chains: &[ChainRecord]) -> String {
     let row = |id: &str, name: &str, status: &str, sessions: &str, turns: &str, cost: &str| {
         format!("{id:<17} {name:<14} {status:<17} {sessions:>8} {turns:>6} {cost:>10}\n")
@@ -1167,7 +1254,9 @@ async fn list(data_dir: &Path, l: &ListArgs) -> Result<u8> {
         .await?;
     if l.json {
         for c in &chains {
-            say!("{}", serde_json::to_string(c)?);
+            let mut v = serde_json::to_value(c)?;
+            v["resumable"] = c.status.is_resumable().into();
+            say!("{v}");
         }
     } else if chains.is_empty() {
         say!("no chains in {}", data_dir.display());
@@ -1182,19 +1271,74 @@ async fn list(data_dir: &Path, l: &ListArgs) -> Result<u8> {
             "cost"
         );
         for c in &chains {
+            let status = if c.status.is_resumable() && c.status.is_terminal() {
+                format!("{}*", c.status.as_str())
+            } else {
+                c.status.as_str().to_string()
+            };
             say!(
                 "{:<21} {:<14} {:<18} {:<24} {:>8} {:>9}  {}",
                 c.id,
                 truncate(&c.name, 14),
-                c.status.as_str(),
+                status,
                 c.started_at,
                 c.totals.sessions,
                 format!("${:.4}", c.totals.cost_usd),
                 truncate(c.task.lines().next().unwrap_or(""), 40)
             );
         }
+        if chains
+            .iter()
+            .any(|c| c.status.is_resumable() && c.status.is_terminal())
+        {
+            say!(
+                "* resumable: `operator run --resume` continues the newest, `--resume <chain>` a given one (new limits may be given with it)"
+            );
+        }
     }
     Ok(exit::OK)
+}
+
+/// `operator approve|deny <chain> [<approval>]`: answers a held tool call in the store, where the
+/// running chain finds it within half a second.
+async fn answer_approval(data_dir: &Path, a: &AnswerArgs, approve: bool) -> Result<u8> {
+    if !is_valid_chain_id(&a.chain) {
+        return Err(UsageError(format!("`{}` is not a chain id", a.chain)).into());
+    }
+    let store = open_store(data_dir).await?;
+    match crate::store::approvals::answer(
+        &*store,
+        &a.chain,
+        a.approval.as_deref(),
+        approve,
+        "cli",
+        a.message.as_deref(),
+    )
+    .await
+    {
+        Ok(done) => {
+            store
+                .append_event(
+                    Some(&a.chain),
+                    Some(done.session),
+                    "operator:approval",
+                    &serde_json::json!({"approvalId": done.id, "status": done.status.as_str(), "origin": "cli"}),
+                )
+                .await?;
+            say!(
+                "{} {} `{}` ({}); the chain picks the answer up within a second",
+                if approve { "approved" } else { "denied" },
+                done.tool,
+                done.summary,
+                done.id
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(exit::USAGE)
+        }
+    }
 }
 
 async fn show(data_dir: &Path, id: &str, json: bool) -> Result<u8> {
@@ -1207,9 +1351,18 @@ async fn show(data_dir: &Path, id: &str, json: bool) -> Result<u8> {
         return Ok(exit::USAGE);
     };
     let handoffs = store.handoffs(id).await?;
+    let decisions: Vec<crate::model::EventRecord> = store
+        .events(Some(id), 0, 100_000)
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == "session:permission")
+        .collect();
+    let approvals = crate::store::approvals::list(&*store, Some(id)).await?;
     if json {
         let mut v = serde_json::to_value(&chain)?;
         v["handoffs"] = serde_json::to_value(&handoffs)?;
+        v["permissions"] = serde_json::to_value(&decisions)?;
+        v["approvals"] = serde_json::to_value(&approvals)?;
         say!("{v}");
         return Ok(exit::OK);
     }
@@ -1256,6 +1409,36 @@ async fn show(data_dir: &Path, id: &str, json: bool) -> Result<u8> {
         );
         if let Some(e) = &s.error {
             say!("   error: {e}");
+        }
+        let mine: Vec<&crate::model::EventRecord> = decisions
+            .iter()
+            .filter(|e| e.session_index == Some(s.index))
+            .collect();
+        if !mine.is_empty() {
+            say!("   tool permissions:");
+            for e in mine {
+                let f = |k: &str| e.data[k].as_str().unwrap_or_default().to_string();
+                say!(
+                    "     {:<5} {:<9} {}  ({})",
+                    f("decision"),
+                    f("tool"),
+                    truncate(&f("input"), 80),
+                    f("rule")
+                );
+            }
+        }
+        for a in approvals.iter().filter(|a| a.session == s.index) {
+            say!(
+                "   approval {} · {} `{}` · {}{}",
+                a.id,
+                a.tool,
+                truncate(&a.summary, 60),
+                a.status.as_str(),
+                a.answered_by
+                    .as_deref()
+                    .map(|b| format!(" by {b}"))
+                    .unwrap_or_default()
+            );
         }
         if let Some(h) = handoffs.iter().find(|h| h.index == s.index) {
             say!("{}", indent(&h.text));
@@ -1331,6 +1514,7 @@ async fn doctor(d: &DoctorArgs, env: &Env, op_file: Option<&Path>, base: &Overri
         loaded.operator.claude_bin.as_deref(),
         &|k| std::env::var(k).ok(),
         is_root,
+        &loaded.operator.data_dir,
     );
     let mut ok = true;
     for c in &checks {
@@ -1488,6 +1672,21 @@ async fn status(data_dir: &Path) -> Result<u8> {
             c.totals.sessions,
             c.totals.cost_usd
         );
+        if c.status == ChainStatus::AwaitingApproval {
+            for a in crate::store::approvals::list(&*store, Some(&c.id))
+                .await?
+                .into_iter()
+                .filter(|a| a.status == crate::permissions::ApprovalStatus::Pending)
+            {
+                say!(
+                    "      waits for approval: {} `{}` — operator approve|deny {} {}",
+                    a.tool,
+                    truncate(&a.summary, 60),
+                    c.id,
+                    a.id
+                );
+            }
+        }
     }
     Ok(exit::OK)
 }

@@ -26,7 +26,8 @@ pub struct Pricing {
 }
 
 impl Default for Pricing {
-    /// Public list prices by model family.
+    /// Public list prices by model family (December 2026): the family's current price under its
+    /// bare name (`opus`: Opus 4.5 and later), older generations under longer fragments.
     fn default() -> Self {
         let r = |input, output, cache_write, cache_read| Rates {
             input,
@@ -37,8 +38,14 @@ impl Default for Pricing {
         Self {
             table: BTreeMap::from([
                 ("sonnet".to_string(), r(3.0, 15.0, 3.75, 0.3)),
-                ("opus".to_string(), r(15.0, 75.0, 18.75, 1.5)),
+                ("opus".to_string(), r(5.0, 25.0, 6.25, 0.5)),
+                // Opus 4 and 4.1 (claude-opus-4-20250514, claude-opus-4-1-…) and Claude 3 Opus.
+                ("opus-4-2025".to_string(), r(15.0, 75.0, 18.75, 1.5)),
+                ("opus-4-1".to_string(), r(15.0, 75.0, 18.75, 1.5)),
+                ("3-opus".to_string(), r(15.0, 75.0, 18.75, 1.5)),
                 ("haiku".to_string(), r(1.0, 5.0, 1.25, 0.1)),
+                ("3-5-haiku".to_string(), r(0.8, 4.0, 1.0, 0.08)),
+                ("3-haiku".to_string(), r(0.25, 1.25, 0.3, 0.03)),
             ]),
         }
     }
@@ -116,6 +123,29 @@ mod tests {
         assert!(p.price("opus", &u) > p.price("sonnet", &u));
         assert!(p.price("haiku", &u) < p.price("sonnet", &u));
         assert_eq!(p.price("some-new-model", &u), p.price("sonnet", &u));
+    }
+
+    #[test]
+    fn current_opus_is_five_and_twenty_five_older_opus_keeps_its_price() {
+        let p = Pricing::default();
+        let m = tokens(1_000_000, 1_000_000);
+        for current in [
+            "claude-opus-4-5-20251101",
+            "claude-opus-4-6",
+            "claude-opus-5",
+            "opus",
+        ] {
+            assert!((p.price(current, &m) - 30.0).abs() < 1e-9, "{current}");
+        }
+        for old in [
+            "claude-opus-4-20250514",
+            "claude-opus-4-1-20250805",
+            "claude-3-opus-20240229",
+        ] {
+            assert!((p.price(old, &m) - 90.0).abs() < 1e-9, "{old}");
+        }
+        assert!((p.price("claude-haiku-4-5", &m) - 6.0).abs() < 1e-9);
+        assert!((p.price("claude-3-5-haiku-20241022", &m) - 4.8).abs() < 1e-9);
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub enum RunError {
     UnknownChain(String),
     #[error("chain {id} is {status}; there is nothing to resume")]
     NotResumable { id: String, status: ChainStatus },
-    #[error("no incomplete chain to resume")]
+    #[error(
+        "no incomplete chain to resume (complete, assumed-complete and aborted chains are final; `operator list` shows the chains)"
+    )]
     NothingToResume,
     #[error("chain {id} is being run by another operator (pid {pid})")]
     Busy { id: String, pid: u32 },
@@ -342,6 +344,7 @@ fn stopped_by_operator(status: ChainStatus) -> bool {
             | ChainStatus::Running
             | ChainStatus::Paused
             | ChainStatus::Waiting
+            | ChainStatus::AwaitingApproval
             | ChainStatus::Interrupted
     )
 }
@@ -438,7 +441,10 @@ pub async fn prepare_resume(
     }
     if matches!(
         chain.status,
-        ChainStatus::Running | ChainStatus::Paused | ChainStatus::Waiting
+        ChainStatus::Running
+            | ChainStatus::Paused
+            | ChainStatus::Waiting
+            | ChainStatus::AwaitingApproval
     ) && let Some(pid) = store
         .chain_owner(&chain.id)
         .await?
@@ -448,6 +454,8 @@ pub async fn prepare_resume(
     }
     let settings = apply(stored_settings(&chain)?)?;
     let agent = backends(&[&settings], &opts.backend)?.remove(0);
+    // The limits given with `--resume` are the chain's from now on (show, the API, a later resume).
+    chain_config_update(store, &chain.id, &settings).await?;
     if matches!(
         chain.status,
         ChainStatus::MaxContinuations

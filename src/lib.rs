@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod otp;
+pub mod permissions;
 pub mod process;
 pub mod progress;
 pub mod quota;

@@ -26,6 +26,11 @@ struct State {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Decision {
+    decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct What {
     what: String,
 }
@@ -42,6 +47,7 @@ pub struct Metrics {
     restarts: Family<What, Counter>,
     cost: Counter<f64, AtomicU64>,
     duration: Histogram,
+    permissions: Family<Decision, Counter>,
     /// Encoding needs `&Registry` while the chain gauges are set: one scrape at a time.
     scrape: Mutex<()>,
 }
@@ -113,8 +119,15 @@ impl Metrics {
             "How long sessions ran",
             duration.clone(),
         );
+        let permissions = Family::<Decision, Counter>::default();
+        registry.register(
+            "permission_decisions",
+            "Tool calls decided by the permission policy or a person, by decision (allow, deny, ask)",
+            permissions.clone(),
+        );
         Self {
             registry,
+            permissions,
             chains,
             chain_ends,
             sessions,
@@ -144,6 +157,13 @@ impl Metrics {
             }
             "chain:session-retry" => {
                 self.retries.inc();
+            }
+            "session:permission" => {
+                let decision = match ev.data["decision"].as_str() {
+                    Some(d @ ("allow" | "deny" | "ask")) => d.to_string(),
+                    _ => "unknown".to_string(),
+                };
+                self.permissions.get_or_create(&Decision { decision }).inc();
             }
             "chain:waiting" => {
                 self.waits.inc();
@@ -229,8 +249,18 @@ mod tests {
             json!({"status": "failed", "reason": "circuit-open: 3 consecutive failed sessions"}),
         ));
         m.observe(&ev("chain:restarted", json!({})));
+        for d in ["allow", "allow", "deny", "ask"] {
+            m.observe(&ev(
+                "session:permission",
+                json!({"decision": d, "tool": "Bash"}),
+            ));
+        }
         let text = m.render(&[(ChainStatus::Running, 2)]).unwrap();
         for line in [
+            "operator_permission_decisions_total{decision=\"allow\"} 2",
+            "operator_permission_decisions_total{decision=\"deny\"} 1",
+            "operator_permission_decisions_total{decision=\"ask\"} 1",
+            "operator_chains{state=\"awaiting-approval\"} 0",
             "operator_sessions_total{outcome=\"completed\"} 1",
             "operator_session_retries_total 1",
             "operator_breaker_openings_total 1",

@@ -19,6 +19,8 @@ pub enum ChainStatus {
     Paused,
     /// Waiting out a usage or rate limit.
     Waiting,
+    /// A tool call of the running session waits for a person (an `ask` rule).
+    AwaitingApproval,
     /// Stopped by a graceful shutdown; resumable.
     Interrupted,
     Complete,
@@ -32,11 +34,12 @@ pub enum ChainStatus {
 }
 
 impl ChainStatus {
-    pub const ALL: [ChainStatus; 12] = [
+    pub const ALL: [ChainStatus; 13] = [
         Self::Queued,
         Self::Running,
         Self::Paused,
         Self::Waiting,
+        Self::AwaitingApproval,
         Self::Interrupted,
         Self::Complete,
         Self::AssumedComplete,
@@ -53,6 +56,7 @@ impl ChainStatus {
             Self::Running => "running",
             Self::Paused => "paused",
             Self::Waiting => "waiting",
+            Self::AwaitingApproval => "awaiting-approval",
             Self::Interrupted => "interrupted",
             Self::Complete => "complete",
             Self::AssumedComplete => "assumed-complete",
@@ -68,7 +72,7 @@ impl ChainStatus {
     pub fn is_terminal(self) -> bool {
         !matches!(
             self,
-            Self::Queued | Self::Running | Self::Paused | Self::Waiting
+            Self::Queued | Self::Running | Self::Paused | Self::Waiting | Self::AwaitingApproval
         )
     }
 
@@ -77,16 +81,21 @@ impl ChainStatus {
         matches!(self, Self::Complete | Self::AssumedComplete)
     }
 
-    /// `operator run --resume` (without an id) picks chains in these states.
+    /// `operator run --resume` (without an id) picks chains in these states: every chain that
+    /// did not complete, except one a person aborted. (`complete`, `assumed-complete` and
+    /// `aborted` are final: the work is done, or someone said to stop it.)
     pub fn is_resumable(self) -> bool {
         matches!(
             self,
             Self::Running
                 | Self::Paused
                 | Self::Waiting
+                | Self::AwaitingApproval
                 | Self::Interrupted
                 | Self::Failed
                 | Self::WaitingLimit
+                | Self::MaxContinuations
+                | Self::BudgetExceeded
         )
     }
 }

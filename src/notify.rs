@@ -41,6 +41,7 @@ pub fn trigger(ev: &Event) -> Option<NotifyOn> {
         }
         "chain:waiting" => Some(NotifyOn::Waiting),
         "chain:budget-warning" => Some(NotifyOn::Budget),
+        "chain:approval-requested" => Some(NotifyOn::Approval),
         _ => None,
     }
 }
@@ -56,6 +57,16 @@ pub fn summary_text(kind: &str, chain: &ChainRecord, data: &Value) -> String {
         "chain:waiting" => format!(
             "is waiting for a usage limit until {}",
             data["until"].as_str().unwrap_or("its reset")
+        ),
+        "chain:approval-requested" => format!(
+            "holds a tool call for a person: {} `{}` ({}). Approve or deny it on {} or with `operator approve|deny {} {}`; without an answer it is denied at {}",
+            data["tool"].as_str().unwrap_or("?"),
+            data["input"].as_str().unwrap_or(""),
+            data["rule"].as_str().unwrap_or(""),
+            data["url"].as_str().unwrap_or("the chain's page"),
+            chain.id,
+            data["approvalId"].as_str().unwrap_or(""),
+            data["deadline"].as_str().unwrap_or("its timeout")
         ),
         "chain:budget-warning" => format!(
             "has spent ${:.2} of its ${:.2} budget",

@@ -89,6 +89,25 @@ pub fn apply(l: &mut Line, ev: &Event) {
                 ev.session_index.unwrap_or(0)
             );
         }
+        "chain:approval-requested" => {
+            l.state = "approval?".into();
+            l.activity = format!(
+                "waits for approval: {} `{}` — operator approve|deny {} {}",
+                d["tool"].as_str().unwrap_or("?"),
+                d["input"].as_str().unwrap_or(""),
+                ev.chain_id.as_deref().unwrap_or(""),
+                d["approvalId"].as_str().unwrap_or("")
+            );
+        }
+        "chain:approval-answered" => {
+            l.state = "running".into();
+            l.activity = format!(
+                "{} {}: {}",
+                d["tool"].as_str().unwrap_or("?"),
+                d["status"].as_str().unwrap_or("answered"),
+                d["by"].as_str().unwrap_or("")
+            );
+        }
         "chain:paused" => l.state = "paused".into(),
         "chain:resumed" => l.state = "running".into(),
         kind if is_final(kind) => {

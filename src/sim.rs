@@ -130,12 +130,13 @@ impl Sim {
         }
     }
 
-    /// Asks the operator something it does not handle (a permission prompt) and waits for its
-    /// answer, as the CLI would: an operator that stays silent would hang a real session.
+    /// Asks the operator something it does not handle (an MCP elicitation, which the CLI sends
+    /// for MCP servers' questions) and waits for its answer, as the CLI would: an operator that
+    /// stays silent would hang a real session.
     async fn ask_operator(&mut self) -> Result<String, Stop> {
-        let id = "sim_perm_1";
+        let id = "sim_ask_1";
         emit(&json!({"type": "control_request", "request_id": id,
-            "request": {"subtype": "can_use_tool", "tool_name": "Bash", "input": {"command": "rm -rf build"}}}));
+            "request": {"subtype": "elicitation", "mcp_server_name": "sim", "message": "Which branch?"}}));
         let deadline = tokio::time::sleep(Duration::from_secs(10));
         tokio::pin!(deadline);
         loop {
@@ -312,7 +313,7 @@ impl Sim {
             let answer = self.ask_operator().await?;
             self.assistant_text(
                 1,
-                &format!("The operator answered my can_use_tool request: {answer}."),
+                &format!("The operator answered my elicitation request: {answer}."),
             );
         }
         for turn in 1..=args.turns {

@@ -243,7 +243,7 @@ fn a_crashing_agent_and_a_garbage_printing_agent() {
     )
     .unwrap();
     assert!(
-        t.contains("The operator answered my can_use_tool request: error."),
+        t.contains("The operator answered my elicitation request: error."),
         "{t}"
     );
 }
@@ -546,9 +546,13 @@ fn an_ended_chain_resumed_by_id_gets_a_new_allowance_and_keeps_its_indices() {
     let c = &chains(&out)[0];
     assert_eq!(c.status, ChainStatus::MaxContinuations);
     assert_eq!(c.sessions.len(), 2);
-    // `--resume` without an id does not pick a chain that ended at its limit …
-    assert_eq!(op.run(&["run", "--resume"]).status.code(), Some(2));
-    // … but naming it continues it, with the cost so far kept.
+    // `list` marks it resumable.
+    let list = String::from_utf8_lossy(&op.run(&["list"]).stdout).into_owned();
+    assert!(
+        list.contains("max-continuations*") && list.contains("resumable"),
+        "{list}"
+    );
+    // Naming it continues it, with the cost so far kept.
     let out = op
         .cmd(&["run", "--resume", &c.id, "--json"])
         .env("OPERATOR_SIM__COMPLETE_AFTER", "3")
@@ -570,6 +574,51 @@ fn an_ended_chain_resumed_by_id_gets_a_new_allowance_and_keeps_its_indices() {
         "a complete chain is not resumable"
     );
     assert!(stderr(&complete).contains("nothing to resume"));
+}
+
+#[test]
+fn resume_without_an_id_continues_a_chain_that_hit_its_limit_with_a_higher_one() {
+    let op = Op::new();
+    let out = op
+        .cmd(&[
+            "run",
+            "--task",
+            "Long",
+            "--scenario",
+            "incomplete",
+            "--max-continuations",
+            "1",
+            "--json",
+        ])
+        .env("OPERATOR_SIM__COMPLETE_AFTER", "4")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::MaxContinuations);
+    // What a user does then: raise the limit and go on, without looking up the id.
+    let out = op
+        .cmd(&["run", "--resume", "--max-continuations", "5", "--json"])
+        .env("OPERATOR_SIM__COMPLETE_AFTER", "4")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("resuming chain {}", c.id)), "{err}");
+    assert!(err.contains("simulated agent"), "the sim says so: {err}");
+    let r = &chains(&out)[0];
+    assert_eq!(r.id, c.id);
+    assert_eq!(r.status, ChainStatus::Complete);
+    assert_eq!(r.sessions.len(), 5);
+    assert_eq!(r.config["max_continuations"], 5);
+    // A complete chain is final: nothing is left to resume.
+    let again = op.run(&["run", "--resume"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("no incomplete chain to resume"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]

@@ -300,7 +300,8 @@ async fn an_invalid_key_is_a_fatal_error() {
         return;
     }
     let (c, out, requests) = one_failing_session(401, "authentication_error").await;
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // Exit 7: the agent's credentials (docs/running.md).
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert_eq!(c.status, ChainStatus::Failed);
     assert!(
         c.reason.as_deref().unwrap().starts_with("fatal"),
@@ -489,6 +490,85 @@ async fn continuation_resume_continues_the_agent_session_in_a_new_process() {
     assert!(
         second.contains("continuing your previous session"),
         "{second}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_the_cli_no_longer_knows_is_started_fresh_from_the_handoff() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(
+        vec![Step::text(incomplete(1)), Step::text(COMPLETE)],
+        Step::text("unexpected"),
+    )
+    .await;
+    let env = [("OPERATOR_CONTINUATION", "resume")];
+    let first = [
+        "run",
+        "--task",
+        "Resume me",
+        "--max-continuations",
+        "0",
+        "--json",
+    ];
+    let out = run_claude_env(&op, &api, &bin, &first, &env).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let c = chains(&out)[0].clone();
+    // The CLI's session files are gone (cleared, or another machine).
+    std::fs::remove_dir_all(op.root.path().join("home/.claude/projects")).unwrap();
+    let again = ["run", "--resume", "--max-continuations", "2", "--json"];
+    let out = run_claude_env(&op, &api, &bin, &again, &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = &chains(&out)[0];
+    assert_eq!(r.id, c.id);
+    assert_eq!(r.status, ChainStatus::Complete);
+    assert_eq!(r.sessions.len(), 2);
+    // One attempt on the dead id, then a fresh session from the handoff.
+    assert_eq!(r.sessions[1].attempts, 2, "{:?}", r.sessions[1]);
+    assert_ne!(r.sessions[1].session_id, r.sessions[0].session_id);
+    let fresh = request_text(&api.scripted()[1]);
+    assert!(fresh.contains("HANDOFF-MARKER-1"), "{fresh}");
+}
+
+/// A subscriber (OAuth login) at the end of a 5-hour window: the CLI reports a `rate_limit_event`
+/// and its own wording; the chain stops at the announced reset (`--no-wait`), resumable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_limit_is_read_from_the_structured_event() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let api = FakeApi::start(vec![], Step::subscription_limit(4_000_000_000)).await;
+    let mut cmd = claude_cmd(
+        &op,
+        &api,
+        &bin,
+        &["run", "--task", "Limit", "--no-wait", "--json"],
+    );
+    cmd.env_remove("ANTHROPIC_API_KEY").env(
+        "CLAUDE_CODE_OAUTH_TOKEN",
+        "sk-ant-oat01-fake-token-for-tests",
+    );
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::WaitingLimit);
+    // 4,000,000,000 s (plus the margin) is in 2096.
+    assert!(
+        c.reason.as_deref().unwrap().contains("2096"),
+        "{:?}",
+        c.reason
+    );
+    let t = transcript(&op, &c.id, 1);
+    assert!(
+        t.contains("rate_limit_event") && t.contains("\"rejected\""),
+        "{t}"
+    );
+    assert!(t.contains("hit your"), "the CLI's own wording: {t}");
+    assert_eq!(
+        api.scripted().len(),
+        1,
+        "a subscription limit is not retried"
     );
 }
 

@@ -80,12 +80,25 @@ async fn browser(width: u32, height: u32) -> Option<Browser> {
     }
     let mut caps = serde_json::Map::new();
     caps.insert("goog:chromeOptions".into(), opts);
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let client = ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&url)
-        .await
-        .expect("a WebDriver session with Chromium");
+    // chromedriver may accept connections a moment before it serves them (seen with four
+    // browsers starting at once on two cores): a reset connection is tried again.
+    let mut tries = 0;
+    let client = loop {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector)
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                eprintln!("WebDriver session, try {tries}: {e}");
+                tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+            }
+            Err(e) => panic!("a WebDriver session with Chromium: {e}"),
+        }
+    };
     Some(Browser { driver, client })
 }
 
@@ -434,4 +447,107 @@ async fn handoffs_render_as_text_in_three_columns_and_every_page_fits_a_phone() 
         }
     }
     let _ = b.client.clone().close().await;
+}
+
+/// A real Claude Code CLI session whose `git push` waits for approval under an `ask` rule: the
+/// chain page shows the call with its input, and clicking Approve lets it run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_tool_call_is_approved_by_clicking_approve_on_the_chain_page() {
+    let Some(bin) = common::cli::claude_bin() else {
+        return;
+    };
+    let Some(b) = browser(1280, 900).await else {
+        return;
+    };
+    let c = &b.client;
+    let op = Op::new();
+    let work = std::fs::canonicalize(op.workdir()).unwrap();
+    std::fs::create_dir_all(work.join("config")).unwrap();
+    std::fs::write(
+        work.join("config/operator.toml"),
+        "[defaults.permissions]\nask = [\"Bash(git push:*)\"]\n",
+    )
+    .unwrap();
+    let api = common::fake_api::FakeApi::start(
+        vec![
+            common::fake_api::Step::bash("git push origin main || echo pushed > pushed.txt"),
+            common::fake_api::Step::text(
+                "Done.\n\n## HANDOFF: COMPLETE\n\n### Accomplished\nPushed.\n\n### Remaining\nNothing.\n\n### Context\nNone.",
+            ),
+        ],
+        common::fake_api::Step::text("unexpected"),
+    )
+    .await;
+    let mut cmd = common::user_cmd(
+        &op,
+        &api,
+        &bin,
+        &["run", "--task", "Push", "--json", "--serve", "127.0.0.1:0"],
+    );
+    cmd.current_dir(&work)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let store = op.store().await;
+    let mut pending = None;
+    for _ in 0..600 {
+        if let Some(a) = operator::store::approvals::list(&store, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+        {
+            pending = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a = pending.expect("an approval was requested");
+    let url = std::fs::read_to_string(op.data_dir().join("api.addr")).unwrap();
+    c.goto(&format!("{}/chains/{}", url.trim(), a.chain_id))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the held call is shown",
+        &format!(
+            "var e = document.getElementById('approval-{}'); return !!e && e.textContent.includes('git push origin main');",
+            a.id
+        ),
+    )
+    .await;
+    until(
+        c,
+        "the chain shows awaiting-approval",
+        "return document.body.textContent.includes('awaiting-approval');",
+    )
+    .await;
+    shot(c, "chain-approval").await;
+    c.find(Locator::Css(&format!("#approval-{} button.approve", a.id)))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        work.join("pushed.txt").exists(),
+        "the approved call did not run"
+    );
+    let settled = operator::store::approvals::load(&store, &a.chain_id, &a.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        settled.status,
+        operator::permissions::ApprovalStatus::Approved
+    );
+    assert_eq!(settled.answered_by.as_deref(), Some("dashboard"));
 }

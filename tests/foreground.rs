@@ -567,6 +567,7 @@ fn on_a_terminal_each_chain_has_a_live_line_and_a_summary_follows() {
         .current_dir(op.root.path())
         .env("OPERATOR_DATA_DIR", op.data_dir())
         .env("OPERATOR_WORKDIR", op.workdir())
+        .env("OPERATOR_AGENT", "sim")
         .env("OPERATOR_SIM__STEP", "60ms")
         .env("COLUMNS", "80")
         .env("TERM", "xterm")

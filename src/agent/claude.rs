@@ -4,6 +4,12 @@ use std::path::PathBuf;
 
 use super::{Agent, AgentError, AgentKind, CommandLine, SessionSpec, find_program};
 
+/// CLI settings (`--settings`, the CLI's "flag settings") that send every call of these tools to
+/// the operator: without them the CLI settles reads inside the workdir itself (measured with
+/// 2.1.328: a Read of `<workdir>/.operator/api-token` never reached the operator), and allow
+/// rules in the user's own settings would pass the operator's deny rules by.
+pub const OPERATOR_DECIDES: &str = r#"{"permissions":{"ask":["Read","Edit","Write","MultiEdit","NotebookEdit","Bash","WebFetch"]}}"#;
+
 /// Runs `claude --input-format stream-json --output-format stream-json --verbose …`.
 #[derive(Debug, Clone)]
 pub struct ClaudeAgent {
@@ -45,6 +51,12 @@ impl Agent for ClaudeAgent {
             "--append-system-prompt".into(),
             spec.system_prompt.clone(),
         ]);
+        if spec.permission_mode != "bypassPermissions" {
+            // The operator is the permission authority: the CLI asks it (a `can_use_tool`
+            // control request) about every call its own rules do not settle.
+            args.extend(["--permission-prompt-tool".into(), "stdio".into()]);
+            args.extend(["--settings".into(), OPERATOR_DECIDES.into()]);
+        }
         if let Some(id) = &spec.resume_id {
             args.extend(["--resume".into(), id.clone()]);
         }
@@ -116,10 +128,22 @@ mod tests {
         assert!(line.contains("--model sonnet"));
         assert!(line.contains("--permission-mode acceptEdits"));
         assert!(line.contains("--append-system-prompt SYS"));
+        assert!(line.contains("--permission-prompt-tool stdio --settings {"));
         assert!(line.ends_with("--resume abc"));
+        let settings: serde_json::Value = serde_json::from_str(OPERATOR_DECIDES).unwrap();
+        assert_eq!(settings["permissions"]["ask"][0], "Read");
         assert_eq!(c.cwd, PathBuf::from("/w"));
         assert_eq!(c.env_remove, vec!["CLAUDECODE".to_string()]);
         assert!(!line.contains(" -p "), "the prompt goes on stdin");
+    }
+
+    #[test]
+    fn bypass_permissions_asks_nothing() {
+        let mut s = spec();
+        s.permission_mode = "bypassPermissions".into();
+        let line = ClaudeAgent::new(None).command(&s).args.join(" ");
+        assert!(!line.contains("--permission-prompt-tool"));
+        assert!(!line.contains("--settings"));
     }
 
     #[test]

@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentKind {
-    Claude,
+    /// The default: real work needs a real agent.
     #[default]
+    Claude,
+    /// The built-in simulated agent (demos and tests; it changes nothing real).
     Sim,
 }
 

@@ -46,6 +46,20 @@ pub struct ResultInfo {
     pub errors: Vec<String>,
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// Tool calls refused during the turn (by the CLI's own rules or by the operator's answers).
+    #[serde(default)]
+    pub permission_denials: Vec<PermissionDenial>,
+}
+
+/// One entry of a result's `permission_denials`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct PermissionDenial {
+    #[serde(default)]
+    pub tool_name: String,
+    #[serde(default)]
+    pub tool_use_id: String,
+    #[serde(default)]
+    pub tool_input: Value,
 }
 
 /// A request from the agent that must be answered (hook callbacks, permission prompts…).
@@ -55,6 +69,10 @@ pub struct ControlRequest {
     pub subtype: String,
     pub callback_id: Option<String>,
     pub hook_event: Option<String>,
+    /// `can_use_tool`: the tool the agent wants to call, and its input.
+    pub tool_name: Option<String>,
+    pub tool_use_id: Option<String>,
+    pub input: Value,
 }
 
 /// One stdout line, typed.
@@ -228,6 +246,9 @@ pub fn parse_line(line: &str) -> Vec<AgentEvent> {
                 subtype: str_field(req, "subtype").unwrap_or_default(),
                 callback_id: str_field(req, "callback_id"),
                 hook_event: str_field(input, "hook_event_name"),
+                tool_name: str_field(req, "tool_name"),
+                tool_use_id: str_field(req, "tool_use_id"),
+                input: input.clone(),
             })]
         }
         "control_response" => {
@@ -284,6 +305,19 @@ pub fn control_error(request_id: &str, error: &str) -> String {
         "response": {"subtype": "error", "request_id": request_id, "error": error}
     })
     .to_string()
+}
+
+/// Lets a tool call run (`can_use_tool`), with its input unchanged.
+pub fn permission_allow(request_id: &str, input: &Value) -> String {
+    control_success(
+        request_id,
+        json!({"behavior": "allow", "updatedInput": input}),
+    )
+}
+
+/// Refuses a tool call (`can_use_tool`): the agent sees `message` as the tool's error.
+pub fn permission_deny(request_id: &str, message: &str) -> String {
+    control_success(request_id, json!({"behavior": "deny", "message": message}))
 }
 
 /// Asks the agent to stop the current turn.
@@ -388,8 +422,48 @@ mod tests {
                 subtype: "hook_callback".into(),
                 callback_id: Some("hook_0".into()),
                 hook_event: Some("PreCompact".into()),
+                tool_name: None,
+                tool_use_id: None,
+                input: json!({"hook_event_name": "PreCompact", "trigger": "auto"}),
             })]
         );
+    }
+
+    #[test]
+    fn can_use_tool_requests_and_their_answers() {
+        let ev = parse_line(
+            r#"{"type":"control_request","request_id":"r9","request":{"subtype":"can_use_tool","tool_name":"Write","display_name":"Write","input":{"file_path":"/w/a.txt","content":"hi"},"tool_use_id":"toolu_1"}}"#,
+        );
+        let AgentEvent::ControlRequest(req) = &ev[0] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(req.subtype, "can_use_tool");
+        assert_eq!(req.tool_name.as_deref(), Some("Write"));
+        assert_eq!(req.input["file_path"], "/w/a.txt");
+        let allow: Value = serde_json::from_str(&permission_allow("r9", &req.input)).unwrap();
+        assert_eq!(allow["response"]["request_id"], "r9");
+        assert_eq!(allow["response"]["response"]["behavior"], "allow");
+        assert_eq!(
+            allow["response"]["response"]["updatedInput"]["content"],
+            "hi"
+        );
+        let deny: Value = serde_json::from_str(&permission_deny("r9", "no")).unwrap();
+        assert_eq!(deny["response"]["subtype"], "success");
+        assert_eq!(deny["response"]["response"]["behavior"], "deny");
+        assert_eq!(deny["response"]["response"]["message"], "no");
+    }
+
+    #[test]
+    fn result_lines_carry_permission_denials() {
+        let ev = parse_line(
+            r#"{"type":"result","subtype":"success","is_error":false,"num_turns":2,"total_cost_usd":0.1,"permission_denials":[{"tool_name":"Bash","tool_use_id":"toolu_2","tool_input":{"command":"git init"}}]}"#,
+        );
+        let AgentEvent::Result(r) = &ev[0] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(r.permission_denials.len(), 1);
+        assert_eq!(r.permission_denials[0].tool_name, "Bash");
+        assert_eq!(r.permission_denials[0].tool_input["command"], "git init");
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub const CLI_ONLY: &[&str] = &[
     "noProgressSessions",
     "noWait",
     "breakerCooldown",
+    "permissions",
+    "approvalTimeout",
 ];
 
 /// Parses a start body: CLI-only keys are 403, unknown keys 422 (with a suggestion), and the

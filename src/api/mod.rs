@@ -4,6 +4,7 @@
 //! The API never talks to actors directly: it reads the store and steers the supervisor through
 //! the [`Control`] trait, which the daemon implements with the same code paths as the signals.
 
+pub mod approvals;
 pub mod chains;
 pub mod error;
 pub mod orchestrator;
@@ -126,6 +127,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(chains::list, chains::create))
         .routes(routes!(chains::get_one, chains::delete))
         .routes(routes!(chains::abort))
+        .routes(routes!(approvals::list))
+        .routes(routes!(approvals::answer))
         .routes(routes!(chains::session))
         .routes(routes!(chains::output))
         .routes(routes!(chains::events))

@@ -5,6 +5,7 @@
 //! `TurnEnded` decides whether the agent is asked again for its handoff, `SessionEnded`
 //! records the session and applies [`policy::decide`].
 
+mod approvals;
 pub mod cost;
 pub mod gates;
 pub mod handoffs;
@@ -84,6 +85,17 @@ pub enum ChainMsg {
     },
     /// New settings from a reload; they apply from the next session.
     Reconfigure(Box<ChainSettings>, Arc<dyn Agent>),
+    /// The session holds a tool call for a person (an `ask` rule).
+    ApprovalRequested {
+        index: u32,
+        request_id: String,
+        tool: String,
+        summary: String,
+        input: String,
+        rule: String,
+    },
+    /// Look for answers to held tool calls.
+    CheckApprovals,
 }
 
 /// What every chain shares with the operator.
@@ -181,6 +193,12 @@ pub struct ChainState {
     quota_wait: Option<std::time::Instant>,
     /// The breaker is half-open: the running (or next) session is its one probe.
     probing: bool,
+    /// Tool calls of the running session held for a person.
+    held: Vec<approvals::Held>,
+    /// The last session's denied tool calls, for the next prompt.
+    denied_note: Option<String>,
+    /// Tool calls denied since the last session without denials (for no-progress reasons).
+    denied_in_row: u32,
 }
 
 pub struct Chain;
@@ -455,7 +473,10 @@ impl ChainState {
             }
         }
         let index = self.next_index;
-        let note = self.note.take();
+        let note = match (self.note.take(), self.denied_note.take()) {
+            (Some(n), Some(d)) => Some(format!("{n}\n\n{d}")),
+            (n, d) => n.or(d),
+        };
         let kept_note = note.clone();
         let resume_id = match self.settings.continuation {
             Continuation::Resume => self.resumable.clone(),
@@ -554,6 +575,15 @@ impl ChainState {
                 idle_timeout: self.settings.idle_timeout,
                 session_timeout: self.settings.session_timeout,
             },
+            // The operator answers the agent's permission requests, unless the chain was
+            // explicitly configured to bypass them.
+            policy: (self.settings.permission_mode != "bypassPermissions").then(|| {
+                Arc::new(crate::permissions::Policy::new(
+                    &self.settings.permissions,
+                    &self.workdir(),
+                    &self.ctx.data_dir,
+                ))
+            }),
         };
         match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
             Ok((actor, _)) => {
@@ -681,6 +711,10 @@ impl ChainState {
         me: &ActorRef<ChainMsg>,
         o: SessionOutcome,
     ) -> Result<(), ActorProcessingErr> {
+        if !self.held.is_empty() {
+            self.cancel_approvals("The session ended before anyone answered.")
+                .await;
+        }
         let Some(run) = self.session.take() else {
             return Ok(());
         };
@@ -688,6 +722,12 @@ impl ChainState {
             self.ctx.quota.finished(&self.account, &self.id);
         }
         let verdict = policy::classify(&o.facts);
+        if self.resumable.is_some() && policy::unknown_resume_id(&o.facts) {
+            // Spending more attempts on a dead id helps nobody: the retry starts fresh from
+            // the last handoff.
+            tracing::warn!(parent: &self.span, session.index = o.index, "the agent no longer knows the session it was to resume; the next attempt starts fresh from the handoff");
+            self.resumable = None;
+        }
         let reported = o.reported_cost;
         let cost: f64 = self
             .ask_cost(me, |reply| CostMsg::EndSession { reported, reply })
@@ -836,6 +876,21 @@ impl ChainState {
                 json!({"session": record, "transcriptTruncated": o.transcript_truncated}),
             )
             .await;
+        if let Some(note) = crate::permissions::denial_note(&o.denied) {
+            self.ctx
+                .bus
+                .emit(
+                    "chain:permissions-denied",
+                    Some(&self.id),
+                    Some(o.index),
+                    json!({"count": o.denied.len(), "calls": o.denied}),
+                )
+                .await;
+            self.denied_note = Some(note);
+            self.denied_in_row += o.denied.len() as u32;
+        } else {
+            self.denied_in_row = 0;
+        }
         let total: f64 = self.ask_cost(me, CostMsg::Total).await?;
         if !self.budget_warned && total >= 0.8 * self.settings.max_budget_usd {
             self.budget_warned = true;
@@ -1122,10 +1177,14 @@ impl ChainState {
             .await;
         let limit = self.settings.no_progress_sessions;
         if decision == Next::Continue && limit > 0 && self.no_progress >= limit {
-            return Ok(Next::Finish(
-                ChainStatus::Failed,
-                Some(gates::no_progress_reason(self.no_progress, after.source)),
-            ));
+            let mut reason = gates::no_progress_reason(self.no_progress, after.source);
+            if self.denied_in_row > 0 {
+                reason.push_str(&format!(
+                    "; {} tool call(s) were denied by the permission policy in those sessions (see `operator show {}`)",
+                    self.denied_in_row, self.id
+                ));
+            }
+            return Ok(Next::Finish(ChainStatus::Failed, Some(reason)));
         }
         Ok(decision)
     }
@@ -1320,6 +1379,9 @@ impl Actor for Chain {
             admitted: false,
             quota_wait: None,
             probing: false,
+            held: Vec::new(),
+            denied_note: None,
+            denied_in_row: 0,
         };
         st.set_status(ChainStatus::Running, None).await?;
         // Forward run-mode changes (pause, resume, stop) as messages.
@@ -1365,6 +1427,12 @@ impl Actor for Chain {
             ChainMsg::SessionEnded(o) => st.session_ended(&me, *o).await?,
             ChainMsg::ModeChanged => {
                 let mode = *st.ctx.mode.borrow();
+                if matches!(mode, Mode::Stopping | Mode::Paused { interrupt: true }) {
+                    st.cancel_approvals(
+                        "The operator is stopping this session; this call was not approved. Write your handoff.",
+                    )
+                    .await;
+                }
                 match (&st.session, mode) {
                     (Some(run), Mode::Stopping | Mode::Paused { interrupt: true }) => {
                         if let Some(a) = &run.actor {
@@ -1417,8 +1485,29 @@ impl Actor for Chain {
                 st.settings = *settings;
                 st.agent = agent;
             }
+            ChainMsg::ApprovalRequested {
+                index,
+                request_id,
+                tool,
+                summary,
+                input,
+                rule,
+            } => {
+                let r = approvals::Request {
+                    index,
+                    request_id,
+                    tool,
+                    summary,
+                    input,
+                    rule,
+                };
+                st.approval_requested(&me, r).await?
+            }
+            ChainMsg::CheckApprovals => st.check_approvals(&me).await?,
             ChainMsg::Abort => {
                 st.aborting = true;
+                st.cancel_approvals("The chain was aborted; this call was not approved.")
+                    .await;
                 match &st.session {
                     Some(run) => {
                         if let Some(a) = &run.actor {

@@ -58,14 +58,69 @@ pub fn fatal_start_message(stderr: &str) -> Option<&str> {
         .find(|l| FATAL.iter().any(|f| l.contains(f)))
 }
 
-/// Recognises a usage-limit message (`Claude AI usage limit reached|1767225600`, or the
-/// newer wordings with "usage limit"), and its reset time when the message carries one.
-pub fn usage_limit_in(text: &str) -> Option<Option<u64>> {
+/// The prefix of every error caused by the agent's credentials (`operator run` exits with its own
+/// code when a chain failed on them).
+pub const CREDENTIALS: &str = "credentials: ";
+
+/// What the Claude Code CLI says when it has no valid credentials (measured with 2.1.328:
+/// `Not logged in · Please run /login` with no key and no login; `Invalid API key · Fix
+/// external API key` on a 401), and what to do about it.
+pub fn credentials_error(text: &str, status: Option<u16>) -> Option<String> {
     let lower = text.to_ascii_lowercase();
-    if !lower.contains("usage limit") && !lower.contains("limit reached") {
+    let what = if lower.contains("not logged in") || lower.contains("please run /login") {
+        "the agent is not logged in"
+    } else if lower.contains("invalid api key") || lower.contains("invalid x-api-key") {
+        "the API key was refused"
+    } else if lower.contains("oauth token")
+        && (lower.contains("expired") || lower.contains("revoked"))
+    {
+        "the login (OAuth token) has expired or was revoked"
+    } else if matches!(status, Some(401)) || lower.contains("authentication_error") {
+        "the API refused the credentials (401)"
+    } else if matches!(status, Some(403)) || lower.contains("permission_error") {
+        "the API refused access with these credentials (403)"
+    } else {
+        return None;
+    };
+    let said = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    Some(format!(
+        "{CREDENTIALS}{what} (`{said}`): log in with `claude` (then `/login`), or set ANTHROPIC_API_KEY, then `operator run --resume`"
+    ))
+}
+
+/// The CLI refused `--resume <id>` because it no longer knows the session (its files were cleared,
+/// or the chain moved to another machine). Measured with 2.1.328: an `error_during_execution`
+/// result whose `errors` say `No conversation found with session ID: <id>`.
+pub fn unknown_resume_id(f: &SessionFacts) -> bool {
+    f.errors
+        .iter()
+        .chain(f.result_text.iter())
+        .chain(std::iter::once(&f.stderr_tail))
+        .any(|e| e.contains("No conversation found with session ID"))
+}
+
+/// Recognises a usage-limit message (`Claude AI usage limit reached|1767225600`, the wordings
+/// with "usage limit", and the subscription's `You've hit your limit · resets 8pm
+/// (Europe/Paris)`), and its reset time (Unix seconds) when the message carries one.
+pub fn usage_limit_in(text: &str) -> Option<Option<u64>> {
+    usage_limit_at(text, jiff::Timestamp::now())
+}
+
+/// [`usage_limit_in`] at a given moment (a reset given as a time of day is the next one after `now`).
+pub fn usage_limit_at(text: &str, now: jiff::Timestamp) -> Option<Option<u64>> {
+    let lower = text.to_ascii_lowercase();
+    let says_limit = lower.contains("usage limit")
+        || lower.contains("limit reached")
+        || lower.contains("reached your limit")
+        || (lower.contains("hit your") && lower.contains("limit"));
+    if !says_limit {
         return None;
     }
-    let reset = text
+    let epoch = text
         .split('|')
         .skip(1)
         .find_map(|part| {
@@ -76,7 +131,59 @@ pub fn usage_limit_in(text: &str) -> Option<Option<u64>> {
                 .ok()
         })
         .filter(|t| *t > 1_000_000_000);
-    Some(reset)
+    Some(epoch.or_else(|| reset_time_of_day(text, now)))
+}
+
+/// `resets 8pm`, `resets 8:30 pm (Europe/Paris)`, `resets at 20:00 (UTC)`: the next such moment
+/// after `now`, in the named zone (the machine's own when none is named). `None` when the text
+/// says no time, or names a zone this machine does not know.
+fn reset_time_of_day(text: &str, now: jiff::Timestamp) -> Option<u64> {
+    let lower = text.to_ascii_lowercase();
+    let at = lower.find("resets")? + "resets".len();
+    let rest = lower[at..].trim_start();
+    let rest = rest.strip_prefix("at ").unwrap_or(rest).trim_start();
+    let clock: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ':')
+        .collect();
+    let after = rest[clock.len()..].trim_start();
+    let (mut hour, minute) = match clock.split_once(':') {
+        Some((h, m)) => (h.parse::<i8>().ok()?, m.parse::<i8>().ok()?),
+        None => (clock.parse::<i8>().ok()?, 0),
+    };
+    if after.starts_with("pm") && hour < 12 {
+        hour += 12;
+    } else if after.starts_with("am") && hour == 12 {
+        hour = 0;
+    }
+    if !(0..24).contains(&hour) || !(0..60).contains(&minute) {
+        return None;
+    }
+    // The zone keeps its case: take it from the original text.
+    let zone = text[at..]
+        .split_once('(')
+        .and_then(|(_, z)| z.split_once(')'))
+        .map(|(z, _)| z.trim().to_string());
+    let tz = match zone {
+        Some(z) => jiff::tz::TimeZone::get(&z).ok()?,
+        None => jiff::tz::TimeZone::system(),
+    };
+    let today = now.to_zoned(tz.clone()).date();
+    let mut when = today
+        .at(hour, minute, 0, 0)
+        .to_zoned(tz.clone())
+        .ok()?
+        .timestamp();
+    if when <= now {
+        when = today
+            .tomorrow()
+            .ok()?
+            .at(hour, minute, 0, 0)
+            .to_zoned(tz)
+            .ok()?
+            .timestamp();
+    }
+    u64::try_from(when.as_second()).ok()
 }
 
 /// Reads all the facts together: never `subtype` or the exit code alone.
@@ -115,6 +222,15 @@ pub fn classify(f: &SessionFacts) -> Verdict {
     }
     if let Some(e) = &f.auth_error {
         return failed(e.clone(), ErrorKind::Fatal);
+    }
+    if f.result_is_error
+        && let Some(e) = credentials_error(
+            f.result_text.as_deref().unwrap_or_default(),
+            f.api_error_status,
+        )
+    {
+        // Retrying cannot log anyone in: fatal at its first appearance.
+        return failed(e, ErrorKind::Fatal);
     }
     if let Some(w) = &f.watchdog {
         return failed(w.clone(), ErrorKind::Transient);
@@ -429,6 +545,50 @@ mod tests {
             Some(None)
         );
         assert_eq!(usage_limit_in("API Error: 500"), None);
+    }
+
+    #[test]
+    fn the_subscription_wording_gives_a_reset_in_its_zone() {
+        // 2026-12-02 15:00 UTC = 16:00 in Paris.
+        let now: jiff::Timestamp = "2026-12-02T15:00:00Z".parse().unwrap();
+        let at = |s: &str| -> u64 {
+            let t: jiff::Timestamp = s.parse().unwrap();
+            t.as_second() as u64
+        };
+        assert_eq!(
+            usage_limit_at("You've hit your limit · resets 8pm (Europe/Paris)", now),
+            Some(Some(at("2026-12-02T19:00:00Z")))
+        );
+        // Already past today: tomorrow's.
+        assert_eq!(
+            usage_limit_at("You've hit your limit · resets 3:30am (Europe/Paris)", now),
+            Some(Some(at("2026-12-03T02:30:00Z")))
+        );
+        assert_eq!(
+            usage_limit_at(
+                "Claude usage limit reached. Your limit resets at 20:00 (UTC)",
+                now
+            ),
+            Some(Some(at("2026-12-02T20:00:00Z")))
+        );
+        assert_eq!(
+            usage_limit_at(
+                "You've hit your limit · resets 12am (America/New_York)",
+                now
+            ),
+            Some(Some(at("2026-12-03T05:00:00Z")))
+        );
+        // Measured with CLI 2.1.328 on an OAuth token and the API's unified rate-limit headers.
+        assert_eq!(
+            usage_limit_at("You've hit your 5-hour limit · resets 9:29am (UTC)", now),
+            Some(Some(at("2026-12-03T09:29:00Z")))
+        );
+        // A zone this machine does not know, or no time at all: a limit with no reset time.
+        assert_eq!(
+            usage_limit_at("You've hit your limit · resets 8pm (Mars/Olympus)", now),
+            Some(None)
+        );
+        assert_eq!(usage_limit_at("You've hit your limit", now), Some(None));
         let f = SessionFacts {
             result_is_error: true,
             result_text: Some("Claude AI usage limit reached|1767225600".into()),

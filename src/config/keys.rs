@@ -38,7 +38,10 @@ pub const CHAIN_KEYS: &[&str] = &[
     "no_progress_sessions",
     "no_wait",
     "breaker_cooldown",
+    "permissions",
+    "approval_timeout",
 ];
+const PERMISSION_KEYS: &[&str] = &["allow", "deny", "ask"];
 const SIM_KEYS: &[&str] = &["scenario", "complete_after", "step", "turns", "write"];
 const CHAIN_ENTRY_KEYS: &[&str] = &["name", "task", "after"];
 const MISSION_KEYS: &[&str] = &["name", "description", "concurrency", "defaults", "chain"];
@@ -102,6 +105,9 @@ fn check_table(
             out.push(unknown(file, path, k, known));
             continue;
         }
+        if k == "permissions" {
+            check_permissions(file, path, v, out);
+        }
         if k == "sim" {
             let p = if path.is_empty() {
                 "sim".to_string()
@@ -115,6 +121,50 @@ fn check_table(
                     key: Some(p),
                     message: "expected a table".into(),
                 }),
+            }
+        }
+    }
+}
+
+/// The `permissions` table: known lists only, every rule parsed (a malformed rule names its
+/// file and key, e.g. `chain[0].permissions.deny[1]`).
+fn check_permissions(file: &str, path: &str, v: &Value, out: &mut Vec<Issue>) {
+    let p = if path.is_empty() {
+        "permissions".to_string()
+    } else {
+        format!("{path}.permissions")
+    };
+    let issue = |key: String, message: String| Issue {
+        file: Some(file.to_string()),
+        key: Some(key),
+        message,
+    };
+    let ValueKind::Table(t) = &v.kind else {
+        out.push(issue(
+            p,
+            "expected a table ([permissions] with allow, deny, ask)".into(),
+        ));
+        return;
+    };
+    check_table(file, &p, t, PERMISSION_KEYS, out);
+    for list in PERMISSION_KEYS {
+        let Some(v) = t.get(*list) else { continue };
+        let ValueKind::Array(items) = &v.kind else {
+            out.push(issue(
+                format!("{p}.{list}"),
+                "expected a list of rules, e.g. [\"Bash(cargo test:*)\", \"Edit(src/**)\"]".into(),
+            ));
+            continue;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("{p}.{list}[{i}]");
+            match item.clone().into_string() {
+                Ok(r) => {
+                    if let Err(e) = crate::permissions::rule::Rule::parse(&r) {
+                        out.push(issue(key, format!("not a valid rule: {}", e.why)));
+                    }
+                }
+                Err(_) => out.push(issue(key, "expected a rule as a string".into())),
             }
         }
     }

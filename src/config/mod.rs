@@ -100,6 +100,16 @@ pub struct ChainSettings {
     /// Webhooks of this chain, besides the operator-wide `notify_webhook`.
     #[serde(default)]
     pub webhooks: Vec<Webhook>,
+    /// The operator's tool-permission rules (Claude Code syntax) over its safe default.
+    #[serde(default)]
+    pub permissions: crate::permissions::PermissionRules,
+    /// How long a tool call held by an `ask` rule waits for a person before it is denied.
+    #[serde(with = "humantime_serde", default = "default_approval_timeout")]
+    pub approval_timeout: Duration,
+}
+
+fn default_approval_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
 }
 
 fn default_release_jitter() -> Duration {
@@ -169,10 +179,13 @@ pub enum NotifyOn {
     Waiting,
     /// The chain has spent 80 % of its budget.
     Budget,
+    /// A tool call waits for a person's approval (an `ask` rule).
+    Approval,
 }
 
+/// By default a webhook hears of a chain's end and of calls that wait for a person.
 pub fn default_notify_on() -> Vec<NotifyOn> {
-    vec![NotifyOn::End]
+    vec![NotifyOn::End, NotifyOn::Approval]
 }
 
 /// One webhook.
@@ -488,7 +501,7 @@ fn builtin_chain_defaults()
 -> Result<config::ConfigBuilder<config::builder::DefaultState>, config::ConfigError> {
     let sim = SimConfig::default();
     Config::builder()
-        .set_default("agent", "sim")?
+        .set_default("agent", "claude")?
         .set_default("model", "sonnet")?
         .set_default("max_turns", 30)?
         .set_default("max_continuations", 5)?
@@ -892,6 +905,12 @@ fn check_chain_settings(s: &ChainSettings) -> Result<(), String> {
         && !(a.contains('<') && a.trim_end().ends_with('>'))
     {
         return Err(format!("`commit_author` is `{a}`; expected `Name <email>`"));
+    }
+    if let Some((key, e)) = s.permissions.check().into_iter().next() {
+        return Err(format!("`{key}`: not a valid rule: {e}"));
+    }
+    if s.approval_timeout.is_zero() {
+        return Err("`approval_timeout` must be longer than zero".into());
     }
     if s.breaker_threshold == 0 {
         return Err("`breaker_threshold` must be at least 1".into());

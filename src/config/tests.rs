@@ -48,7 +48,11 @@ fn builtin_defaults_apply_without_files() {
     assert_eq!(s.model, "sonnet");
     assert_eq!(s.max_turns, 30);
     assert_eq!(s.max_continuations, 5);
-    assert_eq!(s.agent, AgentKind::Sim);
+    assert_eq!(
+        s.agent,
+        AgentKind::Claude,
+        "real work needs a real agent by default"
+    );
 }
 
 #[test]

@@ -23,6 +23,7 @@ use crate::chain::ChainMsg;
 use crate::chain::policy::SessionFacts;
 use crate::events::Bus;
 use crate::handoff;
+use crate::permissions::{DeniedCall, Policy, Verdict};
 use crate::process::{self, Group, Registry};
 
 /// Transcripts beyond this size are cut (and the cut is recorded).
@@ -54,6 +55,13 @@ pub enum SessionMsg {
     Kill,
     /// Periodic watchdog check.
     Watch,
+    /// A person (or the approval timeout) answered a tool call held by an `ask` rule.
+    Answer {
+        request_id: String,
+        allow: bool,
+        message: String,
+        by: String,
+    },
 }
 
 /// Everything the chain learns when a session ends.
@@ -97,6 +105,8 @@ pub struct SessionOutcome {
     pub transcript_truncated: bool,
     /// When the agent's process ended (RFC 3339), before anything was recorded.
     pub ended_at: String,
+    /// Tool calls refused during the session.
+    pub denied: Vec<DeniedCall>,
 }
 
 impl SessionOutcome {
@@ -113,6 +123,7 @@ impl SessionOutcome {
             duration: Duration::ZERO,
             transcript_truncated: false,
             ended_at: crate::model::now_rfc3339(),
+            denied: Vec::new(),
         }
     }
 }
@@ -127,6 +138,9 @@ pub struct SessionArgs {
     /// The attempt of this session (retries append to the same transcript).
     pub attempt: u32,
     pub watchdog: Watchdog,
+    /// The operator's permission policy; `None` when the agent runs with `bypassPermissions`
+    /// (it then asks nothing).
+    pub policy: Option<Arc<Policy>>,
 }
 
 /// Limits a session runs under.
@@ -194,6 +208,13 @@ pub struct SessionState {
     transcript_truncated: bool,
     last_live: Option<Instant>,
     next_request: u32,
+    policy: Option<Arc<Policy>>,
+    /// The model the agent reported at its start.
+    reported_model: Option<String>,
+    /// Tool calls held for a person: request id → (tool, input).
+    held: std::collections::HashMap<String, (String, serde_json::Value, Option<String>)>,
+    /// Tool calls refused so far, by tool-use id when known (the result's list repeats them).
+    denied: Vec<(Option<String>, DeniedCall)>,
     span: tracing::Span,
 }
 
@@ -263,6 +284,95 @@ impl SessionState {
             self.spec.index,
             json!({"text": crate::redact::redact(&activity), "turns": self.turns}),
         );
+    }
+
+    /// Answers a `can_use_tool` request from the policy: allow, deny, or hold it for a person.
+    async fn can_use_tool(&mut self, req: stream::ControlRequest) {
+        let tool = req.tool_name.clone().unwrap_or_default();
+        let Some(policy) = self.policy.clone() else {
+            // Without a policy the CLI should not ask; never leave a request unanswered.
+            let reply = stream::permission_deny(
+                &req.request_id,
+                "The operator has no permission policy for this session.",
+            );
+            self.write_line(&reply).await;
+            return;
+        };
+        let d = policy.decide(&tool, &req.input);
+        let tool_use_id = req.tool_use_id.clone();
+        match d.verdict {
+            Verdict::Allow => {
+                self.decided(&tool, &req.input, d.verdict, &d.rule, None)
+                    .await;
+                let reply = stream::permission_allow(&req.request_id, &req.input);
+                self.write_line(&reply).await;
+            }
+            Verdict::Deny => {
+                self.decided(&tool, &req.input, d.verdict, &d.rule, tool_use_id)
+                    .await;
+                let reply = stream::permission_deny(&req.request_id, &d.message);
+                self.write_line(&reply).await;
+            }
+            Verdict::Ask => {
+                tracing::info!(parent: &self.span, tool = %tool, rule = %d.rule, "a tool call waits for a person's approval");
+                self.held.insert(
+                    req.request_id.clone(),
+                    (tool.clone(), req.input.clone(), tool_use_id),
+                );
+                self.decided(&tool, &req.input, d.verdict, &d.rule, None)
+                    .await;
+                let _ = self.chain.cast(ChainMsg::ApprovalRequested {
+                    index: self.spec.index,
+                    request_id: req.request_id,
+                    summary: crate::permissions::summarize(&tool, &req.input),
+                    input: crate::redact::redact(&req.input.to_string()).into_owned(),
+                    tool,
+                    rule: d.rule,
+                });
+            }
+        }
+    }
+
+    /// Keeps a decision: the journal (`session:permission`, which `show`, the chain page and
+    /// `/metrics` read) and, for a denial, the list the next prompt names.
+    async fn decided(
+        &mut self,
+        tool: &str,
+        input: &serde_json::Value,
+        verdict: Verdict,
+        rule: &str,
+        tool_use_id: Option<String>,
+    ) {
+        let summary = crate::permissions::summarize(tool, input);
+        if verdict == Verdict::Deny {
+            tracing::warn!(parent: &self.span, tool, input = %summary, rule, "tool call denied");
+            self.denied.push((
+                tool_use_id,
+                DeniedCall {
+                    tool: tool.to_string(),
+                    summary: summary.clone(),
+                    reason: rule.to_string(),
+                },
+            ));
+        } else {
+            tracing::debug!(parent: &self.span, tool, input = %summary, rule, decision = verdict.as_str(), "tool call decided");
+        }
+        self.live(format!("{} {tool}: {summary}", verdict.as_str()), true);
+        self.bus
+            .emit(
+                "session:permission",
+                Some(&self.spec.chain_id),
+                Some(self.spec.index),
+                json!({"tool": tool, "input": summary, "decision": verdict.as_str(), "rule": rule}),
+            )
+            .await;
+    }
+
+    /// The model usage is priced by: the one the stream reported, else the configured one.
+    fn priced_model(&self) -> String {
+        self.reported_model
+            .clone()
+            .unwrap_or_else(|| self.spec.model.clone())
     }
 
     fn request_id(&mut self) -> String {
@@ -352,6 +462,10 @@ impl Actor for Session {
             transcript_truncated: false,
             last_live: None,
             next_request: 0,
+            policy: args.policy,
+            reported_model: None,
+            held: std::collections::HashMap::new(),
+            denied: Vec::new(),
             span,
         };
         if args.attempt > 1 {
@@ -383,6 +497,10 @@ impl Actor for Session {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Watch => {
+                if !st.held.is_empty() {
+                    // A call held for a person is not idleness: the idle clock waits with it.
+                    st.last_output = Instant::now();
+                }
                 if st.watchdog_fired.is_none()
                     && st.auth_error.is_none()
                     && let Some(why) = watchdog_verdict(
@@ -443,6 +561,31 @@ impl Actor for Session {
                 myself.send_after(Duration::from_secs(3), || SessionMsg::Kill);
             }
             SessionMsg::Kill => st.group.signal(Signal::SIGKILL),
+            SessionMsg::Answer {
+                request_id,
+                allow,
+                message,
+                by,
+            } => {
+                if let Some((tool, input, tool_use_id)) = st.held.remove(&request_id) {
+                    st.last_output = Instant::now();
+                    let verdict = if allow { Verdict::Allow } else { Verdict::Deny };
+                    st.decided(
+                        &tool,
+                        &input,
+                        verdict,
+                        &format!("answered by {by}"),
+                        tool_use_id,
+                    )
+                    .await;
+                    let reply = if allow {
+                        stream::permission_allow(&request_id, &input)
+                    } else {
+                        stream::permission_deny(&request_id, &message)
+                    };
+                    st.write_line(&reply).await;
+                }
+            }
             SessionMsg::Eof => {
                 let status = match tokio::time::timeout(st.exit_grace, st.child.wait()).await {
                     Ok(s) => s.ok(),
@@ -496,6 +639,10 @@ impl Actor for Session {
                     duration: st.started.elapsed(),
                     transcript_truncated: st.transcript_truncated,
                     ended_at: crate::model::now_rfc3339(),
+                    denied: std::mem::take(&mut st.denied)
+                        .into_iter()
+                        .map(|(_, d)| d)
+                        .collect(),
                 };
                 st.chain.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
                 myself.stop(None);
@@ -511,12 +658,14 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
             session_id, model, ..
         } => {
             st.session_id = Some(session_id);
+            // Priced by the model the CLI really runs (an alias like `opus` names a family).
+            st.reported_model = model.clone().filter(|m| !m.is_empty());
             st.live(format!("started ({})", model.unwrap_or_default()), true);
         }
         AgentEvent::Text { text, usage } => {
             if let Some(u) = usage {
                 let _ = st.chain.cast(ChainMsg::Usage {
-                    model: st.spec.model.clone(),
+                    model: st.priced_model(),
                     usage: u,
                 });
             }
@@ -534,7 +683,7 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
         AgentEvent::ToolUse { name, usage } => {
             if let Some(u) = usage {
                 let _ = st.chain.cast(ChainMsg::Usage {
-                    model: st.spec.model.clone(),
+                    model: st.priced_model(),
                     usage: u,
                 });
             }
@@ -578,7 +727,8 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "401".into());
                 st.auth_error = Some(format!(
-                    "authentication failed (HTTP {status}, {error}): check the API key"
+                    "{}authentication failed (HTTP {status}, {error}): log in with `claude` (then `/login`), or set ANTHROPIC_API_KEY, then `operator run --resume`",
+                    crate::chain::policy::CREDENTIALS
                 ));
                 tracing::error!(parent: &st.span, status = %status, "authentication failed; stopping the agent");
                 st.stdin = None;
@@ -599,6 +749,9 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
             st.pre_compacted = true;
             st.compacted = true;
             st.live("context compacted".into(), true);
+        }
+        AgentEvent::ControlRequest(req) if req.subtype == "can_use_tool" => {
+            st.can_use_tool(req).await;
         }
         AgentEvent::ControlRequest(req) => {
             let reply = if req.subtype == "hook_callback"
@@ -637,6 +790,24 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                 is_error: r.is_error && !st.hit_max_turns,
             });
             st.results += 1;
+            // Refusals the CLI made by its own rules (the operator's own are known already).
+            for d in &r.permission_denials {
+                let known = st
+                    .denied
+                    .iter()
+                    .any(|(id, _)| id.as_deref() == Some(d.tool_use_id.as_str()));
+                if !known {
+                    let summary = crate::permissions::summarize(&d.tool_name, &d.tool_input);
+                    st.denied.push((
+                        Some(d.tool_use_id.clone()),
+                        DeniedCall {
+                            tool: d.tool_name.clone(),
+                            summary,
+                            reason: "denied by the agent CLI's own rules".into(),
+                        },
+                    ));
+                }
+            }
             if st.first_result.is_none() {
                 st.first_result = Some(r.clone());
             }

@@ -4,6 +4,7 @@
 //! Every call is one small transaction: recording a session or an event never rewrites
 //! anything else, so the cost of a write does not grow with the number of chains.
 
+pub mod approvals;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -179,6 +180,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Operator-wide flags that must survive a restart (e.g. `paused`).
     async fn get_flag(&self, key: &str) -> StoreResult<Option<String>>;
     async fn set_flag(&self, key: &str, value: Option<&str>) -> StoreResult<()>;
+    /// Flags whose key starts with `prefix` (e.g. a chain's held tool calls), by key.
+    async fn flags_with_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>>;
     /// Records the verify gates' results after a COMPLETE.
     async fn set_chain_verify(
         &self,

@@ -124,7 +124,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Statuses of chains that are not over (a worker may hold or claim them).
-const LIVE: &str = "('queued', 'running', 'paused', 'waiting', 'waiting-limit', 'interrupted')";
+const LIVE: &str = "('queued', 'running', 'paused', 'waiting', 'awaiting-approval', 'waiting-limit', 'interrupted')";
 
 /// Serialises migrations of one database across processes (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x6f70_6572_6174_6f72; // "operator"
@@ -911,7 +911,7 @@ impl Store for PostgresStore {
     async fn archive_old(&self, keep: u32) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE chains SET archived = TRUE WHERE NOT archived \
-             AND status NOT IN ('running', 'queued', 'paused', 'waiting') \
+             AND status NOT IN ('running', 'queued', 'paused', 'waiting', 'awaiting-approval') \
              AND id NOT IN (SELECT id FROM chains ORDER BY started_at DESC, id DESC LIMIT $1)",
         )
         .bind(i64::from(keep))
@@ -926,6 +926,18 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn flags_with_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT key, value FROM flags WHERE left(key, length($1)) = $1 ORDER BY key",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     async fn set_flag(&self, key: &str, value: Option<&str>) -> StoreResult<()> {

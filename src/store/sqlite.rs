@@ -595,7 +595,7 @@ impl Store for SqliteStore {
     async fn archive_old(&self, keep: u32) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE chains SET archived = 1 WHERE archived = 0 \
-             AND status NOT IN ('running', 'queued', 'paused', 'waiting') \
+             AND status NOT IN ('running', 'queued', 'paused', 'waiting', 'awaiting-approval') \
              AND id NOT IN (SELECT id FROM chains ORDER BY started_at DESC, id DESC LIMIT ?1)",
         )
         .bind(i64::from(keep))
@@ -610,6 +610,18 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn flags_with_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT key, value FROM flags WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     async fn set_flag(&self, key: &str, value: Option<&str>) -> StoreResult<()> {

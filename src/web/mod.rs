@@ -259,6 +259,8 @@ fn is_history(kind: &str) -> bool {
             | "chain:restarted"
             | "chain:child-restarted"
             | "chain:budget-warning"
+            | "chain:permissions-denied"
+            | "chain:approval-answered"
             | "git:dirty"
             | "git:commit-failed"
             | "git:push-failed"
@@ -308,11 +310,32 @@ async fn chain_ctx(st: &AppState, id: &str) -> Result<minijinja::Value, ApiError
                    "detail": crate::redact::redact(&detail).into_owned()})
         })
         .collect();
+    let events = st.store.events(Some(id), 0, 100_000).await?;
+    let decisions = |idx: u32| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e.kind == "session:permission" && e.session_index == Some(idx))
+            .map(|e| e.data.clone())
+            .collect()
+    };
+    let sessions: Vec<Value> = sessions
+        .into_iter()
+        .map(|mut s| {
+            let idx = s["index"].as_u64().unwrap_or(0) as u32;
+            s["permissions"] = Value::Array(decisions(idx));
+            s
+        })
+        .collect();
+    let approvals = crate::store::approvals::list(&*st.store, Some(id)).await?;
+    let pending: Vec<&crate::permissions::Approval> = approvals
+        .iter()
+        .filter(|a| a.status == crate::permissions::ApprovalStatus::Pending)
+        .collect();
     let model = chain.config["model"].as_str().unwrap_or("?").to_string();
     let active = !chain.status.is_terminal();
     let worker = st.store.holder(id).await?;
     Ok(
-        context! { chain => chain, sessions => sessions, history => history, model => model, active => active, worker => worker },
+        context! { chain => chain, sessions => sessions, history => history, model => model, active => active, worker => worker, pending => pending, approvals => approvals },
     )
 }
 

@@ -20,6 +20,8 @@ pub enum Reply {
     Text(String),
     /// A Bash tool call (`tool_use`): the CLI runs the command and sends the result back.
     Bash(String),
+    /// Any tool call (`Write`, `Read`, …) with its input.
+    Tool { name: String, input: Value },
     /// An HTTP error with the API's error body.
     Error {
         status: u16,
@@ -53,6 +55,16 @@ impl Step {
             input_tokens: 1500,
         }
     }
+    /// A call of `name` with `input` (e.g. `Write` with `file_path` and `content`).
+    pub fn tool(name: &str, input: Value) -> Self {
+        Self {
+            reply: Reply::Tool {
+                name: name.to_string(),
+                input,
+            },
+            input_tokens: 1500,
+        }
+    }
     pub fn error(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
         Self {
             reply: Reply::Error {
@@ -77,6 +89,34 @@ impl Step {
                 headers: vec![
                     ("anthropic-ratelimit-unified-status", "rejected".into()),
                     ("anthropic-ratelimit-unified-reset", resets_at.to_string()),
+                ],
+            },
+            input_tokens: 0,
+        }
+    }
+    /// A subscription's limit as the API signals it to an OAuth login: a 429 with the unified
+    /// rate-limit headers (the CLI turns them into a `rate_limit_event` and its own wording).
+    pub fn subscription_limit(resets_at: u64) -> Self {
+        Self {
+            reply: Reply::Error {
+                status: 429,
+                kind: "rate_limit_error",
+                message:
+                    "This request would exceed your account's rate limit. Please try again later."
+                        .into(),
+                retry_after: None,
+                headers: vec![
+                    ("anthropic-ratelimit-unified-status", "rejected".into()),
+                    ("anthropic-ratelimit-unified-reset", resets_at.to_string()),
+                    ("anthropic-ratelimit-unified-5h-status", "rejected".into()),
+                    (
+                        "anthropic-ratelimit-unified-5h-reset",
+                        resets_at.to_string(),
+                    ),
+                    (
+                        "anthropic-ratelimit-unified-representative-claim",
+                        "five_hour".into(),
+                    ),
                 ],
             },
             input_tokens: 0,
@@ -206,13 +246,25 @@ fn text_events(id: &str, model: &str, input: u64, text: &str) -> Vec<Value> {
 }
 
 fn bash_events(id: &str, model: &str, input: u64, cmd: &str, n: u64) -> Vec<Value> {
-    let input_json = json!({"command": cmd, "description": "run a command"}).to_string();
+    let input_json = json!({"command": cmd, "description": "run a command"});
+    tool_events(id, model, input, "Bash", &input_json, n)
+}
+
+fn tool_events(
+    id: &str,
+    model: &str,
+    input: u64,
+    name: &str,
+    tool_input: &Value,
+    n: u64,
+) -> Vec<Value> {
+    let input_json = tool_input.to_string();
     vec![
         message_start(id, model, input),
         json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
         json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("Running step {n}.")}}),
         json!({"type": "content_block_stop", "index": 0}),
-        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": format!("toolu_{n:04}"), "name": "Bash", "input": {}}}),
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": format!("toolu_{n:04}"), "name": name, "input": {}}}),
         json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": input_json}}),
         json!({"type": "content_block_stop", "index": 1}),
         json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 60}}),
@@ -308,6 +360,14 @@ async fn handle(
         Reply::Bash(cmd) => {
             sse_response(sse(&bash_events(&id, &model, step.input_tokens, &cmd, n)))
         }
+        Reply::Tool { name, input } => sse_response(sse(&tool_events(
+            &id,
+            &model,
+            step.input_tokens,
+            &name,
+            &input,
+            n,
+        ))),
         Reply::Error {
             status,
             kind,

@@ -47,6 +47,9 @@ impl Op {
         }
         c.env("OPERATOR_DATA_DIR", self.data_dir());
         c.env("OPERATOR_WORKDIR", self.workdir());
+        // The tests name the simulated agent explicitly (the default is claude); tests of the
+        // claude backend set their own.
+        c.env("OPERATOR_AGENT", "sim");
         c.env("OPERATOR_SIM__STEP", "20ms");
         // Retries of failed sessions without the production backoff (1s, 4s, 16s).
         c.env("OPERATOR_RETRY_BACKOFF", "10ms,20ms");
@@ -126,4 +129,28 @@ pub fn processes_in(dir: &Path) -> Vec<u32> {
 
 pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("signal");
+}
+
+/// `operator <args>` exactly as a new user runs it: the CLI on `PATH`, a key, a fresh HOME, and
+/// nothing else of ours but the data dir and workdir (no agent, no permission mode).
+pub fn user_cmd(op: &Op, api: &fake_api::FakeApi, bin: &Path, args: &[&str]) -> Command {
+    let home = op.root.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(home.join(".ssh/id_ed25519"), "PRIVATE KEY").unwrap();
+    let mut cmd = op.cmd(args);
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    cmd.env_remove("OPERATOR_AGENT")
+        .env("PATH", path)
+        .env("ANTHROPIC_BASE_URL", &api.url)
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("CLAUDE_CODE_MAX_RETRIES", "2")
+        .env("HOME", &home)
+        .env_remove("IS_SANDBOX")
+        .env_remove("CLAUDECODE");
+    cmd
 }
