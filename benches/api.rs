@@ -135,7 +135,7 @@ async fn bench(store: SharedStore, backend: &str, n: usize, iters: usize, dir: &
         daily_cap_usd: None,
         missions_dir: dir.join("missions"),
     };
-    let app = operator::api::router(state.clone());
+    let app = operator::http::router(state.clone());
     // The cursor of the last page: the 51st oldest chain.
     let last_cursor = format!("c-20261125-{:06x}", 50.min(n - 1));
 
@@ -179,7 +179,7 @@ async fn bench(store: SharedStore, backend: &str, n: usize, iters: usize, dir: &
         .await;
         row("router, in-process (oneshot)", &s);
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-        let server = operator::api::Server::spawn(listener, state.clone()).expect("serve");
+        let server = operator::http::Server::spawn(listener, state.clone()).expect("serve");
         let http = reqwest::Client::new();
         let url = format!("http://{}{uri}", server.addr);
         let s = measure(iters, || async {

@@ -489,7 +489,7 @@ async fn open_store_as(data_dir: &Path, owned: bool) -> Result<SharedStore> {
         Some(u) => format!("opening the store at {}", crate::model::mask_url(u)),
         None => format!("opening the store in {}", data_dir.display()),
     };
-    let owner = owned.then(|| format!("run:{}", crate::fleet::worker_id()));
+    let owner = owned.then(|| format!("run:{}", crate::host::worker_id()));
     crate::store::open(data_dir, url, owner)
         .await
         .with_context(context)
@@ -949,7 +949,7 @@ async fn enqueue(
     let pg = fleet_store(op, "--enqueue").await?;
     let store: SharedStore = Arc::new(pg.clone());
     let batch = daemon::prepare_new(&store, &plans, opts).await?;
-    pg.notify(crate::fleet::QUEUE_CHANNEL).await?;
+    pg.notify(crate::store::postgres::QUEUE_CHANNEL).await?;
     for j in &batch.jobs {
         say!("{}", j.chain_id);
     }
@@ -964,7 +964,7 @@ async fn worker(w: &WorkerArgs, loaded: &config::Loaded) -> Result<u8> {
     opts.shared_store = true;
     let store: SharedStore = Arc::new(pg.clone());
     let cfg = crate::fleet::WorkerConfig {
-        id: crate::fleet::worker_id(),
+        id: crate::host::worker_id(),
         capacity: w.capacity,
         lease: w.lease.max(std::time::Duration::from_secs(1)),
     };
@@ -999,7 +999,7 @@ async fn worker(w: &WorkerArgs, loaded: &config::Loaded) -> Result<u8> {
     // Chains stopped here go back to the queue, for another worker to take at once.
     match pg.release(&cfg.id).await {
         Ok(n) if n > 0 => {
-            let _ = pg.notify(crate::fleet::QUEUE_CHANNEL).await;
+            let _ = pg.notify(crate::store::postgres::QUEUE_CHANNEL).await;
             tracing::warn!(worker = %cfg.id, chains = n, "chains handed back to the fleet");
         }
         Ok(_) => {}

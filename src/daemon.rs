@@ -215,16 +215,6 @@ pub struct RunOptions {
     pub quota: crate::quota::Limits,
 }
 
-/// The stored JSON config of a chain: its settings plus its place in the mission.
-fn chain_config(name: &str, after: &[String], settings: &ChainSettings) -> serde_json::Value {
-    let mut v = serde_json::to_value(settings).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("name".into(), name.into());
-        o.insert("after".into(), serde_json::json!(after));
-    }
-    v
-}
-
 fn backends(
     settings: &[&ChainSettings],
     opts: &BackendOptions,
@@ -278,7 +268,7 @@ pub async fn prepare_new(
             let agent = agents
                 .next()
                 .ok_or_else(|| RunError::Spawn("agent list out of step".into()))?;
-            let config = chain_config(&c.name, &c.after, &c.settings);
+            let config = crate::config::stored::to_stored(&c.name, &c.after, &c.settings);
             let earlier = match (opts.continue_missions, &plan.mission) {
                 (true, Some(m)) => latest_of(store, m, &c.name).await?,
                 _ => None,
@@ -378,21 +368,6 @@ async fn latest_of(
     }
 }
 
-/// Stores a running chain's new settings (after a reload), keeping its place in the mission.
-pub async fn chain_config_update(
-    store: &SharedStore,
-    id: &str,
-    settings: &ChainSettings,
-) -> Result<(), StoreError> {
-    let Some(c) = store.get_chain(id).await? else {
-        return Ok(());
-    };
-    let after: Vec<String> = serde_json::from_value(c.config["after"].clone()).unwrap_or_default();
-    store
-        .set_chain_config(id, &chain_config(&c.name, &after, settings))
-        .await
-}
-
 /// Chains that look incomplete, newest first (for the warning at start).
 pub async fn incomplete_chains(store: &SharedStore) -> Result<Vec<ChainRecord>, StoreError> {
     let recent = store
@@ -455,7 +430,7 @@ pub async fn prepare_resume(
     let settings = apply(stored_settings(&chain)?)?;
     let agent = backends(&[&settings], &opts.backend)?.remove(0);
     // The limits given with `--resume` are the chain's from now on (show, the API, a later resume).
-    chain_config_update(store, &chain.id, &settings).await?;
+    crate::store::update_chain_settings(&**store, &chain.id, &settings).await?;
     if matches!(
         chain.status,
         ChainStatus::MaxContinuations
@@ -488,7 +463,7 @@ pub async fn prepare_resume(
 }
 
 fn stored_settings(chain: &ChainRecord) -> Result<ChainSettings, RunError> {
-    serde_json::from_value(chain.config.clone()).map_err(|e| RunError::BadStoredConfig {
+    crate::config::stored::from_stored(&chain.config).map_err(|e| RunError::BadStoredConfig {
         id: chain.id.clone(),
         cause: e.to_string(),
     })
@@ -698,14 +673,14 @@ pub async fn run(
                 missions_dir: setup.missions_dir,
             };
             Some(
-                api::Server::spawn(setup.listener, state)
+                crate::http::Server::spawn(setup.listener, state)
                     .map_err(|e| RunError::Spawn(format!("the API server: {e}")))?,
             )
         }
     };
     // With a shared store, what the fleet's workers journal reaches the API's WebSocket.
     let relay = (opts.shared_store && server.is_some())
-        .then(|| crate::fleet::relay_events(store.clone(), bus.clone()));
+        .then(|| crate::events::relay_journal(store.clone(), bus.clone()));
     // Missions started through the API, with their chains (one run of a mission at a time).
     let mut api_missions: std::collections::HashMap<String, Vec<String>> = Default::default();
 

@@ -146,6 +146,39 @@ impl Bus {
     }
 }
 
+/// How far behind the newest journal id the relay reads again: ids are taken before commit, so
+/// a transaction may become visible after a later id.
+const RELAY_WINDOW: i64 = 256;
+
+/// Relays events other processes of the fleet journal (workers' chain events) to this process's
+/// bus, so the API's WebSocket and the dashboard see them live: the shared journal is polled
+/// every quarter second.
+pub fn relay_journal(store: SharedStore, bus: Bus) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = store.last_event_id().await.unwrap_or(0);
+        let mut seen = std::collections::BTreeSet::new();
+        // What is already in the window is history, not news.
+        if let Ok(old) = store.events(None, (last - RELAY_WINDOW).max(0), 1000).await {
+            seen.extend(old.iter().map(|e| e.id));
+        }
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let from = (last - RELAY_WINDOW).max(0);
+            let Ok(events) = store.events(None, from, 1000).await else {
+                continue;
+            };
+            for e in &events {
+                if seen.insert(e.id) {
+                    bus.relay(e);
+                }
+                last = last.max(e.id);
+            }
+            let floor = last - RELAY_WINDOW;
+            seen.retain(|id| *id > floor);
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

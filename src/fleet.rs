@@ -11,11 +11,8 @@ use crate::control::ModeRx;
 use crate::daemon::{self, FeedMsg, RunOptions};
 use crate::signals::SignalEvent;
 use crate::store::SharedStore;
-use crate::store::postgres::PostgresStore;
+use crate::store::postgres::{PostgresStore, QUEUE_CHANNEL};
 use crate::supervisor::{Batch, Limits};
-
-/// The channel `run --enqueue` notifies and idle workers listen on.
-pub const QUEUE_CHANNEL: &str = "operator_queue";
 
 /// How a worker takes work.
 #[derive(Debug, Clone)]
@@ -26,21 +23,6 @@ pub struct WorkerConfig {
     pub capacity: u32,
     /// How long a claim holds without renewal; renewed every third of it.
     pub lease: Duration,
-}
-
-/// This machine's name (read once).
-pub fn hostname() -> &'static str {
-    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HOST.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "host".into())
-    })
-}
-
-/// This process's worker id.
-pub fn worker_id() -> String {
-    format!("{}:{}", hostname(), std::process::id())
 }
 
 /// Runs until `tx` closes (the worker's run ended).
@@ -149,37 +131,4 @@ async fn step(
         settled: Vec::new(),
     }));
     Ok(())
-}
-
-/// How far behind the newest journal id the relay reads again: ids are taken before commit, so
-/// a transaction may become visible after a later id.
-const RELAY_WINDOW: i64 = 256;
-
-/// Relays events other processes of the fleet journal (workers' chain events) to this process's
-/// bus, so the API's WebSocket and the dashboard see them live: the shared journal is polled
-/// every quarter second.
-pub fn relay_events(store: SharedStore, bus: crate::events::Bus) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut last = store.last_event_id().await.unwrap_or(0);
-        let mut seen = std::collections::BTreeSet::new();
-        // What is already in the window is history, not news.
-        if let Ok(old) = store.events(None, (last - RELAY_WINDOW).max(0), 1000).await {
-            seen.extend(old.iter().map(|e| e.id));
-        }
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let from = (last - RELAY_WINDOW).max(0);
-            let Ok(events) = store.events(None, from, 1000).await else {
-                continue;
-            };
-            for e in &events {
-                if seen.insert(e.id) {
-                    bus.relay(e);
-                }
-                last = last.max(e.id);
-            }
-            let floor = last - RELAY_WINDOW;
-            seen.retain(|id| *id > floor);
-        }
-    })
 }

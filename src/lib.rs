@@ -38,6 +38,8 @@ pub mod fault;
 pub mod fleet;
 pub mod git;
 pub mod handoff;
+pub mod host;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod notify;

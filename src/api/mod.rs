@@ -11,15 +11,12 @@ pub mod orchestrator;
 pub mod security;
 pub mod ws;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use serde::Serialize;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -122,7 +119,7 @@ impl AppState {
 struct ApiDoc;
 
 /// The routes and their OpenAPI document, from the same handler annotations.
-fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(chains::list, chains::create))
         .routes(routes!(chains::get_one, chains::delete))
@@ -152,76 +149,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().1
 }
 
-/// The whole HTTP surface, guarded.
-pub fn router(state: AppState) -> Router {
-    let (api, doc) = routes();
-    let doc = Arc::new(doc);
-    api.route(
-        "/api/openapi.json",
-        get(move || {
-            let doc = doc.clone();
-            async move { axum::Json((*doc).clone()) }
-        }),
-    )
-    .merge(crate::web::routes())
-    .fallback(|uri: axum::http::Uri| async move { ApiError::NoRoute(uri.path().to_string()) })
-    .method_not_allowed_fallback(|m: axum::http::Method, uri: axum::http::Uri| async move {
-        ApiError::MethodNotAllowed(format!("{m} is not allowed on {}", uri.path()))
-    })
-    .layer(DefaultBodyLimit::max(BODY_LIMIT))
-    .layer(axum::middleware::from_fn_with_state(
-        state.security.clone(),
-        security::guard,
-    ))
-    .layer(security::cors())
-    .with_state(state)
-}
-
-/// A running API server.
-pub struct Server {
-    pub addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Server {
-    /// Serves `state` on `listener` until [`Server::shutdown`].
-    pub fn spawn(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<Self> {
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = router(state);
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(cause = %e, "the API server stopped");
-            }
-        });
-        Ok(Self { addr, stop, task })
-    }
-
-    /// Stops accepting, lets requests in flight finish for up to 2 s (WebSocket clients are
-    /// cut), and returns.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(());
-        let mut task = self.task;
-        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
+    use std::net::SocketAddr;
     use tower::ServiceExt;
 
     async fn read_only() -> (tempfile::TempDir, Router) {
@@ -243,7 +176,7 @@ mod tests {
             daily_cap_usd: None,
             missions_dir: dir.path().join("missions"),
         };
-        (dir, router(state))
+        (dir, crate::http::router(state))
     }
 
     async fn call(app: &Router, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {

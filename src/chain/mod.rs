@@ -31,7 +31,7 @@ use crate::otp::{
     Action, ChildSpec, Exit, Restart, RestartIntensity, Shutdown, Strategy, Supervisor,
 };
 use crate::process::Registry;
-use crate::session::{Session, SessionArgs, SessionMsg, SessionOutcome};
+use crate::session::{Session, SessionArgs, SessionMsg, SessionOutcome, SessionReport};
 use crate::store::{SessionStart, SharedStore};
 use cost::{Cost, CostArgs, CostMsg};
 use handoffs::{HandoffArgs, HandoffMsg, Handoffs};
@@ -96,6 +96,98 @@ pub enum ChainMsg {
     },
     /// Look for answers to held tool calls.
     CheckApprovals,
+}
+
+/// A session's reports arrive as the chain's own messages (the session never names `ChainMsg`).
+impl From<SessionReport> for ChainMsg {
+    fn from(r: SessionReport) -> Self {
+        match r {
+            SessionReport::AgentStarted {
+                index,
+                pgid,
+                program,
+            } => ChainMsg::AgentStarted {
+                index,
+                pgid,
+                program,
+            },
+            SessionReport::TurnEnded {
+                index,
+                handoff,
+                hit_max_turns,
+                is_error,
+            } => ChainMsg::TurnEnded {
+                index,
+                handoff,
+                hit_max_turns,
+                is_error,
+            },
+            SessionReport::Usage { model, usage } => ChainMsg::Usage { model, usage },
+            SessionReport::ApprovalRequested {
+                index,
+                request_id,
+                tool,
+                summary,
+                input,
+                rule,
+            } => ChainMsg::ApprovalRequested {
+                index,
+                request_id,
+                tool,
+                summary,
+                input,
+                rule,
+            },
+            SessionReport::Ended(o) => ChainMsg::SessionEnded(o),
+        }
+    }
+}
+
+/// The way back, for a report that could not be delivered.
+impl TryFrom<ChainMsg> for SessionReport {
+    type Error = ();
+    fn try_from(m: ChainMsg) -> Result<Self, ()> {
+        Ok(match m {
+            ChainMsg::AgentStarted {
+                index,
+                pgid,
+                program,
+            } => SessionReport::AgentStarted {
+                index,
+                pgid,
+                program,
+            },
+            ChainMsg::TurnEnded {
+                index,
+                handoff,
+                hit_max_turns,
+                is_error,
+            } => SessionReport::TurnEnded {
+                index,
+                handoff,
+                hit_max_turns,
+                is_error,
+            },
+            ChainMsg::Usage { model, usage } => SessionReport::Usage { model, usage },
+            ChainMsg::ApprovalRequested {
+                index,
+                request_id,
+                tool,
+                summary,
+                input,
+                rule,
+            } => SessionReport::ApprovalRequested {
+                index,
+                request_id,
+                tool,
+                summary,
+                input,
+                rule,
+            },
+            ChainMsg::SessionEnded(o) => SessionReport::Ended(o),
+            _ => return Err(()),
+        })
+    }
 }
 
 /// What every chain shares with the operator.
@@ -566,7 +658,7 @@ impl ChainState {
         let args = SessionArgs {
             spec,
             agent: self.agent.clone(),
-            chain: me.clone(),
+            chain: me.get_derived(),
             bus: self.ctx.bus.clone(),
             registry: self.ctx.registry.clone(),
             transcript: transcript_path(&self.ctx.data_dir, &self.id, index),
@@ -1478,7 +1570,7 @@ impl Actor for Chain {
             ChainMsg::Reconfigure(settings, agent) => {
                 tracing::info!(parent: &st.span, "new settings from a reload apply from the next session");
                 let config =
-                    crate::daemon::chain_config_update(&st.ctx.store, &st.id, &settings).await;
+                    crate::store::update_chain_settings(&*st.ctx.store, &st.id, &settings).await;
                 if let Err(e) = config {
                     tracing::warn!(parent: &st.span, cause = %e, "could not store the reloaded settings");
                 }

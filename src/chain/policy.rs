@@ -1,37 +1,7 @@
 //! The chain's decisions as plain functions: how a session ended, and what the chain does next.
 
 use crate::model::{ChainStatus, ErrorKind, SessionStatus};
-
-/// Facts about a finished session, gathered by the session actor.
-#[derive(Debug, Clone, Default)]
-pub struct SessionFacts {
-    /// A `result` line was seen.
-    pub saw_result: bool,
-    /// How many `result` lines (more than one when a follow-up asked for the handoff).
-    pub results: u32,
-    /// The last result said `is_error`.
-    pub result_is_error: bool,
-    pub result_subtype: String,
-    pub terminal_reason: Option<String>,
-    pub api_error_status: Option<u16>,
-    pub result_text: Option<String>,
-    pub errors: Vec<String>,
-    pub hit_max_turns: bool,
-    /// Exit code, or `None` when killed by a signal.
-    pub exit_code: Option<i32>,
-    /// The operator stopped the session (shutdown, abort).
-    pub stopped_by_operator: bool,
-    /// A watchdog stopped the session (no output for too long, or too long in all).
-    pub watchdog: Option<String>,
-    /// The agent reported an authentication or permission error (401/403) while retrying:
-    /// the operator stopped it at once instead of waiting for its own retries.
-    pub auth_error: Option<String>,
-    /// The agent hit a usage or rate-limit window, with its reset time (Unix seconds) when
-    /// it said one.
-    pub usage_limit: Option<Option<u64>>,
-    pub spawn_error: Option<String>,
-    pub stderr_tail: String,
-}
+pub use crate::session::{CREDENTIALS, SessionFacts};
 
 /// How the session is recorded.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,10 +27,6 @@ pub fn fatal_start_message(stderr: &str) -> Option<&str> {
         .map(str::trim)
         .find(|l| FATAL.iter().any(|f| l.contains(f)))
 }
-
-/// The prefix of every error caused by the agent's credentials (`operator run` exits with its own
-/// code when a chain failed on them).
-pub const CREDENTIALS: &str = "credentials: ";
 
 /// What the Claude Code CLI says when it has no valid credentials (measured with 2.1.328:
 /// `Not logged in · Please run /login` with no key and no login; `Invalid API key · Fix

@@ -6,6 +6,7 @@
 //! Errors are collected, not returned at the first one, and each names its file and key.
 
 mod keys;
+pub mod stored;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -5,6 +5,9 @@
 //! the pure functions in `handoff` and `chain::policy`, and by the Chain actor.
 
 mod reader;
+mod report;
+
+pub use report::{CREDENTIALS, SessionFacts, SessionReport};
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,15 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
 
 use crate::agent::stream::{self, AgentEvent, ResultInfo};
 use crate::agent::{Agent, SessionSpec};
-use crate::chain::ChainMsg;
-use crate::chain::policy::SessionFacts;
 use crate::events::Bus;
 use crate::handoff;
 use crate::permissions::{DeniedCall, Policy, Verdict};
@@ -131,7 +132,7 @@ impl SessionOutcome {
 pub struct SessionArgs {
     pub spec: SessionSpec,
     pub agent: Arc<dyn Agent>,
-    pub chain: ActorRef<ChainMsg>,
+    pub chain: DerivedActorRef<SessionReport>,
     pub bus: Bus,
     pub registry: Registry,
     pub transcript: PathBuf,
@@ -169,7 +170,7 @@ pub fn watchdog_verdict(w: &Watchdog, since_output: Duration, running: Duration)
 
 pub struct SessionState {
     spec: SessionSpec,
-    chain: ActorRef<ChainMsg>,
+    chain: DerivedActorRef<SessionReport>,
     bus: Bus,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -321,7 +322,7 @@ impl SessionState {
                 );
                 self.decided(&tool, &req.input, d.verdict, &d.rule, None)
                     .await;
-                let _ = self.chain.cast(ChainMsg::ApprovalRequested {
+                let _ = self.chain.send_message(SessionReport::ApprovalRequested {
                     index: self.spec.index,
                     request_id: req.request_id,
                     summary: crate::permissions::summarize(&tool, &req.input),
@@ -410,7 +411,7 @@ impl Actor for Session {
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let _ = args.chain.cast(ChainMsg::AgentStarted {
+            let _ = args.chain.send_message(SessionReport::AgentStarted {
                 index: args.spec.index,
                 pgid: pid as i32,
                 program,
@@ -644,7 +645,8 @@ impl Actor for Session {
                         .map(|(_, d)| d)
                         .collect(),
                 };
-                st.chain.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
+                st.chain
+                    .send_message(SessionReport::Ended(Box::new(outcome)))?;
                 myself.stop(None);
             }
         }
@@ -664,7 +666,7 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
         }
         AgentEvent::Text { text, usage } => {
             if let Some(u) = usage {
-                let _ = st.chain.cast(ChainMsg::Usage {
+                let _ = st.chain.send_message(SessionReport::Usage {
                     model: st.priced_model(),
                     usage: u,
                 });
@@ -682,7 +684,7 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
         }
         AgentEvent::ToolUse { name, usage } => {
             if let Some(u) = usage {
-                let _ = st.chain.cast(ChainMsg::Usage {
+                let _ = st.chain.send_message(SessionReport::Usage {
                     model: st.priced_model(),
                     usage: u,
                 });
@@ -728,7 +730,7 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                     .unwrap_or_else(|| "401".into());
                 st.auth_error = Some(format!(
                     "{}authentication failed (HTTP {status}, {error}): log in with `claude` (then `/login`), or set ANTHROPIC_API_KEY, then `operator run --resume`",
-                    crate::chain::policy::CREDENTIALS
+                    report::CREDENTIALS
                 ));
                 tracing::error!(parent: &st.span, status = %status, "authentication failed; stopping the agent");
                 st.stdin = None;
@@ -783,7 +785,7 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                 Err(_) if st.summary_handoff.is_some() => Ok(()),
                 other => other.map(|_| ()),
             };
-            let _ = st.chain.cast(ChainMsg::TurnEnded {
+            let _ = st.chain.send_message(SessionReport::TurnEnded {
                 index: st.spec.index,
                 handoff: verdict.map_err(|e| e.to_string()),
                 hit_max_turns: st.hit_max_turns,

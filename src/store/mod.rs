@@ -318,6 +318,25 @@ pub struct CostReport {
 
 pub type SharedStore = Arc<dyn Store>;
 
+/// Stores a chain's new settings (after a reload, or flags given with `--resume`), keeping its
+/// place in the mission.
+pub async fn update_chain_settings(
+    store: &dyn Store,
+    id: &str,
+    settings: &crate::config::ChainSettings,
+) -> StoreResult<()> {
+    let Some(c) = store.get_chain(id).await? else {
+        return Ok(());
+    };
+    let after = crate::config::stored::after_of(&c.config);
+    store
+        .set_chain_config(
+            id,
+            &crate::config::stored::to_stored(&c.name, &after, settings),
+        )
+        .await
+}
+
 /// A URL the PostgreSQL store takes.
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")

@@ -123,6 +123,9 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// The channel `run --enqueue` notifies and idle fleet workers listen on.
+pub const QUEUE_CHANNEL: &str = "operator_queue";
+
 /// Statuses of chains that are not over (a worker may hold or claim them).
 const LIVE: &str = "('queued', 'running', 'paused', 'waiting', 'awaiting-approval', 'waiting-limit', 'interrupted')";
 
@@ -208,7 +211,7 @@ impl PostgresStore {
              heartbeat_at = now()",
         )
         .bind(worker)
-        .bind(crate::fleet::hostname())
+        .bind(crate::host::hostname())
         .bind(i64::from(std::process::id()))
         .bind(i64::from(capacity))
         .bind(i64::from(load))
@@ -1059,7 +1062,7 @@ impl Store for PostgresStore {
     }
 
     async fn wake_workers(&self) -> StoreResult<()> {
-        self.notify(crate::fleet::QUEUE_CHANNEL).await
+        self.notify(QUEUE_CHANNEL).await
     }
 
     async fn cost_report(&self, by_chain: u32) -> StoreResult<super::CostReport> {
