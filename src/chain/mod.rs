@@ -9,6 +9,7 @@ mod approvals;
 pub mod cost;
 pub mod gates;
 pub mod handoffs;
+pub mod machine;
 pub mod policy;
 pub mod vcs;
 
@@ -35,7 +36,8 @@ use crate::session::{Session, SessionArgs, SessionMsg, SessionOutcome, SessionRe
 use crate::store::{SessionStart, SharedStore};
 use cost::{Cost, CostArgs, CostMsg};
 use handoffs::{HandoffArgs, HandoffMsg, Handoffs};
-use policy::{AfterSession, Next, SessionFacts};
+use machine::ChainMachine;
+use policy::{Next, SessionFacts};
 
 /// Timeout of calls from the chain to its own children.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -236,22 +238,11 @@ pub struct ChainState {
     handoffs: ActorRef<HandoffMsg>,
     session: Option<Running>,
     next_index: u32,
-    session_base: u32,
-    consecutive_failures: u32,
-    /// Errors of the consecutive failed sessions, for the breaker's record.
-    recent_errors: Vec<String>,
     /// The agent session the next one may continue (`continuation = "resume"`): the last
     /// session's, when it completed without a compaction.
     resumable: Option<String>,
-    /// Attempt of the session at `next_index` (transient failures are retried).
-    attempt: u32,
     /// No session starts before this (a retry's backoff).
     retry_at: Option<std::time::Instant>,
-    /// Attempts of the current session that waited out a usage limit (they do not count
-    /// against `max_attempts`).
-    waits: u32,
-    /// Cost and turns of the failed attempts of the current session.
-    failed_attempts: (f64, u32),
     /// Why the previous session failed, for the next prompt.
     note: Option<String>,
     aborting: bool,
@@ -267,30 +258,22 @@ pub struct ChainState {
     git: Option<crate::git::Workspace>,
     /// Why the chain must not run a session (a dirty tree it was told to refuse).
     refused: Option<String>,
-    /// The 80 % budget warning went out.
-    budget_warned: bool,
     /// The working tree before the running session (for progress and stale COMPLETEs).
     before: Option<gates::Fingerprint>,
     /// The last judged session's index and handoff text (the next judgement compares with it).
     last_judged: Option<(u32, String)>,
-    /// Completed sessions in a row that made no measurable progress.
-    no_progress: u32,
-    /// The verify gates' last results.
-    last_gates: Vec<gates::GateResult>,
     /// The agent's account, for the quota scheduler.
     account: String,
     /// The running session was admitted by the quota scheduler (and must be released).
     admitted: bool,
     /// No session starts before this: the account is held (usage limit, caps, quiet hours).
     quota_wait: Option<std::time::Instant>,
-    /// The breaker is half-open: the running (or next) session is its one probe.
-    probing: bool,
     /// Tool calls of the running session held for a person.
     held: Vec<approvals::Held>,
     /// The last session's denied tool calls, for the next prompt.
     denied_note: Option<String>,
-    /// Tool calls denied since the last session without denials (for no-progress reasons).
-    denied_in_row: u32,
+    /// The chain's decisions: attempts, the breaker, progress, the budget warning.
+    machine: ChainMachine,
 }
 
 pub struct Chain;
@@ -607,7 +590,7 @@ impl ChainState {
             .start_session(&SessionStart {
                 chain_id: self.id.clone(),
                 index,
-                attempt: self.attempt,
+                attempt: self.machine.attempt,
                 prompt: user_prompt.clone(),
                 started_at: started_at.clone(),
                 account: Some(crate::store::SessionAccount {
@@ -637,10 +620,10 @@ impl ChainState {
                 "chain:session-started",
                 Some(&self.id),
                 Some(index),
-                json!({"max": self.session_base + 1 + self.settings.max_continuations}),
+                json!({"max": self.machine.session_base + 1 + self.settings.max_continuations}),
             )
             .await;
-        tracing::info!(parent: &self.span, session.index = index, max = self.session_base + 1 + self.settings.max_continuations, "session started");
+        tracing::info!(parent: &self.span, session.index = index, max = self.machine.session_base + 1 + self.settings.max_continuations, "session started");
         self.before =
             Some(gates::fingerprint(self.workdir(), self.ctx.data_dir.clone(), self.repo()).await);
         let spec = SessionSpec {
@@ -662,7 +645,7 @@ impl ChainState {
             bus: self.ctx.bus.clone(),
             registry: self.ctx.registry.clone(),
             transcript: transcript_path(&self.ctx.data_dir, &self.id, index),
-            attempt: self.attempt,
+            attempt: self.machine.attempt,
             watchdog: crate::session::Watchdog {
                 idle_timeout: self.settings.idle_timeout,
                 session_timeout: self.settings.session_timeout,
@@ -750,21 +733,20 @@ impl ChainState {
         }
     }
 
-    /// Records a failed attempt and schedules the same session again after its backoff.
+    /// Records a failed attempt and schedules the same session again after `delay`.
     async fn retry(
         &mut self,
         me: &ActorRef<ChainMsg>,
         o: &SessionOutcome,
         run: Running,
         verdict: &policy::Verdict,
-        cost: f64,
+        attempt: machine::Attempt,
         delay: Duration,
     ) -> Result<(), ActorProcessingErr> {
-        self.failed_attempts.0 += cost;
-        self.failed_attempts.1 += o.turns;
-        let (cost, turns) = self.failed_attempts;
-        let mut record = self.unfinished_record(o, run, verdict, SessionStatus::Failed, cost);
-        record.turns = turns;
+        let mut record =
+            self.unfinished_record(o, run, verdict, SessionStatus::Failed, attempt.cost);
+        record.turns = attempt.turns;
+        record.attempts = attempt.number;
         record.hit_max_turns = o.facts.hit_max_turns;
         self.ctx
             .store
@@ -773,7 +755,7 @@ impl ChainState {
         tracing::warn!(
             parent: &self.span,
             session.index = o.index,
-            attempt = self.attempt,
+            attempt = attempt.number,
             delay = %humantime::format_duration(delay),
             error = verdict.error.as_deref().unwrap_or(""),
             "transient failure; retrying the session"
@@ -784,14 +766,10 @@ impl ChainState {
                 "chain:session-retry",
                 Some(&self.id),
                 Some(o.index),
-                json!({"attempt": self.attempt, "delayMs": delay.as_millis() as u64, "error": verdict.error}),
+                json!({"attempt": attempt.number, "delayMs": delay.as_millis() as u64, "error": verdict.error}),
             )
             .await;
-        self.note = verdict
-            .error
-            .as_ref()
-            .map(|e| format!("The previous attempt at this session failed: {e}"));
-        self.attempt += 1;
+        self.note = attempt.note;
         self.next_index = o.index;
         self.retry_at = Some(std::time::Instant::now() + delay);
         me.send_after(delay, || ChainMsg::Next);
@@ -824,79 +802,65 @@ impl ChainState {
         let cost: f64 = self
             .ask_cost(me, |reply| CostMsg::EndSession { reported, reply })
             .await?;
-        let running = !self.aborting && *self.ctx.mode.borrow() == Mode::Running;
-        if let (Some(reset), true, true) = (verdict.usage_limit, running, self.settings.no_wait) {
-            // `--no-wait`: stop here, resumable, instead of waiting for the reset.
-            let delay = usage_limit_delay(reset, &self.settings);
-            let until =
-                humantime::format_rfc3339_seconds(std::time::SystemTime::now() + delay).to_string();
-            let record =
-                self.unfinished_record(&o, run, &verdict, SessionStatus::Interrupted, cost);
-            self.ctx
-                .store
-                .finish_session(&self.id, &record, None)
-                .await?;
-            return self
-                .finish(
-                    me,
-                    ChainStatus::WaitingLimit,
-                    Some(format!(
-                        "usage limit; it resets at {until} (no_wait: not waiting)"
-                    )),
-                )
-                .await;
-        }
-        if let (Some(reset), true) = (verdict.usage_limit, running) {
-            // A usage limit is not a failure: wait for the window, then the same session again.
-            // Every chain of the same account waits too (the quota scheduler holds it).
-            let delay = usage_limit_delay(reset, &self.settings);
-            let until = std::time::SystemTime::now() + delay;
-            self.ctx.quota.hold(&self.account, until, &self.id);
-            if self.ctx.shared_store {
-                // Every worker of the fleet holds the account's chains too.
-                let secs = until
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
+        let ended = machine::Ended {
+            index: o.index,
+            verdict: verdict.clone(),
+            cost,
+            turns: o.turns,
+            running: !self.aborting && *self.ctx.mode.borrow() == Mode::Running,
+            now: unix_now(),
+        };
+        let (attempts, cost, turns) = match self.machine.session_ended(&ended) {
+            machine::AfterEnd::StopAtLimit { reason, .. } => {
+                let record =
+                    self.unfinished_record(&o, run, &verdict, SessionStatus::Interrupted, cost);
                 self.ctx
                     .store
-                    .set_flag(&hold_flag(&self.account), Some(&secs.to_string()))
+                    .finish_session(&self.id, &record, None)
                     .await?;
+                return self
+                    .finish(me, ChainStatus::WaitingLimit, Some(reason))
+                    .await;
             }
-            self.waits += 1;
-            self.retry(me, &o, run, &verdict, cost, delay).await?;
-            let until =
-                humantime::format_rfc3339_seconds(std::time::SystemTime::now() + delay).to_string();
-            let reason = format!("usage limit; trying again at {until}");
-            self.set_status(ChainStatus::Waiting, Some(&reason)).await?;
-            self.ctx
-                .bus
-                .emit(
-                    "chain:waiting",
-                    Some(&self.id),
-                    Some(o.index),
-                    json!({"until": until, "reason": verdict.error}),
-                )
-                .await;
-            return Ok(());
-        }
-        let retry = verdict.status == SessionStatus::Failed
-            && verdict.error_kind == Some(crate::model::ErrorKind::Transient)
-            && self.attempt - self.waits < self.settings.max_attempts
-            && running;
-        if retry {
-            let backoff = &self.settings.retry_backoff;
-            let delay = backoff
-                .get((self.attempt - self.waits) as usize - 1)
-                .or(backoff.last())
-                .map(|d| **d)
-                .unwrap_or_default();
-            return self.retry(me, &o, run, &verdict, cost, delay).await;
-        }
-        let (prior_cost, prior_turns) = std::mem::take(&mut self.failed_attempts);
-        self.waits = 0;
-        let attempts = std::mem::replace(&mut self.attempt, 1);
-        let cost = cost + prior_cost;
+            machine::AfterEnd::WaitForLimit {
+                delay,
+                until,
+                attempt,
+            } => {
+                // Every chain of the same account waits too (the quota scheduler holds it),
+                // on every worker of a fleet (the hold is shared through the store).
+                let until_time = std::time::UNIX_EPOCH + Duration::from_secs(until);
+                self.ctx.quota.hold(&self.account, until_time, &self.id);
+                if self.ctx.shared_store {
+                    self.ctx
+                        .store
+                        .set_flag(&hold_flag(&self.account), Some(&until.to_string()))
+                        .await?;
+                }
+                self.retry(me, &o, run, &verdict, attempt, delay).await?;
+                let at = humantime::format_rfc3339_seconds(until_time).to_string();
+                let reason = format!("usage limit; trying again at {at}");
+                self.set_status(ChainStatus::Waiting, Some(&reason)).await?;
+                self.ctx
+                    .bus
+                    .emit(
+                        "chain:waiting",
+                        Some(&self.id),
+                        Some(o.index),
+                        json!({"until": at, "reason": verdict.error}),
+                    )
+                    .await;
+                return Ok(());
+            }
+            machine::AfterEnd::Retry { delay, attempt } => {
+                return self.retry(me, &o, run, &verdict, attempt, delay).await;
+            }
+            machine::AfterEnd::Record {
+                attempts,
+                cost,
+                turns,
+            } => (attempts, cost, turns),
+        };
         let (index, output, error) = (o.index, o.output, verdict.error.clone());
         let handoff = ask(&self.handoffs, |reply| HandoffMsg::Finalize {
             index,
@@ -905,26 +869,11 @@ impl ChainState {
             reply,
         })
         .await?;
-        if verdict.status == SessionStatus::Failed {
-            self.consecutive_failures += 1;
-            self.recent_errors.push(format!(
-                "session {}: {}",
-                o.index,
-                verdict.error.as_deref().unwrap_or("failed")
-            ));
-            self.note = verdict
-                .error
-                .as_ref()
-                .map(|e| format!("The previous session failed: {e}"));
-        } else if verdict.status == SessionStatus::Completed {
-            self.consecutive_failures = 0;
-            self.recent_errors.clear();
-        }
         let record = SessionRecord {
             index: o.index,
             session_id: o.session_id.clone(),
             status: verdict.status,
-            turns: o.turns + prior_turns,
+            turns,
             cost_usd: cost,
             duration_ms: o.duration.as_millis() as u64,
             hit_max_turns: o.facts.hit_max_turns,
@@ -979,13 +928,26 @@ impl ChainState {
                 )
                 .await;
             self.denied_note = Some(note);
-            self.denied_in_row += o.denied.len() as u32;
+            self.machine.denied_in_row += o.denied.len() as u32;
         } else {
-            self.denied_in_row = 0;
+            self.machine.denied_in_row = 0;
         }
         let total: f64 = self.ask_cost(me, CostMsg::Total).await?;
-        if !self.budget_warned && total >= 0.8 * self.settings.max_budget_usd {
-            self.budget_warned = true;
+        let over_budget = std::mem::take(&mut self.session_over_budget);
+        let decided = self.machine.decide(&machine::Recorded {
+            index: o.index,
+            verdict: verdict.clone(),
+            complete: handoff.complete && !handoff.synthetic,
+            agent_handoff: !handoff.synthetic,
+            hit_max_turns: o.facts.hit_max_turns,
+            total_cost: total,
+            aborting: self.aborting,
+            held: self.ctx.mode.borrow().is_paused() || over_budget,
+        });
+        if decided.note.is_some() {
+            self.note = decided.note;
+        }
+        if decided.budget_warning {
             self.ctx
                 .bus
                 .emit(
@@ -996,103 +958,47 @@ impl ChainState {
                 )
                 .await;
         }
-        let after = AfterSession {
-            verdict: verdict.clone(),
-            complete: handoff.complete && !handoff.synthetic,
-            agent_handoff: !handoff.synthetic,
-            hit_max_turns: o.facts.hit_max_turns,
-            consecutive_failures: self.consecutive_failures,
-            recent_errors: self.recent_errors.clone(),
-            sessions_in_run: o.index - self.session_base,
-            max_continuations: self.settings.max_continuations,
-            breaker_threshold: self.settings.breaker_threshold,
-            total_cost_usd: total,
-            max_budget_usd: self.settings.max_budget_usd,
-        };
-        let over_budget = std::mem::take(&mut self.session_over_budget);
-        let decision = if self.aborting {
-            Next::Finish(ChainStatus::Aborted, Some("aborted".into()))
-        } else if verdict.status == SessionStatus::Interrupted
-            && (self.ctx.mode.borrow().is_paused() || over_budget)
-        {
-            // `pause --now`, or the session's cost limit: the session was interrupted to hold
-            // the chain or to go on fresh, not to end it. Decide as for a session that hit a
-            // limit (a COMPLETE handoff still completes; max continuations still apply).
-            policy::decide(&AfterSession {
-                verdict: policy::Verdict {
-                    status: SessionStatus::Completed,
-                    error: None,
-                    error_kind: None,
-                    usage_limit: None,
-                },
-                hit_max_turns: true,
-                ..after
-            })
-        } else {
-            policy::decide(&after)
-        };
         let decision = self
-            .judge(decision, o.index, &handoff, verdict.status)
+            .judge(decided.next, o.index, &handoff, verdict.status)
             .await?;
-        let Some(decision) = self.breaker(me, decision, verdict.status).await? else {
-            return Ok(());
-        };
-        match decision {
-            Next::Continue => me.cast(ChainMsg::Next)?,
-            Next::Finish(status, reason) => self.finish(me, status, reason).await?,
-        }
-        Ok(())
-    }
-
-    /// The optional half-open state of the breaker: when it opens and `breaker_cooldown` is
-    /// set, the chain waits the cool-down and runs one probe session; a probe that succeeds
-    /// closes the breaker, one that fails ends the chain. `None`: the chain waits.
-    async fn breaker(
-        &mut self,
-        me: &ActorRef<ChainMsg>,
-        decision: Next,
-        status: SessionStatus,
-    ) -> Result<Option<Next>, ActorProcessingErr> {
-        if std::mem::take(&mut self.probing) {
-            if status == SessionStatus::Completed {
+        match self.machine.breaker(decision, verdict.status, unix_now()) {
+            machine::Breaker::Go(next) => self.act(me, next).await,
+            machine::Breaker::Closed(next) => {
                 tracing::info!(parent: &self.span, "the probe session succeeded; the breaker is closed");
                 self.ctx
                     .bus
                     .emit("chain:breaker-closed", Some(&self.id), None, json!({}))
                     .await;
-                return Ok(Some(decision));
+                self.act(me, next).await
             }
-            return Ok(Some(match decision {
-                Next::Finish(ChainStatus::Failed, Some(r)) if r.starts_with("circuit-open") => {
-                    Next::Finish(
-                        ChainStatus::Failed,
-                        Some(format!("{r} (the probe after the cool-down failed too)")),
+            machine::Breaker::HalfOpen { cooldown, reason } => {
+                tracing::warn!(parent: &self.span, cool_down = %humantime::format_duration(cooldown), "the breaker opened; one probe session after the cool-down");
+                self.set_status(ChainStatus::Waiting, Some(&reason)).await?;
+                let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + cooldown)
+                    .to_string();
+                self.ctx
+                    .bus
+                    .emit(
+                        "chain:breaker-half-open",
+                        Some(&self.id),
+                        None,
+                        json!({"until": at, "failures": self.machine.consecutive_failures}),
                     )
-                }
-                other => other,
-            }));
+                    .await;
+                self.retry_at = Some(std::time::Instant::now() + cooldown);
+                me.send_after(cooldown, || ChainMsg::Next);
+                Ok(())
+            }
         }
-        let opens = matches!(&decision, Next::Finish(ChainStatus::Failed, Some(r)) if r.starts_with("circuit-open"));
-        let (true, Some(cool)) = (opens, self.settings.breaker_cooldown) else {
-            return Ok(Some(decision));
-        };
-        self.probing = true;
-        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + cool).to_string();
-        let reason = format!("circuit half-open: one probe session at {at}");
-        tracing::warn!(parent: &self.span, cool_down = %humantime::format_duration(cool), "the breaker opened; one probe session after the cool-down");
-        self.set_status(ChainStatus::Waiting, Some(&reason)).await?;
-        self.ctx
-            .bus
-            .emit(
-                "chain:breaker-half-open",
-                Some(&self.id),
-                None,
-                json!({"until": at, "failures": self.consecutive_failures}),
-            )
-            .await;
-        self.retry_at = Some(std::time::Instant::now() + cool);
-        me.send_after(cool, || ChainMsg::Next);
-        Ok(None)
+    }
+
+    /// Carries a decision out: the next session, or the chain's end.
+    async fn act(&mut self, me: &ActorRef<ChainMsg>, next: Next) -> Result<(), ActorProcessingErr> {
+        match next {
+            Next::Continue => me.cast(ChainMsg::Next)?,
+            Next::Finish(status, reason) => self.finish(me, status, reason).await?,
+        }
+        Ok(())
     }
 
     /// The record of a session attempt that ends without a handoff (retried, or stopped at a
@@ -1120,7 +1026,7 @@ impl ChainState {
             error_kind: verdict.error_kind,
             handoff_synthetic: false,
             asked_again: run.asked_again,
-            attempts: self.attempt,
+            attempts: self.machine.attempt,
             started_at: run.started_at,
             ended_at: Some(o.ended_at.clone()),
         }
@@ -1139,23 +1045,8 @@ impl ChainState {
             .unwrap_or_else(|| self.settings.workdir.clone())
     }
 
-    /// Goes on after a COMPLETE that was not accepted, as a continuation (its limit applies).
-    fn go_on(&self, index: u32, why: &str) -> Next {
-        if index - self.session_base > self.settings.max_continuations {
-            Next::Finish(
-                ChainStatus::MaxContinuations,
-                Some(format!(
-                    "{} sessions run without a verified COMPLETE; the last: {why}",
-                    index - self.session_base
-                )),
-            )
-        } else {
-            Next::Continue
-        }
-    }
-
-    /// Checks a completed session against the facts: a COMPLETE must not be stale and must pass
-    /// the verify gates; sessions that change nothing, in a row, stop the chain.
+    /// Measures a completed session (the working tree, the handoff against the previous one,
+    /// the verify gates when it says COMPLETE) and lets the machine judge it.
     async fn judge(
         &mut self,
         decision: Next,
@@ -1164,18 +1055,12 @@ impl ChainState {
         status: SessionStatus,
     ) -> Result<Next, ActorProcessingErr> {
         let before = self.before.take();
-        if status != SessionStatus::Completed
-            || !matches!(
-                decision,
-                Next::Continue | Next::Finish(ChainStatus::Complete, _)
-            )
-        {
+        if !ChainMachine::judged(&decision, status) {
             return Ok(decision);
         }
         let workdir = self.workdir();
         let after =
             gates::fingerprint(workdir.clone(), self.ctx.data_dir.clone(), self.repo()).await;
-        let tree_changed = before.is_none_or(|b| b != after);
         // The previous session's handoff: kept from the last judgement, read from the store
         // only after a start or a session that was not judged.
         let previous = match self.last_judged.take() {
@@ -1190,41 +1075,44 @@ impl ChainState {
                 .map(|h| h.text),
         };
         self.last_judged = Some((index, handoff.text.clone()));
-        let remaining_changed = previous
-            .as_deref()
-            .is_none_or(|p| gates::remaining(p) != gates::remaining(&handoff.text));
+        let measured = machine::Measured {
+            tree_changed: before.is_none_or(|b| b != after),
+            remaining_changed: previous
+                .as_deref()
+                .is_none_or(|p| gates::remaining(p) != gates::remaining(&handoff.text)),
+            same_handoff: previous
+                .as_deref()
+                .is_some_and(|p| gates::body(p) == gates::body(&handoff.text)),
+            source: after.source.to_string(),
+        };
+        let gated = !self.settings.verify.is_empty();
         let mut gates_changed = false;
-        let mut decision = decision;
-        if matches!(decision, Next::Finish(ChainStatus::Complete, _)) {
-            let stale = !tree_changed
-                && previous
-                    .as_deref()
-                    .is_some_and(|p| gates::body(p) == gates::body(&handoff.text));
-            if stale {
-                tracing::warn!(parent: &self.span, session.index = index, "a stale COMPLETE: the same handoff as before and no change in the working tree");
-                self.ctx
-                    .bus
-                    .emit(
-                        "chain:stale-complete",
-                        Some(&self.id),
-                        Some(index),
-                        json!({"measured": after.source}),
-                    )
-                    .await;
-                self.note = Some(
-                    "Your COMPLETE handoff was not believed: it repeats the previous session's handoff and nothing changed in the working tree. Check what is really left to do, do it, and write a handoff that says what you did.".into(),
-                );
-                decision = self.go_on(index, "a stale COMPLETE");
-            } else if !self.settings.verify.is_empty() {
+        let next = match self.machine.judge(decision, index, &measured, gated) {
+            machine::Judgement::Done { next, stale, note } => {
+                if stale {
+                    tracing::warn!(parent: &self.span, session.index = index, "a stale COMPLETE: the same handoff as before and no change in the working tree");
+                    self.ctx
+                        .bus
+                        .emit(
+                            "chain:stale-complete",
+                            Some(&self.id),
+                            Some(index),
+                            json!({"measured": after.source}),
+                        )
+                        .await;
+                }
+                if note.is_some() {
+                    self.note = note;
+                }
+                next
+            }
+            machine::Judgement::RunGates => {
                 let mut results = Vec::new();
                 for cmd in &self.settings.verify {
                     results.push(
                         gates::run_gate(cmd, &workdir, self.settings.verify_timeout, index).await,
                     );
                 }
-                let passed: Vec<bool> = results.iter().map(|r| r.passed).collect();
-                gates_changed =
-                    passed != self.last_gates.iter().map(|r| r.passed).collect::<Vec<_>>();
                 self.ctx.store.set_chain_verify(&self.id, &results).await?;
                 let failed: Vec<&gates::GateResult> =
                     results.iter().filter(|r| !r.passed).collect();
@@ -1237,24 +1125,16 @@ impl ChainState {
                         json!({"passed": failed.is_empty(), "results": results}),
                     )
                     .await;
-                if !failed.is_empty() {
-                    let names: Vec<&str> = failed.iter().map(|g| g.command.as_str()).collect();
+                let passed: Vec<bool> = results.iter().map(|r| r.passed).collect();
+                gates_changed = passed != self.machine.last_gates;
+                let names: Vec<String> = failed.iter().map(|g| g.command.clone()).collect();
+                let (next, any_failed) = self.machine.gated(index, &measured, &passed, &names);
+                if any_failed {
                     tracing::warn!(parent: &self.span, session.index = index, failed = ?names, "COMPLETE, but verify commands failed; the chain goes on");
                     self.note = Some(gates::failure_note(&failed));
-                    decision = self.go_on(index, &format!("verify failed: {}", names.join(", ")));
                 }
-                self.last_gates = results;
+                next
             }
-        }
-        let progress = gates::Progress {
-            tree_changed,
-            remaining_changed,
-            gates_changed,
-        };
-        self.no_progress = if progress.made() {
-            0
-        } else {
-            self.no_progress + 1
         };
         self.ctx
             .bus
@@ -1262,24 +1142,21 @@ impl ChainState {
                 "chain:progress",
                 Some(&self.id),
                 Some(index),
-                json!({"treeChanged": tree_changed, "remainingChanged": remaining_changed,
+                json!({"treeChanged": measured.tree_changed, "remainingChanged": measured.remaining_changed,
                        "gatesChanged": gates_changed, "measured": after.source,
-                       "sessionsWithout": self.no_progress}),
+                       "sessionsWithout": self.machine.no_progress}),
             )
             .await;
-        let limit = self.settings.no_progress_sessions;
-        if decision == Next::Continue && limit > 0 && self.no_progress >= limit {
-            let mut reason = gates::no_progress_reason(self.no_progress, after.source);
-            if self.denied_in_row > 0 {
-                reason.push_str(&format!(
-                    "; {} tool call(s) were denied by the permission policy in those sessions (see `operator show {}`)",
-                    self.denied_in_row, self.id
-                ));
-            }
-            return Ok(Next::Finish(ChainStatus::Failed, Some(reason)));
-        }
-        Ok(decision)
+        Ok(next)
     }
+}
+
+/// Now, in Unix seconds (the machine takes time as a fact).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// The shared store's flag that holds an account's chains across a fleet (epoch seconds).
@@ -1301,18 +1178,6 @@ impl ChainState {
             self.ctx.quota.hold(&self.account, until, "another worker");
         }
         Ok(())
-    }
-}
-
-/// How long to wait after a usage limit: until its reset plus the margin, or the fallback.
-fn usage_limit_delay(reset: Option<u64>, s: &ChainSettings) -> Duration {
-    match reset {
-        Some(t) => {
-            let at = std::time::UNIX_EPOCH + Duration::from_secs(t) + s.usage_limit_margin;
-            at.duration_since(std::time::SystemTime::now())
-                .unwrap_or(s.usage_limit_margin)
-        }
-        None => s.usage_limit_fallback,
     }
 }
 
@@ -1428,7 +1293,10 @@ impl Actor for Chain {
             Err(reason) => (None, Some(reason)),
         };
         let spent = sessions.iter().map(|s| s.cost_usd).sum::<f64>();
-        let budget_warned = spent >= 0.8 * a.settings.max_budget_usd;
+        let mut machine = ChainMachine::new(machine::Limits::of(&a.settings), session_base);
+        machine.consecutive_failures = consecutive_failures;
+        machine.recent_errors = recent_errors;
+        machine.budget_warned = spent >= 0.8 * a.settings.max_budget_usd;
         let account = a.agent.account();
         // A restarted chain runs nothing yet: whatever it held is released.
         a.ctx.quota.finished(&account, &a.chain_id);
@@ -1444,14 +1312,8 @@ impl Actor for Chain {
             handoffs,
             session: None,
             next_index,
-            session_base,
-            consecutive_failures,
-            recent_errors,
             resumable,
-            attempt: 1,
-            waits: 0,
             retry_at: None,
-            failed_attempts: (0.0, 0),
             note: None,
             aborting: false,
             session_over_budget: false,
@@ -1462,18 +1324,14 @@ impl Actor for Chain {
             name: a.name,
             git,
             refused,
-            budget_warned,
+            machine,
             before: None,
             last_judged: None,
-            no_progress: 0,
-            last_gates: Vec::new(),
             account,
             admitted: false,
             quota_wait: None,
-            probing: false,
             held: Vec::new(),
             denied_note: None,
-            denied_in_row: 0,
         };
         st.set_status(ChainStatus::Running, None).await?;
         // Forward run-mode changes (pause, resume, stop) as messages.
@@ -1575,6 +1433,7 @@ impl Actor for Chain {
                     tracing::warn!(parent: &st.span, cause = %e, "could not store the reloaded settings");
                 }
                 st.settings = *settings;
+                st.machine.limits = machine::Limits::of(&st.settings);
                 st.agent = agent;
             }
             ChainMsg::ApprovalRequested {
