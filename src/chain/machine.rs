@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::policy::{self, AfterSession, Next, Verdict};
 use crate::config::ChainSettings;
-use crate::model::{ChainStatus, ErrorKind, SessionStatus};
+use crate::model::{ChainStatus, ErrorKind, SessionRecord, SessionStatus};
 
 /// The limits the machine decides by (from the chain's settings).
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +156,92 @@ pub enum Breaker {
     HalfOpen { cooldown: Duration, reason: String },
 }
 
+/// The operator's run mode, as a chain sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    Running,
+    /// No session starts (`pause`, or `pause --now` once the running session has ended).
+    Paused,
+    /// The operator is stopping.
+    Stopping,
+}
+
+/// What the chain knows when it is asked to start its next session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Before {
+    /// Now on the chain's own clock (milliseconds since it started).
+    pub now_ms: u64,
+    pub mode: RunMode,
+    pub aborting: bool,
+    /// Why the chain must not run a session at all (a dirty tree it was told to refuse).
+    pub refused: Option<String>,
+}
+
+/// Whether the next session may start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    /// Not yet: a retry's backoff or a cool-down is running (a timer will ask again).
+    NotYet,
+    /// End the chain.
+    Finish(ChainStatus, String),
+    /// Paused: the chain holds (`first`: record and announce it) until the mode changes.
+    Hold { first: bool },
+    /// Go on to the budget and the account's quota; `resumed`: a pause just ended.
+    Proceed { resumed: bool },
+}
+
+/// Why the operator interrupted the running turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// The session crossed its cost limit.
+    CostLimit,
+    /// `pause --now`.
+    Pausing,
+    /// A stop or an abort.
+    Stopping,
+}
+
+/// A turn of the running session ended (a `result` line).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    /// `Err`: why the handoff so far is missing or invalid.
+    pub handoff: Result<(), String>,
+    pub is_error: bool,
+    pub hit_max_turns: bool,
+    /// The agent was already asked once for its handoff in this session.
+    pub asked_again: bool,
+    pub interrupted: Option<Interrupted>,
+}
+
+/// What the session does after a turn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterTurn {
+    /// Close stdin: the agent ends.
+    Close,
+    /// Ask once more, in the same process, for the handoff (the reason goes in the follow-up).
+    AskAgain(String),
+}
+
+/// After a turn: a valid handoff ends the session; a missing one is asked for once — even
+/// after an error result when the operator interrupted the turn, never after a failed API
+/// call otherwise (the agent could not write anything).
+pub fn after_turn(t: Turn) -> AfterTurn {
+    let reason = match t.handoff {
+        Ok(()) => return AfterTurn::Close,
+        Err(reason) => reason,
+    };
+    if (t.is_error && t.interrupted.is_none()) || t.asked_again {
+        return AfterTurn::Close;
+    }
+    AfterTurn::AskAgain(match t.interrupted {
+        Some(Interrupted::CostLimit) => "the session reached its cost limit".into(),
+        Some(Interrupted::Pausing) => "the operator is pausing".into(),
+        Some(Interrupted::Stopping) => "the operator is stopping".into(),
+        None if t.hit_max_turns => "you reached the turn limit".into(),
+        None => reason,
+    })
+}
+
 /// The counters behind a chain's decisions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainMachine {
@@ -180,6 +266,10 @@ pub struct ChainMachine {
     pub budget_warned: bool,
     /// The verify gates' last results (passed or not, in order).
     pub last_gates: Vec<bool>,
+    /// No session starts before this (chain clock, ms): a retry's backoff or a cool-down.
+    pub not_before: Option<u64>,
+    /// The chain announced that it holds for a pause.
+    pub paused: bool,
 }
 
 impl ChainMachine {
@@ -197,6 +287,72 @@ impl ChainMachine {
             denied_in_row: 0,
             budget_warned: false,
             last_gates: Vec::new(),
+            not_before: None,
+            paused: false,
+        }
+    }
+
+    /// The machine of a chain that starts (again) from its stored sessions: the breaker counts
+    /// this run's failed sessions in a row only (a resume of an ended chain moves the base, so
+    /// its state never leaks into a new run); a budget already 80 % spent was warned about.
+    pub fn restore(limits: Limits, session_base: u32, sessions: &[SessionRecord]) -> Self {
+        let mut m = Self::new(limits, session_base);
+        let failed: Vec<&SessionRecord> = sessions
+            .iter()
+            .filter(|s| s.index > session_base)
+            .rev()
+            .take_while(|s| s.status == SessionStatus::Failed)
+            .collect();
+        m.consecutive_failures = failed.len() as u32;
+        m.recent_errors = failed
+            .iter()
+            .rev()
+            .map(|s| {
+                format!(
+                    "session {}: {}",
+                    s.index,
+                    s.error.as_deref().unwrap_or("failed")
+                )
+            })
+            .collect();
+        let spent: f64 = sessions.iter().map(|s| s.cost_usd).sum();
+        m.budget_warned = spent >= 0.8 * m.limits.max_budget_usd;
+        m
+    }
+
+    /// No session starts for `delay` from `now_ms` (a mode change may still wake the chain).
+    pub fn wait(&mut self, now_ms: u64, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.not_before = Some(now_ms.saturating_add(ms));
+    }
+
+    /// Whether the next session may start: a refusal, an abort and a stop end the chain; a
+    /// backoff is waited out only while the operator runs normally; a pause holds it.
+    pub fn before_session(&mut self, b: &Before) -> Gate {
+        if let Some(reason) = &b.refused {
+            return Gate::Finish(ChainStatus::Failed, reason.clone());
+        }
+        if let Some(t) = self.not_before
+            && b.mode == RunMode::Running
+            && !b.aborting
+            && b.now_ms < t
+        {
+            return Gate::NotYet;
+        }
+        self.not_before = None;
+        if b.aborting {
+            return Gate::Finish(ChainStatus::Aborted, "aborted".into());
+        }
+        match b.mode {
+            RunMode::Stopping => {
+                Gate::Finish(ChainStatus::Interrupted, "the operator was stopped".into())
+            }
+            RunMode::Paused => Gate::Hold {
+                first: !std::mem::replace(&mut self.paused, true),
+            },
+            RunMode::Running => Gate::Proceed {
+                resumed: std::mem::take(&mut self.paused),
+            },
         }
     }
 
@@ -905,6 +1061,168 @@ mod tests {
                 }
             ));
         }
+    }
+
+    fn session(index: u32, status: SessionStatus, cost: f64) -> SessionRecord {
+        SessionRecord {
+            index,
+            session_id: None,
+            status,
+            turns: 1,
+            cost_usd: cost,
+            duration_ms: 1,
+            hit_max_turns: false,
+            pre_compacted: false,
+            handoff_complete: false,
+            handoff_file: None,
+            error: (status == SessionStatus::Failed).then(|| format!("e{index}")),
+            error_kind: None,
+            handoff_synthetic: false,
+            asked_again: false,
+            attempts: 1,
+            started_at: String::new(),
+            ended_at: None,
+        }
+    }
+
+    #[test]
+    fn a_restarted_chain_counts_this_runs_failures_and_remembers_the_budget_warning() {
+        use SessionStatus::{Completed, Failed};
+        let sessions = [
+            session(1, Failed, 1.0),
+            session(2, Completed, 1.0),
+            session(3, Failed, 1.0),
+            session(4, Failed, 1.0),
+        ];
+        let m = ChainMachine::restore(limits(), 0, &sessions);
+        assert_eq!(m.consecutive_failures, 2);
+        assert_eq!(m.recent_errors, ["session 3: e3", "session 4: e4"]);
+        assert!(m.budget_warned, "4.0 of 5.0 spent");
+        // A resume moved the base past them: a new run starts with a closed breaker.
+        let m = ChainMachine::restore(limits(), 4, &sessions[..3]);
+        assert_eq!(m.consecutive_failures, 0);
+        assert!(!m.budget_warned);
+    }
+
+    fn before(now_ms: u64, mode: RunMode) -> Before {
+        Before {
+            now_ms,
+            mode,
+            aborting: false,
+            refused: None,
+        }
+    }
+
+    #[test]
+    fn a_backoff_holds_the_next_session_until_it_ends_unless_the_operator_stops() {
+        let mut m = ChainMachine::new(limits(), 0);
+        assert_eq!(
+            m.before_session(&before(0, RunMode::Running)),
+            Gate::Proceed { resumed: false }
+        );
+        m.wait(1_000, Duration::from_secs(4));
+        assert_eq!(
+            m.before_session(&before(4_999, RunMode::Running)),
+            Gate::NotYet
+        );
+        assert_eq!(
+            m.before_session(&before(5_000, RunMode::Running)),
+            Gate::Proceed { resumed: false }
+        );
+        // A stop does not wait out a backoff; nor does an abort.
+        m.wait(10_000, Duration::from_secs(16));
+        assert_eq!(
+            m.before_session(&before(10_001, RunMode::Stopping)),
+            Gate::Finish(ChainStatus::Interrupted, "the operator was stopped".into())
+        );
+        m.wait(10_000, Duration::from_secs(16));
+        let aborting = Before {
+            aborting: true,
+            ..before(10_001, RunMode::Running)
+        };
+        assert_eq!(
+            m.before_session(&aborting),
+            Gate::Finish(ChainStatus::Aborted, "aborted".into())
+        );
+        // A refused start fails the chain before anything else.
+        let refused = Before {
+            refused: Some("the working tree is dirty".into()),
+            ..before(0, RunMode::Running)
+        };
+        assert_eq!(
+            m.before_session(&refused),
+            Gate::Finish(ChainStatus::Failed, "the working tree is dirty".into())
+        );
+    }
+
+    #[test]
+    fn a_pause_holds_the_chain_once_and_resuming_says_so() {
+        let mut m = ChainMachine::new(limits(), 0);
+        assert_eq!(
+            m.before_session(&before(0, RunMode::Paused)),
+            Gate::Hold { first: true }
+        );
+        assert_eq!(
+            m.before_session(&before(10, RunMode::Paused)),
+            Gate::Hold { first: false }
+        );
+        assert_eq!(
+            m.before_session(&before(20, RunMode::Running)),
+            Gate::Proceed { resumed: true }
+        );
+        assert_eq!(
+            m.before_session(&before(30, RunMode::Running)),
+            Gate::Proceed { resumed: false }
+        );
+    }
+
+    #[test]
+    fn a_missing_handoff_is_asked_for_once() {
+        let turn = |handoff: Result<(), String>, is_error, interrupted, asked_again| Turn {
+            handoff,
+            is_error,
+            hit_max_turns: false,
+            asked_again,
+            interrupted,
+        };
+        let missing = || Err("no `## HANDOFF` heading".to_string());
+        assert_eq!(
+            after_turn(turn(Ok(()), false, None, false)),
+            AfterTurn::Close
+        );
+        assert_eq!(
+            after_turn(turn(missing(), false, None, false)),
+            AfterTurn::AskAgain("no `## HANDOFF` heading".into())
+        );
+        assert_eq!(
+            after_turn(turn(missing(), false, None, true)),
+            AfterTurn::Close
+        );
+        // A failed API call: nothing to ask — unless the operator interrupted the turn.
+        assert_eq!(
+            after_turn(turn(missing(), true, None, false)),
+            AfterTurn::Close
+        );
+        assert_eq!(
+            after_turn(turn(missing(), true, Some(Interrupted::Stopping), false)),
+            AfterTurn::AskAgain("the operator is stopping".into())
+        );
+        assert_eq!(
+            after_turn(turn(missing(), false, Some(Interrupted::Pausing), false)),
+            AfterTurn::AskAgain("the operator is pausing".into())
+        );
+        assert_eq!(
+            after_turn(turn(missing(), false, Some(Interrupted::CostLimit), false)),
+            AfterTurn::AskAgain("the session reached its cost limit".into())
+        );
+        let max = Turn {
+            hit_max_turns: true,
+            ..turn(missing(), false, None, false)
+        };
+        assert_eq!(
+            after_turn(max),
+            AfterTurn::AskAgain("you reached the turn limit".into())
+        );
     }
 
     #[test]

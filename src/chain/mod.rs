@@ -10,6 +10,7 @@ pub mod cost;
 pub mod gates;
 pub mod handoffs;
 pub mod machine;
+mod messages;
 pub mod policy;
 pub mod vcs;
 
@@ -32,11 +33,12 @@ use crate::otp::{
     Action, ChildSpec, Exit, Restart, RestartIntensity, Shutdown, Strategy, Supervisor,
 };
 use crate::process::Registry;
-use crate::session::{Session, SessionArgs, SessionMsg, SessionOutcome, SessionReport};
+use crate::session::{Session, SessionArgs, SessionMsg, SessionOutcome};
 use crate::store::{SessionStart, SharedStore};
 use cost::{Cost, CostArgs, CostMsg};
 use handoffs::{HandoffArgs, HandoffMsg, Handoffs};
 use machine::ChainMachine;
+pub use messages::ChainMsg;
 use policy::{Next, SessionFacts};
 
 /// Timeout of calls from the chain to its own children.
@@ -52,143 +54,6 @@ async fn ask<M: ractor::Message, T: Send + 'static>(
         Ok(CallResult::Timeout) => Err("a child actor did not answer in time".into()),
         Ok(CallResult::SenderError) => Err("a child actor dropped the call".into()),
         Err(e) => Err(format!("a child actor is gone: {e}").into()),
-    }
-}
-
-pub enum ChainMsg {
-    Next,
-    /// A turn ended (a `result` line); `handoff` says why the handoff so far is invalid, if it is.
-    TurnEnded {
-        index: u32,
-        handoff: Result<(), String>,
-        hit_max_turns: bool,
-        is_error: bool,
-    },
-    SessionEnded(Box<SessionOutcome>),
-    /// The operator's run mode changed (pause, resume, stop).
-    ModeChanged,
-    /// Stop the chain as `aborted`.
-    Abort,
-    /// Token usage of the live session, for the current Cost actor (routed through the chain
-    /// so a restarted Cost actor gets it).
-    Usage {
-        model: String,
-        usage: crate::agent::stream::Usage,
-    },
-    /// The live session's cost crossed `max_session_cost_usd`.
-    SessionOverBudget {
-        spent: f64,
-    },
-    /// A session's agent process started, leading its own process group.
-    AgentStarted {
-        index: u32,
-        pgid: i32,
-        program: String,
-    },
-    /// New settings from a reload; they apply from the next session.
-    Reconfigure(Box<ChainSettings>, Arc<dyn Agent>),
-    /// The session holds a tool call for a person (an `ask` rule).
-    ApprovalRequested {
-        index: u32,
-        request_id: String,
-        tool: String,
-        summary: String,
-        input: String,
-        rule: String,
-    },
-    /// Look for answers to held tool calls.
-    CheckApprovals,
-}
-
-/// A session's reports arrive as the chain's own messages (the session never names `ChainMsg`).
-impl From<SessionReport> for ChainMsg {
-    fn from(r: SessionReport) -> Self {
-        match r {
-            SessionReport::AgentStarted {
-                index,
-                pgid,
-                program,
-            } => ChainMsg::AgentStarted {
-                index,
-                pgid,
-                program,
-            },
-            SessionReport::TurnEnded {
-                index,
-                handoff,
-                hit_max_turns,
-                is_error,
-            } => ChainMsg::TurnEnded {
-                index,
-                handoff,
-                hit_max_turns,
-                is_error,
-            },
-            SessionReport::Usage { model, usage } => ChainMsg::Usage { model, usage },
-            SessionReport::ApprovalRequested {
-                index,
-                request_id,
-                tool,
-                summary,
-                input,
-                rule,
-            } => ChainMsg::ApprovalRequested {
-                index,
-                request_id,
-                tool,
-                summary,
-                input,
-                rule,
-            },
-            SessionReport::Ended(o) => ChainMsg::SessionEnded(o),
-        }
-    }
-}
-
-/// The way back, for a report that could not be delivered.
-impl TryFrom<ChainMsg> for SessionReport {
-    type Error = ();
-    fn try_from(m: ChainMsg) -> Result<Self, ()> {
-        Ok(match m {
-            ChainMsg::AgentStarted {
-                index,
-                pgid,
-                program,
-            } => SessionReport::AgentStarted {
-                index,
-                pgid,
-                program,
-            },
-            ChainMsg::TurnEnded {
-                index,
-                handoff,
-                hit_max_turns,
-                is_error,
-            } => SessionReport::TurnEnded {
-                index,
-                handoff,
-                hit_max_turns,
-                is_error,
-            },
-            ChainMsg::Usage { model, usage } => SessionReport::Usage { model, usage },
-            ChainMsg::ApprovalRequested {
-                index,
-                request_id,
-                tool,
-                summary,
-                input,
-                rule,
-            } => SessionReport::ApprovalRequested {
-                index,
-                request_id,
-                tool,
-                summary,
-                input,
-                rule,
-            },
-            ChainMsg::SessionEnded(o) => SessionReport::Ended(o),
-            _ => return Err(()),
-        })
     }
 }
 
@@ -241,14 +106,13 @@ pub struct ChainState {
     /// The agent session the next one may continue (`continuation = "resume"`): the last
     /// session's, when it completed without a compaction.
     resumable: Option<String>,
-    /// No session starts before this (a retry's backoff).
-    retry_at: Option<std::time::Instant>,
+    /// When the actor started: the machine's clock (time reaches it as a fact).
+    started: std::time::Instant,
     /// Why the previous session failed, for the next prompt.
     note: Option<String>,
     aborting: bool,
     /// The running session was stopped for crossing its cost limit.
     session_over_budget: bool,
-    paused_recorded: bool,
     finished: bool,
     span: tracing::Span,
     children: Supervisor<Child>,
@@ -421,40 +285,25 @@ impl ChainState {
         if self.finished || self.session.is_some() {
             return Ok(());
         }
-        if let Some(reason) = self.refused.take() {
-            return self.finish(me, ChainStatus::Failed, Some(reason)).await;
-        }
         crate::fault::check("chain:next");
-        // A retry waits out its backoff (a mode change may wake the chain earlier); a stop
-        // or an abort does not wait.
         let mode = *self.ctx.mode.borrow();
-        if let Some(t) = self.retry_at
-            && mode == Mode::Running
-            && !self.aborting
-            && std::time::Instant::now() < t
-        {
-            return Ok(());
-        }
-        self.retry_at = None;
-        if self.aborting {
-            return self
-                .finish(me, ChainStatus::Aborted, Some("aborted".into()))
-                .await;
-        }
-        let mode = *self.ctx.mode.borrow();
-        match mode {
-            Mode::Stopping => {
-                return self
-                    .finish(
-                        me,
-                        ChainStatus::Interrupted,
-                        Some("the operator was stopped".into()),
-                    )
-                    .await;
+        let before = machine::Before {
+            now_ms: self.clock_ms(),
+            mode: match mode {
+                Mode::Running => machine::RunMode::Running,
+                Mode::Paused { .. } => machine::RunMode::Paused,
+                Mode::Stopping => machine::RunMode::Stopping,
+            },
+            aborting: self.aborting,
+            refused: self.refused.take(),
+        };
+        match self.machine.before_session(&before) {
+            machine::Gate::NotYet => return Ok(()),
+            machine::Gate::Finish(status, reason) => {
+                return self.finish(me, status, Some(reason)).await;
             }
-            Mode::Paused { .. } => {
-                if !self.paused_recorded {
-                    self.paused_recorded = true;
+            machine::Gate::Hold { first } => {
+                if first {
                     self.set_status(ChainStatus::Paused, None).await?;
                     self.ctx
                         .bus
@@ -463,14 +312,14 @@ impl ChainState {
                 }
                 return Ok(());
             }
-            Mode::Running => {}
-        }
-        if self.paused_recorded {
-            self.paused_recorded = false;
-            self.ctx
-                .bus
-                .emit("chain:resumed", Some(&self.id), None, json!({}))
-                .await;
+            machine::Gate::Proceed { resumed } => {
+                if resumed {
+                    self.ctx
+                        .bus
+                        .emit("chain:resumed", Some(&self.id), None, json!({}))
+                        .await;
+                }
+            }
         }
         // Before a session starts: would it cross the chain's budget, or the day's cap?
         // (Decided from the store, so resumes and restarts never reset a budget.)
@@ -698,35 +547,33 @@ impl ChainState {
         is_error: bool,
     ) {
         let mode = *self.ctx.mode.borrow();
-        // The operator interrupted this turn: ask for the handoff even after an error result.
-        let stopping = matches!(mode, Mode::Stopping | Mode::Paused { interrupt: true })
-            || self.aborting
-            || self.session_over_budget;
+        let interrupted = if self.session_over_budget {
+            Some(machine::Interrupted::CostLimit)
+        } else if mode == (Mode::Paused { interrupt: true }) {
+            Some(machine::Interrupted::Pausing)
+        } else if mode == Mode::Stopping || self.aborting {
+            Some(machine::Interrupted::Stopping)
+        } else {
+            None
+        };
         let span = self.span.clone();
         let Some(run) = self.session.as_mut().filter(|r| r.index == index) else {
             return;
         };
-        let msg = match handoff {
-            Ok(()) => SessionMsg::Close,
-            // An agent whose API call failed cannot write anything; don't ask.
-            Err(_) if is_error && !stopping => SessionMsg::Close,
-            Err(reason) if !run.asked_again => {
+        let turn = machine::Turn {
+            handoff,
+            is_error,
+            hit_max_turns,
+            asked_again: run.asked_again,
+            interrupted,
+        };
+        let msg = match machine::after_turn(turn) {
+            machine::AfterTurn::Close => SessionMsg::Close,
+            machine::AfterTurn::AskAgain(why) => {
                 run.asked_again = true;
-                let why = if self.session_over_budget {
-                    "the session reached its cost limit".to_string()
-                } else if mode == (Mode::Paused { interrupt: true }) {
-                    "the operator is pausing".to_string()
-                } else if stopping {
-                    "the operator is stopping".to_string()
-                } else if hit_max_turns {
-                    "you reached the turn limit".to_string()
-                } else {
-                    reason
-                };
                 tracing::info!(parent: &span, session.index = index, reason = %why, "asking the agent for its handoff");
                 SessionMsg::FollowUp(prompt::follow_up(&why))
             }
-            Err(_) => SessionMsg::Close,
         };
         if let Some(a) = &run.actor {
             let _ = a.cast(msg);
@@ -771,7 +618,8 @@ impl ChainState {
             .await;
         self.note = attempt.note;
         self.next_index = o.index;
-        self.retry_at = Some(std::time::Instant::now() + delay);
+        let now = self.clock_ms();
+        self.machine.wait(now, delay);
         me.send_after(delay, || ChainMsg::Next);
         Ok(())
     }
@@ -985,11 +833,17 @@ impl ChainState {
                         json!({"until": at, "failures": self.machine.consecutive_failures}),
                     )
                     .await;
-                self.retry_at = Some(std::time::Instant::now() + cooldown);
+                let now = self.clock_ms();
+                self.machine.wait(now, cooldown);
                 me.send_after(cooldown, || ChainMsg::Next);
                 Ok(())
             }
         }
+    }
+
+    /// Milliseconds since the actor started: the clock of the machine's timers.
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Carries a decision out: the next session, or the chain's end.
@@ -1263,40 +1117,14 @@ impl Actor for Chain {
             store.finish_session(&a.chain_id, s, None).await?;
         }
         let next_index = sessions.last().map(|s| s.index + 1).unwrap_or(1);
-        // The breaker counts this run's sessions only: its state never leaks into a new run
-        // (an explicit resume of an ended chain moves the session base).
         let session_base = store.session_base(&a.chain_id).await?;
-        let consecutive_failures = sessions
-            .iter()
-            .filter(|s| s.index > session_base)
-            .rev()
-            .take_while(|s| s.status == SessionStatus::Failed)
-            .count() as u32;
         let resumable = sessions.last().and_then(resumable_id);
-        let mut recent_errors: Vec<String> = sessions
-            .iter()
-            .filter(|s| s.index > session_base)
-            .rev()
-            .take_while(|s| s.status == SessionStatus::Failed)
-            .map(|s| {
-                format!(
-                    "session {}: {}",
-                    s.index,
-                    s.error.as_deref().unwrap_or("failed")
-                )
-            })
-            .collect();
-        recent_errors.reverse();
-        let session_base = store.session_base(&a.chain_id).await?;
+        let machine =
+            ChainMachine::restore(machine::Limits::of(&a.settings), session_base, &sessions);
         let (git, refused) = match vcs::open(&a.ctx, &a.chain_id, &a.task, &a.settings).await {
             Ok(ws) => (ws, None),
             Err(reason) => (None, Some(reason)),
         };
-        let spent = sessions.iter().map(|s| s.cost_usd).sum::<f64>();
-        let mut machine = ChainMachine::new(machine::Limits::of(&a.settings), session_base);
-        machine.consecutive_failures = consecutive_failures;
-        machine.recent_errors = recent_errors;
-        machine.budget_warned = spent >= 0.8 * a.settings.max_budget_usd;
         let account = a.agent.account();
         // A restarted chain runs nothing yet: whatever it held is released.
         a.ctx.quota.finished(&account, &a.chain_id);
@@ -1313,11 +1141,10 @@ impl Actor for Chain {
             session: None,
             next_index,
             resumable,
-            retry_at: None,
+            started: std::time::Instant::now(),
             note: None,
             aborting: false,
             session_over_budget: false,
-            paused_recorded: false,
             finished: false,
             span,
             children: child_supervisor(),
