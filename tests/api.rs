@@ -702,6 +702,8 @@ async fn security_rules_are_enforced_request_by_request() {
         json!({"task": "t", "workdir": "/"}),
         json!({"task": "t", "agent": "claude"}),
         json!({"task": "t", "claudeBin": "/bin/sh"}),
+        json!({"task": "t", "permissions": {"allow": ["Bash"]}}),
+        json!({"task": "t", "approvalTimeout": "10y"}),
     ] {
         let (st, v) = srv.post("/api/chains", body.clone()).await;
         assert_eq!(
@@ -716,6 +718,13 @@ async fn security_rules_are_enforced_request_by_request() {
                 .contains("command line"),
             "{v}"
         );
+    }
+    // A model name never becomes an option of the agent's command line.
+    for model in ["--dangerously-skip-permissions", "-p", "sonnet --verbose"] {
+        let (st, v) = srv
+            .post("/api/chains", json!({"task": "t", "model": model}))
+            .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{model}: {v}");
     }
     let (st, _) = srv
         .post(

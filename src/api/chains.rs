@@ -103,12 +103,8 @@ pub fn parse_start(body: &Map<String, Value>, extra: &[&str]) -> ApiResult<Start
         }
         if let Some((_, key)) = API_SETTINGS.iter().find(|(api, _)| api == k) {
             let ok = match *key {
-                "model" => v.as_str().is_some_and(|s| {
-                    !s.is_empty()
-                        && s.len() <= 100
-                        && s.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(c))
-                }),
+                // Never an option: it becomes the agent's `--model` argument.
+                "model" => v.as_str().is_some_and(crate::config::is_model_name),
                 "max_turns" | "max_continuations" => v.as_u64().is_some_and(|n| n <= 10_000),
                 "auto_push" | "pull_request" => v.is_boolean(),
                 _ => v.as_f64().is_some_and(|f| f.is_finite() && f > 0.0),

@@ -863,6 +863,16 @@ fn issue(file: &str, key: &str, message: &str) -> Issue {
     }
 }
 
+/// A model name or alias as the agent CLIs take them (`sonnet`, `claude-opus-4-5-20251101`,
+/// `us.anthropic.claude-sonnet-4-5-v1:0`, `claude-sonnet-4-5@20250929`, `[1m]` suffixes): never an
+/// option (`--dangerously-skip-permissions`), never spaces or control characters.
+pub fn is_model_name(s: &str) -> bool {
+    s.len() <= 100
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._:@/[]".contains(c))
+}
+
 const PERMISSION_MODES: [&str; 5] = [
     "default",
     "acceptEdits",
@@ -877,6 +887,12 @@ fn check_chain_settings(s: &ChainSettings) -> Result<(), String> {
     }
     if s.model.trim().is_empty() {
         return Err("`model` is empty".into());
+    }
+    if !is_model_name(&s.model) {
+        return Err(format!(
+            "`model` is `{}`: a model name starts with a letter or digit and holds only letters, digits and `-._:@/[]` (it becomes the agent's `--model` argument)",
+            s.model.escape_debug()
+        ));
     }
     if !PERMISSION_MODES.contains(&s.permission_mode.as_str()) {
         return Err(format!(

@@ -236,12 +236,47 @@ fn bad_values_are_refused() {
             "cycle",
         ),
         ("name = \"m\"\n", "no [[chain]]"),
+        (
+            "[[chain]]\ntask = \"x\"\nmodel = \"--dangerously-skip-permissions\"\n",
+            "a model name starts with a letter or digit",
+        ),
+        (
+            "[[chain]]\ntask = \"x\"\nmodel = \"sonnet --verbose\"\n",
+            "a model name",
+        ),
+        (
+            "[[chain]]\ntask = \"x\"\n[chain.permissions]\nallow = [\"Bash(ls\"]\n",
+            "chain[0].permissions.allow[0]",
+        ),
     ] {
         let m = write(dir.path(), "m.toml", body);
         let err = loaded
             .plan_for_mission(&m, &Overrides::default())
             .unwrap_err();
         assert!(err.to_string().contains(needle), "{body}: {err}");
+    }
+}
+
+#[test]
+fn model_names_are_names_never_options() {
+    for ok in [
+        "sonnet",
+        "claude-opus-4-5-20251101",
+        "us.anthropic.claude-sonnet-4-5-v1:0",
+        "claude-sonnet-4-5@20250929",
+        "sonnet[1m]",
+    ] {
+        assert!(is_model_name(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "-m",
+        "--dangerously-skip-permissions",
+        "a b",
+        "a\nb",
+        "x;rm",
+    ] {
+        assert!(!is_model_name(bad), "{bad:?}");
     }
 }
 
