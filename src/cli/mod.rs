@@ -1,0 +1,328 @@
+//! The command line (clap): `run`, `list`, `show`, `validate`, `pause|resume|stop|status`, and the hidden
+//! `sim-agent`; each subcommand maps to a library call, and every outcome to a documented exit code.
+//! Arguments in `args`, runs in `run`, what is printed in `render`, steering in `control`, `doctor`
+//! in `checks`.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::agent::sim::Scenario;
+use crate::agent::{self, AgentKind, BackendOptions, SessionSpec};
+use crate::config::{self, ConfigErrors, Env, Overrides, Plan};
+use crate::daemon::{self, RunOptions};
+use crate::events::Bus;
+use crate::handoff::prompt;
+use crate::model::{ChainRecord, ChainStatus, is_valid_chain_id};
+use crate::progress::truncate;
+use crate::store::postgres::PostgresStore;
+use crate::store::{ChainQuery, SharedStore};
+
+/// `println!` that reports a closed stdout (`operator list | head`) as an error instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
+mod args;
+mod checks;
+mod control;
+mod render;
+mod run;
+
+use args::*;
+use checks::*;
+use control::*;
+use render::*;
+use run::*;
+
+/// Exit codes (also in the README).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const MAX_CONTINUATIONS: u8 = 3;
+    pub const BUDGET: u8 = 4;
+    pub const ABORTED: u8 = 5;
+    pub const WAITING_LIMIT: u8 = 6;
+    /// The agent has no valid credentials: refused before the run, or a chain failed on them.
+    pub const CREDENTIALS: u8 = 7;
+    pub const INTERNAL: u8 = 10;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// Sets up logging. On a terminal with the live view only warnings are logged, so the
+/// view stays readable; otherwise each event is a log line.
+fn init_tracing(verbose: u8, quiet: bool, live_view: bool, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose, live_view) {
+        (true, _, _) => "warn",
+        (_, 0, true) => "warn",
+        (_, 0, false) => "info",
+        (_, 1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("OPERATOR_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("operator={default},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::SimAgent(a) = &cli.command {
+        return sim_agent(a);
+    }
+    let live_view = matches!(&cli.command, Command::Run(r) if !r.dry_run && !r.json)
+        && std::io::stderr().is_terminal()
+        && !cli.quiet
+        && cli.log_format == LogFormat::Text;
+    init_tracing(cli.verbose, cli.quiet, live_view, cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the runtime: {e}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    match rt.block_on(dispatch(cli, live_view)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<ConfigErrors>() {
+                eprint!("error: {c}");
+                return ExitCode::from(exit::USAGE);
+            }
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::from(exit::OK);
+            }
+            if let Some(daemon::RunError::Config(c)) = e.downcast_ref::<daemon::RunError>() {
+                eprint!("error: {c}");
+                return ExitCode::from(exit::USAGE);
+            }
+            if let Some(r) = e.downcast_ref::<daemon::RunError>() {
+                use daemon::RunError::*;
+                if matches!(
+                    r,
+                    Agent(_)
+                        | UnknownChain(_)
+                        | NotResumable { .. }
+                        | NothingToResume
+                        | Busy { .. }
+                ) {
+                    eprintln!("error: {r}");
+                    return ExitCode::from(exit::USAGE);
+                }
+            }
+            if let Some(u) = e.downcast_ref::<UsageError>() {
+                eprintln!("error: {u}");
+                return ExitCode::from(exit::USAGE);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::INTERNAL)
+        }
+    }
+}
+
+/// A mistake in how operator was called (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn sim_agent(a: &SimAgentArgs) -> ExitCode {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::from(exit::INTERNAL);
+    };
+    let code = rt.block_on(crate::sim::run(crate::sim::SimArgs {
+        scenario: a.scenario,
+        complete_after: a.complete_after,
+        session_index: a.session_index,
+        step: a.step,
+        turns: a.turns,
+        max_turns: a.max_turns,
+        model: a.model.clone(),
+        resume: a.resume.clone(),
+        write: a.write.clone(),
+    }));
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// The PostgreSQL store's URL from the settings (`store_url`, `--store`, `OPERATOR_STORE_URL`),
+/// set once by `dispatch`; `None`: SQLite in the data dir.
+static STORE_URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+async fn open_store(data_dir: &Path) -> Result<SharedStore> {
+    open_store_as(data_dir, true).await
+}
+
+/// `owned`: chains this process creates in a fleet's store are run by it, never claimed by a
+/// worker.
+async fn open_store_as(data_dir: &Path, owned: bool) -> Result<SharedStore> {
+    let url = STORE_URL.get().and_then(|u| u.as_deref());
+    let context = || match url {
+        Some(u) => format!("opening the store at {}", crate::model::mask_url(u)),
+        None => format!("opening the store in {}", data_dir.display()),
+    };
+    let owner = owned.then(|| format!("run:{}", crate::host::worker_id()));
+    crate::store::open(data_dir, url, owner)
+        .await
+        .with_context(context)
+}
+
+async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
+    let env = Env::from_process();
+    let op_file = config::operator_file(cli.config.as_deref(), &env);
+    let run_args = match &cli.command {
+        Command::Run(r) => Some(r),
+        Command::Serve(s) => Some(&s.run),
+        _ => None,
+    };
+    let ov = overrides(&cli, run_args);
+    let loaded = config::load_operator(op_file.as_deref(), &env, &ov)?;
+    let data_dir = loaded.operator.data_dir.clone();
+    let _ = STORE_URL.set(loaded.operator.store_url.as_ref().map(|u| u.0.clone()));
+    match &cli.command {
+        Command::Run(r) => {
+            let serve = r.serve.clone().map(|a| (a, false));
+            run(r, &loaded, &ov, live_view, (op_file, env), serve).await
+        }
+        Command::Serve(s) => {
+            let listen = s
+                .listen
+                .clone()
+                .or_else(|| s.run.serve.clone())
+                .unwrap_or_default();
+            run(
+                &s.run,
+                &loaded,
+                &ov,
+                false,
+                (op_file, env),
+                Some((listen, true)),
+            )
+            .await
+        }
+        Command::Worker(w) => worker(w, &loaded).await,
+        Command::Costs { json, limit } => costs(&loaded.operator, *json, *limit).await,
+        Command::Token => {
+            let t = crate::api::security::read_or_create_token(&data_dir, true)?
+                .ok_or_else(|| anyhow::anyhow!("no token could be created"))?;
+            say!("{t}");
+            Ok(exit::OK)
+        }
+        Command::List(l) => list(&data_dir, l).await,
+        Command::Show { chain_id, json } => show(&data_dir, chain_id, *json).await,
+        Command::Validate { mission } => {
+            let path = config::resolve_mission(mission);
+            let plan = loaded.plan_for_mission(&path, &Overrides::default())?;
+            say!(
+                "{}: ok — mission `{}`, {} chain(s), concurrency {}",
+                path.display(),
+                plan.mission.as_deref().unwrap_or("-"),
+                plan.chains.len(),
+                plan.concurrency
+            );
+            Ok(exit::OK)
+        }
+        Command::Pause { now } => pause(&data_dir, *now).await,
+        Command::Resume => signal_running(&data_dir, nix::sys::signal::Signal::SIGUSR2, "resumed"),
+        Command::Stop => signal_running(
+            &data_dir,
+            nix::sys::signal::Signal::SIGTERM,
+            "asked to stop",
+        ),
+        Command::Status => status(&data_dir).await,
+        Command::Approve(a) => answer_approval(&data_dir, a, true).await,
+        Command::Deny(a) => answer_approval(&data_dir, a, false).await,
+        Command::Doctor(d) => doctor(d, &env, op_file.as_deref(), &ov).await,
+        Command::SimAgent(_) => Ok(exit::OK),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(status: ChainStatus) -> ChainRecord {
+        ChainRecord {
+            id: "c".into(),
+            name: "n".into(),
+            mission: None,
+            task: "t".into(),
+            status,
+            reason: None,
+            started_at: String::new(),
+            updated_at: String::new(),
+            config: serde_json::Value::Null,
+            sessions: vec![],
+            totals: Default::default(),
+            archived: false,
+            verify: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_summary_fits_80_columns() {
+        let mut c = chain(ChainStatus::MaxContinuations);
+        c.id = "c-20261125-abcdef".into();
+        c.name = "a-very-long-chain-name".into();
+        c.reason = Some("r".repeat(200));
+        c.totals.cost_usd = 1234.5;
+        for line in summary_table(&[c]).lines() {
+            assert!(line.chars().count() <= 80, "{line}");
+        }
+    }
+
+    #[test]
+    fn exit_codes_by_outcome() {
+        use ChainStatus::*;
+        assert_eq!(
+            exit_code(&[chain(Complete), chain(AssumedComplete)]),
+            exit::OK
+        );
+        assert_eq!(
+            exit_code(&[chain(Complete), chain(MaxContinuations)]),
+            exit::MAX_CONTINUATIONS
+        );
+        assert_eq!(
+            exit_code(&[chain(Failed), chain(MaxContinuations)]),
+            exit::FAILED
+        );
+        assert_eq!(exit_code(&[chain(BudgetExceeded)]), exit::BUDGET);
+        assert_eq!(exit_code(&[chain(Aborted)]), exit::ABORTED);
+        assert_eq!(
+            exit_code(&[chain(Interrupted), chain(Failed)]),
+            exit::INTERRUPTED
+        );
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
