@@ -995,5 +995,5 @@ async fn api_start(
 
 /// The pid file that lets `operator pause|resume|stop` find a running operator.
 pub fn pid_file(data_dir: &Path) -> PathBuf {
-    data_dir.join("operator.pid")
+    crate::datadir::DataDir::new(data_dir).pid_file()
 }

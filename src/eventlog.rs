@@ -27,9 +27,10 @@ pub fn format(ev: &Event) -> String {
 }
 
 fn path_for(data_dir: &Path, ev: &Event) -> PathBuf {
+    let d = crate::datadir::DataDir::new(data_dir);
     match &ev.chain_id {
-        Some(id) => data_dir.join("chains").join(id).join("chain.log"),
-        None => data_dir.join("operator.log"),
+        Some(id) => d.chain_log(id),
+        None => d.operator_log(),
     }
 }
 

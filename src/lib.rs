@@ -31,6 +31,7 @@ pub mod config;
 pub mod control;
 pub mod cost;
 pub mod daemon;
+pub mod datadir;
 pub mod doctor;
 pub mod eventlog;
 pub mod events;

@@ -506,7 +506,7 @@ pub async fn output(
     }
     let offset = q.offset.unwrap_or(0);
     // The path is built from the stored chain's id and a number, never from request text.
-    let path = crate::chain::transcript_path(&st.data_dir, &id, idx);
+    let path = crate::datadir::DataDir::new(&st.data_dir).transcript(&id, idx);
     let running = session.status == crate::model::SessionStatus::Running;
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,

@@ -27,8 +27,6 @@ use super::error::ApiError;
 pub const MIN_TOKEN_LEN: usize = 16;
 
 /// The name of the token file in the data dir.
-pub const TOKEN_FILE: &str = "api-token";
-
 /// Why the server refuses to start.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
@@ -103,7 +101,7 @@ pub fn random_hex(bytes: usize) -> String {
 }
 
 pub fn token_file(data_dir: &Path) -> PathBuf {
-    data_dir.join(TOKEN_FILE)
+    crate::datadir::DataDir::new(data_dir).token_file()
 }
 
 /// Reads the token file (refusing one other users can read), creating it when `create`.

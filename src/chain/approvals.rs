@@ -130,7 +130,9 @@ impl ChainState {
     /// The chain's dashboard page: absolute when this operator serves its API, else the path.
     fn page_url(&self) -> String {
         let path = format!("/chains/{}", self.id);
-        match std::fs::read_to_string(self.ctx.data_dir.join("api.addr")) {
+        match std::fs::read_to_string(
+            crate::datadir::DataDir::new(&self.ctx.data_dir).api_addr_file(),
+        ) {
             Ok(base) if base.trim().starts_with("http") => format!("{}{path}", base.trim()),
             _ => path,
         }

@@ -1,8 +1,6 @@
 //! The Handoff actor: turns a session's output into the handoff the next session starts from (the
 //! agent's, or a synthetic one), writes it as `handoff-<n>.md`, and builds each session's prompt.
 
-use std::path::PathBuf;
-
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::handoff::{self, prompt};
@@ -32,14 +30,14 @@ pub enum HandoffMsg {
 pub struct HandoffArgs {
     pub chain_id: String,
     pub task: String,
-    pub dir: PathBuf,
+    pub data_dir: crate::datadir::DataDir,
     pub store: SharedStore,
 }
 
 pub struct HandoffState {
     chain_id: String,
     task: String,
-    dir: PathBuf,
+    data_dir: crate::datadir::DataDir,
     last: Option<HandoffRecord>,
 }
 
@@ -62,12 +60,12 @@ impl Actor for Handoffs {
         _me: ActorRef<HandoffMsg>,
         a: HandoffArgs,
     ) -> Result<HandoffState, ActorProcessingErr> {
-        std::fs::create_dir_all(&a.dir)?;
+        std::fs::create_dir_all(a.data_dir.chain(&a.chain_id))?;
         let last = a.store.last_handoff(&a.chain_id).await?;
         Ok(HandoffState {
             chain_id: a.chain_id,
             task: a.task,
-            dir: a.dir,
+            data_dir: a.data_dir,
             last,
         })
     }
@@ -118,7 +116,7 @@ impl Actor for Handoffs {
                         )
                     }
                 };
-                let file = st.dir.join(format!("handoff-{index}.md"));
+                let file = st.data_dir.handoff(&st.chain_id, index);
                 write_atomic(&file, &format!("{}\n", h.text))?;
                 crate::fault::check("handoff:written");
                 let rec = HandoffRecord {

@@ -493,7 +493,8 @@ impl ChainState {
             chain: me.get_derived(),
             bus: self.ctx.bus.clone(),
             registry: self.ctx.registry.clone(),
-            transcript: transcript_path(&self.ctx.data_dir, &self.id, index),
+            transcript: crate::datadir::DataDir::new(&self.ctx.data_dir)
+                .transcript(&self.id, index),
             attempt: self.machine.attempt,
             watchdog: crate::session::Watchdog {
                 idle_timeout: self.settings.idle_timeout,
@@ -1043,20 +1044,6 @@ fn resumable_id(s: &SessionRecord) -> Option<String> {
         .flatten()
 }
 
-fn chain_dir(ctx: &Ctx, id: &str) -> PathBuf {
-    chain_folder(&ctx.data_dir, id)
-}
-
-/// `<data_dir>/chains/<id>`: the chain's handoffs, transcripts and log.
-pub fn chain_folder(data_dir: &std::path::Path, id: &str) -> PathBuf {
-    data_dir.join("chains").join(id)
-}
-
-/// The transcript of session `index` of chain `id`.
-pub fn transcript_path(data_dir: &std::path::Path, id: &str, index: u32) -> PathBuf {
-    chain_folder(data_dir, id).join(format!("session-{index}.jsonl"))
-}
-
 async fn spawn_cost(
     me: &ActorRef<ChainMsg>,
     id: &str,
@@ -1084,7 +1071,7 @@ async fn spawn_handoffs(
     let args = HandoffArgs {
         chain_id: id.to_string(),
         task: task.to_string(),
-        dir: chain_dir(ctx, id),
+        data_dir: crate::datadir::DataDir::new(&ctx.data_dir),
         store: ctx.store.clone(),
     };
     Ok(Actor::spawn_linked(None, Handoffs, args, me.get_cell())

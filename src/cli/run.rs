@@ -109,8 +109,9 @@ pub(super) async fn api_setup(
         .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
     let bound = listener.local_addr()?;
     let url = format!("http://{bound}");
-    std::fs::write(op.data_dir.join("api.addr"), format!("{url}\n"))
-        .with_context(|| format!("writing {}", op.data_dir.join("api.addr").display()))?;
+    let addr_file = crate::datadir::DataDir::new(&op.data_dir).api_addr_file();
+    std::fs::write(&addr_file, format!("{url}\n"))
+        .with_context(|| format!("writing {}", addr_file.display()))?;
     eprintln!(
         "operator: API on {url}/ (writes need the token in {}, or `operator token`)",
         crate::api::security::token_file(&op.data_dir).display()
@@ -325,7 +326,7 @@ pub(super) async fn run_with(
         mode_out: None,
     };
     let report = daemon::run(store.clone(), batch, &opts, signals, bus, hooks).await?;
-    let _ = std::fs::remove_file(opts.data_dir.join("api.addr"));
+    let _ = std::fs::remove_file(crate::datadir::DataDir::new(&opts.data_dir).api_addr_file());
     let _ = stop_view.send(());
     if let Some(v) = view {
         let _ = v.await;

@@ -116,7 +116,7 @@ impl SqliteStore {
             path: data_dir.display().to_string(),
             source,
         })?;
-        Self::open_file(&data_dir.join("operator.db")).await
+        Self::open_file(&crate::datadir::DataDir::new(data_dir).db()).await
     }
 
     /// Opens and migrates the database. A new database opened by several processes at once

@@ -381,7 +381,7 @@ async fn handoff_inner(st: &AppState, id: &str, idx: u32) -> Result<String, ApiE
     };
     let after = text(idx).unwrap_or_else(|| "(no handoff yet)".into());
     // The path comes from the stored chain's id and a number, never from request text.
-    let path = crate::chain::transcript_path(&st.data_dir, &chain.id, idx);
+    let path = crate::datadir::DataDir::new(&st.data_dir).transcript(&chain.id, idx);
     let output = transcript::read_readable(&path, VIEWER_OUTPUT).await;
     let has_next = chain.sessions.iter().any(|s| s.index == idx + 1);
     render(
