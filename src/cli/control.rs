@@ -6,11 +6,15 @@ use super::*;
 
 /// `operator approve|deny <chain> [<approval>]`: answers a held tool call in the store, where the
 /// running chain finds it within half a second.
-pub(super) async fn answer_approval(data_dir: &Path, a: &AnswerArgs, approve: bool) -> Result<u8> {
+pub(super) async fn answer_approval(
+    op: &config::OperatorSettings,
+    a: &AnswerArgs,
+    approve: bool,
+) -> Result<u8> {
     if !is_valid_chain_id(&a.chain) {
         return Err(UsageError(format!("`{}` is not a chain id", a.chain)).into());
     }
-    let store = open_store(data_dir).await?;
+    let store = open_store(op).await?;
     match crate::store::approvals::answer(
         &*store,
         &a.chain,
@@ -52,10 +56,11 @@ pub(super) fn read_live_pid(path: &Path) -> Option<u32> {
     crate::process::is_other_live_operator(pid).then_some(pid)
 }
 
-pub(super) async fn pause(data_dir: &Path, now: bool) -> Result<u8> {
+pub(super) async fn pause(op: &config::OperatorSettings, now: bool) -> Result<u8> {
+    let data_dir = op.data_dir.as_path();
     if now && read_live_pid(&daemon::pid_file(data_dir)).is_some() {
         // The running operator reads this when SIGUSR1 arrives.
-        open_store(data_dir)
+        open_store(op)
             .await?
             .set_flag("pause_request", Some("now"))
             .await?;

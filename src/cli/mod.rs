@@ -171,18 +171,17 @@ fn sim_agent(a: &SimAgentArgs) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
-/// The PostgreSQL store's URL from the settings (`store_url`, `--store`, `OPERATOR_STORE_URL`),
-/// set once by `dispatch`; `None`: SQLite in the data dir.
-static STORE_URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-
-async fn open_store(data_dir: &Path) -> Result<SharedStore> {
-    open_store_as(data_dir, true).await
+/// The store the settings name: PostgreSQL (`store_url`, `--store`, `OPERATOR_STORE_URL`), else
+/// SQLite in the data dir.
+async fn open_store(op: &config::OperatorSettings) -> Result<SharedStore> {
+    open_store_as(op, true).await
 }
 
 /// `owned`: chains this process creates in a fleet's store are run by it, never claimed by a
 /// worker.
-async fn open_store_as(data_dir: &Path, owned: bool) -> Result<SharedStore> {
-    let url = STORE_URL.get().and_then(|u| u.as_deref());
+async fn open_store_as(op: &config::OperatorSettings, owned: bool) -> Result<SharedStore> {
+    let data_dir = op.data_dir.as_path();
+    let url = op.store_url.as_ref().map(|u| u.0.as_str());
     let context = || match url {
         Some(u) => format!("opening the store at {}", crate::model::mask_url(u)),
         None => format!("opening the store in {}", data_dir.display()),
@@ -203,8 +202,8 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
     };
     let ov = overrides(&cli, run_args);
     let loaded = config::load_operator(op_file.as_deref(), &env, &ov)?;
-    let data_dir = loaded.operator.data_dir.clone();
-    let _ = STORE_URL.set(loaded.operator.store_url.as_ref().map(|u| u.0.clone()));
+    let op = &loaded.operator;
+    let data_dir = op.data_dir.clone();
     match &cli.command {
         Command::Run(r) => {
             let serve = r.serve.clone().map(|a| (a, false));
@@ -234,8 +233,8 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
             say!("{t}");
             Ok(exit::OK)
         }
-        Command::List(l) => list(&data_dir, l).await,
-        Command::Show { chain_id, json } => show(&data_dir, chain_id, *json).await,
+        Command::List(l) => list(op, l).await,
+        Command::Show { chain_id, json } => show(op, chain_id, *json).await,
         Command::Validate { mission } => {
             let path = config::resolve_mission(mission);
             let plan = loaded.plan_for_mission(&path, &Overrides::default())?;
@@ -248,16 +247,16 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
             );
             Ok(exit::OK)
         }
-        Command::Pause { now } => pause(&data_dir, *now).await,
+        Command::Pause { now } => pause(op, *now).await,
         Command::Resume => signal_running(&data_dir, nix::sys::signal::Signal::SIGUSR2, "resumed"),
         Command::Stop => signal_running(
             &data_dir,
             nix::sys::signal::Signal::SIGTERM,
             "asked to stop",
         ),
-        Command::Status => status(&data_dir).await,
-        Command::Approve(a) => answer_approval(&data_dir, a, true).await,
-        Command::Deny(a) => answer_approval(&data_dir, a, false).await,
+        Command::Status => status(op).await,
+        Command::Approve(a) => answer_approval(op, a, true).await,
+        Command::Deny(a) => answer_approval(op, a, false).await,
         Command::Doctor(d) => doctor(d, &env, op_file.as_deref(), &ov).await,
         Command::SimAgent(_) => Ok(exit::OK),
     }

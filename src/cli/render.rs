@@ -35,7 +35,7 @@ pub fn forecast_lines(r: &crate::store::CostReport, cap: Option<f64>) -> Vec<Str
 }
 
 pub(super) async fn costs(op: &config::OperatorSettings, json: bool, limit: u32) -> Result<u8> {
-    let store = open_store(&op.data_dir).await?;
+    let store = open_store(op).await?;
     let mut r = store.cost_report(limit.clamp(1, 500)).await?;
     r.daily_cap_usd = op.daily_cap_usd;
     if json {
@@ -216,12 +216,13 @@ pub(super) fn indent(s: &str) -> String {
         .join("\n")
 }
 
-pub(super) async fn list(data_dir: &Path, l: &ListArgs) -> Result<u8> {
+pub(super) async fn list(op: &config::OperatorSettings, l: &ListArgs) -> Result<u8> {
+    let data_dir = op.data_dir.as_path();
     let status = match &l.status {
         Some(s) => Some(s.parse::<ChainStatus>().map_err(UsageError)?),
         None => None,
     };
-    let store = open_store(data_dir).await?;
+    let store = open_store(op).await?;
     let chains = store
         .list_chains(&ChainQuery {
             status,
@@ -278,11 +279,12 @@ pub(super) async fn list(data_dir: &Path, l: &ListArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-pub(super) async fn show(data_dir: &Path, id: &str, json: bool) -> Result<u8> {
+pub(super) async fn show(op: &config::OperatorSettings, id: &str, json: bool) -> Result<u8> {
+    let data_dir = op.data_dir.as_path();
     if !is_valid_chain_id(id) {
         return Err(UsageError(format!("`{id}` is not a chain id")).into());
     }
-    let store = open_store(data_dir).await?;
+    let store = open_store(op).await?;
     let Some(chain) = store.get_chain(id).await? else {
         eprintln!("error: no chain `{id}` in {}", data_dir.display());
         return Ok(exit::USAGE);
@@ -384,9 +386,10 @@ pub(super) async fn show(data_dir: &Path, id: &str, json: bool) -> Result<u8> {
     Ok(exit::OK)
 }
 
-pub(super) async fn status(data_dir: &Path) -> Result<u8> {
+pub(super) async fn status(op: &config::OperatorSettings) -> Result<u8> {
+    let data_dir = op.data_dir.as_path();
     let pid = read_live_pid(&daemon::pid_file(data_dir));
-    let store = open_store(data_dir).await?;
+    let store = open_store(op).await?;
     let paused = store.get_flag("paused").await?.is_some();
     match pid {
         Some(p) => say!(

@@ -252,7 +252,7 @@ pub(super) async fn run_with(
     }
     let _pid = PidFile::create(&opts.data_dir)?;
     // A serve that queues for the fleet creates chains any worker may claim.
-    let store = open_store_as(&opts.data_dir, !opts.enqueue).await?;
+    let store = open_store_as(op, !opts.enqueue).await?;
     let api = match &serve {
         Some((listen, _)) => Some(api_setup(op, listen).await?),
         None => None,
