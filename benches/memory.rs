@@ -124,20 +124,31 @@ fn main() {
         .args(["sim-agent", "--scenario", "complete", "--step", "20ms"])
         .current_dir(dir.path())
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("sim-agent");
-    {
-        let mut stdin = agent.stdin.take().expect("stdin");
-        let _ = writeln!(
-            stdin,
-            "{}",
-            operator::agent::stream::initialize_request("i")
-        );
-        let _ = writeln!(stdin, "{}", operator::agent::stream::user_message("task"));
-    }
+    // Driven as the operator drives it: stdin stays open until the session's `result` line
+    // (closed at once, the agent stops at its first step, before doing any work).
+    let mut stdin = agent.stdin.take().expect("stdin");
+    let _ = writeln!(
+        stdin,
+        "{}",
+        operator::agent::stream::initialize_request("i")
+    );
+    let _ = writeln!(stdin, "{}", operator::agent::stream::user_message("task"));
+    let stdout = agent.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if line.is_ok_and(|l| l.contains("\"type\":\"result\"")) {
+                break;
+            }
+        }
+        drop(stdin);
+    });
     let agent_peak = peak_until_exit(agent).rss;
+    let _ = reader.join();
     println!("memory of one chain (10 sessions of the sim agent):");
     println!(
         "  operator peak RSS         : {:>8.1} MB",

@@ -40,6 +40,7 @@ def chain(tmp, name, workdir, sessions):
         os.environ,
         OPERATOR_DATA_DIR=os.path.join(outs, "data"),
         OPERATOR_WORKDIR=workdir,
+        OPERATOR_AGENT="sim",
         OPERATOR_SIM__STEP="20ms",
         OPERATOR_SIM__COMPLETE_AFTER=str(sessions - 1),
     )
