@@ -581,3 +581,44 @@ async fn reads_inside_the_workdir_are_decided_too_and_the_data_dir_stays_closed(
         ]
     );
 }
+
+/// A `kill -9` of the operator while a call waits: the agent that asked is gone, so the approval is
+/// settled when the chain comes back, and the chain goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_held_when_the_operator_died_is_settled_when_the_chain_resumes() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let work = ask_config(&op, "");
+    let api = FakeApi::start(
+        vec![
+            Step::bash("git push origin main || echo pushed > pushed.txt"),
+            Step::text(COMPLETE),
+        ],
+        Step::text("unexpected"),
+    )
+    .await;
+    let mut cmd = user_cmd(&op, &api, &bin, &["run", "--task", "Push", "--json"]);
+    cmd.current_dir(&work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let (chain, id) = pending_approval(&op, None).await;
+    common::signal(&child, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    let mut cmd = user_cmd(&op, &api, &bin, &["run", "--resume", "--json"]);
+    cmd.current_dir(&work);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(
+        (c.id.as_str(), c.status),
+        (chain.as_str(), ChainStatus::Complete)
+    );
+    let a = operator::store::approvals::load(&op.store().await, &chain, &id)
+        .await
+        .unwrap();
+    assert_eq!(a.status, operator::permissions::ApprovalStatus::Cancelled);
+    assert!(!work.join("pushed.txt").exists());
+    let status = String::from_utf8_lossy(&op.run(&["status"]).stdout).into_owned();
+    assert!(!status.contains("waits for approval"), "{status}");
+}

@@ -45,6 +45,26 @@ fn new_id() -> String {
     format!("ap-{:08x}", fastrand::u32(..))
 }
 
+/// Settles the approvals a chain left pending when its actor or the operator died: the agent that
+/// asked is gone, so nobody's answer could reach it.
+pub(super) async fn settle_stale(store: &dyn crate::store::Store, chain_id: &str) {
+    let Ok(list) = approvals::list(store, Some(chain_id)).await else {
+        return;
+    };
+    for a in list
+        .into_iter()
+        .filter(|a| a.status == ApprovalStatus::Pending)
+    {
+        let c = a.cancelled(
+            "The session that asked ended (the operator or the chain restarted) before anyone answered.",
+            &now_rfc3339(),
+        );
+        if let Err(e) = approvals::save(store, &c).await {
+            tracing::warn!(chain.id = chain_id, cause = %e, "could not settle a stale approval");
+        }
+    }
+}
+
 impl ChainState {
     /// Tells the session how its held call was settled.
     fn answer_session(&self, h: &Held, allow: bool, message: String, by: String) {

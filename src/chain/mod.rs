@@ -1115,6 +1115,8 @@ impl Actor for Chain {
         let account = a.agent.account();
         // A restarted chain runs nothing yet: whatever it held is released.
         a.ctx.quota.finished(&account, &a.chain_id);
+        // Calls its previous life held for a person went with that session's agent.
+        approvals::settle_stale(&*a.ctx.store, &a.chain_id).await;
         let cost = spawn_cost(&me, &a.chain_id, &a.ctx, a.settings.max_session_cost_usd).await?;
         let handoffs = spawn_handoffs(&me, &a.chain_id, &a.task, &a.ctx).await?;
         let st = ChainState {
