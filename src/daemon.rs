@@ -589,13 +589,13 @@ pub async fn run(
         Some(f) => (f, true),
         None => (mpsc::unbounded_channel().1, false),
     };
-    let mut ids: Vec<String> = batch
+    let ids: Vec<String> = batch
         .jobs
         .iter()
         .map(|j| j.chain_id.clone())
         .chain(batch.settled.iter().map(|(_, id, _)| id.clone()))
         .collect();
-    let mut known: std::collections::HashSet<String> = batch
+    let known: std::collections::HashSet<String> = batch
         .jobs
         .iter()
         .map(Job::key)
@@ -681,209 +681,72 @@ pub async fn run(
     // With a shared store, what the fleet's workers journal reaches the API's WebSocket.
     let relay = (opts.shared_store && server.is_some())
         .then(|| crate::events::relay_journal(store.clone(), bus.clone()));
-    // Missions started through the API, with their chains (one run of a mission at a time).
-    let mut api_missions: std::collections::HashMap<String, Vec<String>> = Default::default();
-
-    let mut immediate = false;
-    let mut root_failed = false;
-    let mut stops = 0;
+    let mut d = Daemon {
+        store: store.clone(),
+        opts,
+        bus: bus.clone(),
+        operator: operator.clone(),
+        mode_tx,
+        registry,
+        reloader,
+        planner,
+        ids,
+        known,
+        api_missions: Default::default(),
+        immediate: false,
+        root_failed: false,
+        stops: 0,
+    };
     let mut signals_open = true;
     let mut pending_ack: Option<oneshot::Sender<()>> = None;
     loop {
         if let Some(ack) = pending_ack.take() {
             let _ = ack.send(());
         }
-        // A pause or resume is kept in the store (for a restart, and for a fleet's workers)
-        // unless it is one worker's own signal, or the fleet's flag seen by a worker.
-        let mut persist_mode = true;
-        let sig = tokio::select! {
-            idle = idle_rx.recv() => {
-                match idle {
-                    None => {
-                        // The root supervisor died (a bug of ours): there is no one left to
-                        // supervise the chains, so stop everything now and leave them resumable.
-                        tracing::error!("the root supervisor crashed; stopping every agent (the chains stay resumable)");
-                        root_failed = true;
-                        immediate = true;
-                        let _ = mode_tx.send(Mode::Stopping);
-                        registry.signal_all(nix::sys::signal::Signal::SIGKILL);
-                        break;
-                    }
-                    Some(()) if !opts.stay || *mode_tx.borrow() == Mode::Stopping => break,
-                    Some(()) => continue,
-                }
-            }
-            sig = signals.recv(), if signals_open => {
-                persist_mode = !opts.shared_store;
-                if sig.is_none() {
-                    // No more signals can arrive; the chains (and the API) go on.
+        // Each input is one method; a signal (from the OS, the API or the fleet) goes on to
+        // `on_signal`, with whether the mode it sets is kept in the store.
+        let signal = tokio::select! {
+            idle = idle_rx.recv() => match d.on_idle(idle) {
+                Flow::Stop => break,
+                Flow::Go => None,
+            },
+            sig = signals.recv(), if signals_open => match sig {
+                // No more signals can arrive; the chains (and the API) go on.
+                None => {
                     signals_open = false;
-                    continue;
+                    None
                 }
-                sig
-            }
+                // A worker's own pause or resume is its own, not the fleet's.
+                Some(ev) => Some((ev, !opts.shared_store)),
+            },
             feed = feeder.recv(), if feeding => match feed {
-                Some(FeedMsg::Submit(batch)) => {
-                    ids.extend(batch.jobs.iter().map(|j| j.chain_id.clone()));
-                    known.extend(batch.jobs.iter().map(Job::key));
-                    let _ = operator.cast(OperatorMsg::Submit(batch));
-                    continue;
-                }
-                Some(FeedMsg::Lost(id)) => {
-                    tracing::warn!(chain.id = %id, "this worker's claim on the chain was lost; stopping it here");
-                    let _ = operator.call(|r| OperatorMsg::Abort(id, r), Some(CALL_TIMEOUT)).await;
-                    continue;
-                }
-                Some(FeedMsg::Signal(ev)) => {
-                    persist_mode = false;
-                    Some(ev)
-                }
                 None => {
                     feeding = false;
-                    continue;
+                    None
                 }
+                Some(f) => d.on_feed(f).await.map(|ev| (ev, false)),
             },
             cmd = ctl_rx.recv() => match cmd {
                 Some(ControlMsg::Signal(ev, ack)) => {
                     pending_ack = Some(ack);
-                    Some(ev)
+                    Some((ev, true))
                 }
                 Some(ControlMsg::Start(req, reply)) => {
-                    let mode = *mode_tx.borrow();
-                    let answer = api_start(&store, opts, planner.as_ref(), req, mode, &mut api_missions).await;
-                    if let Ok((StartOutcome::Started(new_ids), batch)) = &answer {
-                        ids.extend(new_ids.iter().cloned());
-                        if let Some(b) = batch {
-                            known.extend(b.jobs.iter().map(Job::key));
-                        }
-                    }
-                    let answer = match answer {
-                        Ok((outcome, Some(batch))) => {
-                            let mut missions: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-                            for j in &batch.jobs {
-                                if let Some(m) = &j.mission {
-                                    missions.entry(m.clone()).or_default().push(j.chain_id.clone());
-                                }
-                            }
-                            for (m, chains) in missions {
-                                bus.emit("orchestrator:mission-started", None, None, serde_json::json!({"mission": m, "chains": chains})).await;
-                            }
-                            if opts.enqueue {
-                                if let Err(e) = store.wake_workers().await {
-                                    tracing::warn!(cause = %e, "could not wake the fleet's workers; they find the chains at their next heartbeat");
-                                }
-                            } else {
-                                let _ = operator.cast(OperatorMsg::Submit(batch));
-                            }
-                            Ok(outcome)
-                        }
-                        Ok((outcome, None)) => Ok(outcome),
-                        Err(e) => Err(e),
-                    };
+                    let answer = d.on_start(req).await;
                     let _ = reply.send(answer);
-                    continue;
+                    None
                 }
-                None => continue,
+                None => None,
             },
         };
+        if let Some((ev, persist)) = signal
+            && d.on_signal(ev, persist).await? == Flow::Stop
         {
-            match sig {
-                Some(SignalEvent::Stop) => {
-                    stops += 1;
-                    if stops == 1 {
-                        tracing::warn!(grace = ?opts.shutdown_grace, "stopping: running sessions get a grace period (send SIGINT again to stop at once)");
-                        bus.emit("orchestrator:stopping", None, None, serde_json::json!({}))
-                            .await;
-                        let _ = mode_tx.send(Mode::Stopping);
-                    } else {
-                        tracing::warn!("stopping at once");
-                        immediate = true;
-                        registry.signal_all(nix::sys::signal::Signal::SIGKILL);
-                        break;
-                    }
-                }
-                Some(SignalEvent::Pause) => {
-                    // `operator pause --now` leaves its request in the store before signalling.
-                    let now = store.get_flag("pause_request").await?.as_deref() == Some("now");
-                    store.set_flag("pause_request", None).await?;
-                    let current = *mode_tx.borrow();
-                    if current == Mode::Running
-                        || (now && current == (Mode::Paused { interrupt: false }))
-                    {
-                        if persist_mode {
-                            store.set_flag("paused", Some("1")).await?;
-                        }
-                        bus.emit(
-                            "orchestrator:paused",
-                            None,
-                            None,
-                            serde_json::json!({"now": now}),
-                        )
-                        .await;
-                        if now {
-                            tracing::warn!(
-                                "paused now: running sessions are interrupted and write their handoff; SIGUSR2 resumes"
-                            );
-                        } else {
-                            tracing::warn!(
-                                "paused: running sessions finish, no new session starts until SIGUSR2"
-                            );
-                        }
-                        let _ = mode_tx.send(Mode::Paused { interrupt: now });
-                    }
-                }
-                Some(SignalEvent::Resume) if mode_tx.borrow().is_paused() => {
-                    if persist_mode {
-                        store.set_flag("paused", None).await?;
-                    }
-                    bus.emit("orchestrator:resumed", None, None, serde_json::json!({}))
-                        .await;
-                    tracing::warn!("resumed");
-                    let _ = mode_tx.send(Mode::Running);
-                }
-                Some(SignalEvent::Resume) => {}
-                Some(SignalEvent::Reload) => match &reloader {
-                    None => tracing::warn!(
-                        "SIGHUP: a resumed chain has no mission to reload; nothing changes"
-                    ),
-                    Some(r) => match reload(&store, opts, r, &mut known).await {
-                        Ok((updates, fresh)) => {
-                            let (changed, added) = (updates.len(), fresh.jobs.len());
-                            ids.extend(fresh.jobs.iter().map(|j| j.chain_id.clone()));
-                            let limits = fresh.limits.clone();
-                            let _ = operator.cast(OperatorMsg::Reconfigure(updates, limits));
-                            let _ = operator.cast(OperatorMsg::Submit(fresh));
-                            bus.emit(
-                                "orchestrator:reloaded",
-                                None,
-                                None,
-                                serde_json::json!({"chains": changed, "added": added}),
-                            )
-                            .await;
-                            tracing::warn!(
-                                chains = changed,
-                                added,
-                                "configuration reloaded; changed settings apply from each chain's next session"
-                            );
-                        }
-                        Err(e) => {
-                            bus.emit(
-                                "orchestrator:reload-failed",
-                                None,
-                                None,
-                                serde_json::json!({"error": e.to_string()}),
-                            )
-                            .await;
-                            tracing::warn!(
-                                "configuration reload refused; the running configuration is kept: {e}"
-                            );
-                        }
-                    },
-                },
-                None => {}
-            }
+            break;
         }
     }
+    // The daemon (and the run mode's sender) lives until the Operator has stopped.
+    let (ids, immediate, root_failed) = (std::mem::take(&mut d.ids), d.immediate, d.root_failed);
     operator.stop(None);
     let _ = handle.await;
     if let Some(server) = server {
@@ -919,11 +782,248 @@ pub async fn run(
     notifier.finish(Duration::from_secs(15)).await;
     let _ = stop_log.send(());
     let _ = event_log.await;
+    drop(d);
     Ok(RunReport {
         chains,
         immediate,
         root_failed,
     })
+}
+
+/// Whether the daemon's loop goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// A run in progress: what the loop's inputs act on. One method per input.
+struct Daemon<'a> {
+    store: SharedStore,
+    opts: &'a RunOptions,
+    bus: Bus,
+    operator: ActorRef<OperatorMsg>,
+    mode_tx: tokio::sync::watch::Sender<Mode>,
+    registry: Registry,
+    reloader: Option<Reloader>,
+    planner: Option<Planner>,
+    /// Every chain of the run, for the report.
+    ids: Vec<String>,
+    /// `mission/name` of every chain, for reloads.
+    known: std::collections::HashSet<String>,
+    /// Missions started through the API, with their chains (one run of a mission at a time).
+    api_missions: std::collections::HashMap<String, Vec<String>>,
+    /// Stopped at once (a second SIGINT, or the root supervisor crashed).
+    immediate: bool,
+    root_failed: bool,
+    stops: u32,
+}
+
+impl Daemon<'_> {
+    /// The Operator says it has nothing left to run (`Some`), or died (`None`).
+    fn on_idle(&mut self, idle: Option<()>) -> Flow {
+        match idle {
+            None => {
+                // The root supervisor died (a bug of ours): there is no one left to supervise
+                // the chains, so stop everything now and leave them resumable.
+                tracing::error!(
+                    "the root supervisor crashed; stopping every agent (the chains stay resumable)"
+                );
+                self.root_failed = true;
+                self.immediate = true;
+                let _ = self.mode_tx.send(Mode::Stopping);
+                self.registry.signal_all(nix::sys::signal::Signal::SIGKILL);
+                Flow::Stop
+            }
+            Some(()) if !self.opts.stay || *self.mode_tx.borrow() == Mode::Stopping => Flow::Stop,
+            Some(()) => Flow::Go,
+        }
+    }
+
+    /// A fleet worker's claim loop: chains it claimed, a claim it lost, the fleet's pause.
+    async fn on_feed(&mut self, feed: FeedMsg) -> Option<SignalEvent> {
+        match feed {
+            FeedMsg::Submit(batch) => {
+                self.ids
+                    .extend(batch.jobs.iter().map(|j| j.chain_id.clone()));
+                self.known.extend(batch.jobs.iter().map(Job::key));
+                let _ = self.operator.cast(OperatorMsg::Submit(batch));
+                None
+            }
+            FeedMsg::Lost(id) => {
+                tracing::warn!(chain.id = %id, "this worker's claim on the chain was lost; stopping it here");
+                let _ = self
+                    .operator
+                    .call(|r| OperatorMsg::Abort(id, r), Some(CALL_TIMEOUT))
+                    .await;
+                None
+            }
+            FeedMsg::Signal(ev) => Some(ev),
+        }
+    }
+
+    /// A start asked through the API.
+    async fn on_start(&mut self, req: StartRequest) -> Result<StartOutcome, ApiError> {
+        let mode = *self.mode_tx.borrow();
+        let answer = api_start(
+            &self.store,
+            self.opts,
+            self.planner.as_ref(),
+            req,
+            mode,
+            &mut self.api_missions,
+        )
+        .await;
+        if let Ok((StartOutcome::Started(new_ids), batch)) = &answer {
+            self.ids.extend(new_ids.iter().cloned());
+            if let Some(b) = batch {
+                self.known.extend(b.jobs.iter().map(Job::key));
+            }
+        }
+        let (outcome, batch) = answer?;
+        let Some(batch) = batch else {
+            return Ok(outcome);
+        };
+        let mut missions: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for j in &batch.jobs {
+            if let Some(m) = &j.mission {
+                missions
+                    .entry(m.clone())
+                    .or_default()
+                    .push(j.chain_id.clone());
+            }
+        }
+        for (m, chains) in missions {
+            self.bus
+                .emit(
+                    "orchestrator:mission-started",
+                    None,
+                    None,
+                    serde_json::json!({"mission": m, "chains": chains}),
+                )
+                .await;
+        }
+        if self.opts.enqueue {
+            if let Err(e) = self.store.wake_workers().await {
+                tracing::warn!(cause = %e, "could not wake the fleet's workers; they find the chains at their next heartbeat");
+            }
+        } else {
+            let _ = self.operator.cast(OperatorMsg::Submit(batch));
+        }
+        Ok(outcome)
+    }
+
+    /// A stop, pause, resume or reload — from a signal, the API, or the fleet. `persist`: a
+    /// pause or resume is kept in the store (for a restart, and for a fleet's workers).
+    async fn on_signal(&mut self, sig: SignalEvent, persist: bool) -> Result<Flow, RunError> {
+        match sig {
+            SignalEvent::Stop => {
+                self.stops += 1;
+                if self.stops == 1 {
+                    tracing::warn!(grace = ?self.opts.shutdown_grace, "stopping: running sessions get a grace period (send SIGINT again to stop at once)");
+                    self.bus
+                        .emit("orchestrator:stopping", None, None, serde_json::json!({}))
+                        .await;
+                    let _ = self.mode_tx.send(Mode::Stopping);
+                } else {
+                    tracing::warn!("stopping at once");
+                    self.immediate = true;
+                    self.registry.signal_all(nix::sys::signal::Signal::SIGKILL);
+                    return Ok(Flow::Stop);
+                }
+            }
+            SignalEvent::Pause => {
+                // `operator pause --now` leaves its request in the store before signalling.
+                let now = self.store.get_flag("pause_request").await?.as_deref() == Some("now");
+                self.store.set_flag("pause_request", None).await?;
+                let current = *self.mode_tx.borrow();
+                if current == Mode::Running
+                    || (now && current == (Mode::Paused { interrupt: false }))
+                {
+                    if persist {
+                        self.store.set_flag("paused", Some("1")).await?;
+                    }
+                    self.bus
+                        .emit(
+                            "orchestrator:paused",
+                            None,
+                            None,
+                            serde_json::json!({"now": now}),
+                        )
+                        .await;
+                    if now {
+                        tracing::warn!(
+                            "paused now: running sessions are interrupted and write their handoff; SIGUSR2 resumes"
+                        );
+                    } else {
+                        tracing::warn!(
+                            "paused: running sessions finish, no new session starts until SIGUSR2"
+                        );
+                    }
+                    let _ = self.mode_tx.send(Mode::Paused { interrupt: now });
+                }
+            }
+            SignalEvent::Resume if self.mode_tx.borrow().is_paused() => {
+                if persist {
+                    self.store.set_flag("paused", None).await?;
+                }
+                self.bus
+                    .emit("orchestrator:resumed", None, None, serde_json::json!({}))
+                    .await;
+                tracing::warn!("resumed");
+                let _ = self.mode_tx.send(Mode::Running);
+            }
+            SignalEvent::Resume => {}
+            SignalEvent::Reload => self.on_reload().await,
+        }
+        Ok(Flow::Go)
+    }
+
+    /// SIGHUP: the files again; new chains start, changed settings apply from the next session.
+    async fn on_reload(&mut self) {
+        let Some(r) = &self.reloader else {
+            tracing::warn!("SIGHUP: a resumed chain has no mission to reload; nothing changes");
+            return;
+        };
+        match reload(&self.store, self.opts, r, &mut self.known).await {
+            Ok((updates, fresh)) => {
+                let (changed, added) = (updates.len(), fresh.jobs.len());
+                self.ids
+                    .extend(fresh.jobs.iter().map(|j| j.chain_id.clone()));
+                let limits = fresh.limits.clone();
+                let _ = self
+                    .operator
+                    .cast(OperatorMsg::Reconfigure(updates, limits));
+                let _ = self.operator.cast(OperatorMsg::Submit(fresh));
+                self.bus
+                    .emit(
+                        "orchestrator:reloaded",
+                        None,
+                        None,
+                        serde_json::json!({"chains": changed, "added": added}),
+                    )
+                    .await;
+                tracing::warn!(
+                    chains = changed,
+                    added,
+                    "configuration reloaded; changed settings apply from each chain's next session"
+                );
+            }
+            Err(e) => {
+                self.bus
+                    .emit(
+                        "orchestrator:reload-failed",
+                        None,
+                        None,
+                        serde_json::json!({"error": e.to_string()}),
+                    )
+                    .await;
+                tracing::warn!(
+                    "configuration reload refused; the running configuration is kept: {e}"
+                );
+            }
+        }
+    }
 }
 
 /// A start asked through the API: plans from the configuration, checked, created in the store
