@@ -9,7 +9,7 @@ use ractor::Actor;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{self, Agent, AgentError, BackendOptions};
-use crate::api::{self, ApiError, OperatorStatus, StartOutcome, StartRequest};
+use crate::api::{self, ControlError, OperatorStatus, StartOutcome, StartRequest};
 use crate::chain::Ctx;
 use crate::config::{ChainSettings, ConfigErrors, Plan};
 use crate::control::{self, Mode};
@@ -101,7 +101,7 @@ enum ControlMsg {
     Signal(SignalEvent, oneshot::Sender<()>),
     Start(
         StartRequest,
-        oneshot::Sender<Result<StartOutcome, ApiError>>,
+        oneshot::Sender<Result<StartOutcome, ControlError>>,
     ),
 }
 
@@ -116,13 +116,13 @@ struct DaemonControl {
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn gone() -> ApiError {
-    ApiError::Unavailable("the supervisor is shutting down".into())
+fn gone() -> ControlError {
+    ControlError::Gone
 }
 
 #[async_trait::async_trait]
 impl api::Control for DaemonControl {
-    async fn status(&self) -> Result<OperatorStatus, ApiError> {
+    async fn status(&self) -> Result<OperatorStatus, ControlError> {
         let snap = self
             .operator
             .call(OperatorMsg::Status, Some(CALL_TIMEOUT))
@@ -150,7 +150,7 @@ impl api::Control for DaemonControl {
         })
     }
 
-    async fn abort(&self, chain_id: &str) -> Result<bool, ApiError> {
+    async fn abort(&self, chain_id: &str) -> Result<bool, ControlError> {
         let id = chain_id.to_string();
         self.operator
             .call(|reply| OperatorMsg::Abort(id, reply), Some(CALL_TIMEOUT))
@@ -159,7 +159,7 @@ impl api::Control for DaemonControl {
             .success_or(gone())
     }
 
-    async fn start(&self, req: StartRequest) -> Result<StartOutcome, ApiError> {
+    async fn start(&self, req: StartRequest) -> Result<StartOutcome, ControlError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(ControlMsg::Start(req, reply))
@@ -167,7 +167,7 @@ impl api::Control for DaemonControl {
         answer.await.map_err(|_| gone())?
     }
 
-    async fn signal(&self, ev: SignalEvent) -> Result<(), ApiError> {
+    async fn signal(&self, ev: SignalEvent) -> Result<(), ControlError> {
         let (ack, acked) = oneshot::channel();
         self.tx
             .send(ControlMsg::Signal(ev, ack))
@@ -863,7 +863,7 @@ impl Daemon<'_> {
     }
 
     /// A start asked through the API.
-    async fn on_start(&mut self, req: StartRequest) -> Result<StartOutcome, ApiError> {
+    async fn on_start(&mut self, req: StartRequest) -> Result<StartOutcome, ControlError> {
         let mode = *self.mode_tx.borrow();
         let answer = api_start(
             &self.store,
@@ -1035,27 +1035,25 @@ async fn api_start(
     req: StartRequest,
     mode: Mode,
     active: &mut std::collections::HashMap<String, Vec<String>>,
-) -> Result<(StartOutcome, Option<Batch>), ApiError> {
+) -> Result<(StartOutcome, Option<Batch>), ControlError> {
     if mode == Mode::Stopping {
-        return Err(ApiError::Conflict("the operator is stopping".into()));
+        return Err(ControlError::Busy("the operator is stopping".into()));
     }
     let planner =
-        planner.ok_or_else(|| ApiError::Conflict("this run cannot start new chains".into()))?;
+        planner.ok_or_else(|| ControlError::Busy("this run cannot start new chains".into()))?;
     let plans = match planner(&req) {
         Ok(p) => p,
         Err(PlanError::UnknownMission(m)) => {
-            return Err(ApiError::NotFound(format!(
+            return Err(ControlError::UnknownMission(format!(
                 "no mission named `{m}` in the missions folder"
             )));
         }
         Err(PlanError::Config(e)) => {
-            return Err(ApiError::Unprocessable(
-                e.to_string().trim_end().to_string(),
-            ));
+            return Err(ControlError::Invalid(e.to_string().trim_end().to_string()));
         }
     };
     if req.dry_run {
-        let v = serde_json::to_value(&plans).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let v = serde_json::to_value(&plans).map_err(|e| ControlError::Internal(e.to_string()))?;
         return Ok((StartOutcome::Plan(v), None));
     }
     for plan in &plans {
@@ -1064,7 +1062,7 @@ async fn api_start(
             if let Some(c) = store.get_chain(id).await?
                 && !c.status.is_terminal()
             {
-                return Err(ApiError::Conflict(format!(
+                return Err(ControlError::Busy(format!(
                     "mission `{m}` is already running (chain {id} is {}); abort it or wait",
                     c.status
                 )));
@@ -1077,9 +1075,9 @@ async fn api_start(
     let batch = prepare_new(store, &plans, &opts)
         .await
         .map_err(|e| match e {
-            RunError::Agent(a) => ApiError::Unprocessable(a.to_string()),
-            RunError::Config(c) => ApiError::Unprocessable(c.to_string().trim_end().to_string()),
-            other => ApiError::Internal(other.to_string()),
+            RunError::Agent(a) => ControlError::Invalid(a.to_string()),
+            RunError::Config(c) => ControlError::Invalid(c.to_string().trim_end().to_string()),
+            other => ControlError::Internal(other.to_string()),
         })?;
     let ids: Vec<String> = batch.jobs.iter().map(|j| j.chain_id.clone()).collect();
     for j in &batch.jobs {

@@ -35,12 +35,48 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// What the API asks of the supervisor it runs in.
 #[async_trait]
 pub trait Control: Send + Sync {
-    async fn status(&self) -> Result<OperatorStatus, ApiError>;
+    async fn status(&self) -> Result<OperatorStatus, ControlError>;
     /// `Ok(false)`: this operator does not run (or queue) that chain.
-    async fn abort(&self, chain_id: &str) -> Result<bool, ApiError>;
-    async fn start(&self, req: StartRequest) -> Result<StartOutcome, ApiError>;
+    async fn abort(&self, chain_id: &str) -> Result<bool, ControlError>;
+    async fn start(&self, req: StartRequest) -> Result<StartOutcome, ControlError>;
     /// Pause, resume or stop, exactly as the signals do.
-    async fn signal(&self, ev: SignalEvent) -> Result<(), ApiError>;
+    async fn signal(&self, ev: SignalEvent) -> Result<(), ControlError>;
+}
+
+/// Why the supervisor could not do what the API asked; the API gives each its status, so the
+/// supervisor never speaks HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The supervisor is shutting down (503).
+    #[error("the supervisor is shutting down")]
+    Gone,
+    /// Not now: the operator is stopping, the mission already runs… (409).
+    #[error("{0}")]
+    Busy(String),
+    /// No such mission (404).
+    #[error("{0}")]
+    UnknownMission(String),
+    /// The request, or the configuration it would run with, is invalid (422).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A bug of ours (500; the cause is logged, never sent).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Gone => ApiError::Unavailable(e.to_string()),
+            ControlError::Busy(m) => ApiError::Conflict(m),
+            ControlError::UnknownMission(m) => ApiError::NotFound(m),
+            ControlError::Invalid(m) => ApiError::Unprocessable(m),
+            ControlError::Store(s) => s.into(),
+            ControlError::Internal(m) => ApiError::Internal(m),
+        }
+    }
 }
 
 /// A start asked through the API, already checked: nothing here can widen permissions.
