@@ -328,12 +328,12 @@ async fn a_cli_killed_from_outside_is_a_failed_session_and_the_chain_goes_on() {
     let op = Op::new();
     let api = FakeApi::start(vec![Step::hang()], Step::text(COMPLETE)).await;
     let workdir = op.workdir();
+    let seen = api.seen();
     let killer = tokio::task::spawn_blocking(move || {
         // Wait for the CLI to be waiting on the hanging answer, then kill it.
         let found = common::eventually(std::time::Duration::from_secs(60), || {
-            !common::processes_in(&workdir).is_empty()
+            !common::processes_in(&workdir).is_empty() && seen.scripted() >= 1
         });
-        std::thread::sleep(std::time::Duration::from_millis(1500));
         for pid in common::processes_in(&workdir) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -745,15 +745,16 @@ async fn after_kill_9_of_the_operator_the_cli_dies_too_and_the_chain_resumes() {
         .spawn()
         .unwrap();
     let workdir = op.workdir();
+    let seen = api.seen();
+    // The CLI is up and waiting on the hanging answer.
     let started = tokio::task::spawn_blocking(move || {
         common::eventually(std::time::Duration::from_secs(60), || {
-            !common::processes_in(&workdir).is_empty()
+            !common::processes_in(&workdir).is_empty() && seen.scripted() >= 1
         })
     })
     .await
     .unwrap();
     assert!(started, "the CLI never started");
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     common::signal(&child, nix::sys::signal::Signal::SIGKILL);
     child.wait().unwrap();
     let workdir = op.workdir();

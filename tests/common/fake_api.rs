@@ -163,6 +163,24 @@ pub struct FakeApi {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A handle that counts the agent-loop requests the fake has received, usable from another
+/// thread (to wait for "the CLI is now waiting on its answer" instead of sleeping).
+#[derive(Clone)]
+pub struct Seen(Shared);
+
+impl Seen {
+    pub fn scripted(&self) -> usize {
+        self.0
+            .0
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|r| r.scripted)
+            .count()
+    }
+}
+
 impl Drop for FakeApi {
     fn drop(&mut self) {
         self.task.abort();
@@ -191,6 +209,10 @@ impl FakeApi {
     /// What the model "writes" when the CLI asks for a compaction summary.
     pub fn set_compaction_summary(&self, text: impl Into<String>) {
         self.shared.0.lock().unwrap().summary = Some(text.into());
+    }
+
+    pub fn seen(&self) -> Seen {
+        Seen(self.shared.clone())
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
