@@ -923,6 +923,9 @@ fn check_chain_settings(s: &ChainSettings) -> Result<(), String> {
     {
         return Err(format!("`commit_author` is `{a}`; expected `Name <email>`"));
     }
+    if let Some(e) = duration_out_of_bounds(s) {
+        return Err(e);
+    }
     if let Some((key, e)) = s.permissions.check().into_iter().next() {
         return Err(format!("`{key}`: not a valid rule: {e}"));
     }
@@ -939,6 +942,36 @@ fn check_chain_settings(s: &ChainSettings) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A duration past what the operator can wait (`retry_backoff = ["584542046090y"]` validated,
+/// then overflowed a clock at run time): each is bounded here, with its key named.
+fn duration_out_of_bounds(s: &ChainSettings) -> Option<String> {
+    const DAY: u64 = 86_400;
+    let mut checks: Vec<(&str, Duration, u64)> = vec![
+        ("idle_timeout", s.idle_timeout, 30 * DAY),
+        ("session_timeout", s.session_timeout, 30 * DAY),
+        ("usage_limit_margin", s.usage_limit_margin, DAY),
+        ("usage_limit_fallback", s.usage_limit_fallback, 7 * DAY),
+        ("verify_timeout", s.verify_timeout, DAY),
+        ("approval_timeout", s.approval_timeout, 7 * DAY),
+        ("sim.step", s.sim.step, DAY),
+    ];
+    if let Some(c) = s.breaker_cooldown {
+        checks.push(("breaker_cooldown", c, 7 * DAY));
+    }
+    for d in &s.retry_backoff {
+        checks.push(("retry_backoff", **d, DAY));
+    }
+    checks.into_iter().find_map(|(key, d, max)| {
+        (d > Duration::from_secs(max)).then(|| {
+            format!(
+                "`{key}` is {}; at most {} (a longer wait is not one the operator can keep)",
+                humantime::format_duration(d),
+                humantime::format_duration(Duration::from_secs(max))
+            )
+        })
+    })
 }
 
 /// A dependency cycle among `after` lists, as `a → b → a`.

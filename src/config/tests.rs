@@ -248,6 +248,18 @@ fn bad_values_are_refused() {
             "[[chain]]\ntask = \"x\"\n[chain.permissions]\nallow = [\"Bash(ls\"]\n",
             "chain[0].permissions.allow[0]",
         ),
+        (
+            "[[chain]]\ntask = \"x\"\nretry_backoff = [\"1s\", \"584542046090y\"]\n",
+            "`retry_backoff` is",
+        ),
+        (
+            "[[chain]]\ntask = \"x\"\nusage_limit_margin = \"400years\"\n",
+            "`usage_limit_margin` is",
+        ),
+        (
+            "[[chain]]\ntask = \"x\"\napproval_timeout = \"30days\"\n",
+            "`approval_timeout` is 30days; at most 7days",
+        ),
     ] {
         let m = write(dir.path(), "m.toml", body);
         let err = loaded
