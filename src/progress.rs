@@ -43,6 +43,26 @@ pub fn render(l: &Line, width: usize) -> String {
     )
 }
 
+/// `s` safe to print on a terminal: control characters other than newline and tab (an escape
+/// sequence that sets the title or clears the screen, a NUL) are shown as `\u{1b}` instead of
+/// acting. Task texts and handoffs are agent or user input.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() && c != '\n' && c != '\t' {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 /// `s` cut to `n` characters, with `…` when cut.
 pub fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
@@ -198,6 +218,15 @@ mod tests {
             data,
             at: String::new(),
         }
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        assert_eq!(printable("plain\ntext\t!"), "plain\ntext\t!");
+        assert_eq!(
+            printable("a\u{1b}]0;pwned\u{7}b\u{1b}[2Jc\0"),
+            "a\\u{1b}]0;pwned\\u{7}b\\u{1b}[2Jc\\u{0}"
+        );
     }
 
     #[test]

@@ -710,3 +710,24 @@ async fn after_kill_9_no_agent_is_left_and_the_chain_resumes() {
     assert_eq!(c.sessions[0].status, SessionStatus::Interrupted);
     assert_eq!(c.sessions[1].status, SessionStatus::Completed);
 }
+
+#[test]
+fn list_and_show_never_send_control_characters_to_the_terminal() {
+    let op = Op::new();
+    let task = "Title \u{1b}]0;pwned\u{7} and clear \u{1b}[2J then a bell \u{7}.";
+    let out = op.run(&["run", "--task", task, "--scenario", "complete", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = chains(&out)[0].id.clone();
+    for args in [vec!["list"], vec!["show", id.as_str()], vec!["status"]] {
+        let out = op.run(&args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{args:?}: {text:?}"
+        );
+    }
+    let show = String::from_utf8_lossy(&op.run(&["show", &id]).stdout).into_owned();
+    assert!(show.contains("\\u{1b}]0;pwned"), "{show}");
+}

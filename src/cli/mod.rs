@@ -25,10 +25,13 @@ use crate::store::postgres::PostgresStore;
 use crate::store::{ChainQuery, SharedStore};
 
 /// `println!` that reports a closed stdout (`operator list | head`) as an error instead of panicking.
+/// Control characters in what is printed (task texts and handoffs are agent or user input) are
+/// shown escaped, never sent to the terminal.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)?;
+        let line = format!($($arg)*);
+        writeln!(std::io::stdout().lock(), "{}", crate::progress::printable(&line))?;
     }};
 }
 

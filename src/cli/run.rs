@@ -336,7 +336,10 @@ pub(super) async fn run_with(
             say!("{}", serde_json::to_string(c)?);
         }
     } else {
-        eprint!("{}", summary_table(&report.chains));
+        eprint!(
+            "{}",
+            crate::progress::printable(&summary_table(&report.chains))
+        );
         let sims = report
             .chains
             .iter()
