@@ -26,6 +26,11 @@ impl DataDir {
         self.0.join("operator.pid")
     }
 
+    /// Held locked (an OS file lock) by the one operator that runs on this data dir.
+    pub fn lock_file(&self) -> PathBuf {
+        self.0.join("operator.lock")
+    }
+
     /// The API's bearer token.
     pub fn token_file(&self) -> PathBuf {
         self.0.join("api-token")

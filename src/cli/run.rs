@@ -475,23 +475,43 @@ pub(super) fn sim_notice(sims: usize) {
 }
 
 /// The pid file of a running operator; removed on drop.
-pub(super) struct PidFile(PathBuf);
+/// The one operator of a data dir: an OS file lock on `operator.lock`, taken atomically and held
+/// for the process's life (the kernel releases it when the process dies, even by `kill -9`),
+/// and the pid file that `pause`, `resume`, `stop` and `status` read.
+pub(super) struct PidFile(PathBuf, #[allow(dead_code)] std::fs::File);
 
 impl PidFile {
     fn create(data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let path = daemon::pid_file(data_dir);
-        if let Some(pid) = read_live_pid(&path) {
-            return Err(UsageError(format!(
-                "another operator (pid {pid}) is running on {}; stop it, or use another --data-dir",
-                data_dir.display()
-            ))
-            .into());
+        let layout = crate::datadir::DataDir::new(data_dir);
+        let lock_path = layout.lock_file();
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let path = layout.pid_file();
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let who = read_live_pid(&path)
+                    .map(|pid| format!(" (pid {pid})"))
+                    .unwrap_or_default();
+                return Err(UsageError(format!(
+                    "another operator{who} is running on {}; stop it, or use another --data-dir",
+                    data_dir.display()
+                ))
+                .into());
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+            }
         }
         std::fs::write(&path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self(path))
+        Ok(Self(path, lock))
     }
 }
 
