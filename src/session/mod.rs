@@ -40,8 +40,8 @@ summary as a handoff: a `## HANDOFF` heading with the sections Accomplished, Rem
 Context, as the AUTO-CONTINUATION PROTOCOL describes.";
 
 pub enum SessionMsg {
-    Line(String),
-    Stderr(String),
+    Line(reader::Line),
+    Stderr(reader::Line),
     /// stdout closed.
     Eof,
     /// Sends another user message in the same process.
@@ -518,14 +518,18 @@ impl Actor for Session {
                 }
             }
             SessionMsg::Line(line) => {
+                // The line's share of the reader's budget is given back when it is dropped,
+                // at the end of this arm.
+                let line = line.text.as_str();
                 crate::fault::check("session:line");
                 st.last_output = Instant::now();
-                st.record(&line);
-                for ev in stream::parse_line(&line) {
+                st.record(line);
+                for ev in stream::parse_line(line) {
                     handle_event(st, ev).await;
                 }
             }
             SessionMsg::Stderr(line) => {
+                let line = line.text;
                 st.record(
                     &json!({"type": "operator", "subtype": "stderr", "line": line}).to_string(),
                 );
