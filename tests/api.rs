@@ -760,6 +760,13 @@ async fn security_rules_are_enforced_request_by_request() {
     )
     .await;
     assert_eq!(st, StatusCode::OK);
+    // An authority with userinfo is not an IP literal, whatever it starts with.
+    let (st, _) = Server::send(
+        srv.req(Method::GET, "/api/chains")
+            .header("host", "127.0.0.1:3221@evil.example"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
     // Origin: another site may not even read, let alone write (the token does not help it).
     let (st, v) = Server::send(
         srv.req(Method::GET, "/api/chains")

@@ -196,6 +196,31 @@ fn host_of(authority: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// A `Host` header that is an authority and nothing more: `name[:port]`, `ip[:port]`,
+/// `[v6][:port]` — never userinfo (`127.0.0.1:3221@evil.example`), a path or spaces.
+fn valid_authority(a: &str) -> bool {
+    let port_ok = |p: &str| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok();
+    if let Some(rest) = a.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        return v6.parse::<std::net::Ipv6Addr>().is_ok()
+            && (after.is_empty() || after.strip_prefix(':').is_some_and(port_ok));
+    }
+    if a.matches(':').count() > 1 {
+        return a.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let (host, port) = match a.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (a, None),
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && port.is_none_or(port_ok)
+}
+
 fn is_local_name(host: &str) -> bool {
     host == "localhost" || host.ends_with(".localhost")
 }
@@ -203,6 +228,9 @@ fn is_local_name(host: &str) -> bool {
 /// May a request with this `Host` be served? IP literals and localhost names can never be a
 /// DNS rebinding attack (that needs a name the attacker controls); other names must be listed.
 pub fn host_allowed(host_header: &str, allowed: &[String]) -> bool {
+    if !valid_authority(host_header.trim()) {
+        return false;
+    }
     let host = host_of(host_header);
     !host.is_empty()
         && (host.parse::<IpAddr>().is_ok()
@@ -406,6 +434,12 @@ mod tests {
             "",
             "localhost.evil.example",
             "127.0.0.1.nip.io",
+            "127.0.0.1:3221@evil.example",
+            "localhost:80@evil.example",
+            "127.0.0.1:abc",
+            "127.0.0.1/x",
+            "127.0.0.1 evil",
+            "[::1",
         ] {
             assert!(!host_allowed(bad, &allowed), "{bad}");
         }
