@@ -490,6 +490,12 @@ step = "10ms"
 
     let out = cmd(&["run", m, "--continue", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // It continues them: it does not tell the user to resume them.
+    assert!(
+        !stderr(&out).contains("an earlier chain is incomplete"),
+        "{}",
+        stderr(&out)
+    );
     let cs = chains(&out);
     let mut ids: Vec<&str> = cs.iter().map(|c| c.id.as_str()).collect();
     ids.sort();

@@ -268,7 +268,19 @@ pub(super) async fn run_with(
                 .filter(|c| c.settings.agent == AgentKind::Sim)
                 .count();
             sim_notice(sims);
+            // `--continue` picks up the missions' own chains: no warning for those.
+            let continued = |c: &ChainRecord| {
+                opts.continue_missions
+                    && plans.iter().any(|p| {
+                        p.mission.is_some()
+                            && p.mission == c.mission
+                            && p.chains.iter().any(|pc| pc.name == c.name)
+                    })
+            };
             for c in daemon::incomplete_chains(&store).await? {
+                if continued(&c) {
+                    continue;
+                }
                 // Logged at warn level, so it shows with and without the live view.
                 tracing::warn!(chain.id = %c.id, status = %c.status, "an earlier chain is incomplete; `operator run --resume {}` continues it", c.id);
             }
