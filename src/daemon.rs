@@ -776,6 +776,19 @@ pub async fn run(
                     .await?;
                 c.status = ChainStatus::Interrupted;
             }
+            if immediate {
+                // Its agent was killed with it: the session is over, not running.
+                for s in c
+                    .sessions
+                    .iter_mut()
+                    .filter(|s| s.status == crate::model::SessionStatus::Running)
+                {
+                    s.status = crate::model::SessionStatus::Interrupted;
+                    s.error = Some("stopped at once; the agent was killed".into());
+                    s.ended_at = Some(crate::model::now_rfc3339());
+                    store.finish_session(id, s, None).await?;
+                }
+            }
             chains.push(c);
         }
     }

@@ -514,6 +514,12 @@ async fn a_second_sigint_stops_at_once_and_leaves_no_agent() {
     let store = op.store().await;
     let c = store.list_chains(&Default::default()).await.unwrap()[0].clone();
     assert_eq!(c.status, ChainStatus::Interrupted);
+    // Its session is over too, not left `running`.
+    let sessions = store.sessions(&c.id).await.unwrap();
+    assert!(
+        sessions.iter().all(|s| s.status != SessionStatus::Running),
+        "{sessions:?}"
+    );
     // A new chain while this one is incomplete: a warning naming it, and the run goes on.
     let out = op.run(&["run", "--task", "Other", "--scenario", "complete"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
