@@ -507,7 +507,20 @@ fn owner_is_live(owner: Option<u32>) -> bool {
 pub async fn stop_stale_agents(store: &SharedStore) -> Result<usize, StoreError> {
     let mut stopped = 0;
     for a in store.running_agents().await? {
-        if owner_is_live(a.owner_pid) || a.pgid <= 1 || a.program.is_empty() {
+        if owner_is_live(a.owner_pid) {
+            continue;
+        }
+        // What the agent started carries its session's mark, even when the agent (its group's
+        // leader) is already gone: a build, a test run, a background `sleep`.
+        for pid in crate::process::marked(&format!("{}/{}", a.chain_id, a.index)) {
+            tracing::warn!(chain.id = %a.chain_id, session.index = a.index, pid, "stopping a process an agent left behind when its operator died");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            stopped += 1;
+        }
+        if a.pgid <= 1 || a.program.is_empty() {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", a.pgid)).unwrap_or_default();

@@ -116,6 +116,28 @@ pub fn spawn(cmd: &CommandLine, registry: &Registry) -> std::io::Result<(Child, 
     ))
 }
 
+/// The environment variable every agent is started with (`<chain id>/<session index>`): what the
+/// agent starts inherits it, so a tool process left behind by a dead operator (a build, a test
+/// run, a `sleep 300` in the background, whose leader is gone) is still found by it.
+pub const SESSION_MARK: &str = "SUPERVISED_BY_OPERATOR";
+
+/// Processes whose environment carries `SESSION_MARK=<mark>` (read from `/proc/<pid>/environ`).
+pub fn marked(mark: &str) -> Vec<i32> {
+    let needle = format!("{SESSION_MARK}={mark}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != std::process::id() as i32)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect()
+}
+
 /// Is a process with this pid alive (and ours to signal)?
 pub fn is_alive(pid: u32) -> bool {
     nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()

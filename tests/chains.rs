@@ -737,3 +737,62 @@ fn list_and_show_never_send_control_characters_to_the_terminal() {
     let show = String::from_utf8_lossy(&op.run(&["show", &id]).stdout).into_owned();
     assert!(show.contains("\\u{1b}]0;pwned"), "{show}");
 }
+
+/// A tool an agent started (a background `sleep` here, a build or a test run for real) outlives a
+/// `kill -9` of the operator once the agent itself is gone; the next operator finds it by the
+/// session's mark in its environment and stops it.
+#[test]
+fn what_an_agent_started_is_stopped_by_the_next_operator() {
+    let op = Op::new();
+    let script = op.write(
+        "agent.sh",
+        "#!/bin/sh\nsleep 300 &\nwhile read -r line; do :; done\n",
+    );
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let mut child = op
+        .cmd(&["run", "--task", "Build", "--agent", "claude"])
+        .env("OPERATOR_CLAUDE_BIN", &script)
+        .env("OPERATOR_SKIP_CREDENTIALS_CHECK", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The agent and its tool run in the workdir.
+    assert!(
+        eventually(Duration::from_secs(20), || processes_in(&op.workdir())
+            .len()
+            >= 2),
+        "the agent and its tool never ran"
+    );
+    // Its session is recorded with its agent before the operator is killed.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(op.store());
+    assert!(
+        eventually(Duration::from_secs(10), || rt
+            .block_on(store.running_agents())
+            .is_ok_and(|a| !a.is_empty())),
+        "the agent was not recorded"
+    );
+    common::signal(&child, nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+    // The agent dies with its operator; the tool it started does not.
+    assert!(
+        eventually(Duration::from_secs(5), || processes_in(&op.workdir()).len()
+            == 1),
+        "{:?}",
+        processes_in(&op.workdir())
+    );
+    // Any next run sweeps what the dead operator's sessions left behind.
+    let out = op.run(&["run", "--task", "Other", "--scenario", "complete"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        eventually(Duration::from_secs(5), || processes_in(&op.workdir())
+            .is_empty()),
+        "a tool outlived the next operator's start: {:?}",
+        processes_in(&op.workdir())
+    );
+}

@@ -398,7 +398,12 @@ impl Actor for Session {
             session.index = args.spec.index,
             agent = %args.agent.kind()
         );
-        let cmd = args.agent.command(&args.spec);
+        let mut cmd = args.agent.command(&args.spec);
+        // Found again by the next operator if this one dies (see `process::SESSION_MARK`).
+        cmd.env.push((
+            process::SESSION_MARK.to_string(),
+            format!("{}/{}", args.spec.chain_id, args.spec.index),
+        ));
         tracing::debug!(parent: &span, command = %cmd, "starting the agent");
         let (mut child, group) = process::spawn(&cmd, &args.registry)?;
         let stdout = child.stdout.take().ok_or("the agent has no stdout")?;
