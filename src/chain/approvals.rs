@@ -2,15 +2,15 @@
 //! chain `awaiting-approval`, watches the store for an answer (dashboard, API, `operator
 //! approve|deny`) or the `approval_timeout`, and hands the answer to the session.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use ractor::{ActorProcessingErr, ActorRef};
 use serde_json::json;
 
-use super::{ChainMsg, ChainState};
+use super::{ChainMsg, ChainState, unix_now};
 use crate::model::{ChainStatus, now_rfc3339};
 use crate::permissions::{Approval, ApprovalStatus};
-use crate::session::SessionMsg;
+use crate::session::{HeldCall, SessionMsg};
 use crate::store::approvals;
 
 /// How often the chain looks for answers while a call is held.
@@ -22,23 +22,6 @@ pub struct Held {
     pub approval_id: String,
     pub request_id: String,
     pub index: u32,
-}
-
-/// What a session asks to hold.
-pub struct Request {
-    pub index: u32,
-    pub request_id: String,
-    pub tool: String,
-    pub summary: String,
-    pub input: String,
-    pub rule: String,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 fn new_id() -> String {
@@ -87,7 +70,7 @@ impl ChainState {
     pub(super) async fn approval_requested(
         &mut self,
         me: &ActorRef<ChainMsg>,
-        r: Request,
+        r: HeldCall,
     ) -> Result<(), ActorProcessingErr> {
         let deadline = SystemTime::now() + self.settings.approval_timeout;
         let a = Approval {

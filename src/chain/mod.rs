@@ -33,7 +33,7 @@ use crate::otp::{
     Action, ChildSpec, Exit, Restart, RestartIntensity, Shutdown, Strategy, Supervisor,
 };
 use crate::process::Registry;
-use crate::session::{Session, SessionArgs, SessionMsg, SessionOutcome};
+use crate::session::{Session, SessionArgs, SessionMsg, SessionOutcome, SessionReport};
 use crate::store::{SessionStart, SharedStore};
 use cost::{Cost, CostArgs, CostMsg};
 use handoffs::{HandoffArgs, HandoffMsg, Handoffs};
@@ -534,7 +534,7 @@ impl ChainState {
                     asked_again: false,
                     started_at,
                 });
-                me.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
+                me.cast(ChainMsg::Session(SessionReport::Ended(Box::new(outcome))))?;
             }
         }
         Ok(())
@@ -1184,13 +1184,13 @@ impl Actor for Chain {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ChainMsg::Next => st.next(&me).await?,
-            ChainMsg::TurnEnded {
+            ChainMsg::Session(SessionReport::TurnEnded {
                 index,
                 handoff,
                 hit_max_turns,
                 is_error,
-            } => st.turn_ended(index, handoff, hit_max_turns, is_error).await,
-            ChainMsg::SessionEnded(o) => st.session_ended(&me, *o).await?,
+            }) => st.turn_ended(index, handoff, hit_max_turns, is_error).await,
+            ChainMsg::Session(SessionReport::Ended(o)) => st.session_ended(&me, *o).await?,
             ChainMsg::ModeChanged => {
                 let mode = *st.ctx.mode.borrow();
                 if matches!(mode, Mode::Stopping | Mode::Paused { interrupt: true }) {
@@ -1211,7 +1211,7 @@ impl Actor for Chain {
                     _ => {}
                 }
             }
-            ChainMsg::Usage { model, usage } => {
+            ChainMsg::Session(SessionReport::Usage { model, usage }) => {
                 let _ = st.cost.cast(CostMsg::Usage { model, usage });
             }
             ChainMsg::SessionOverBudget { spent } => {
@@ -1227,11 +1227,11 @@ impl Actor for Chain {
                     }
                 }
             }
-            ChainMsg::AgentStarted {
+            ChainMsg::Session(SessionReport::AgentStarted {
                 index,
                 pgid,
                 program,
-            } => {
+            }) => {
                 if let Err(e) = st
                     .ctx
                     .store
@@ -1252,23 +1252,8 @@ impl Actor for Chain {
                 st.machine.limits = machine::Limits::of(&st.settings);
                 st.agent = agent;
             }
-            ChainMsg::ApprovalRequested {
-                index,
-                request_id,
-                tool,
-                summary,
-                input,
-                rule,
-            } => {
-                let r = approvals::Request {
-                    index,
-                    request_id,
-                    tool,
-                    summary,
-                    input,
-                    rule,
-                };
-                st.approval_requested(&me, r).await?
+            ChainMsg::Session(SessionReport::ApprovalRequested(call)) => {
+                st.approval_requested(&me, call).await?
             }
             ChainMsg::CheckApprovals => st.check_approvals(&me).await?,
             ChainMsg::Abort => {
@@ -1321,7 +1306,7 @@ impl Actor for Chain {
                             ..Default::default()
                         },
                     );
-                    me.cast(ChainMsg::SessionEnded(Box::new(outcome)))?;
+                    me.cast(ChainMsg::Session(SessionReport::Ended(Box::new(outcome))))?;
                 }
             }
             SupervisionEvent::ActorTerminated(..) | SupervisionEvent::ActorStarted(_) => {}

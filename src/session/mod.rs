@@ -7,7 +7,7 @@
 mod reader;
 mod report;
 
-pub use report::{CREDENTIALS, SessionFacts, SessionReport};
+pub use report::{CREDENTIALS, HeldCall, SessionFacts, SessionReport};
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -322,14 +322,16 @@ impl SessionState {
                 );
                 self.decided(&tool, &req.input, d.verdict, &d.rule, None)
                     .await;
-                let _ = self.chain.send_message(SessionReport::ApprovalRequested {
-                    index: self.spec.index,
-                    request_id: req.request_id,
-                    summary: crate::permissions::summarize(&tool, &req.input),
-                    input: crate::redact::redact(&req.input.to_string()).into_owned(),
-                    tool,
-                    rule: d.rule,
-                });
+                let _ = self
+                    .chain
+                    .send_message(SessionReport::ApprovalRequested(HeldCall {
+                        index: self.spec.index,
+                        request_id: req.request_id,
+                        summary: crate::permissions::summarize(&tool, &req.input),
+                        input: crate::redact::redact(&req.input.to_string()).into_owned(),
+                        tool,
+                        rule: d.rule,
+                    }));
             }
         }
     }

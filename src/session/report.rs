@@ -35,6 +35,21 @@ pub struct SessionFacts {
     pub stderr_tail: String,
 }
 
+/// A tool call the session holds for a person, as the chain records it.
+#[derive(Debug, Clone)]
+pub struct HeldCall {
+    pub index: u32,
+    /// The `can_use_tool` request the answer goes back to.
+    pub request_id: String,
+    pub tool: String,
+    /// The call in one line (secrets masked).
+    pub summary: String,
+    /// The call's whole input (secrets masked).
+    pub input: String,
+    /// The rule that asked.
+    pub rule: String,
+}
+
 /// The prefix of every error caused by the agent's credentials (`operator run` exits with its own
 /// code when a chain failed on them).
 pub const CREDENTIALS: &str = "credentials: ";
@@ -61,14 +76,7 @@ pub enum SessionReport {
         usage: crate::agent::stream::Usage,
     },
     /// A tool call waits for a person (an `ask` rule).
-    ApprovalRequested {
-        index: u32,
-        request_id: String,
-        tool: String,
-        summary: String,
-        input: String,
-        rule: String,
-    },
+    ApprovalRequested(HeldCall),
     /// The session is over.
     Ended(Box<SessionOutcome>),
 }
