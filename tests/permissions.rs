@@ -38,8 +38,18 @@ fn request_text(body: &Value) -> String {
 
 /// The permission decisions journaled for a chain: (session, tool, decision, rule, input).
 async fn decisions(op: &Op, chain: &str) -> Vec<(u32, String, String, String, String)> {
+    decisions_in(&op.data_dir(), chain).await
+}
+
+/// The same, from the store in `data_dir`.
+async fn decisions_in(
+    data_dir: &std::path::Path,
+    chain: &str,
+) -> Vec<(u32, String, String, String, String)> {
     use operator::store::Store;
-    let store = op.store().await;
+    let store = operator::store::sqlite::SqliteStore::open(data_dir)
+        .await
+        .unwrap();
     store
         .events(Some(chain), 0, 10_000)
         .await
@@ -258,7 +268,6 @@ async fn a_deny_rule_refuses_what_the_default_allows() {
 
 /// A run with an `ask` rule in the background: the approval id once it is requested.
 async fn pending_approval(op: &Op, chain_hint: Option<&str>) -> (String, String) {
-    use operator::store::Store;
     for _ in 0..600 {
         let store = op.store().await;
         if let Ok(list) = operator::store::approvals::list(&store, chain_hint).await
@@ -266,12 +275,18 @@ async fn pending_approval(op: &Op, chain_hint: Option<&str>) -> (String, String)
                 .into_iter()
                 .find(|a| a.status == operator::permissions::ApprovalStatus::Pending)
         {
-            let _ = store.get_flag("x").await;
             return (a.chain_id, a.id);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no approval was requested");
+}
+
+/// One held call as the store has it now.
+async fn approval(op: &Op, chain: &str, id: &str) -> operator::permissions::Approval {
+    operator::store::approvals::load(&op.store().await, chain, id)
+        .await
+        .unwrap()
 }
 
 fn ask_config(op: &Op, extra: &str) -> PathBuf {
@@ -372,9 +387,7 @@ async fn an_ask_rule_holds_the_call_until_a_person_answers_through_the_api_or_th
         d.iter().any(|x| x.2 == "deny" && x.3 == "answered by cli"),
         "{d:?}"
     );
-    let a = operator::store::approvals::load(&op.store().await, &chain, &id2)
-        .await
-        .unwrap();
+    let a = approval(&op, &chain, &id2).await;
     assert_eq!(a.answered_by.as_deref(), Some("cli"));
 }
 
@@ -434,9 +447,7 @@ async fn a_stop_while_a_call_waits_for_approval_ends_the_run_cleanly() {
     let out = op.run(&["pause"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let a = operator::store::approvals::load(&op.store().await, &chain, &id)
-        .await
-        .unwrap();
+    let a = approval(&op, &chain, &id).await;
     assert_eq!(a.status, operator::permissions::ApprovalStatus::Pending);
     // …a stop settles it, and the session still writes its handoff.
     let out = op.run(&["stop"]);
@@ -447,9 +458,7 @@ async fn a_stop_while_a_call_waits_for_approval_ends_the_run_cleanly() {
     let c = &chains(&out)[0];
     assert_eq!(c.status, ChainStatus::Interrupted, "{}", stderr(&out));
     assert!(!work.join("pushed.txt").exists());
-    let a = operator::store::approvals::load(&op.store().await, &chain, &id)
-        .await
-        .unwrap();
+    let a = approval(&op, &chain, &id).await;
     assert_eq!(a.status, operator::permissions::ApprovalStatus::Cancelled);
     assert!(common::processes_in(&work).is_empty(), "an agent is left");
 }
@@ -545,20 +554,10 @@ async fn reads_inside_the_workdir_are_decided_too_and_the_data_dir_stays_closed(
         "the API token was read"
     );
     let c = &chains(&out)[0];
-    use operator::store::Store;
-    let store = operator::store::sqlite::SqliteStore::open(&data)
+    let d: Vec<(String, String, String)> = decisions_in(&data, &c.id)
         .await
-        .unwrap();
-    let d: Vec<(String, String, String)> = store
-        .events(Some(&c.id), 0, 10_000)
-        .await
-        .unwrap()
         .into_iter()
-        .filter(|e| e.kind == "session:permission")
-        .map(|e| {
-            let s = |k: &str| e.data[k].as_str().unwrap_or_default().to_string();
-            (s("tool"), s("decision"), s("rule"))
-        })
+        .map(|(_, tool, decision, rule, _)| (tool, decision, rule))
         .collect();
     assert_eq!(
         d,
@@ -614,9 +613,7 @@ async fn a_call_held_when_the_operator_died_is_settled_when_the_chain_resumes() 
         (c.id.as_str(), c.status),
         (chain.as_str(), ChainStatus::Complete)
     );
-    let a = operator::store::approvals::load(&op.store().await, &chain, &id)
-        .await
-        .unwrap();
+    let a = approval(&op, &chain, &id).await;
     assert_eq!(a.status, operator::permissions::ApprovalStatus::Cancelled);
     assert!(!work.join("pushed.txt").exists());
     let status = String::from_utf8_lossy(&op.run(&["status"]).stdout).into_owned();
