@@ -174,7 +174,7 @@ impl ChainState {
         }
         self.held = still;
         if self.held.is_empty() {
-            if self.session.is_some() && !self.finished {
+            if self.session.is_some() && !self.machine.finished {
                 self.set_status(ChainStatus::Running, None).await?;
             }
         } else {

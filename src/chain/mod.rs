@@ -1,9 +1,10 @@
-//! The Chain actor: runs a chain's sessions one after another, supervising its Session, Cost and Handoff
-//! children, and records every step in the store before acting on it.
+//! The Chain actor: a thin shell around the pure [`ChainMachine`] that runs a chain's sessions one
+//! after another, supervising its Session, Cost and Handoff children.
 //!
-//! It is a state machine driven by messages: `Next` starts a session (or ends the chain),
-//! `TurnEnded` decides whether the agent is asked again for its handoff, `SessionEnded`
-//! records the session and applies [`policy::decide`].
+//! Each message becomes a machine [`Event`]; the shell carries the machine's [`Cmd`]s out in order
+//! (store writes before the acts they record, bus events, timers, the session actor) and answers
+//! the commands that ask the world something (the budget, the quota, the handoff, the working
+//! tree, the gates) with the next event. The decisions are all in `machine`.
 
 mod approvals;
 pub mod cost;
@@ -14,6 +15,7 @@ mod messages;
 pub mod policy;
 pub mod vcs;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +26,8 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::agent::{Agent, SessionSpec};
-use crate::config::{ChainSettings, Continuation};
-use crate::control::{Mode, ModeRx};
+use crate::config::ChainSettings;
+use crate::control::ModeRx;
 use crate::events::Bus;
 use crate::handoff::prompt;
 use crate::model::{ChainStatus, HandoffRecord, SessionRecord, SessionStatus, now_rfc3339};
@@ -37,9 +39,9 @@ use crate::session::{Session, SessionArgs, SessionMsg, SessionOutcome, SessionRe
 use crate::store::{SessionStart, SharedStore};
 use cost::{Cost, CostArgs, CostMsg};
 use handoffs::{HandoffArgs, HandoffMsg, Handoffs};
-use machine::ChainMachine;
+use machine::{ChainMachine, Cmd, Event, Grace, Moment, QuotaAnswer};
 pub use messages::ChainMsg;
-use policy::{Next, SessionFacts};
+use policy::SessionFacts;
 
 /// Timeout of calls from the chain to its own children.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,6 +95,23 @@ struct Running {
     started_at: String,
 }
 
+/// A session whose start is being recorded: its prompt waits for [`Cmd::Spawn`].
+struct Prepared {
+    index: u32,
+    prompt: String,
+    resume_id: Option<String>,
+    started_at: String,
+}
+
+/// A session between its end and the decision about it: what the shell needs to record it.
+struct Over {
+    outcome: SessionOutcome,
+    started_at: String,
+    asked_again: bool,
+    /// Its handoff, once recorded.
+    handoff: Option<HandoffRecord>,
+}
+
 pub struct ChainState {
     id: String,
     task: String,
@@ -102,41 +121,25 @@ pub struct ChainState {
     cost: ActorRef<CostMsg>,
     handoffs: ActorRef<HandoffMsg>,
     session: Option<Running>,
-    next_index: u32,
-    /// The agent session the next one may continue (`continuation = "resume"`): the last
-    /// session's, when it completed without a compaction.
-    resumable: Option<String>,
+    prepared: Option<Prepared>,
+    over: Option<Over>,
     /// When the actor started: the machine's clock (time reaches it as a fact).
     started: std::time::Instant,
-    /// Why the previous session failed, for the next prompt.
-    note: Option<String>,
-    aborting: bool,
-    /// The running session was stopped for crossing its cost limit.
-    session_over_budget: bool,
-    finished: bool,
     span: tracing::Span,
     children: Supervisor<Child>,
     /// The chain's name in its mission (commit messages).
     name: String,
     /// Its git workspace, when the workdir is in a repository.
     git: Option<crate::git::Workspace>,
-    /// Why the chain must not run a session (a dirty tree it was told to refuse).
-    refused: Option<String>,
     /// The working tree before the running session (for progress and stale COMPLETEs).
     before: Option<gates::Fingerprint>,
     /// The last judged session's index and handoff text (the next judgement compares with it).
     last_judged: Option<(u32, String)>,
     /// The agent's account, for the quota scheduler.
     account: String,
-    /// The running session was admitted by the quota scheduler (and must be released).
-    admitted: bool,
-    /// No session starts before this: the account is held (usage limit, caps, quiet hours).
-    quota_wait: Option<std::time::Instant>,
     /// Tool calls of the running session held for a person.
     held: Vec<approvals::Held>,
-    /// The last session's denied tool calls, for the next prompt.
-    denied_note: Option<String>,
-    /// The chain's decisions: attempts, the breaker, progress, the budget warning.
+    /// The chain's state and decisions.
     machine: ChainMachine,
 }
 
@@ -187,10 +190,6 @@ impl ChainState {
         status: ChainStatus,
         reason: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
-        if self.finished {
-            return Ok(());
-        }
-        self.finished = true;
         if let Some(ws) = &self.git {
             vcs::finish(&self.ctx, &self.id, &self.settings, ws, status).await;
         }
@@ -280,72 +279,189 @@ impl ChainState {
         Ok(())
     }
 
-    /// Starts the next session, or ends the chain when a limit says so.
-    async fn next(&mut self, me: &ActorRef<ChainMsg>) -> Result<(), ActorProcessingErr> {
-        if self.finished || self.session.is_some() {
-            return Ok(());
+    /// The moment an event reaches the machine.
+    fn moment(&self) -> Moment {
+        Moment {
+            ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            unix: unix_now(),
+            mode: *self.ctx.mode.borrow(),
         }
-        crate::fault::check("chain:next");
-        let mode = *self.ctx.mode.borrow();
-        let before = machine::Before {
-            now_ms: self.clock_ms(),
-            mode: match mode {
-                Mode::Running => machine::RunMode::Running,
-                Mode::Paused { .. } => machine::RunMode::Paused,
-                Mode::Stopping => machine::RunMode::Stopping,
-            },
-            aborting: self.aborting,
-            refused: self.refused.take(),
-        };
-        match self.machine.before_session(&before) {
-            machine::Gate::NotYet => return Ok(()),
-            machine::Gate::Finish(status, reason) => {
-                return self.finish(me, status, Some(reason)).await;
-            }
-            machine::Gate::Hold { first } => {
-                if first {
-                    self.set_status(ChainStatus::Paused, None).await?;
-                    self.ctx
-                        .bus
-                        .emit("chain:paused", Some(&self.id), None, json!({}))
-                        .await;
-                }
-                return Ok(());
-            }
-            machine::Gate::Proceed { resumed } => {
-                if resumed {
-                    self.ctx
-                        .bus
-                        .emit("chain:resumed", Some(&self.id), None, json!({}))
-                        .await;
-                }
-            }
-        }
-        // Before a session starts: would it cross the chain's budget, or the day's cap?
-        // (Decided from the store, so resumes and restarts never reset a budget.)
-        let total: f64 = self.ask_cost(me, CostMsg::Total).await?;
-        let sessions = self.next_index - 1;
-        let mut refusal =
-            policy::forecast_refuses(total, sessions, self.settings.max_budget_usd, "budget");
-        if let (None, Some(cap)) = (&refusal, self.ctx.daily_cap_usd) {
-            // Today's spending across every chain, and today's average session as the forecast.
-            let today = format!("{}T00:00:00", &now_rfc3339()[..10]);
-            let (spent_today, sessions_today) = self.ctx.store.cost_since(&today).await?;
-            refusal = policy::forecast_refuses(spent_today, sessions_today, cap, "daily cap");
-        }
-        if let Some(reason) = refusal {
-            return self
-                .finish(me, ChainStatus::BudgetExceeded, Some(reason))
-                .await;
-        }
-        // The operator-wide quota: a usage limit hit by any chain of this account, caps on
-        // sessions per hour and at once, quiet hours.
-        if let Some(t) = self.quota_wait
-            && std::time::Instant::now() < t
-            && mode == Mode::Running
+    }
+
+    /// Feeds one event to the machine and carries its commands out; a command that asks the
+    /// world something feeds the answer back, and its commands run before the rest.
+    async fn step(&mut self, me: &ActorRef<ChainMsg>, ev: Event) -> Result<(), ActorProcessingErr> {
+        if matches!(ev, Event::Next | Event::ModeChanged | Event::Abort)
+            && self.session.is_none()
+            && !self.machine.finished
         {
-            return Ok(());
+            crate::fault::check("chain:next");
         }
+        let mut queue: VecDeque<Cmd> = self.machine.handle(self.moment(), ev).into();
+        while let Some(cmd) = queue.pop_front() {
+            if let Some(answer) = self.exec(me, cmd).await? {
+                let more = self.machine.handle(self.moment(), answer);
+                for c in more.into_iter().rev() {
+                    queue.push_front(c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries one command out.
+    async fn exec(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        cmd: Cmd,
+    ) -> Result<Option<Event>, ActorProcessingErr> {
+        match cmd {
+            Cmd::SetStatus(status, reason) => self.set_status(status, reason.as_deref()).await?,
+            Cmd::Emit { kind, index, data } => {
+                self.ctx.bus.emit(kind, Some(&self.id), index, data).await
+            }
+            Cmd::Log {
+                warn,
+                index,
+                message,
+            } => match (warn, index) {
+                (true, Some(i)) => {
+                    tracing::warn!(parent: &self.span, session.index = i, "{message}")
+                }
+                (true, None) => tracing::warn!(parent: &self.span, "{message}"),
+                (false, Some(i)) => {
+                    tracing::info!(parent: &self.span, session.index = i, "{message}")
+                }
+                (false, None) => tracing::info!(parent: &self.span, "{message}"),
+            },
+            Cmd::Arm(delay) => {
+                me.send_after(delay, || ChainMsg::Next);
+            }
+            Cmd::Next => me.cast(ChainMsg::Next)?,
+            Cmd::Finish(status, reason) => self.finish(me, status, reason).await?,
+            Cmd::CheckBudget => {
+                let total: f64 = self.ask_cost(me, CostMsg::Total).await?;
+                let today = match self.ctx.daily_cap_usd {
+                    Some(_) => {
+                        let today = format!("{}T00:00:00", &now_rfc3339()[..10]);
+                        Some(self.ctx.store.cost_since(&today).await?)
+                    }
+                    None => None,
+                };
+                return Ok(Some(Event::Budget { total, today }));
+            }
+            Cmd::AskQuota => return Ok(Some(Event::Quota(self.ask_quota().await?))),
+            Cmd::ReleaseAccount => self.ctx.quota.finished(&self.account, &self.id),
+            Cmd::HoldAccount { until } => {
+                let until_time = std::time::UNIX_EPOCH + Duration::from_secs(until);
+                self.ctx.quota.hold(&self.account, until_time, &self.id);
+                if self.ctx.shared_store {
+                    self.ctx
+                        .store
+                        .set_flag(&hold_flag(&self.account), Some(&until.to_string()))
+                        .await?;
+                }
+            }
+            Cmd::StartSession {
+                index,
+                attempt,
+                note,
+                resume_id,
+            } => {
+                return self
+                    .start_session(me, index, attempt, note, resume_id)
+                    .await
+                    .map(Some);
+            }
+            Cmd::Spawn { index } => self.spawn(me, index).await?,
+            Cmd::FollowUp { index, text } => {
+                if let Some(run) = self.session.as_mut().filter(|r| r.index == index) {
+                    run.asked_again = true;
+                    if let Some(a) = &run.actor {
+                        let _ = a.cast(SessionMsg::FollowUp(text));
+                    }
+                }
+            }
+            Cmd::Close { index } => {
+                if let Some(a) = self
+                    .session
+                    .as_ref()
+                    .filter(|r| r.index == index)
+                    .and_then(|r| r.actor.as_ref())
+                {
+                    let _ = a.cast(SessionMsg::Close);
+                }
+            }
+            Cmd::StopSession(grace) => {
+                let grace = match grace {
+                    Grace::Shutdown => self.ctx.shutdown_grace,
+                    Grace::Abort => Duration::from_secs(2),
+                };
+                if let Some(a) = self.session.as_ref().and_then(|r| r.actor.as_ref()) {
+                    let _ = a.cast(SessionMsg::Stop { grace });
+                }
+            }
+            Cmd::CancelApprovals(why) => {
+                if !self.held.is_empty() {
+                    self.cancel_approvals(why).await;
+                }
+            }
+            Cmd::RecordAttempt {
+                status,
+                verdict,
+                attempts,
+                cost,
+                turns,
+                hit_max_turns,
+            } => {
+                if let Some(over) = self.over.take() {
+                    let o = &over.outcome;
+                    let record = SessionRecord {
+                        index: o.index,
+                        session_id: o.session_id.clone(),
+                        status,
+                        turns,
+                        cost_usd: cost,
+                        duration_ms: o.duration.as_millis() as u64,
+                        hit_max_turns,
+                        pre_compacted: o.pre_compacted,
+                        handoff_complete: false,
+                        handoff_file: None,
+                        error: verdict.error,
+                        error_kind: verdict.error_kind,
+                        handoff_synthetic: false,
+                        asked_again: over.asked_again,
+                        attempts,
+                        started_at: over.started_at,
+                        ended_at: Some(o.ended_at.clone()),
+                    };
+                    self.ctx
+                        .store
+                        .finish_session(&self.id, &record, None)
+                        .await?;
+                }
+            }
+            Cmd::Finalize {
+                verdict,
+                attempts,
+                cost,
+                turns,
+            } => {
+                return self
+                    .finalize(me, verdict, attempts, cost, turns)
+                    .await
+                    .map(Some);
+            }
+            Cmd::Measure { index } => return self.measure(index).await.map(Some),
+            Cmd::RunGates { index } => return self.run_gates(index).await.map(Some),
+        }
+        Ok(None)
+    }
+
+    /// The operator-wide quota's answer for the next session: a usage limit hit by any chain
+    /// of this account (on any worker of a fleet), caps on sessions per hour and at once, quiet
+    /// hours.
+    async fn ask_quota(&self) -> Result<QuotaAnswer, ActorProcessingErr> {
         if self.ctx.shared_store {
             self.fleet_hold().await?;
         }
@@ -363,75 +479,56 @@ impl ChainState {
         } else {
             None
         };
-        match self
-            .ctx
-            .quota
-            .admit_with(&self.account, &self.id, usage.as_ref())
-        {
-            crate::quota::Admission::Go => {
-                self.admitted = true;
-                self.quota_wait = None;
-            }
-            crate::quota::Admission::Wait { until, reason } => {
-                let delay = until
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default()
-                    + self.ctx.quota.jitter();
-                if self.quota_wait.is_none() {
-                    let at = humantime::format_rfc3339_seconds(until).to_string();
-                    tracing::warn!(parent: &self.span, until = %at, %reason, "the chain waits for its account");
-                    self.set_status(ChainStatus::Waiting, Some(&reason)).await?;
-                    self.ctx
-                        .bus
-                        .emit(
-                            "chain:waiting",
-                            Some(&self.id),
-                            Some(self.next_index),
-                            json!({"until": at, "reason": reason, "account": true}),
-                        )
-                        .await;
-                }
-                self.quota_wait = Some(std::time::Instant::now() + delay);
-                me.send_after(delay, || ChainMsg::Next);
-                return Ok(());
-            }
-        }
-        let index = self.next_index;
-        let note = match (self.note.take(), self.denied_note.take()) {
-            (Some(n), Some(d)) => Some(format!("{n}\n\n{d}")),
-            (n, d) => n.or(d),
-        };
-        let kept_note = note.clone();
-        let resume_id = match self.settings.continuation {
-            Continuation::Resume => self.resumable.clone(),
-            Continuation::Fresh => None,
-        };
+        Ok(
+            match self
+                .ctx
+                .quota
+                .admit_with(&self.account, &self.id, usage.as_ref())
+            {
+                crate::quota::Admission::Go => QuotaAnswer::Go,
+                crate::quota::Admission::Wait { until, reason } => QuotaAnswer::Wait {
+                    until: until
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs(),
+                    delay: until
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default()
+                        + self.ctx.quota.jitter(),
+                    reason,
+                },
+            },
+        )
+    }
+
+    /// Builds the session's prompt and records its start before the agent runs: a crash from
+    /// here on finds the session in the store.
+    async fn start_session(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        index: u32,
+        attempt: u32,
+        note: Option<String>,
+        resume_id: Option<String>,
+    ) -> Result<Event, ActorProcessingErr> {
         let resumed = resume_id.is_some();
-        let user_prompt: String = match ask(&self.handoffs, |reply| HandoffMsg::Prompt {
+        let prompt_msg = |reply| HandoffMsg::Prompt {
             index,
             note: note.clone(),
             resumed,
             reply,
-        })
-        .await
-        {
+        };
+        let prompt: String = match ask(&self.handoffs, prompt_msg).await {
             Ok(p) => p,
             Err(e) => {
                 // The Handoff actor died between two messages: restart it from the store now
                 // rather than fail the whole chain (its supervision event may still be queued).
                 tracing::error!(parent: &self.span, cause = %e, "the Handoff actor is gone; restarting it from the store");
                 self.restart_child(me, Child::Handoff).await?;
-                ask(&self.handoffs, |reply| HandoffMsg::Prompt {
-                    index,
-                    note,
-                    resumed,
-                    reply,
-                })
-                .await?
+                ask(&self.handoffs, prompt_msg).await?
             }
         };
         let started_at = now_rfc3339();
-        // Committed before the agent starts: a crash from here on finds the session in the store.
         let limits = &self.ctx.quota.limits;
         let started = self
             .ctx
@@ -439,8 +536,8 @@ impl ChainState {
             .start_session(&SessionStart {
                 chain_id: self.id.clone(),
                 index,
-                attempt: self.machine.attempt,
-                prompt: user_prompt.clone(),
+                attempt,
+                prompt: prompt.clone(),
                 started_at: started_at.clone(),
                 account: Some(crate::store::SessionAccount {
                     id: self.account.clone(),
@@ -449,41 +546,41 @@ impl ChainState {
                 }),
             })
             .await;
-        if let Err(crate::store::StoreError::AccountBusy { reason }) = &started {
+        if let Err(crate::store::StoreError::AccountBusy { reason }) = started {
             // Another worker of the fleet took the account's last slot a moment ago.
-            self.ctx.quota.finished(&self.account, &self.id);
-            self.admitted = false;
-            self.note = kept_note;
             let delay = Duration::from_secs(5) + self.ctx.quota.jitter();
-            tracing::info!(parent: &self.span, %reason, "the chain waits for its account");
-            self.set_status(ChainStatus::Waiting, Some(reason)).await?;
-            me.send_after(delay, || ChainMsg::Next);
-            return Ok(());
+            return Ok(Event::AccountBusy { reason, delay });
         }
         started?;
-        self.next_index += 1;
-        self.set_status(ChainStatus::Running, None).await?;
-        self.ctx
-            .bus
-            .emit(
-                "chain:session-started",
-                Some(&self.id),
-                Some(index),
-                json!({"max": self.machine.session_base + 1 + self.settings.max_continuations}),
-            )
-            .await;
-        tracing::info!(parent: &self.span, session.index = index, max = self.machine.session_base + 1 + self.settings.max_continuations, "session started");
+        self.prepared = Some(Prepared {
+            index,
+            prompt,
+            resume_id,
+            started_at,
+        });
+        Ok(Event::Started)
+    }
+
+    /// Measures the working tree and starts the prepared session's agent.
+    async fn spawn(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        index: u32,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(p) = self.prepared.take().filter(|p| p.index == index) else {
+            return Ok(());
+        };
         self.before =
             Some(gates::fingerprint(self.workdir(), self.ctx.data_dir.clone(), self.repo()).await);
         let spec = SessionSpec {
             chain_id: self.id.clone(),
             index,
-            prompt: user_prompt,
+            prompt: p.prompt,
             system_prompt: prompt::CONTINUATION_PROTOCOL.to_string(),
             model: self.settings.model.clone(),
             max_turns: self.settings.max_turns,
             permission_mode: self.settings.permission_mode.clone(),
-            resume_id,
+            resume_id: p.resume_id,
             workdir: self.workdir(),
             sim: self.settings.sim.clone(),
         };
@@ -510,15 +607,8 @@ impl ChainState {
                 ))
             }),
         };
-        match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
-            Ok((actor, _)) => {
-                self.session = Some(Running {
-                    index,
-                    actor: Some(actor),
-                    asked_again: false,
-                    started_at,
-                });
-            }
+        let actor = match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
+            Ok((actor, _)) => Some(actor),
             Err(e) => {
                 // The agent could not even start: record a failed session like any other.
                 let outcome = SessionOutcome::empty(
@@ -528,189 +618,70 @@ impl ChainState {
                         ..Default::default()
                     },
                 );
-                self.session = Some(Running {
-                    index,
-                    actor: None,
-                    asked_again: false,
-                    started_at,
-                });
                 me.cast(ChainMsg::Session(SessionReport::Ended(Box::new(outcome))))?;
+                None
             }
-        }
+        };
+        self.session = Some(Running {
+            index,
+            actor,
+            asked_again: false,
+            started_at: p.started_at,
+        });
         Ok(())
     }
 
-    async fn turn_ended(
-        &mut self,
-        index: u32,
-        handoff: Result<(), String>,
-        hit_max_turns: bool,
-        is_error: bool,
-    ) {
-        let mode = *self.ctx.mode.borrow();
-        let interrupted = if self.session_over_budget {
-            Some(machine::Interrupted::CostLimit)
-        } else if mode == (Mode::Paused { interrupt: true }) {
-            Some(machine::Interrupted::Pausing)
-        } else if mode == Mode::Stopping || self.aborting {
-            Some(machine::Interrupted::Stopping)
-        } else {
-            None
-        };
-        let span = self.span.clone();
-        let Some(run) = self.session.as_mut().filter(|r| r.index == index) else {
-            return;
-        };
-        let turn = machine::Turn {
-            handoff,
-            is_error,
-            hit_max_turns,
-            asked_again: run.asked_again,
-            interrupted,
-        };
-        let msg = match machine::after_turn(turn) {
-            machine::AfterTurn::Close => SessionMsg::Close,
-            machine::AfterTurn::AskAgain(why) => {
-                run.asked_again = true;
-                tracing::info!(parent: &span, session.index = index, reason = %why, "asking the agent for its handoff");
-                SessionMsg::FollowUp(prompt::follow_up(&why))
-            }
-        };
-        if let Some(a) = &run.actor {
-            let _ = a.cast(msg);
-        }
-    }
-
-    /// Records a failed attempt and schedules the same session again after `delay`.
-    async fn retry(
-        &mut self,
-        me: &ActorRef<ChainMsg>,
-        o: &SessionOutcome,
-        run: Running,
-        verdict: &policy::Verdict,
-        attempt: machine::Attempt,
-        delay: Duration,
-    ) -> Result<(), ActorProcessingErr> {
-        let mut record =
-            self.unfinished_record(o, run, verdict, SessionStatus::Failed, attempt.cost);
-        record.turns = attempt.turns;
-        record.attempts = attempt.number;
-        record.hit_max_turns = o.facts.hit_max_turns;
-        self.ctx
-            .store
-            .finish_session(&self.id, &record, None)
-            .await?;
-        tracing::warn!(
-            parent: &self.span,
-            session.index = o.index,
-            attempt = attempt.number,
-            delay = %humantime::format_duration(delay),
-            error = verdict.error.as_deref().unwrap_or(""),
-            "transient failure; retrying the session"
-        );
-        self.ctx
-            .bus
-            .emit(
-                "chain:session-retry",
-                Some(&self.id),
-                Some(o.index),
-                json!({"attempt": attempt.number, "delayMs": delay.as_millis() as u64, "error": verdict.error}),
-            )
-            .await;
-        self.note = attempt.note;
-        self.next_index = o.index;
-        let now = self.clock_ms();
-        self.machine.wait(now, delay);
-        me.send_after(delay, || ChainMsg::Next);
-        Ok(())
-    }
-
+    /// The running session ended: settle its cost and let the machine decide.
     async fn session_ended(
         &mut self,
         me: &ActorRef<ChainMsg>,
         o: SessionOutcome,
     ) -> Result<(), ActorProcessingErr> {
-        if !self.held.is_empty() {
-            self.cancel_approvals("The session ended before anyone answered.")
-                .await;
-        }
-        let Some(run) = self.session.take() else {
+        let Some(run) = self.session.take_if(|r| r.index == o.index) else {
             return Ok(());
         };
-        if std::mem::take(&mut self.admitted) {
-            self.ctx.quota.finished(&self.account, &self.id);
-        }
-        let verdict = policy::classify(&o.facts);
-        if self.resumable.is_some() && policy::unknown_resume_id(&o.facts) {
-            // Spending more attempts on a dead id helps nobody: the retry starts fresh from
-            // the last handoff.
-            tracing::warn!(parent: &self.span, session.index = o.index, "the agent no longer knows the session it was to resume; the next attempt starts fresh from the handoff");
-            self.resumable = None;
-        }
         let reported = o.reported_cost;
         let cost: f64 = self
             .ask_cost(me, |reply| CostMsg::EndSession { reported, reply })
             .await?;
-        let ended = machine::Ended {
+        let ev = Event::SessionEnded {
             index: o.index,
-            verdict: verdict.clone(),
+            facts: Box::new(o.facts.clone()),
             cost,
             turns: o.turns,
-            running: !self.aborting && *self.ctx.mode.borrow() == Mode::Running,
-            now: unix_now(),
         };
-        let (attempts, cost, turns) = match self.machine.session_ended(&ended) {
-            machine::AfterEnd::StopAtLimit { reason, .. } => {
-                let record =
-                    self.unfinished_record(&o, run, &verdict, SessionStatus::Interrupted, cost);
-                self.ctx
-                    .store
-                    .finish_session(&self.id, &record, None)
-                    .await?;
-                return self
-                    .finish(me, ChainStatus::WaitingLimit, Some(reason))
-                    .await;
-            }
-            machine::AfterEnd::WaitForLimit {
-                delay,
-                until,
-                attempt,
-            } => {
-                // Every chain of the same account waits too (the quota scheduler holds it),
-                // on every worker of a fleet (the hold is shared through the store).
-                let until_time = std::time::UNIX_EPOCH + Duration::from_secs(until);
-                self.ctx.quota.hold(&self.account, until_time, &self.id);
-                if self.ctx.shared_store {
-                    self.ctx
-                        .store
-                        .set_flag(&hold_flag(&self.account), Some(&until.to_string()))
-                        .await?;
-                }
-                self.retry(me, &o, run, &verdict, attempt, delay).await?;
-                let at = humantime::format_rfc3339_seconds(until_time).to_string();
-                let reason = format!("usage limit; trying again at {at}");
-                self.set_status(ChainStatus::Waiting, Some(&reason)).await?;
-                self.ctx
-                    .bus
-                    .emit(
-                        "chain:waiting",
-                        Some(&self.id),
-                        Some(o.index),
-                        json!({"until": at, "reason": verdict.error}),
-                    )
-                    .await;
-                return Ok(());
-            }
-            machine::AfterEnd::Retry { delay, attempt } => {
-                return self.retry(me, &o, run, &verdict, attempt, delay).await;
-            }
-            machine::AfterEnd::Record {
-                attempts,
-                cost,
-                turns,
-            } => (attempts, cost, turns),
+        self.over = Some(Over {
+            outcome: o,
+            started_at: run.started_at,
+            asked_again: run.asked_again,
+            handoff: None,
+        });
+        let stepped = self.step(me, ev).await;
+        if !self.machine.deciding() {
+            self.over = None;
+        }
+        stepped
+    }
+
+    /// Resolves the session's handoff, records the session with it, commits, and tells the
+    /// machine what the handoff says.
+    async fn finalize(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        verdict: policy::Verdict,
+        attempts: u32,
+        cost: f64,
+        turns: u32,
+    ) -> Result<Event, ActorProcessingErr> {
+        let Some(mut over) = self.over.take() else {
+            return Err("a session was to be recorded, but none had ended".into());
         };
-        let (index, output, error) = (o.index, o.output, verdict.error.clone());
+        let o = &mut over.outcome;
+        let (index, output, error) = (
+            o.index,
+            std::mem::take(&mut o.output),
+            verdict.error.clone(),
+        );
         let handoff = ask(&self.handoffs, |reply| HandoffMsg::Finalize {
             index,
             output,
@@ -719,7 +690,7 @@ impl ChainState {
         })
         .await?;
         let record = SessionRecord {
-            index: o.index,
+            index,
             session_id: o.session_id.clone(),
             status: verdict.status,
             turns,
@@ -732,25 +703,24 @@ impl ChainState {
             error: verdict.error.clone(),
             error_kind: verdict.error_kind,
             handoff_synthetic: handoff.synthetic,
-            asked_again: run.asked_again,
+            asked_again: over.asked_again,
             attempts,
-            started_at: run.started_at,
+            started_at: over.started_at.clone(),
             ended_at: Some(o.ended_at.clone()),
         };
         self.ctx
             .store
             .finish_session(&self.id, &record, Some(&handoff))
             .await?;
-        self.resumable = resumable_id(&record);
         let _ = self.handoffs.cast(HandoffMsg::Committed(handoff.clone()));
         if self.settings.auto_commit
             && let Some(ws) = &self.git
         {
-            vcs::commit(&self.ctx, &self.id, &self.name, o.index, ws, &handoff.text).await;
+            vcs::commit(&self.ctx, &self.id, &self.name, index, ws, &handoff.text).await;
         }
         tracing::info!(
             parent: &self.span,
-            session.index = o.index,
+            session.index = index,
             status = verdict.status.as_str(),
             turns = o.turns,
             cost_usd = cost,
@@ -762,160 +732,52 @@ impl ChainState {
             .emit(
                 "chain:session-complete",
                 Some(&self.id),
-                Some(o.index),
+                Some(index),
                 json!({"session": record, "transcriptTruncated": o.transcript_truncated}),
             )
             .await;
-        if let Some(note) = crate::permissions::denial_note(&o.denied) {
+        let denied_note = crate::permissions::denial_note(&o.denied);
+        if denied_note.is_some() {
             self.ctx
                 .bus
                 .emit(
                     "chain:permissions-denied",
                     Some(&self.id),
-                    Some(o.index),
+                    Some(index),
                     json!({"count": o.denied.len(), "calls": o.denied}),
                 )
                 .await;
-            self.denied_note = Some(note);
-            self.machine.denied_in_row += o.denied.len() as u32;
-        } else {
-            self.machine.denied_in_row = 0;
         }
-        let total: f64 = self.ask_cost(me, CostMsg::Total).await?;
-        let over_budget = std::mem::take(&mut self.session_over_budget);
-        let decided = self.machine.decide(&machine::Recorded {
-            index: o.index,
-            verdict: verdict.clone(),
+        let denied = o.denied.len() as u32;
+        let handed = machine::Handed {
             complete: handoff.complete && !handoff.synthetic,
             agent_handoff: !handoff.synthetic,
-            hit_max_turns: o.facts.hit_max_turns,
-            total_cost: total,
-            aborting: self.aborting,
-            held: self.ctx.mode.borrow().is_paused() || over_budget,
-        });
-        if decided.note.is_some() {
-            self.note = decided.note;
-        }
-        if decided.budget_warning {
-            self.ctx
-                .bus
-                .emit(
-                    "chain:budget-warning",
-                    Some(&self.id),
-                    Some(o.index),
-                    json!({"spentUsd": total, "budgetUsd": self.settings.max_budget_usd}),
-                )
-                .await;
-        }
-        let decision = self
-            .judge(decided.next, o.index, &handoff, verdict.status)
-            .await?;
-        match self.machine.breaker(decision, verdict.status, unix_now()) {
-            machine::Breaker::Go(next) => self.act(me, next).await,
-            machine::Breaker::Closed(next) => {
-                tracing::info!(parent: &self.span, "the probe session succeeded; the breaker is closed");
-                self.ctx
-                    .bus
-                    .emit("chain:breaker-closed", Some(&self.id), None, json!({}))
-                    .await;
-                self.act(me, next).await
-            }
-            machine::Breaker::HalfOpen { cooldown, reason } => {
-                tracing::warn!(parent: &self.span, cool_down = %humantime::format_duration(cooldown), "the breaker opened; one probe session after the cool-down");
-                self.set_status(ChainStatus::Waiting, Some(&reason)).await?;
-                let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + cooldown)
-                    .to_string();
-                self.ctx
-                    .bus
-                    .emit(
-                        "chain:breaker-half-open",
-                        Some(&self.id),
-                        None,
-                        json!({"until": at, "failures": self.machine.consecutive_failures}),
-                    )
-                    .await;
-                let now = self.clock_ms();
-                self.machine.wait(now, cooldown);
-                me.send_after(cooldown, || ChainMsg::Next);
-                Ok(())
-            }
-        }
+            resumable: machine::resumable_id(&record),
+            denied,
+            denied_note,
+            total_cost: 0.0,
+        };
+        over.handoff = Some(handoff);
+        self.over = Some(over);
+        let total_cost: f64 = self.ask_cost(me, CostMsg::Total).await?;
+        Ok(Event::Recorded(machine::Handed {
+            total_cost,
+            ..handed
+        }))
     }
 
-    /// Milliseconds since the actor started: the clock of the machine's timers.
-    fn clock_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Carries a decision out: the next session, or the chain's end.
-    async fn act(&mut self, me: &ActorRef<ChainMsg>, next: Next) -> Result<(), ActorProcessingErr> {
-        match next {
-            Next::Continue => me.cast(ChainMsg::Next)?,
-            Next::Finish(status, reason) => self.finish(me, status, reason).await?,
-        }
-        Ok(())
-    }
-
-    /// The record of a session attempt that ends without a handoff (retried, or stopped at a
-    /// usage limit).
-    fn unfinished_record(
-        &self,
-        o: &SessionOutcome,
-        run: Running,
-        verdict: &policy::Verdict,
-        status: SessionStatus,
-        cost: f64,
-    ) -> SessionRecord {
-        SessionRecord {
-            index: o.index,
-            session_id: o.session_id.clone(),
-            status,
-            turns: o.turns,
-            cost_usd: cost,
-            duration_ms: o.duration.as_millis() as u64,
-            hit_max_turns: false,
-            pre_compacted: o.pre_compacted,
-            handoff_complete: false,
-            handoff_file: None,
-            error: verdict.error.clone(),
-            error_kind: verdict.error_kind,
-            handoff_synthetic: false,
-            asked_again: run.asked_again,
-            attempts: self.machine.attempt,
-            started_at: run.started_at,
-            ended_at: Some(o.ended_at.clone()),
-        }
-    }
-
-    /// The top of the chain's git repository (or worktree), if it works in one.
-    fn repo(&self) -> Option<PathBuf> {
-        self.git.as_ref().map(|g| g.repo.clone())
-    }
-
-    /// Where the agent works: the configured workdir, or its place in the chain's worktree.
-    fn workdir(&self) -> PathBuf {
-        self.git
-            .as_ref()
-            .map(|g| g.workdir.clone())
-            .unwrap_or_else(|| self.settings.workdir.clone())
-    }
-
-    /// Measures a completed session (the working tree, the handoff against the previous one,
-    /// the verify gates when it says COMPLETE) and lets the machine judge it.
-    async fn judge(
-        &mut self,
-        decision: Next,
-        index: u32,
-        handoff: &HandoffRecord,
-        status: SessionStatus,
-    ) -> Result<Next, ActorProcessingErr> {
+    /// Measures a completed session: the working tree against its start, the handoff against
+    /// the previous session's.
+    async fn measure(&mut self, index: u32) -> Result<Event, ActorProcessingErr> {
         let before = self.before.take();
-        if !ChainMachine::judged(&decision, status) {
-            return Ok(decision);
-        }
-        let workdir = self.workdir();
+        let text = self
+            .over
+            .as_ref()
+            .and_then(|o| o.handoff.as_ref())
+            .map(|h| h.text.clone())
+            .unwrap_or_default();
         let after =
-            gates::fingerprint(workdir.clone(), self.ctx.data_dir.clone(), self.repo()).await;
+            gates::fingerprint(self.workdir(), self.ctx.data_dir.clone(), self.repo()).await;
         // The previous session's handoff: kept from the last judgement, read from the store
         // only after a start or a session that was not judged.
         let previous = match self.last_judged.take() {
@@ -929,80 +791,56 @@ impl ChainState {
                 .find(|h| h.index + 1 == index)
                 .map(|h| h.text),
         };
-        self.last_judged = Some((index, handoff.text.clone()));
         let measured = machine::Measured {
             tree_changed: before.is_none_or(|b| b != after),
             remaining_changed: previous
                 .as_deref()
-                .is_none_or(|p| gates::remaining(p) != gates::remaining(&handoff.text)),
+                .is_none_or(|p| gates::remaining(p) != gates::remaining(&text)),
             same_handoff: previous
                 .as_deref()
-                .is_some_and(|p| gates::body(p) == gates::body(&handoff.text)),
+                .is_some_and(|p| gates::body(p) == gates::body(&text)),
             source: after.source.to_string(),
         };
-        let gated = !self.settings.verify.is_empty();
-        let mut gates_changed = false;
-        let next = match self.machine.judge(decision, index, &measured, gated) {
-            machine::Judgement::Done { next, stale, note } => {
-                if stale {
-                    tracing::warn!(parent: &self.span, session.index = index, "a stale COMPLETE: the same handoff as before and no change in the working tree");
-                    self.ctx
-                        .bus
-                        .emit(
-                            "chain:stale-complete",
-                            Some(&self.id),
-                            Some(index),
-                            json!({"measured": after.source}),
-                        )
-                        .await;
-                }
-                if note.is_some() {
-                    self.note = note;
-                }
-                next
-            }
-            machine::Judgement::RunGates => {
-                let mut results = Vec::new();
-                for cmd in &self.settings.verify {
-                    results.push(
-                        gates::run_gate(cmd, &workdir, self.settings.verify_timeout, index).await,
-                    );
-                }
-                self.ctx.store.set_chain_verify(&self.id, &results).await?;
-                let failed: Vec<&gates::GateResult> =
-                    results.iter().filter(|r| !r.passed).collect();
-                self.ctx
-                    .bus
-                    .emit(
-                        "chain:verify",
-                        Some(&self.id),
-                        Some(index),
-                        json!({"passed": failed.is_empty(), "results": results}),
-                    )
-                    .await;
-                let passed: Vec<bool> = results.iter().map(|r| r.passed).collect();
-                gates_changed = passed != self.machine.last_gates;
-                let names: Vec<String> = failed.iter().map(|g| g.command.clone()).collect();
-                let (next, any_failed) = self.machine.gated(index, &measured, &passed, &names);
-                if any_failed {
-                    tracing::warn!(parent: &self.span, session.index = index, failed = ?names, "COMPLETE, but verify commands failed; the chain goes on");
-                    self.note = Some(gates::failure_note(&failed));
-                }
-                next
-            }
-        };
+        self.last_judged = Some((index, text));
+        Ok(Event::Measured(measured))
+    }
+
+    /// Runs the verify gates of a COMPLETE and records their results.
+    async fn run_gates(&mut self, index: u32) -> Result<Event, ActorProcessingErr> {
+        let workdir = self.workdir();
+        let mut results = Vec::new();
+        for cmd in &self.settings.verify {
+            results.push(gates::run_gate(cmd, &workdir, self.settings.verify_timeout, index).await);
+        }
+        self.ctx.store.set_chain_verify(&self.id, &results).await?;
+        let failed: Vec<&gates::GateResult> = results.iter().filter(|r| !r.passed).collect();
         self.ctx
             .bus
             .emit(
-                "chain:progress",
+                "chain:verify",
                 Some(&self.id),
                 Some(index),
-                json!({"treeChanged": measured.tree_changed, "remainingChanged": measured.remaining_changed,
-                       "gatesChanged": gates_changed, "measured": after.source,
-                       "sessionsWithout": self.machine.no_progress}),
+                json!({"passed": failed.is_empty(), "results": results}),
             )
             .await;
-        Ok(next)
+        Ok(Event::Gated {
+            passed: results.iter().map(|r| r.passed).collect(),
+            failed: failed.iter().map(|g| g.command.clone()).collect(),
+            note: (!failed.is_empty()).then(|| gates::failure_note(&failed)),
+        })
+    }
+
+    /// The top of the chain's git repository (or worktree), if it works in one.
+    fn repo(&self) -> Option<PathBuf> {
+        self.git.as_ref().map(|g| g.repo.clone())
+    }
+
+    /// Where the agent works: the configured workdir, or its place in the chain's worktree.
+    fn workdir(&self) -> PathBuf {
+        self.git
+            .as_ref()
+            .map(|g| g.workdir.clone())
+            .unwrap_or_else(|| self.settings.workdir.clone())
     }
 }
 
@@ -1034,14 +872,6 @@ impl ChainState {
         }
         Ok(())
     }
-}
-
-/// The agent session a next session may continue: one that completed without a compaction
-/// (after a compaction, a failure or an interruption, the next session starts fresh).
-fn resumable_id(s: &SessionRecord) -> Option<String> {
-    (s.status == SessionStatus::Completed && !s.pre_compacted)
-        .then(|| s.session_id.clone())
-        .flatten()
 }
 
 async fn spawn_cost(
@@ -1103,11 +933,9 @@ impl Actor for Chain {
             s.ended_at = Some(now_rfc3339());
             store.finish_session(&a.chain_id, s, None).await?;
         }
-        let next_index = sessions.last().map(|s| s.index + 1).unwrap_or(1);
         let session_base = store.session_base(&a.chain_id).await?;
-        let resumable = sessions.last().and_then(resumable_id);
-        let machine =
-            ChainMachine::restore(machine::Limits::of(&a.settings), session_base, &sessions);
+        let limits = machine::Limits::of(&a.settings).with_daily_cap(a.ctx.daily_cap_usd);
+        let mut machine = ChainMachine::restore(limits, session_base, &sessions);
         let (git, refused) = match vcs::open(&a.ctx, &a.chain_id, &a.task, &a.settings).await {
             Ok(ws) => (ws, None),
             Err(reason) => (None, Some(reason)),
@@ -1117,6 +945,8 @@ impl Actor for Chain {
         a.ctx.quota.finished(&account, &a.chain_id);
         // Calls its previous life held for a person went with that session's agent.
         approvals::settle_stale(&*a.ctx.store, &a.chain_id).await;
+        machine.refused = refused;
+        let next_index = machine.next_index;
         let cost = spawn_cost(&me, &a.chain_id, &a.ctx, a.settings.max_session_cost_usd).await?;
         let handoffs = spawn_handoffs(&me, &a.chain_id, &a.task, &a.ctx).await?;
         let st = ChainState {
@@ -1128,26 +958,18 @@ impl Actor for Chain {
             cost,
             handoffs,
             session: None,
-            next_index,
-            resumable,
+            prepared: None,
+            over: None,
             started: std::time::Instant::now(),
-            note: None,
-            aborting: false,
-            session_over_budget: false,
-            finished: false,
             span,
             children: child_supervisor(),
             name: a.name,
             git,
-            refused,
             machine,
             before: None,
             last_judged: None,
             account,
-            admitted: false,
-            quota_wait: None,
             held: Vec::new(),
-            denied_note: None,
         };
         st.set_status(ChainStatus::Running, None).await?;
         // Forward run-mode changes (pause, resume, stop) as messages.
@@ -1183,49 +1005,28 @@ impl Actor for Chain {
         st: &mut ChainState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ChainMsg::Next => st.next(&me).await?,
+            ChainMsg::Next => st.step(&me, Event::Next).await?,
             ChainMsg::Session(SessionReport::TurnEnded {
                 index,
                 handoff,
                 hit_max_turns,
                 is_error,
-            }) => st.turn_ended(index, handoff, hit_max_turns, is_error).await,
-            ChainMsg::Session(SessionReport::Ended(o)) => st.session_ended(&me, *o).await?,
-            ChainMsg::ModeChanged => {
-                let mode = *st.ctx.mode.borrow();
-                if matches!(mode, Mode::Stopping | Mode::Paused { interrupt: true }) {
-                    st.cancel_approvals(
-                        "The operator is stopping this session; this call was not approved. Write your handoff.",
-                    )
-                    .await;
-                }
-                match (&st.session, mode) {
-                    (Some(run), Mode::Stopping | Mode::Paused { interrupt: true }) => {
-                        if let Some(a) = &run.actor {
-                            let _ = a.cast(SessionMsg::Stop {
-                                grace: st.ctx.shutdown_grace,
-                            });
-                        }
-                    }
-                    (None, _) => st.next(&me).await?,
-                    _ => {}
-                }
+            }) => {
+                let ev = Event::TurnEnded {
+                    index,
+                    handoff,
+                    is_error,
+                    hit_max_turns,
+                };
+                st.step(&me, ev).await?
             }
+            ChainMsg::Session(SessionReport::Ended(o)) => st.session_ended(&me, *o).await?,
+            ChainMsg::ModeChanged => st.step(&me, Event::ModeChanged).await?,
             ChainMsg::Session(SessionReport::Usage { model, usage }) => {
                 let _ = st.cost.cast(CostMsg::Usage { model, usage });
             }
             ChainMsg::SessionOverBudget { spent } => {
-                if let Some(run) = &st.session
-                    && !st.session_over_budget
-                {
-                    tracing::warn!(parent: &st.span, session.index = run.index, spent_usd = spent, "the session crossed its cost limit; asking for its handoff");
-                    st.session_over_budget = true;
-                    if let Some(a) = &run.actor {
-                        let _ = a.cast(SessionMsg::Stop {
-                            grace: st.ctx.shutdown_grace,
-                        });
-                    }
-                }
+                st.step(&me, Event::OverBudget { spent }).await?
             }
             ChainMsg::Session(SessionReport::AgentStarted {
                 index,
@@ -1249,28 +1050,15 @@ impl Actor for Chain {
                     tracing::warn!(parent: &st.span, cause = %e, "could not store the reloaded settings");
                 }
                 st.settings = *settings;
-                st.machine.limits = machine::Limits::of(&st.settings);
                 st.agent = agent;
+                let limits = machine::Limits::of(&st.settings).with_daily_cap(st.ctx.daily_cap_usd);
+                st.step(&me, Event::Reconfigure(limits)).await?
             }
             ChainMsg::Session(SessionReport::ApprovalRequested(call)) => {
                 st.approval_requested(&me, call).await?
             }
             ChainMsg::CheckApprovals => st.check_approvals(&me).await?,
-            ChainMsg::Abort => {
-                st.aborting = true;
-                st.cancel_approvals("The chain was aborted; this call was not approved.")
-                    .await;
-                match &st.session {
-                    Some(run) => {
-                        if let Some(a) = &run.actor {
-                            let _ = a.cast(SessionMsg::Stop {
-                                grace: Duration::from_secs(2),
-                            });
-                        }
-                    }
-                    None => st.next(&me).await?,
-                }
-            }
+            ChainMsg::Abort => st.step(&me, Event::Abort).await?,
         }
         Ok(())
     }

@@ -1,11 +1,8 @@
-//! The chain's decisions as a pure state machine: what happens after a session ends (retry with
-//! backoff, wait out a usage limit, stop at it, record and decide), the breaker and its half-open
-//! probe, and the judgement of a completed session (stale COMPLETE, verify gates, no progress).
-//!
-//! No I/O, no actors, no clock: the Chain actor feeds facts in (the session's verdict and cost,
-//! the time as Unix seconds, the measurements of the working tree and the gates) and carries the
-//! answers out (record this attempt, arm a timer, emit an event, finish with a status). Every
-//! path is reachable from the unit tests below on simulated time.
+//! The machine's single decisions, each a plain method on [`ChainMachine`]: the gate before a
+//! session, what happens after a session ends (retry with backoff, wait out a usage limit, stop
+//! at it, record and decide), the breaker and its half-open probe, and the judgement of a
+//! completed session (stale COMPLETE, verify gates, no progress). The flow in `mod.rs` strings
+//! them together; the table tests below reach each one on simulated time.
 
 use std::time::Duration;
 
@@ -26,6 +23,12 @@ pub struct Limits {
     pub usage_limit_margin: Duration,
     pub usage_limit_fallback: Duration,
     pub no_progress_sessions: u32,
+    /// `continuation = "resume"`: the next session continues the agent's last one.
+    pub resume: bool,
+    /// Verify gates are configured: a COMPLETE needs them to pass.
+    pub gates: bool,
+    /// The operator-wide daily cap on spending, across chains.
+    pub daily_cap_usd: Option<f64>,
 }
 
 impl Limits {
@@ -41,6 +44,17 @@ impl Limits {
             usage_limit_margin: s.usage_limit_margin,
             usage_limit_fallback: s.usage_limit_fallback,
             no_progress_sessions: s.no_progress_sessions,
+            resume: s.continuation == crate::config::Continuation::Resume,
+            gates: !s.verify.is_empty(),
+            daily_cap_usd: None,
+        }
+    }
+
+    /// With the operator's daily cap.
+    pub fn with_daily_cap(self, cap: Option<f64>) -> Self {
+        Self {
+            daily_cap_usd: cap,
+            ..self
         }
     }
 }
@@ -242,7 +256,15 @@ pub fn after_turn(t: Turn) -> AfterTurn {
     })
 }
 
-/// The counters behind a chain's decisions.
+/// The agent session a next session may continue: one that completed without a compaction
+/// (after a compaction, a failure or an interruption, the next session starts fresh).
+pub fn resumable_id(s: &SessionRecord) -> Option<String> {
+    (s.status == SessionStatus::Completed && !s.pre_compacted)
+        .then(|| s.session_id.clone())
+        .flatten()
+}
+
+/// The chain's state: the counters behind its decisions and where its flow stands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainMachine {
     pub limits: Limits,
@@ -270,6 +292,32 @@ pub struct ChainMachine {
     pub not_before: Option<u64>,
     /// The chain announced that it holds for a pause.
     pub paused: bool,
+
+    // The flow's state (see `mod.rs`).
+    /// The index of the next session.
+    pub next_index: u32,
+    /// Why the previous session or attempt failed, for the next prompt.
+    pub note: Option<String>,
+    /// The last session's denied tool calls, for the next prompt.
+    pub denied_note: Option<String>,
+    /// The note of a start the store refused (the account was busy): the next start uses it.
+    pub(super) kept_note: Option<String>,
+    /// The agent session the next one may continue (`continuation = "resume"`).
+    pub resumable: Option<String>,
+    pub aborting: bool,
+    /// The running session was stopped for crossing its cost limit.
+    pub over_budget: bool,
+    pub finished: bool,
+    /// Why the chain must not run a session (a dirty tree it was told to refuse).
+    pub refused: Option<String>,
+    /// The account is held: no session starts before this (chain clock, ms).
+    pub quota_wait: Option<u64>,
+    /// The running session was admitted by the quota scheduler (and must be released).
+    pub admitted: bool,
+    /// The running session.
+    pub live: Option<super::Live>,
+    /// The session being recorded and judged (between its end and the decision).
+    pub(super) ending: Option<super::Ending>,
 }
 
 impl ChainMachine {
@@ -289,6 +337,19 @@ impl ChainMachine {
             last_gates: Vec::new(),
             not_before: None,
             paused: false,
+            next_index: session_base + 1,
+            note: None,
+            denied_note: None,
+            kept_note: None,
+            resumable: None,
+            aborting: false,
+            over_budget: false,
+            finished: false,
+            refused: None,
+            quota_wait: None,
+            admitted: false,
+            live: None,
+            ending: None,
         }
     }
 
@@ -317,6 +378,8 @@ impl ChainMachine {
             .collect();
         let spent: f64 = sessions.iter().map(|s| s.cost_usd).sum();
         m.budget_warned = spent >= 0.8 * m.limits.max_budget_usd;
+        m.next_index = sessions.last().map(|s| s.index + 1).unwrap_or(1);
+        m.resumable = sessions.last().and_then(resumable_id);
         m
     }
 
@@ -575,7 +638,7 @@ impl ChainMachine {
         self.no_progress = if made { 0 } else { self.no_progress + 1 };
         let limit = self.limits.no_progress_sessions;
         if decision == Next::Continue && limit > 0 && self.no_progress >= limit {
-            let mut reason = super::gates::no_progress_reason(self.no_progress, &m.source);
+            let mut reason = crate::chain::gates::no_progress_reason(self.no_progress, &m.source);
             if self.denied_in_row > 0 {
                 reason.push_str(&format!(
                     "; {} tool call(s) were denied by the permission policy in those sessions",
@@ -644,6 +707,9 @@ mod tests {
             usage_limit_margin: Duration::from_secs(60),
             usage_limit_fallback: Duration::from_secs(1800),
             no_progress_sessions: 3,
+            resume: false,
+            gates: false,
+            daily_cap_usd: None,
         }
     }
 
