@@ -13,7 +13,7 @@ use crate::api::{self, ControlError, OperatorStatus, StartOutcome, StartRequest}
 use crate::chain::Ctx;
 use crate::config::{ChainSettings, ConfigErrors, Plan};
 use crate::control::{self, Mode};
-use crate::events::Bus;
+use crate::events::{Body, Bus};
 use crate::model::{ChainRecord, ChainStatus, new_chain_id};
 use crate::notify;
 use crate::process::Registry;
@@ -921,12 +921,7 @@ impl Daemon<'_> {
         }
         for (m, chains) in missions {
             self.bus
-                .emit(
-                    "orchestrator:mission-started",
-                    None,
-                    None,
-                    serde_json::json!({"mission": m, "chains": chains}),
-                )
+                .emit(None, None, Body::MissionStarted { mission: m, chains })
                 .await;
         }
         if self.opts.enqueue {
@@ -947,9 +942,7 @@ impl Daemon<'_> {
                 self.stops += 1;
                 if self.stops == 1 {
                     tracing::warn!(grace = ?self.opts.shutdown_grace, "stopping: running sessions get a grace period (send SIGINT again to stop at once)");
-                    self.bus
-                        .emit("orchestrator:stopping", None, None, serde_json::json!({}))
-                        .await;
+                    self.bus.emit(None, None, Body::Stopping {}).await;
                     let _ = self.mode_tx.send(Mode::Stopping);
                 } else {
                     tracing::warn!("stopping at once");
@@ -970,12 +963,7 @@ impl Daemon<'_> {
                         self.store.set_flag("paused", Some("1")).await?;
                     }
                     self.bus
-                        .emit(
-                            "orchestrator:paused",
-                            None,
-                            None,
-                            serde_json::json!({"now": now}),
-                        )
+                        .emit(None, None, Body::OperatorPaused { now })
                         .await;
                     if now {
                         tracing::warn!(
@@ -993,9 +981,7 @@ impl Daemon<'_> {
                 if persist {
                     self.store.set_flag("paused", None).await?;
                 }
-                self.bus
-                    .emit("orchestrator:resumed", None, None, serde_json::json!({}))
-                    .await;
+                self.bus.emit(None, None, Body::OperatorResumed {}).await;
                 tracing::warn!("resumed");
                 let _ = self.mode_tx.send(Mode::Running);
             }
@@ -1023,10 +1009,12 @@ impl Daemon<'_> {
                 let _ = self.operator.cast(OperatorMsg::Submit(fresh));
                 self.bus
                     .emit(
-                        "orchestrator:reloaded",
                         None,
                         None,
-                        serde_json::json!({"chains": changed, "added": added}),
+                        Body::Reloaded {
+                            chains: changed,
+                            added,
+                        },
                     )
                     .await;
                 tracing::warn!(
@@ -1038,10 +1026,11 @@ impl Daemon<'_> {
             Err(e) => {
                 self.bus
                     .emit(
-                        "orchestrator:reload-failed",
                         None,
                         None,
-                        serde_json::json!({"error": e.to_string()}),
+                        Body::ReloadFailed {
+                            error: e.to_string(),
+                        },
                     )
                     .await;
                 tracing::warn!(

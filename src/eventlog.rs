@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::events::{Bus, Event};
+use crate::events::{Body, Bus, Event};
 use crate::redact::redact;
 
 /// One log line for an event.
@@ -17,12 +17,14 @@ pub fn format(ev: &Event) -> String {
         .session_index
         .map(|i| format!(" session {i}"))
         .unwrap_or_default();
-    let detail = match ev.data.get("text").and_then(Value::as_str) {
-        Some(t) => t.replace(['\n', '\r'], " "),
-        None if ev.data.as_object().is_some_and(|o| o.is_empty()) => String::new(),
-        None => ev.data.to_string(),
+    let detail = match &ev.body {
+        Body::Output { text, .. } => text.replace(['\n', '\r'], " "),
+        body => match body.data() {
+            Value::Object(o) if o.is_empty() => String::new(),
+            data => data.to_string(),
+        },
     };
-    let line = format!("{} {}{session} {detail}", ev.at, ev.kind);
+    let line = format!("{} {}{session} {detail}", ev.at, ev.kind());
     redact(line.trim_end()).into_owned()
 }
 
@@ -66,7 +68,7 @@ pub fn spawn(
             if let Some(f) = files.get_mut(&path) {
                 let _ = writeln!(f, "{}", format(ev));
                 // Final events flush at once, so a reader sees the whole chain's log.
-                if crate::events::is_final(&ev.kind) {
+                if ev.body.ending().is_some() {
                     let _ = f.flush();
                 }
             }
@@ -106,10 +108,12 @@ mod tests {
     fn lines_are_single_and_masked() {
         let ev = Event {
             id: Some(1),
-            kind: "session:output".into(),
             chain_id: Some("c".into()),
             session_index: Some(2),
-            data: serde_json::json!({"text": "running env\nANTHROPIC_API_KEY=sk-ant-api03-abcdefghijkl"}),
+            body: Body::Output {
+                text: "running env\nANTHROPIC_API_KEY=sk-ant-api03-abcdefghijkl".into(),
+                turns: 1,
+            },
             at: "2026-11-25T00:00:00.000Z".into(),
         };
         let line = format(&ev);

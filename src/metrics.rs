@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::events::{Bus, Event};
+use crate::events::{Body, Bus, Event};
 use crate::model::ChainStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -143,46 +143,41 @@ impl Metrics {
 
     /// Counts one event.
     pub fn observe(&self, ev: &Event) {
-        match ev.kind.as_str() {
-            "chain:session-complete" => {
-                let s = &ev.data["session"];
-                let outcome = s["status"].as_str().unwrap_or("unknown").to_string();
+        match &ev.body {
+            Body::SessionComplete { session: s, .. } => {
+                let outcome = s.status.as_str().to_string();
                 self.sessions.get_or_create(&Outcome { outcome }).inc();
-                if let Some(c) = s["costUsd"].as_f64().filter(|c| c.is_finite() && *c >= 0.0) {
-                    self.cost.inc_by(c);
+                if s.cost_usd.is_finite() && s.cost_usd >= 0.0 {
+                    self.cost.inc_by(s.cost_usd);
                 }
-                if let Some(ms) = s["durationMs"].as_f64() {
-                    self.duration.observe(ms / 1000.0);
-                }
+                self.duration.observe(s.duration_ms as f64 / 1000.0);
             }
-            "chain:session-retry" => {
+            Body::SessionRetry { .. } => {
                 self.retries.inc();
             }
-            "session:permission" => {
-                let decision = match ev.data["decision"].as_str() {
-                    Some(d @ ("allow" | "deny" | "ask")) => d.to_string(),
+            Body::Permission { decision, .. } => {
+                let decision = match decision.as_str() {
+                    d @ ("allow" | "deny" | "ask") => d.to_string(),
                     _ => "unknown".to_string(),
                 };
                 self.permissions.get_or_create(&Decision { decision }).inc();
             }
-            "chain:waiting" => {
+            Body::Waiting { .. } => {
                 self.waits.inc();
             }
-            "chain:restarted" | "chain:child-restarted" => {
-                let what = ev.data["child"].as_str().unwrap_or("chain").to_string();
+            Body::Restarted { child, .. } | Body::ChildRestarted { child } => {
+                let what = child.clone();
                 self.restarts.get_or_create(&What { what }).inc();
             }
-            k if crate::events::is_final(k) => {
-                let state = ev.data["status"].as_str().unwrap_or("unknown").to_string();
-                if ev.data["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("circuit-open"))
-                {
-                    self.breaker_openings.inc();
+            body => {
+                if let Some((status, reason)) = body.ending() {
+                    if reason.is_some_and(|r| r.starts_with("circuit-open")) {
+                        self.breaker_openings.inc();
+                    }
+                    let state = status.as_str().to_string();
+                    self.chain_ends.get_or_create(&State { state }).inc();
                 }
-                self.chain_ends.get_or_create(&State { state }).inc();
             }
-            _ => {}
         }
     }
 
@@ -225,13 +220,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ev(kind: &str, data: serde_json::Value) -> Event {
+    fn ev(body: Body) -> Event {
         Event {
             id: Some(1),
-            kind: kind.into(),
             chain_id: Some("c".into()),
             session_index: Some(1),
-            data,
+            body,
             at: String::new(),
         }
     }
@@ -239,21 +233,36 @@ mod tests {
     #[test]
     fn events_become_counters() {
         let m = Metrics::new();
-        m.observe(&ev(
-            "chain:session-complete",
-            json!({"session": {"status": "completed", "costUsd": 0.25, "durationMs": 2000}}),
-        ));
-        m.observe(&ev("chain:session-retry", json!({})));
-        m.observe(&ev(
-            "chain:error",
-            json!({"status": "failed", "reason": "circuit-open: 3 consecutive failed sessions"}),
-        ));
-        m.observe(&ev("chain:restarted", json!({})));
+        let session = serde_json::from_value(json!({"index": 1, "sessionId": null,
+            "status": "completed", "turns": 3, "costUsd": 0.25, "durationMs": 2000,
+            "hitMaxTurns": false, "preCompacted": false, "handoffComplete": false,
+            "handoffFile": null, "error": null, "errorKind": null, "handoffSynthetic": false,
+            "askedAgain": false, "attempts": 1, "startedAt": "", "endedAt": null}))
+        .unwrap();
+        m.observe(&ev(Body::SessionComplete {
+            session,
+            transcript_truncated: false,
+        }));
+        m.observe(&ev(Body::SessionRetry {
+            attempt: 1,
+            delay_ms: 1000,
+            error: None,
+        }));
+        m.observe(&ev(Body::ended(
+            ChainStatus::Failed,
+            Some("circuit-open: 3 consecutive failed sessions".into()),
+        )));
+        m.observe(&ev(Body::Restarted {
+            child: "chain".into(),
+            cause: "boom".into(),
+        }));
         for d in ["allow", "allow", "deny", "ask"] {
-            m.observe(&ev(
-                "session:permission",
-                json!({"decision": d, "tool": "Bash"}),
-            ));
+            m.observe(&ev(Body::Permission {
+                tool: "Bash".into(),
+                input: "ls".into(),
+                decision: d.into(),
+                rule: String::new(),
+            }));
         }
         let text = m.render(&[(ChainStatus::Running, 2)]).unwrap();
         for line in [

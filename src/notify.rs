@@ -11,8 +11,8 @@ use sha2::Sha256;
 use tokio::task::JoinSet;
 
 use crate::config::{NotifyFormat, NotifyOn, Webhook};
-use crate::events::{Bus, Event, is_final};
-use crate::model::{ChainRecord, mask_url};
+use crate::events::{Body, Bus, Event};
+use crate::model::{ChainRecord, SessionStatus, mask_url};
 use crate::store::SharedStore;
 
 /// Pauses before the 2nd and 3rd attempt of a delivery.
@@ -34,56 +34,55 @@ pub struct Notifier {
 
 /// What an event means to webhooks, if anything.
 pub fn trigger(ev: &Event) -> Option<NotifyOn> {
-    match ev.kind.as_str() {
-        k if is_final(k) => Some(NotifyOn::End),
-        "chain:session-complete" if ev.data["session"]["status"] == "failed" => {
+    match &ev.body {
+        b if b.ending().is_some() => Some(NotifyOn::End),
+        Body::SessionComplete { session, .. } if session.status == SessionStatus::Failed => {
             Some(NotifyOn::Failure)
         }
-        "chain:waiting" => Some(NotifyOn::Waiting),
-        "chain:budget-warning" => Some(NotifyOn::Budget),
-        "chain:approval-requested" => Some(NotifyOn::Approval),
+        Body::Waiting { .. } => Some(NotifyOn::Waiting),
+        Body::BudgetWarning { .. } => Some(NotifyOn::Budget),
+        Body::ApprovalRequested { .. } => Some(NotifyOn::Approval),
         _ => None,
     }
 }
 
 /// One line for people: what happened to which chain.
-pub fn summary_text(kind: &str, chain: &ChainRecord, data: &Value) -> String {
-    let what = match kind {
-        "chain:session-complete" => format!(
+pub fn summary_text(body: &Body, chain: &ChainRecord) -> String {
+    let what = match body {
+        Body::SessionComplete { session, .. } => format!(
             "session {} failed: {}",
-            data["session"]["index"],
-            data["session"]["error"].as_str().unwrap_or("unknown error")
+            session.index,
+            session.error.as_deref().unwrap_or("unknown error")
         ),
-        "chain:waiting" => format!(
-            "is waiting for a usage limit until {}",
-            data["until"].as_str().unwrap_or("its reset")
-        ),
-        "chain:approval-requested" => format!(
-            "holds a tool call for a person: {} `{}` ({}). Approve or deny it on {} or with `operator approve|deny {} {}`; without an answer it is denied at {}",
-            data["tool"].as_str().unwrap_or("?"),
-            data["input"].as_str().unwrap_or(""),
-            data["rule"].as_str().unwrap_or(""),
-            data["url"].as_str().unwrap_or("the chain's page"),
+        Body::Waiting { until, .. } => format!("is waiting for a usage limit until {until}"),
+        Body::ApprovalRequested {
+            approval_id,
+            tool,
+            input,
+            rule,
+            deadline,
+            url,
+        } => format!(
+            "holds a tool call for a person: {tool} `{input}` ({rule}). Approve or deny it on {url} or with `operator approve|deny {} {approval_id}`; without an answer it is denied at {deadline}",
             chain.id,
-            data["approvalId"].as_str().unwrap_or(""),
-            data["deadline"].as_str().unwrap_or("its timeout")
         ),
-        "chain:budget-warning" => format!(
-            "has spent ${:.2} of its ${:.2} budget",
-            data["spentUsd"].as_f64().unwrap_or(0.0),
-            data["budgetUsd"].as_f64().unwrap_or(0.0)
-        ),
-        _ => format!(
-            "ended {}{} after {} session(s), {} turns, ${:.2}",
-            data["status"].as_str().unwrap_or(chain.status.as_str()),
-            data["reason"]
-                .as_str()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default(),
-            chain.totals.sessions,
-            chain.totals.turns,
-            chain.totals.cost_usd
-        ),
+        Body::BudgetWarning {
+            spent_usd,
+            budget_usd,
+        } => format!("has spent ${spent_usd:.2} of its ${budget_usd:.2} budget"),
+        other => {
+            let (status, reason) = other
+                .ending()
+                .map(|(s, r)| (s.as_str(), r))
+                .unwrap_or((chain.status.as_str(), None));
+            format!(
+                "ended {status}{} after {} session(s), {} turns, ${:.2}",
+                reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+                chain.totals.sessions,
+                chain.totals.turns,
+                chain.totals.cost_usd
+            )
+        }
     };
     let task: String = chain.task.chars().take(200).collect();
     format!(
@@ -93,10 +92,12 @@ pub fn summary_text(kind: &str, chain: &ChainRecord, data: &Value) -> String {
 }
 
 /// The body for a webhook of `format`.
-pub fn payload(format: NotifyFormat, kind: &str, chain: &ChainRecord, data: &Value) -> Value {
-    let text = summary_text(kind, chain, data);
+pub fn payload(format: NotifyFormat, body: &Body, chain: &ChainRecord) -> Value {
+    let text = summary_text(body, chain);
     match format {
-        NotifyFormat::Json => json!({"event": kind, "summary": text, "chain": chain, "data": data}),
+        NotifyFormat::Json => {
+            json!({"event": body.kind(), "summary": text, "chain": chain, "data": body.data()})
+        }
         NotifyFormat::Slack => json!({"text": text}),
         // Discord caps a message at 2,000 characters.
         NotifyFormat::Discord => json!({"content": text.chars().take(1990).collect::<String>()}),
@@ -192,9 +193,9 @@ impl Router {
             .clone();
         let chain = chain.public();
         for hook in hooks {
-            let body = payload(hook.format, &ev.kind, &chain, &ev.data);
+            let body = payload(hook.format, &ev.body, &chain);
             let (client, bus, secret) = (client.clone(), self.bus.clone(), self.cfg.secret.clone());
-            let (id, kind) = (id.clone(), ev.kind.clone());
+            let (id, kind) = (id.clone(), ev.kind().to_string());
             self.deliveries.spawn(async move {
                 deliver(
                     &client,
@@ -248,10 +249,14 @@ async fn deliver(
         match req.send().await {
             Ok(r) if r.status().is_success() => {
                 bus.emit(
-                    "notify:delivered",
                     Some(chain_id),
                     None,
-                    json!({"url": shown, "event": kind, "attempts": attempt + 1, "status": r.status().as_u16()}),
+                    Body::NotifyDelivered {
+                        url: shown,
+                        event: kind.to_string(),
+                        attempts: attempt as u32 + 1,
+                        status: r.status().as_u16(),
+                    },
                 )
                 .await;
                 return;
@@ -263,10 +268,14 @@ async fn deliver(
     }
     tracing::warn!(chain.id = chain_id, url = %shown, error = %last_error, "webhook delivery failed");
     bus.emit(
-        "notify:failed",
         Some(chain_id),
         None,
-        json!({"url": shown, "event": kind, "attempts": BACKOFF.len() + 1, "error": last_error}),
+        Body::NotifyFailed {
+            url: shown,
+            event: kind.to_string(),
+            attempts: BACKOFF.len() as u32 + 1,
+            error: last_error,
+        },
     )
     .await;
 }
@@ -288,20 +297,20 @@ mod tests {
     #[test]
     fn presets_shape_the_body() {
         let c = chain().public();
-        let data = json!({"status": "complete", "reason": null});
-        let j = payload(NotifyFormat::Json, "chain:complete", &c, &data);
+        let data = Body::ended(crate::model::ChainStatus::Complete, None);
+        let j = payload(NotifyFormat::Json, &data, &c);
         assert_eq!(j["event"], "chain:complete");
         assert_eq!(j["chain"]["totals"]["sessions"], 3);
         assert!(
             !j.to_string().contains("secret"),
             "a webhook URL leaked: {j}"
         );
-        let s = payload(NotifyFormat::Slack, "chain:complete", &c, &data);
+        let s = payload(NotifyFormat::Slack, &data, &c);
         assert_eq!(
             s["text"],
             "operator: chain `parser` (c-1) ended complete after 3 session(s), 12 turns, $0.50. Task: Port it"
         );
-        let d = payload(NotifyFormat::Discord, "chain:complete", &c, &data);
+        let d = payload(NotifyFormat::Discord, &data, &c);
         assert!(
             d["content"]
                 .as_str()
@@ -319,36 +328,49 @@ mod tests {
         );
     }
 
+    fn record(status: &str) -> Value {
+        json!({"index": 2, "sessionId": null, "status": status, "turns": 3, "costUsd": 0.1,
+               "durationMs": 10, "hitMaxTurns": false, "preCompacted": false,
+               "handoffComplete": false, "handoffFile": null, "error": null, "errorKind": null,
+               "handoffSynthetic": false, "askedAgain": false, "attempts": 1,
+               "startedAt": "", "endedAt": null})
+    }
+
     #[test]
     fn events_map_to_triggers() {
         let ev = |kind: &str, data: Value| Event {
             id: None,
-            kind: kind.into(),
             chain_id: Some("c".into()),
             session_index: None,
-            data,
+            body: Body::from_parts(kind, data),
             at: String::new(),
         };
         assert_eq!(
-            trigger(&ev("chain:aborted", json!({}))),
+            trigger(&ev(
+                "chain:aborted",
+                json!({"status": "aborted", "reason": null})
+            )),
             Some(NotifyOn::End)
         );
         assert_eq!(
             trigger(&ev(
                 "chain:session-complete",
-                json!({"session": {"status": "failed"}})
+                json!({"session": record("failed"), "transcriptTruncated": false})
             )),
             Some(NotifyOn::Failure)
         );
         assert_eq!(
             trigger(&ev(
                 "chain:session-complete",
-                json!({"session": {"status": "completed"}})
+                json!({"session": record("completed"), "transcriptTruncated": false})
             )),
             None
         );
         assert_eq!(
-            trigger(&ev("chain:budget-warning", json!({}))),
+            trigger(&ev(
+                "chain:budget-warning",
+                json!({"spentUsd": 4.0, "budgetUsd": 5.0})
+            )),
             Some(NotifyOn::Budget)
         );
     }

@@ -5,10 +5,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::events::{Bus, Event, is_final};
+use crate::events::{Body, Bus, Event};
 
 /// What the view shows of one chain.
 #[derive(Debug, Clone, Default)]
@@ -78,69 +77,58 @@ pub fn truncate(s: &str, n: usize) -> String {
 
 /// Applies an event to the chain's line.
 pub fn apply(l: &mut Line, ev: &Event) {
-    let d = &ev.data;
-    match ev.kind.as_str() {
-        "chain:started" => l.state = "running".into(),
-        "chain:session-started" => {
+    match &ev.body {
+        Body::Started { .. } | Body::Resumed {} => l.state = "running".into(),
+        Body::SessionStarted { max } => {
             l.state = "running".into();
             l.session = ev.session_index.unwrap_or(l.session);
-            l.max = d.get("max").and_then(Value::as_u64).unwrap_or(l.max as u64) as u32;
+            l.max = *max;
             l.activity = "starting the agent".into();
         }
-        "session:output" => {
-            if let Some(t) = d.get("text").and_then(Value::as_str) {
-                l.activity = t.to_string();
-            }
-        }
-        "chain:session-complete" => {
-            let s = &d["session"];
-            l.turns += s.get("turns").and_then(Value::as_u64).unwrap_or(0);
-            l.cost += s.get("costUsd").and_then(Value::as_f64).unwrap_or(0.0);
-            let status = s.get("status").and_then(Value::as_str).unwrap_or("?");
-            let handoff = if s.get("handoffSynthetic").and_then(Value::as_bool) == Some(true) {
+        Body::Output { text, .. } => l.activity = text.clone(),
+        Body::SessionComplete { session: s, .. } => {
+            l.turns += u64::from(s.turns);
+            l.cost += s.cost_usd;
+            let handoff = if s.handoff_synthetic {
                 "synthetic handoff"
-            } else if s.get("handoffComplete").and_then(Value::as_bool) == Some(true) {
+            } else if s.handoff_complete {
                 "COMPLETE handoff"
             } else {
                 "handoff written"
             };
             l.activity = format!(
-                "session {} {status}, {handoff}",
-                ev.session_index.unwrap_or(0)
+                "session {} {}, {handoff}",
+                ev.session_index.unwrap_or(0),
+                s.status.as_str()
             );
         }
-        "chain:approval-requested" => {
+        Body::ApprovalRequested {
+            approval_id,
+            tool,
+            input,
+            ..
+        } => {
             l.state = "approval?".into();
             l.activity = format!(
-                "waits for approval: {} `{}` — operator approve|deny {} {}",
-                d["tool"].as_str().unwrap_or("?"),
-                d["input"].as_str().unwrap_or(""),
+                "waits for approval: {tool} `{input}` — operator approve|deny {} {approval_id}",
                 ev.chain_id.as_deref().unwrap_or(""),
-                d["approvalId"].as_str().unwrap_or("")
             );
         }
-        "chain:approval-answered" => {
+        Body::ApprovalAnswered {
+            tool, status, by, ..
+        } => {
             l.state = "running".into();
-            l.activity = format!(
-                "{} {}: {}",
-                d["tool"].as_str().unwrap_or("?"),
-                d["status"].as_str().unwrap_or("answered"),
-                d["by"].as_str().unwrap_or("")
-            );
+            l.activity = format!("{tool} {status}: {by}");
         }
-        "chain:paused" => l.state = "paused".into(),
-        "chain:resumed" => l.state = "running".into(),
-        kind if is_final(kind) => {
-            l.state = d
-                .get("status")
-                .and_then(Value::as_str)
-                .unwrap_or("ended")
-                .into();
-            if let Some(r) = d.get("reason").and_then(Value::as_str) {
-                l.activity = r.to_string();
+        Body::Paused {} => l.state = "paused".into(),
+        body => {
+            if let Some((status, reason)) = body.ending() {
+                l.state = status.as_str().into();
+                if let Some(r) = reason {
+                    l.activity = r.to_string();
+                }
             }
         }
-        _ => {}
     }
 }
 
@@ -185,7 +173,7 @@ pub fn spawn(
                     };
                     apply(line, &ev);
                     pb.set_message(render(line, width()));
-                    if is_final(&ev.kind) {
+                    if ev.body.ending().is_some() {
                         pb.finish_with_message(render(line, width()));
                     }
                 }
@@ -208,14 +196,14 @@ fn console_width() -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ChainStatus;
 
-    fn ev(kind: &str, idx: Option<u32>, data: Value) -> Event {
+    fn ev(idx: Option<u32>, body: Body) -> Event {
         Event {
             id: None,
-            kind: kind.into(),
             chain_id: Some("c".into()),
             session_index: idx,
-            data,
+            body,
             at: String::new(),
         }
     }
@@ -249,42 +237,28 @@ mod tests {
     #[test]
     fn events_update_the_line() {
         let mut l = Line::default();
-        apply(
-            &mut l,
-            &ev(
-                "chain:session-started",
-                Some(2),
-                serde_json::json!({"max": 6}),
-            ),
-        );
+        apply(&mut l, &ev(Some(2), Body::SessionStarted { max: 6 }));
         assert_eq!((l.session, l.max), (2, 6));
-        apply(
-            &mut l,
-            &ev(
-                "session:output",
-                Some(2),
-                serde_json::json!({"text": "tool: Bash"}),
-            ),
-        );
+        let output = Body::Output {
+            text: "tool: Bash".into(),
+            turns: 1,
+        };
+        apply(&mut l, &ev(Some(2), output));
         assert_eq!(l.activity, "tool: Bash");
-        apply(
-            &mut l,
-            &ev(
-                "chain:session-complete",
-                Some(2),
-                serde_json::json!({"session": {"turns": 4, "costUsd": 0.5, "status": "completed", "handoffComplete": true}}),
-            ),
-        );
+        let session = serde_json::from_value(serde_json::json!({"index": 2, "sessionId": null,
+            "status": "completed", "turns": 4, "costUsd": 0.5, "durationMs": 2000,
+            "hitMaxTurns": false, "preCompacted": false, "handoffComplete": true,
+            "handoffFile": null, "error": null, "errorKind": null, "handoffSynthetic": false,
+            "askedAgain": false, "attempts": 1, "startedAt": "", "endedAt": null}))
+        .unwrap();
+        let complete = Body::SessionComplete {
+            session,
+            transcript_truncated: false,
+        };
+        apply(&mut l, &ev(Some(2), complete));
         assert_eq!(l.turns, 4);
         assert!(l.activity.contains("COMPLETE"));
-        apply(
-            &mut l,
-            &ev(
-                "chain:complete",
-                None,
-                serde_json::json!({"status": "complete"}),
-            ),
-        );
+        apply(&mut l, &ev(None, Body::ended(ChainStatus::Complete, None)));
         assert_eq!(l.state, "complete");
     }
 }

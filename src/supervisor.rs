@@ -170,10 +170,9 @@ impl OperatorState {
         self.ctx
             .bus
             .emit(
-                crate::events::final_kind(status),
                 Some(&job.chain_id),
                 None,
-                serde_json::json!({"status": status, "reason": reason}),
+                crate::events::Body::ended(status, reason.clone()),
             )
             .await;
         self.ended.insert(job.key(), status);
@@ -373,10 +372,12 @@ impl Actor for Operator {
                         st.ctx
                             .bus
                             .emit(
-                                "chain:restarted",
                                 Some(&r.job.chain_id),
                                 None,
-                                serde_json::json!({"child": "chain", "cause": err.to_string()}),
+                                crate::events::Body::Restarted {
+                                    child: "chain".into(),
+                                    cause: err.to_string(),
+                                },
                             )
                             .await;
                         st.spawn(&me, r.job, r.restarts).await;

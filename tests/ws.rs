@@ -201,10 +201,12 @@ async fn a_lagging_client_is_told_it_lagged_and_never_slows_the_bus() {
     let started = std::time::Instant::now();
     for i in 0..100_000u32 {
         bus.live(
-            "session:output",
             "c-flood",
             1,
-            json!({"text": text, "n": i}),
+            operator::events::Body::Output {
+                text: text.clone(),
+                turns: i,
+            },
         );
         if i % 1000 == 0 {
             tokio::task::yield_now().await;

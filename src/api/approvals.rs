@@ -78,10 +78,13 @@ pub async fn settle(
         })?;
     st.bus
         .emit(
-            "operator:approval",
             Some(id),
             Some(done.session),
-            serde_json::json!({"approvalId": done.id, "status": done.status.as_str(), "origin": by}),
+            crate::events::Body::Approval {
+                approval_id: done.id.clone(),
+                status: done.status.as_str().to_string(),
+                origin: by.to_string(),
+            },
         )
         .await;
     Ok(done)

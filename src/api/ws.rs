@@ -90,7 +90,7 @@ impl Pattern {
 fn wanted(patterns: &[Pattern], ev: &Event) -> bool {
     patterns
         .iter()
-        .any(|p| p.matches(&ev.kind, ev.chain_id.as_deref()))
+        .any(|p| p.matches(ev.kind(), ev.chain_id.as_deref()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -253,10 +253,9 @@ async fn replay(st: &AppState, conn: &mut Conn, since: i64, tx: &mut Tx) -> Resu
             after = r.id;
             let ev = Event {
                 id: Some(r.id),
-                kind: r.kind,
+                body: crate::events::Body::from_parts(&r.kind, r.data),
                 chain_id: r.chain_id,
                 session_index: r.session_index,
-                data: r.data,
                 at: r.at,
             };
             if wanted(&conn.patterns, &ev) {

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::events::Body;
 use ractor::{ActorProcessingErr, ActorRef};
-use serde_json::json;
 
 use super::{ChainMsg, ChainState, unix_now};
 use crate::model::{ChainStatus, now_rfc3339};
@@ -115,11 +115,16 @@ impl ChainState {
         self.ctx
             .bus
             .emit(
-                "chain:approval-requested",
                 Some(&self.id),
                 Some(a.session),
-                json!({"approvalId": a.id, "tool": a.tool, "input": a.summary, "rule": a.rule,
-                       "deadline": until, "url": self.page_url()}),
+                Body::ApprovalRequested {
+                    approval_id: a.id.clone(),
+                    tool: a.tool.clone(),
+                    input: a.summary.clone(),
+                    rule: a.rule.clone(),
+                    deadline: until,
+                    url: self.page_url(),
+                },
             )
             .await;
         let first = self.held.is_empty();
@@ -189,11 +194,15 @@ impl ChainState {
         self.ctx
             .bus
             .emit(
-                "chain:approval-answered",
                 Some(&self.id),
                 Some(a.session),
-                json!({"approvalId": a.id, "tool": a.tool, "input": a.summary,
-                       "status": a.status.as_str(), "by": by}),
+                Body::ApprovalAnswered {
+                    approval_id: a.id.clone(),
+                    tool: a.tool.clone(),
+                    input: a.summary.clone(),
+                    status: a.status.as_str().to_string(),
+                    by: by.clone(),
+                },
             )
             .await;
         self.answer_session(h, a.allowed(), a.message.clone().unwrap_or_default(), by);

@@ -2,7 +2,7 @@
 //! after each session, push and open a pull request at the end. Each step is reported on the bus
 //! (`git:*` events, journaled); none can fail the chain's record.
 
-use serde_json::json;
+use crate::events::Body;
 
 use super::Ctx;
 use crate::config::{ChainSettings, DirtyStart};
@@ -23,7 +23,13 @@ pub async fn open(
         Err(e) => {
             tracing::warn!(chain.id = id, cause = %e, "git: the chain works without its git steps");
             ctx.bus
-                .emit("git:error", Some(id), None, json!({"error": e.to_string()}))
+                .emit(
+                    Some(id),
+                    None,
+                    Body::GitError {
+                        error: e.to_string(),
+                    },
+                )
                 .await;
             return Ok(None);
         }
@@ -31,16 +37,18 @@ pub async fn open(
     if let Some(path) = &ws.worktree {
         ctx.bus
             .emit(
-                "git:worktree",
                 Some(id),
                 None,
-                json!({"path": path, "branch": ws.branch}),
+                Body::GitWorktree {
+                    path: path.display().to_string(),
+                    branch: ws.branch.clone(),
+                },
             )
             .await;
     } else {
         if let Some(b) = &ws.branch {
             ctx.bus
-                .emit("git:branch", Some(id), None, json!({"branch": b}))
+                .emit(Some(id), None, Body::GitBranch { branch: b.clone() })
                 .await;
         }
         match ws.changes().await {
@@ -48,10 +56,13 @@ pub async fn open(
                 let refuse = s.dirty_start == DirtyStart::Refuse;
                 ctx.bus
                     .emit(
-                        "git:dirty",
                         Some(id),
                         None,
-                        json!({"files": files.len(), "sample": files.iter().take(10).collect::<Vec<_>>(), "refused": refuse}),
+                        Body::GitDirty {
+                            files: files.len(),
+                            sample: files.iter().take(10).cloned().collect(),
+                            refused: refuse,
+                        },
                     )
                     .await;
                 tracing::warn!(
@@ -70,7 +81,13 @@ pub async fn open(
             Ok(_) => {}
             Err(e) => {
                 ctx.bus
-                    .emit("git:error", Some(id), None, json!({"error": e.to_string()}))
+                    .emit(
+                        Some(id),
+                        None,
+                        Body::GitError {
+                            error: e.to_string(),
+                        },
+                    )
                     .await;
             }
         }
@@ -86,10 +103,13 @@ pub async fn commit(ctx: &Ctx, id: &str, name: &str, index: u32, ws: &Workspace,
             tracing::info!(chain.id = id, session.index = index, sha = %c.sha, files = c.files, "git: session committed");
             ctx.bus
                 .emit(
-                    "git:committed",
                     Some(id),
                     Some(index),
-                    json!({"sha": c.sha, "files": c.files, "branch": ws.branch}),
+                    Body::GitCommitted {
+                        sha: c.sha.clone(),
+                        files: c.files,
+                        branch: ws.branch.clone(),
+                    },
                 )
                 .await;
         }
@@ -98,10 +118,11 @@ pub async fn commit(ctx: &Ctx, id: &str, name: &str, index: u32, ws: &Workspace,
             tracing::warn!(chain.id = id, session.index = index, cause = %e, "git: the session could not be committed");
             ctx.bus
                 .emit(
-                    "git:commit-failed",
                     Some(id),
                     Some(index),
-                    json!({"error": e.to_string()}),
+                    Body::GitCommitFailed {
+                        error: e.to_string(),
+                    },
                 )
                 .await;
         }
@@ -154,10 +175,12 @@ pub async fn finish(ctx: &Ctx, id: &str, s: &ChainSettings, ws: &Workspace, stat
                 tracing::info!(chain.id = id, %remote, %branch, "git: pushed");
                 ctx.bus
                     .emit(
-                        "git:pushed",
                         Some(id),
                         None,
-                        json!({"remote": remote, "branch": branch}),
+                        Body::GitPushed {
+                            remote: remote.to_string(),
+                            branch: branch.to_string(),
+                        },
                     )
                     .await;
                 if s.pull_request {
@@ -166,17 +189,24 @@ pub async fn finish(ctx: &Ctx, id: &str, s: &ChainSettings, ws: &Workspace, stat
             }
             Ok(Push::Skipped(why)) => {
                 ctx.bus
-                    .emit("git:push-skipped", Some(id), None, json!({"reason": why}))
+                    .emit(
+                        Some(id),
+                        None,
+                        Body::GitPushSkipped {
+                            reason: why.to_string(),
+                        },
+                    )
                     .await;
             }
             Err(e) => {
                 tracing::warn!(chain.id = id, cause = %e, "git: the push failed");
                 ctx.bus
                     .emit(
-                        "git:push-failed",
                         Some(id),
                         None,
-                        json!({"error": e.to_string()}),
+                        Body::GitPushFailed {
+                            error: e.to_string(),
+                        },
                     )
                     .await;
             }
@@ -188,26 +218,35 @@ pub async fn finish(ctx: &Ctx, id: &str, s: &ChainSettings, ws: &Workspace, stat
             Ok(true) => {
                 ctx.bus
                     .emit(
-                        "git:worktree-removed",
                         Some(id),
                         None,
-                        json!({"branch": ws.branch}),
+                        Body::GitWorktreeRemoved {
+                            branch: ws.branch.clone(),
+                        },
                     )
                     .await;
             }
             Ok(false) => {
                 ctx.bus
                     .emit(
-                        "git:worktree-kept",
                         Some(id),
                         None,
-                        json!({"reason": "it has uncommitted changes", "path": ws.worktree}),
+                        Body::GitWorktreeKept {
+                            reason: "it has uncommitted changes".into(),
+                            path: ws.worktree.as_ref().map(|p| p.display().to_string()),
+                        },
                     )
                     .await;
             }
             Err(e) => {
                 ctx.bus
-                    .emit("git:error", Some(id), None, json!({"error": e.to_string()}))
+                    .emit(
+                        Some(id),
+                        None,
+                        Body::GitError {
+                            error: e.to_string(),
+                        },
+                    )
                     .await;
             }
         }
@@ -225,26 +264,34 @@ async fn pull_request(ctx: &Ctx, id: &str, ws: &Workspace, status: ChainStatus) 
     match ws.pull_request(&title, &body).await {
         Ok(Some(url)) => {
             ctx.bus
-                .emit("git:pr-created", Some(id), None, json!({"url": url}))
+                .emit(
+                    Some(id),
+                    None,
+                    Body::GitPrCreated {
+                        url: url.to_string(),
+                    },
+                )
                 .await;
         }
         Ok(None) => {
             ctx.bus
                 .emit(
-                    "git:pr-skipped",
                     Some(id),
                     None,
-                    json!({"reason": "`gh` is not installed"}),
+                    Body::GitPrSkipped {
+                        reason: "`gh` is not installed".into(),
+                    },
                 )
                 .await;
         }
         Err(e) => {
             ctx.bus
                 .emit(
-                    "git:pr-failed",
                     Some(id),
                     None,
-                    json!({"error": e.to_string()}),
+                    Body::GitPrFailed {
+                        error: e.to_string(),
+                    },
                 )
                 .await;
         }

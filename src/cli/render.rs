@@ -356,13 +356,21 @@ pub(super) async fn show(op: &config::OperatorSettings, id: &str, json: bool) ->
         if !mine.is_empty() {
             say!("   tool permissions:");
             for e in mine {
-                let f = |k: &str| e.data[k].as_str().unwrap_or_default().to_string();
+                let crate::events::Body::Permission {
+                    tool,
+                    input,
+                    decision,
+                    rule,
+                } = crate::events::Body::from_parts(&e.kind, e.data.clone())
+                else {
+                    continue;
+                };
                 say!(
                     "     {:<5} {:<9} {}  ({})",
-                    f("decision"),
-                    f("tool"),
-                    truncate(&f("input"), 80),
-                    f("rule")
+                    decision,
+                    tool,
+                    truncate(&input, 80),
+                    rule
                 );
             }
         }

@@ -22,7 +22,7 @@ use tokio::process::{Child, ChildStdin};
 
 use crate::agent::stream::{self, AgentEvent, ResultInfo};
 use crate::agent::{Agent, SessionSpec};
-use crate::events::Bus;
+use crate::events::{Body, Bus};
 use crate::handoff;
 use crate::permissions::{DeniedCall, Policy, Verdict};
 use crate::process::{self, Group, Registry};
@@ -280,10 +280,12 @@ impl SessionState {
         }
         self.last_live = Some(now);
         self.bus.live(
-            "session:output",
             &self.spec.chain_id,
             self.spec.index,
-            json!({"text": crate::redact::redact(&activity), "turns": self.turns}),
+            Body::Output {
+                text: crate::redact::redact(&activity).into_owned(),
+                turns: self.turns,
+            },
         );
     }
 
@@ -363,10 +365,14 @@ impl SessionState {
         self.live(format!("{} {tool}: {summary}", verdict.as_str()), true);
         self.bus
             .emit(
-                "session:permission",
                 Some(&self.spec.chain_id),
                 Some(self.spec.index),
-                json!({"tool": tool, "input": summary, "decision": verdict.as_str(), "rule": rule}),
+                Body::Permission {
+                    tool: tool.to_string(),
+                    input: summary,
+                    decision: verdict.as_str().to_string(),
+                    rule: rule.to_string(),
+                },
             )
             .await;
     }

@@ -14,12 +14,11 @@ mod decide;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
 pub use decide::*;
 
 use super::policy::{self, Next, SessionFacts, Verdict};
 use crate::control::Mode;
+use crate::events::Body;
 use crate::handoff::prompt;
 use crate::model::{ChainStatus, SessionStatus};
 
@@ -132,11 +131,7 @@ pub enum Cmd {
     /// Record the chain's status (and why).
     SetStatus(ChainStatus, Option<String>),
     /// Journal and broadcast a chain event.
-    Emit {
-        kind: &'static str,
-        index: Option<u32>,
-        data: Value,
-    },
+    Emit { index: Option<u32>, body: Body },
     /// Log a line in the chain's span.
     Log {
         warn: bool,
@@ -349,18 +344,16 @@ impl ChainMachine {
                 if first {
                     out.push(Cmd::SetStatus(ChainStatus::Paused, None));
                     out.push(Cmd::Emit {
-                        kind: "chain:paused",
                         index: None,
-                        data: json!({}),
+                        body: Body::Paused {},
                     });
                 }
             }
             Gate::Proceed { resumed } => {
                 if resumed {
                     out.push(Cmd::Emit {
-                        kind: "chain:resumed",
                         index: None,
-                        data: json!({}),
+                        body: Body::Resumed {},
                     });
                 }
                 // Decided from the store, so resumes and restarts never reset a budget.
@@ -422,9 +415,12 @@ impl ChainMachine {
                     });
                     out.push(Cmd::SetStatus(ChainStatus::Waiting, Some(reason.clone())));
                     out.push(Cmd::Emit {
-                        kind: "chain:waiting",
                         index: Some(self.next_index),
-                        data: json!({"until": at, "reason": reason, "account": true}),
+                        body: Body::Waiting {
+                            until: at,
+                            reason: Some(reason),
+                            account: Some(true),
+                        },
                     });
                 }
                 self.quota_wait = Some(at.ms.saturating_add(millis(delay)));
@@ -444,9 +440,8 @@ impl ChainMachine {
         let max = self.session_base + 1 + self.limits.max_continuations;
         out.push(Cmd::SetStatus(ChainStatus::Running, None));
         out.push(Cmd::Emit {
-            kind: "chain:session-started",
             index: Some(index),
-            data: json!({ "max": max }),
+            body: Body::SessionStarted { max },
         });
         out.push(Cmd::Log {
             warn: false,
@@ -564,9 +559,12 @@ impl ChainMachine {
                     Some(format!("usage limit; trying again at {at}")),
                 ));
                 out.push(Cmd::Emit {
-                    kind: "chain:waiting",
                     index: Some(index),
-                    data: json!({"until": at, "reason": error}),
+                    body: Body::Waiting {
+                        until: at,
+                        reason: error,
+                        account: None,
+                    },
                 });
             }
             AfterEnd::Retry { delay, attempt } => {
@@ -626,9 +624,12 @@ impl ChainMachine {
             ),
         });
         out.push(Cmd::Emit {
-            kind: "chain:session-retry",
             index: Some(index),
-            data: json!({"attempt": attempt.number, "delayMs": millis(delay), "error": error}),
+            body: Body::SessionRetry {
+                attempt: attempt.number,
+                delay_ms: millis(delay),
+                error,
+            },
         });
         self.note = attempt.note;
         self.next_index = index;
@@ -666,9 +667,11 @@ impl ChainMachine {
         }
         if decided.budget_warning {
             out.push(Cmd::Emit {
-                kind: "chain:budget-warning",
                 index: Some(index),
-                data: json!({"spentUsd": h.total_cost, "budgetUsd": self.limits.max_budget_usd}),
+                body: Body::BudgetWarning {
+                    spent_usd: h.total_cost,
+                    budget_usd: self.limits.max_budget_usd,
+                },
             });
         }
         if ChainMachine::judged(&decided.next, verdict.status) {
@@ -699,9 +702,10 @@ impl ChainMachine {
                         message: "a stale COMPLETE: the same handoff as before and no change in the working tree".into(),
                     });
                     out.push(Cmd::Emit {
-                        kind: "chain:stale-complete",
                         index: Some(index),
-                        data: json!({"measured": m.source}),
+                        body: Body::StaleComplete {
+                            measured: m.source.clone(),
+                        },
                     });
                 }
                 if note.is_some() {
@@ -753,11 +757,14 @@ impl ChainMachine {
 
     fn progress_event(&self, index: u32, m: &Measured, gates_changed: bool, out: &mut Vec<Cmd>) {
         out.push(Cmd::Emit {
-            kind: "chain:progress",
             index: Some(index),
-            data: json!({"treeChanged": m.tree_changed, "remainingChanged": m.remaining_changed,
-                         "gatesChanged": gates_changed, "measured": m.source,
-                         "sessionsWithout": self.no_progress}),
+            body: Body::Progress {
+                tree_changed: m.tree_changed,
+                remaining_changed: m.remaining_changed,
+                gates_changed,
+                measured: m.source.clone(),
+                sessions_without: self.no_progress,
+            },
         });
     }
 
@@ -773,9 +780,8 @@ impl ChainMachine {
                     message: "the probe session succeeded; the breaker is closed".into(),
                 });
                 out.push(Cmd::Emit {
-                    kind: "chain:breaker-closed",
                     index: None,
-                    data: json!({}),
+                    body: Body::BreakerClosed {},
                 });
                 next
             }
@@ -790,10 +796,11 @@ impl ChainMachine {
                 });
                 out.push(Cmd::SetStatus(ChainStatus::Waiting, Some(reason)));
                 out.push(Cmd::Emit {
-                    kind: "chain:breaker-half-open",
                     index: None,
-                    data: json!({"until": date(at.unix.saturating_add(cooldown.as_secs())),
-                                 "failures": self.consecutive_failures}),
+                    body: Body::BreakerHalfOpen {
+                        until: date(at.unix.saturating_add(cooldown.as_secs())),
+                        failures: self.consecutive_failures,
+                    },
                 });
                 self.wait(at.ms, cooldown);
                 out.push(Cmd::Arm(cooldown));

@@ -106,7 +106,7 @@ fn has(out: &[Cmd], f: impl Fn(&Cmd) -> bool) -> bool {
 fn emits(out: &[Cmd], kind: &str) -> bool {
     has(
         out,
-        |c| matches!(c, Cmd::Emit { kind: k, .. } if *k == kind),
+        |c| matches!(c, Cmd::Emit { body, .. } if body.kind() == kind),
     )
 }
 
@@ -562,10 +562,16 @@ fn a_stale_complete_is_not_believed_and_gates_decide_a_complete() {
         failed: vec!["cargo test".into()],
         note: Some("`cargo test` failed".into()),
     });
-    assert!(has(
-        &out,
-        |c| matches!(c, Cmd::Emit { kind: "chain:progress", data, .. } if data["gatesChanged"] == true)
-    ));
+    assert!(has(&out, |c| matches!(
+        c,
+        Cmd::Emit {
+            body: Body::Progress {
+                gates_changed: true,
+                ..
+            },
+            ..
+        }
+    )));
     assert_eq!(out.last(), Some(&Cmd::Next));
     assert_eq!(s.m.note.as_deref(), Some("`cargo test` failed"));
     s.start();

@@ -1,43 +1,59 @@
-//! The event bus: typed events broadcast to the terminal, webhooks and (later) the API, and persisted
-//! to the store's append-only journal when they record a state change.
+//! The event bus: typed events broadcast to the terminal, webhooks, the API's WebSocket and the
+//! listeners, and persisted to the store's append-only journal when they record a state change.
+
+mod body;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::ser::SerializeStruct;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::model::{ChainStatus, now_rfc3339};
+pub use body::Body;
+
+use crate::model::now_rfc3339;
 use crate::store::SharedStore;
 
-/// One event, as subscribers see it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+/// One event, as subscribers see it. On the wire: `{id, kind, chainId, sessionIndex, data, at}`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// The journal id; `None` for live-only events (`session:output`).
     pub id: Option<i64>,
-    /// `chain:started`, `chain:session-complete`, `chain:complete`, `session:output`, …
-    pub kind: String,
     pub chain_id: Option<String>,
     pub session_index: Option<u32>,
-    pub data: Value,
+    /// What it says.
+    pub body: Body,
     pub at: String,
 }
 
-/// The event that announces a chain's end with `status`.
-pub fn final_kind(status: ChainStatus) -> &'static str {
-    match status {
-        ChainStatus::Complete | ChainStatus::AssumedComplete | ChainStatus::MaxContinuations => {
-            "chain:complete"
-        }
-        ChainStatus::Aborted => "chain:aborted",
-        ChainStatus::Interrupted => "chain:interrupted",
-        _ => "chain:error",
+impl Event {
+    /// `chain:started`, `chain:session-complete`, `chain:complete`, `session:output`, …
+    pub fn kind(&self) -> &str {
+        self.body.kind()
+    }
+
+    /// Its data as on the wire.
+    pub fn data(&self) -> Value {
+        self.body.data()
     }
 }
 
-/// Does this event announce a chain's end?
+impl serde::Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Event", 6)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("kind", self.kind())?;
+        st.serialize_field("chainId", &self.chain_id)?;
+        st.serialize_field("sessionIndex", &self.session_index)?;
+        st.serialize_field("data", &self.data())?;
+        st.serialize_field("at", &self.at)?;
+        st.end()
+    }
+}
+
+/// Does an event of this kind announce a chain's end? (For journaled records; a live event
+/// says it with [`Body::ending`].)
 pub fn is_final(kind: &str) -> bool {
     matches!(
         kind,
@@ -76,16 +92,11 @@ impl Bus {
 
     /// Records the event in the journal, then broadcasts it. A journal failure is
     /// logged and the event still goes out: observers must not stop the work.
-    pub async fn emit(
-        &self,
-        kind: &str,
-        chain_id: Option<&str>,
-        session_index: Option<u32>,
-        data: Value,
-    ) {
+    pub async fn emit(&self, chain_id: Option<&str>, session_index: Option<u32>, body: Body) {
+        let kind = body.kind();
         let id = match self
             .store
-            .append_event(chain_id, session_index, kind, &data)
+            .append_event(chain_id, session_index, kind, &body.data())
             .await
         {
             Ok(id) => {
@@ -104,22 +115,20 @@ impl Bus {
         };
         self.send(Event {
             id,
-            kind: kind.to_string(),
             chain_id: chain_id.map(str::to_string),
             session_index,
-            data,
+            body,
             at: now_rfc3339(),
         });
     }
 
     /// Broadcasts without journaling (live output, activity).
-    pub fn live(&self, kind: &str, chain_id: &str, session_index: u32, data: Value) {
+    pub fn live(&self, chain_id: &str, session_index: u32, body: Body) {
         self.send(Event {
             id: None,
-            kind: kind.to_string(),
             chain_id: Some(chain_id.to_string()),
             session_index: Some(session_index),
-            data,
+            body,
             at: now_rfc3339(),
         });
     }
@@ -132,10 +141,9 @@ impl Bus {
         }
         self.send(Event {
             id: Some(rec.id),
-            kind: rec.kind.clone(),
             chain_id: rec.chain_id.clone(),
             session_index: rec.session_index,
-            data: rec.data.clone(),
+            body: Body::from_parts(&rec.kind, rec.data.clone()),
             at: rec.at.clone(),
         });
     }
@@ -182,11 +190,12 @@ pub fn relay_journal(store: SharedStore, bus: Bus) -> tokio::task::JoinHandle<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ChainStatus;
 
     #[test]
     fn every_terminal_status_has_a_final_event() {
         for st in ChainStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
-            assert!(is_final(final_kind(st)), "{st}");
+            assert!(is_final(Body::ended(st, None).kind()), "{st}");
         }
         assert!(!is_final("chain:session-complete"));
     }
