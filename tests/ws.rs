@@ -157,27 +157,13 @@ async fn a_lagging_client_is_told_it_lagged_and_never_slows_the_bus() {
             .await
             .unwrap(),
     );
-    let bus = operator::events::Bus::new(store.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let security = operator::api::security::for_bind(addr, None, dir.path(), vec![]).unwrap();
     let opts = RunOptions {
-        data_dir: dir.path().to_path_buf(),
         shutdown_grace: Duration::from_secs(1),
-        concurrency: None,
-        continue_missions: false,
-        backend: Default::default(),
-        notify: operator::notify::NotifyConfig {
-            global: None,
-            secret: None,
-            timeout: Duration::from_secs(10),
-        },
-        daily_cap_usd: None,
-        pricing: Default::default(),
         stay: true,
-        quota: Default::default(),
-        shared_store: false,
-        enqueue: false,
+        ..RunOptions::new(dir.path().to_path_buf())
     };
     let (signals_tx, signals) = tokio::sync::mpsc::unbounded_channel();
     let hooks = Hooks {
@@ -188,10 +174,11 @@ async fn a_lagging_client_is_told_it_lagged_and_never_slows_the_bus() {
         }),
         ..Default::default()
     };
-    let run_bus = bus.clone();
-    let run = tokio::spawn(async move {
-        daemon::run(store, Default::default(), &opts, signals, run_bus, hooks).await
-    });
+    let launch = daemon::Launch::new(store, opts)
+        .with_signals(signals)
+        .with_hooks(hooks);
+    let bus = launch.bus().clone();
+    let run = tokio::spawn(launch.run(Default::default()));
 
     let mut ws = connect(&format!("ws://{addr}/ws?subscribe=session:output:*")).await;
     assert_eq!(next(&mut ws).await["kind"], "subscribed");

@@ -107,31 +107,17 @@ pub(super) async fn doctor_session(
     plan.chains[0].settings.max_continuations = 0;
     plan.chains[0].settings.max_turns = 3;
     let opts = RunOptions {
-        data_dir: dir.to_path_buf(),
         shutdown_grace: loaded.operator.shutdown_grace,
-        concurrency: None,
-        continue_missions: false,
         backend: BackendOptions {
             claude_bin: loaded.operator.claude_bin.clone(),
         },
-        notify: crate::notify::NotifyConfig {
-            global: None,
-            secret: None,
-            timeout: Duration::from_secs(10),
-        },
-        daily_cap_usd: None,
         pricing: loaded.operator.pricing.clone(),
-        stay: false,
-        quota: Default::default(),
-        shared_store: false,
-        enqueue: false,
+        ..RunOptions::new(dir.to_path_buf())
     };
     // The check runs in its own temp dir, never in a fleet's store.
     let store = crate::store::open(dir, None, None).await?;
     let batch = daemon::prepare_new(&store, std::slice::from_ref(plan), &opts).await?;
-    let (_keep, signals) = tokio::sync::mpsc::unbounded_channel();
-    let bus = Bus::new(store.clone());
-    let report = daemon::run(store, batch, &opts, signals, bus, daemon::Hooks::default()).await?;
+    let report = daemon::Launch::new(store, opts).run(batch).await?;
     report
         .chains
         .into_iter()

@@ -17,7 +17,6 @@ use crate::agent::sim::Scenario;
 use crate::agent::{self, AgentKind, BackendOptions, SessionSpec};
 use crate::config::{self, ConfigErrors, Env, Overrides, Plan};
 use crate::daemon::{self, RunOptions};
-use crate::events::Bus;
 use crate::handoff::prompt;
 use crate::model::{ChainRecord, ChainStatus, is_valid_chain_id};
 use crate::progress::truncate;

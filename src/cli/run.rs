@@ -316,8 +316,9 @@ pub(super) async fn run_with(
             (batch, None)
         }
     };
-    let bus = Bus::new(store.clone());
-    let signals = crate::signals::listen().context("installing signal handlers")?;
+    let launch = daemon::Launch::new(store.clone(), opts.clone())
+        .with_os_signals()
+        .context("installing signal handlers")?;
     let (stop_view, stop_rx) = tokio::sync::oneshot::channel();
     let view = live_view.then(|| {
         let names: HashMap<String, String> = batch
@@ -325,7 +326,7 @@ pub(super) async fn run_with(
             .iter()
             .map(|j| (j.chain_id.clone(), j.name.clone()))
             .collect();
-        crate::progress::spawn(&bus, names, stop_rx)
+        crate::progress::spawn(launch.bus(), names, stop_rx)
     });
     for j in &batch.jobs {
         tracing::info!(chain.id = %j.chain_id, name = %j.name, agent = %j.settings.agent, "chain queued");
@@ -337,7 +338,7 @@ pub(super) async fn run_with(
         feeder: None,
         mode_out: None,
     };
-    let report = daemon::run(store.clone(), batch, &opts, signals, bus, hooks).await?;
+    let report = launch.with_hooks(hooks).run(batch).await?;
     let _ = std::fs::remove_file(crate::datadir::DataDir::new(&opts.data_dir).api_addr_file());
     let _ = stop_view.send(());
     if let Some(v) = view {
@@ -440,22 +441,17 @@ pub(super) async fn worker(w: &WorkerArgs, loaded: &config::Loaded) -> Result<u8
         tx,
         mode_in,
     ));
-    let bus = Bus::new(store.clone());
-    let signals = crate::signals::listen().context("installing signal handlers")?;
     let hooks = daemon::Hooks {
         feeder: Some(rx),
         mode_out: Some(mode_out),
         ..Default::default()
     };
-    let report = daemon::run(
-        store.clone(),
-        daemon::Batch::default(),
-        &opts,
-        signals,
-        bus,
-        hooks,
-    )
-    .await;
+    let report = daemon::Launch::new(store.clone(), opts)
+        .with_os_signals()
+        .context("installing signal handlers")?
+        .with_hooks(hooks)
+        .run(daemon::Batch::default())
+        .await;
     claims.abort();
     // Chains stopped here go back to the queue, for another worker to take at once.
     match pg.release(&cfg.id).await {

@@ -5,6 +5,7 @@
 //! anything else, so the cost of a write does not grow with the number of chains.
 
 pub mod approvals;
+mod costs;
 pub mod postgres;
 mod rows;
 pub mod sqlite;

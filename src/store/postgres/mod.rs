@@ -829,25 +829,7 @@ impl Store for PostgresStore {
     }
 
     async fn cost_report(&self, by_chain: u32) -> StoreResult<super::CostReport> {
-        use super::{ChainCost, CostLine, DayCost, ModelCost};
-        let line = |r: &PgRow, at: usize| -> StoreResult<CostLine> {
-            Ok(CostLine {
-                cost_usd: r.try_get(at)?,
-                sessions: r.try_get::<i64, _>(at + 1)? as u64,
-            })
-        };
-        let now = now_rfc3339();
-        let today = format!("{}T00:00:00.000Z", &now[..10]);
-        let month_ago = humantime::format_rfc3339_millis(
-            std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400),
-        )
-        .to_string();
-        let ago = |secs: u64| {
-            humantime::format_rfc3339_millis(
-                std::time::SystemTime::now() - std::time::Duration::from_secs(secs),
-            )
-            .to_string()
-        };
+        let w = super::costs::Windows::at(std::time::SystemTime::now());
         let totals = sqlx::query(
             "SELECT COALESCE(SUM(cost_usd), 0.0), COUNT(*), \
              COALESCE(SUM(CASE WHEN started_at >= $1 THEN cost_usd ELSE 0 END), 0.0), \
@@ -859,10 +841,10 @@ impl Store for PostgresStore {
              COALESCE(SUM(CASE WHEN started_at >= $4 THEN cost_usd ELSE 0 END), 0.0), \
              COUNT(CASE WHEN started_at >= $4 THEN 1 END) FROM sessions",
         )
-        .bind(&today)
-        .bind(ago(7 * 86_400))
-        .bind(ago(3_600))
-        .bind(ago(86_400))
+        .bind(&w.today)
+        .bind(&w.week)
+        .bind(&w.hour)
+        .bind(&w.day)
         .fetch_one(&self.pool)
         .await?;
         let by_mission = sqlx::query(
@@ -870,78 +852,35 @@ impl Store for PostgresStore {
              FROM sessions s JOIN chains c ON c.id = s.chain_id GROUP BY m ORDER BY 2 DESC",
         )
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ModelCost {
-                model: r.try_get(0)?,
-                cost: line(r, 1)?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
+        .await?;
         let by_model = sqlx::query(
             "SELECT COALESCE(c.config::jsonb ->> 'model', '?') AS m, \
              COALESCE(SUM(s.cost_usd), 0.0), COUNT(*) \
              FROM sessions s JOIN chains c ON c.id = s.chain_id GROUP BY m ORDER BY 2 DESC",
         )
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ModelCost {
-                model: r.try_get(0)?,
-                cost: CostLine {
-                    cost_usd: r.try_get(1)?,
-                    sessions: r.try_get::<i64, _>(2)? as u64,
-                },
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let chains = sqlx::query(
+        .await?;
+        let by_chain = sqlx::query(
             "SELECT s.chain_id, c.name, c.status, SUM(s.cost_usd) AS cost, COUNT(*) \
              FROM sessions s JOIN chains c ON c.id = s.chain_id \
              GROUP BY s.chain_id, c.name, c.status ORDER BY cost DESC, s.chain_id LIMIT $1",
         )
         .bind(i64::from(by_chain))
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            let status: String = r.try_get(2)?;
-            Ok(ChainCost {
-                chain_id: r.try_get(0)?,
-                name: r.try_get(1)?,
-                status: ChainStatus::from_str(&status).map_err(StoreError::Corrupt)?,
-                cost: line(r, 3)?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let days = sqlx::query(
+        .await?;
+        let by_day = sqlx::query(
             "SELECT substr(started_at, 1, 10) AS d, SUM(cost_usd), COUNT(*) FROM sessions \
              WHERE started_at >= $1 GROUP BY d ORDER BY d",
         )
-        .bind(&month_ago)
+        .bind(&w.month)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(DayCost {
-                day: r.try_get(0)?,
-                cost: line(r, 1)?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        Ok(super::CostReport {
-            today: line(&totals, 2)?,
-            week: line(&totals, 4)?,
-            last_hour: line(&totals, 6)?,
-            last_day: line(&totals, 8)?,
-            all_time: line(&totals, 0)?,
+        .await?;
+        super::costs::assemble(super::costs::Rows {
+            totals,
             by_mission,
             by_model,
-            by_chain: chains,
-            by_day: days,
-            daily_cap_usd: None,
+            by_chain,
+            by_day,
         })
     }
 }

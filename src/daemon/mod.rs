@@ -1,5 +1,10 @@
 //! The supervisor as a library function: `run` takes prepared chains, starts the Operator actor, answers
-//! signals and returns the chains' final records. `main` and the tests call the same function.
+//! signals and returns the chains' final records. Every caller puts a run together through
+//! [`Launch`] (`launch.rs`), the one composition root.
+
+mod launch;
+
+pub use launch::Launch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -213,6 +218,31 @@ pub struct RunOptions {
     pub enqueue: bool,
     /// Session caps per account, quiet hours, the release jitter after a usage limit.
     pub quota: crate::quota::Limits,
+}
+
+impl RunOptions {
+    /// A plain local run in `data_dir` with the defaults of `operator.toml`: no webhooks, no
+    /// daily cap, no quota, the store not shared.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            shutdown_grace: Duration::from_secs(10),
+            concurrency: None,
+            continue_missions: false,
+            backend: BackendOptions::default(),
+            notify: notify::NotifyConfig {
+                global: None,
+                secret: None,
+                timeout: Duration::from_secs(10),
+            },
+            daily_cap_usd: None,
+            pricing: Default::default(),
+            stay: false,
+            shared_store: false,
+            enqueue: false,
+            quota: Default::default(),
+        }
+    }
 }
 
 fn backends(
@@ -583,7 +613,7 @@ async fn reload(
 /// Runs `batch` to the end (or until stopped by `signals`), and returns the final records.
 /// With a `reloader`, SIGHUP re-reads the configuration: new chains start, changed settings
 /// apply from each chain's next session, and an invalid file changes nothing.
-pub async fn run(
+async fn run(
     store: SharedStore,
     batch: Batch,
     opts: &RunOptions,
