@@ -575,7 +575,29 @@ async fn serve_shows_the_fleet_relays_its_events_and_pauses_every_worker() {
         .post("/api/orchestrator/pause", serde_json::Value::Null)
         .await;
     assert!(st.is_success());
-    tokio::time::sleep(Duration::from_secs(2)).await; // every worker's heartbeat has run
+    // Every worker's next heartbeat reads the fleet's pause (its claim step reads the flag right
+    // after the heartbeat), so once both have beaten since, neither claims anything.
+    let paused_at = std::time::SystemTime::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = srv.get("/api/fleet").await;
+        let beats: Vec<std::time::SystemTime> = v["workers"]
+            .as_array()
+            .map(|ws| {
+                ws.iter()
+                    .filter_map(|w| w["heartbeatAt"].as_str().map(time_of))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if beats.len() == 2 && beats.iter().all(|b| *b > paused_at) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workers stopped beating: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let paused = srv.start_chain("Write more docs.").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, c) = srv.get(&format!("/api/chains/{paused}")).await;
