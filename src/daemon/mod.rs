@@ -691,12 +691,9 @@ async fn run(
             .map_err(|e| RunError::Spawn(e.to_string()))?;
     }
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<ControlMsg>();
-    let mut metrics_task = None;
-    let server = match api_setup {
-        None => None,
+    let (server, metrics_task) = match api_setup {
+        None => (None, None),
         Some(setup) => {
-            let metrics = Arc::new(crate::metrics::Metrics::new());
-            metrics_task = Some(metrics.spawn(&bus));
             let control = DaemonControl {
                 tx: ctl_tx.clone(),
                 operator: operator.clone(),
@@ -704,21 +701,8 @@ async fn run(
                 stays: opts.stay,
                 daily_cap_usd: opts.daily_cap_usd,
             };
-            let state = api::AppState {
-                store: store.clone(),
-                bus: bus.clone(),
-                control: Some(Arc::new(control)),
-                security: Arc::new(setup.security),
-                metrics,
-                data_dir: opts.data_dir.clone(),
-                started: std::time::Instant::now(),
-                daily_cap_usd: opts.daily_cap_usd,
-                missions_dir: setup.missions_dir,
-            };
-            Some(
-                crate::http::Server::spawn(setup.listener, state)
-                    .map_err(|e| RunError::Spawn(format!("the API server: {e}")))?,
-            )
+            let (server, metrics) = serve_api(setup, control, &store, &bus, opts)?;
+            (Some(server), Some(metrics))
         }
     };
     // With a shared store, what the fleet's workers journal reaches the API's WebSocket.
@@ -801,8 +785,55 @@ async fn run(
     if let Some(t) = relay {
         t.abort();
     }
+    let chains = final_records(&store, &ids, immediate, root_failed).await?;
+    notifier.finish(Duration::from_secs(15)).await;
+    let _ = stop_log.send(());
+    let _ = event_log.await;
+    drop(d);
+    Ok(RunReport {
+        chains,
+        immediate,
+        root_failed,
+    })
+}
+
+/// Serves the API and the dashboard inside the run, with `/metrics` counting the bus.
+fn serve_api(
+    setup: ApiSetup,
+    control: DaemonControl,
+    store: &SharedStore,
+    bus: &Bus,
+    opts: &RunOptions,
+) -> Result<(crate::http::Server, tokio::task::JoinHandle<()>), RunError> {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let counting = metrics.spawn(bus);
+    let state = api::AppState {
+        store: store.clone(),
+        bus: bus.clone(),
+        control: Some(Arc::new(control)),
+        security: Arc::new(setup.security),
+        metrics,
+        data_dir: opts.data_dir.clone(),
+        started: std::time::Instant::now(),
+        daily_cap_usd: opts.daily_cap_usd,
+        missions_dir: setup.missions_dir,
+    };
+    let server = crate::http::Server::spawn(setup.listener, state)
+        .map_err(|e| RunError::Spawn(format!("the API server: {e}")))?;
+    Ok((server, counting))
+}
+
+/// The run's chains as they ended. After a stop at once (a second SIGINT, or the root supervisor
+/// crashed) a chain that was not over is recorded `interrupted`, and its running session too: its
+/// agent was killed with it.
+async fn final_records(
+    store: &SharedStore,
+    ids: &[String],
+    immediate: bool,
+    root_failed: bool,
+) -> Result<Vec<ChainRecord>, RunError> {
     let mut chains = Vec::new();
-    for id in &ids {
+    for id in ids {
         if let Some(mut c) = store.get_chain(id).await? {
             if immediate && !c.status.is_terminal() {
                 store
@@ -835,15 +866,7 @@ async fn run(
             chains.push(c);
         }
     }
-    notifier.finish(Duration::from_secs(15)).await;
-    let _ = stop_log.send(());
-    let _ = event_log.await;
-    drop(d);
-    Ok(RunReport {
-        chains,
-        immediate,
-        root_failed,
-    })
+    Ok(chains)
 }
 
 /// Whether the daemon's loop goes on.
