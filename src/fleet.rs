@@ -1,7 +1,7 @@
 //! A fleet worker's claim loop: heartbeat, lease renewal, claims of queued or orphaned chains
 //! (`FOR UPDATE SKIP LOCKED` in the PostgreSQL store), fleet-wide pause, and stopping its own
 //! agents when it cannot renew its leases. The chains themselves run in the worker's ordinary
-//! supervision tree (`daemon::run`), fed through [`FeedMsg`].
+//! supervision tree (a run started through `daemon::Launch`), fed through [`FeedMsg`].
 
 use std::time::{Duration, Instant};
 
