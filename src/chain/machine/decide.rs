@@ -686,12 +686,12 @@ impl ChainMachine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const NOW: u64 = 1_800_000_000;
 
-    fn limits() -> Limits {
+    pub(crate) fn limits() -> Limits {
         Limits {
             max_attempts: 3,
             retry_backoff: vec![

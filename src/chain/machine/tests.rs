@@ -6,25 +6,7 @@ use crate::model::ErrorKind;
 const T0: u64 = 1_800_000_000;
 
 fn limits() -> Limits {
-    Limits {
-        max_attempts: 3,
-        retry_backoff: vec![
-            Duration::from_secs(1),
-            Duration::from_secs(4),
-            Duration::from_secs(16),
-        ],
-        breaker_threshold: 3,
-        breaker_cooldown: None,
-        max_continuations: 5,
-        max_budget_usd: 5.0,
-        no_wait: false,
-        usage_limit_margin: Duration::from_secs(60),
-        usage_limit_fallback: Duration::from_secs(1800),
-        no_progress_sessions: 3,
-        resume: false,
-        gates: false,
-        daily_cap_usd: None,
-    }
+    super::decide::tests::limits()
 }
 
 /// A machine and its simulated clocks.
@@ -63,16 +45,8 @@ impl Sim {
     /// Starts the next session through the budget and the quota; returns its start command.
     fn start(&mut self) -> Cmd {
         assert!(has(&self.on(Event::Next), |c| *c == Cmd::CheckBudget));
-        let out = self.on(Event::Budget {
-            total: 0.0,
-            today: None,
-        });
-        assert_eq!(out, vec![Cmd::AskQuota]);
-        let out = self.on(Event::Quota(QuotaAnswer::Go));
-        let [start @ Cmd::StartSession { .. }] = out.as_slice() else {
-            panic!("{out:?}")
-        };
-        let start = start.clone();
+        let start = self.start_after_check();
+        assert!(matches!(start, Cmd::StartSession { .. }), "{start:?}");
         let out = self.on(Event::Started);
         assert!(has(&out, |c| matches!(c, Cmd::Spawn { .. })), "{out:?}");
         start
