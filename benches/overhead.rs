@@ -3,9 +3,12 @@
 //! operator drives it (initialize request and prompt on stdin, read stdout up to the `result` line,
 //! close stdin, wait for the exit). Whole processes are timed, start-up and exit included.
 //!
-//! Three agents: the sim agent in instant mode, a minimal static program (a POSIX sh script that
-//! prints one canned session and exits), and the real Claude Code CLI talking to the fake Messages
-//! API of the tests (when the CLI is installed: `OPERATOR_TEST_CLAUDE_BIN`, as `.ci/run` sets it).
+//! Four agents: the sim agent in instant mode, a minimal static program (a POSIX sh script that
+//! prints one canned session and exits), the real Claude Code CLI talking to the fake Messages API
+//! of the tests, and the real Codex CLI talking to the fake Responses API (when the CLIs are
+//! installed: `OPERATOR_TEST_CLAUDE_BIN` / `OPERATOR_TEST_CODEX_BIN`, as `.ci/run` sets them).
+//! Codex runs one process per turn: its bare run writes the prompt, closes stdin and reads up to
+//! `turn.completed`, as the operator does.
 //!
 //! `cargo bench --bench overhead` runs the full measurement; without `--bench` (as under
 //! `cargo test --all-targets`) it runs a quick pass, so CI notices a bench that no longer runs.
@@ -15,6 +18,9 @@ mod cli;
 #[allow(dead_code)]
 #[path = "../tests/common/fake_api.rs"]
 mod fake_api;
+#[allow(dead_code)]
+#[path = "../tests/common/fake_openai.rs"]
+mod fake_openai;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +47,8 @@ struct Subject {
     env: Vec<(String, String)>,
     /// More environment for the operator only (which agent, which binary).
     operator_env: Vec<(String, String)>,
+    /// One process per turn (codex): the prompt on stdin, then EOF.
+    one_shot: bool,
 }
 
 /// Runs one session bare, driven as the operator drives an agent.
@@ -56,15 +64,24 @@ fn bare_session(s: &Subject, i: u32, dir: &Path) {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn the agent");
-    let mut stdin = child.stdin.take().expect("stdin");
-    writeln!(stdin, "{}", initialize_request("init_1")).expect("write");
-    writeln!(stdin, "{}", user_message("Continue the task.")).expect("write");
-    stdin.flush().expect("flush");
+    let mut stdin = child.stdin.take();
+    let input = stdin.as_mut().expect("stdin");
+    let end = if s.one_shot {
+        writeln!(input, "Continue the task.").expect("write");
+        // The prompt is whole at EOF.
+        stdin = None;
+        "\"type\":\"turn.completed\""
+    } else {
+        writeln!(input, "{}", initialize_request("init_1")).expect("write");
+        writeln!(input, "{}", user_message("Continue the task.")).expect("write");
+        input.flush().expect("flush");
+        "\"type\":\"result\""
+    };
     let stdout = child.stdout.take().expect("stdout");
     let mut got_result = false;
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("read");
-        if line.contains("\"type\":\"result\"") {
+        if line.contains(end) {
             got_result = true;
             break;
         }
@@ -228,6 +245,7 @@ fn sim_subject() -> Subject {
         program: BIN.into(),
         args: Box::new(args),
         env: Vec::new(),
+        one_shot: false,
         operator_env: [
             ("OPERATOR_AGENT", "sim"),
             ("OPERATOR_SIM__SCENARIO", "incomplete"),
@@ -294,6 +312,7 @@ fn static_agent(dir: &Path) -> Subject {
         program: path.clone(),
         args: Box::new(|_| claude_args()),
         env: Vec::new(),
+        one_shot: false,
         operator_env: vec![
             ("OPERATOR_AGENT".into(), "claude".into()),
             ("OPERATOR_CLAUDE_BIN".into(), path.display().to_string()),
@@ -318,6 +337,7 @@ fn claude_subject(bin: PathBuf, api: &FakeApi, home: &Path) -> Subject {
         program: bin.clone(),
         args: Box::new(|_| claude_args()),
         env,
+        one_shot: false,
         operator_env: vec![
             ("OPERATOR_AGENT".into(), "claude".into()),
             ("OPERATOR_CLAUDE_BIN".into(), bin.display().to_string()),
@@ -325,6 +345,35 @@ fn claude_subject(bin: PathBuf, api: &FakeApi, home: &Path) -> Subject {
                 "OPERATOR_PERMISSION_MODE".into(),
                 "bypassPermissions".into(),
             ),
+        ],
+    }
+}
+
+/// The codex backend's arguments (src/agent/codex.rs) in the default permission mode.
+fn codex_subject(bin: PathBuf, api: &fake_openai::FakeOpenAi, home: &Path) -> Subject {
+    std::fs::write(home.join("config.toml"), api.codex_config()).expect("codex config");
+    let env = [
+        ("OPENAI_API_KEY", "sk-test"),
+        ("CODEX_HOME", &home.display().to_string()),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec();
+    Subject {
+        name: "Codex CLI + fake Responses API",
+        program: bin.clone(),
+        args: Box::new(|_| {
+            let mut a: Vec<String> = ["exec", "--json", "--skip-git-repo-check"]
+                .map(String::from)
+                .to_vec();
+            a.extend(operator::agent::codex::sandbox_args("default"));
+            a.push("-".into());
+            a
+        }),
+        env,
+        one_shot: true,
+        operator_env: vec![
+            ("OPERATOR_AGENT".into(), "codex".into()),
+            ("OPERATOR_CODEX_BIN".into(), bin.display().to_string()),
         ],
     }
 }
@@ -340,20 +389,37 @@ fn main() {
     let (sh, _) = measure(&static_agent(dir.path()), n, rounds, &work);
     allowance(rounds, &[("sim agent", n, sim), ("sh script", n, sh)]);
 
-    let Some(bin) = cli::claude_bin() else {
-        println!("Claude Code CLI: not installed (set OPERATOR_TEST_CLAUDE_BIN); not measured");
-        return;
-    };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    // Every agent-loop request gets the same answer: a session of one turn with a handoff.
-    let api = rt.block_on(FakeApi::start(Vec::new(), Step::text(HANDOFF)));
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).expect("home");
+    let (n, rounds) = if full { (10, 3) } else { (2, 1) };
     // These sessions change nothing in the tree, so the chain's progress check is turned off
     // (`no_progress_sessions = 0`); otherwise it would rightly stop the chain after three.
-    let mut s = claude_subject(bin, &api, &home);
-    s.operator_env
-        .push(("OPERATOR_NO_PROGRESS_SESSIONS".into(), "0".into()));
-    let (n, rounds) = if full { (10, 3) } else { (2, 1) };
-    measure(&s, n, rounds, &work);
+    let no_progress_check = ("OPERATOR_NO_PROGRESS_SESSIONS".to_string(), "0".to_string());
+    match cli::claude_bin() {
+        None => {
+            println!("Claude Code CLI: not installed (set OPERATOR_TEST_CLAUDE_BIN); not measured")
+        }
+        Some(bin) => {
+            // Every agent-loop request gets the same answer: a session of one turn with a handoff.
+            let api = rt.block_on(FakeApi::start(Vec::new(), Step::text(HANDOFF)));
+            let home = dir.path().join("home");
+            std::fs::create_dir_all(&home).expect("home");
+            let mut s = claude_subject(bin, &api, &home);
+            s.operator_env.push(no_progress_check.clone());
+            measure(&s, n, rounds, &work);
+        }
+    }
+    match cli::codex_bin() {
+        None => println!("Codex CLI: not installed (set OPERATOR_TEST_CODEX_BIN); not measured"),
+        Some(bin) => {
+            let api = rt.block_on(fake_openai::FakeOpenAi::start(
+                Vec::new(),
+                fake_openai::Step::text(HANDOFF),
+            ));
+            let home = dir.path().join("codex-home");
+            std::fs::create_dir_all(&home).expect("codex home");
+            let mut s = codex_subject(bin, &api, &home);
+            s.operator_env.push(no_progress_check);
+            measure(&s, n, rounds, &work);
+        }
+    }
 }

@@ -46,6 +46,12 @@ impl Default for Pricing {
                 ("haiku".to_string(), r(1.0, 5.0, 1.25, 0.1)),
                 ("3-5-haiku".to_string(), r(0.8, 4.0, 1.0, 0.08)),
                 ("3-haiku".to_string(), r(0.25, 1.25, 0.3, 0.03)),
+                // OpenAI (the codex agent): cached input at a tenth, no surcharge for writing
+                // the cache. Any other `gpt-` model is estimated at GPT-5's price.
+                ("gpt-".to_string(), r(1.25, 10.0, 1.25, 0.125)),
+                ("gpt-5".to_string(), r(1.25, 10.0, 1.25, 0.125)),
+                ("gpt-5-mini".to_string(), r(0.25, 2.0, 0.25, 0.025)),
+                ("gpt-5-nano".to_string(), r(0.05, 0.4, 0.05, 0.005)),
             ]),
         }
     }
@@ -164,6 +170,20 @@ mod tests {
         let u = tokens(1_000_000, 0);
         assert_eq!(p.price("claude-sonnet-5-5", &u), 30.0);
         assert_eq!(p.price("claude-sonnet-4-5", &u), 3.0);
+    }
+
+    #[test]
+    fn openai_models_have_their_own_prices() {
+        let p = Pricing::default();
+        let u = Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 1_000_000,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens: 1_000_000,
+        };
+        assert!((p.price("gpt-5-codex", &u) - 11.375).abs() < 1e-9);
+        assert!((p.price("gpt-5-mini", &u) - 2.275).abs() < 1e-9);
+        assert_eq!(p.price("gpt-6.1-sol", &u), p.price("gpt-5", &u));
     }
 
     #[test]

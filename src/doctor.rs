@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::agent::{AgentKind, find_program};
+use crate::agent::claude::credentials as claude_credentials;
+use crate::agent::{AgentKind, BackendOptions, find_program};
 use crate::config::ChainSettings;
 
 /// One finding.
@@ -67,38 +68,64 @@ fn version(bin: &Path) -> Result<String, String> {
     }
 }
 
-/// Where the Claude Code CLI will find credentials, as far as the operator can see (never the
-/// secret itself), or what is missing and what to do.
-pub fn claude_credentials(env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
-    if set("ANTHROPIC_API_KEY") {
-        return Ok("ANTHROPIC_API_KEY is set (not shown)".into());
+/// The agent CLI is there and answers `--version`.
+fn cli_check(what: &str, configured: Option<&Path>, default: &str, install: &str) -> Check {
+    let name = configured
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(default));
+    match find_program(&name) {
+        None => Check::bad(what, format!("`{}` not found: {install}", name.display())),
+        Some(p) => match version(&p) {
+            Ok(v) => Check::ok(what, format!("{} ({v})", p.display())),
+            Err(e) => Check::bad(what, format!("{}: {e}", p.display())),
+        },
     }
-    if set("ANTHROPIC_AUTH_TOKEN") || set("CLAUDE_CODE_OAUTH_TOKEN") {
-        return Ok("an auth token is set (not shown)".into());
+}
+
+/// The Codex CLI, its credentials, and what the permission mode becomes in its sandbox.
+fn codex_checks(
+    s: &ChainSettings,
+    backend: &BackendOptions,
+    env: &dyn Fn(&str) -> Option<String>,
+    data_dir: &Path,
+) -> Vec<Check> {
+    let mut out = vec![cli_check(
+        "codex CLI",
+        backend.codex_bin.as_deref(),
+        "codex",
+        "install it with `npm install -g @openai/codex`, or set --codex-bin / OPERATOR_CODEX_BIN",
+    )];
+    out.push(match crate::agent::codex::credentials(env) {
+        Ok(how) => Check::ok("credentials", how),
+        Err(why) => Check::bad("credentials", why),
+    });
+    let mode = match s.permission_mode.as_str() {
+        "bypassPermissions" => "bypassPermissions (chosen explicitly): no sandbox and no approvals (--dangerously-bypass-approvals-and-sandbox)".to_string(),
+        "plan" => "plan: the read-only sandbox (the agent can change nothing)".to_string(),
+        m => format!("{m}: the workspace-write sandbox — the agent writes in its workdir only (not /tmp, not .git), no network; the operator's allow/ask/deny rules are not asked per call (the CLI has no permission callback in `exec`)"),
+    };
+    out.push(if s.permission_mode == "plan" {
+        Check::bad(
+            "permission mode",
+            format!("{mode}: it could never edit the workdir"),
+        )
+    } else {
+        Check::ok("permission mode", mode)
+    });
+    if s.permission_mode != "bypassPermissions"
+        && let (Ok(dir), Ok(work)) = (data_dir.canonicalize(), s.workdir.canonicalize())
+        && dir.starts_with(&work)
+    {
+        out.push(Check::ok(
+            "data dir",
+            format!(
+                "{} is inside the workdir, which the codex sandbox lets the agent write (claude's policy denies it; codex cannot): a `data_dir` outside {} keeps the operator's store and API token out of the agent's reach",
+                dir.display(),
+                work.display()
+            ),
+        ));
     }
-    for k in ["CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX"] {
-        if set(k) {
-            return Ok(format!(
-                "{k} is set: the cloud provider's credentials apply"
-            ));
-        }
-    }
-    let dir = env("CLAUDE_CONFIG_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".claude")));
-    if let Some(dir) = dir {
-        let login = dir.join(".credentials.json");
-        if login.is_file() {
-            return Ok(format!("logged in ({})", login.display()));
-        }
-        let settings = dir.join("settings.json");
-        if std::fs::read_to_string(&settings).is_ok_and(|s| s.contains("apiKeyHelper")) {
-            return Ok(format!("an apiKeyHelper in {}", settings.display()));
-        }
-    }
-    Err("no ANTHROPIC_API_KEY, no auth token and no login: log in with `claude` (then `/login`), or set ANTHROPIC_API_KEY".into())
+    out
 }
 
 /// The effective permission policy, failing loudly when the agent could not do its job under it
@@ -135,26 +162,19 @@ pub fn permissions_check(s: &ChainSettings, data_dir: &Path) -> Check {
 /// Static checks for the chain settings `s`, with `env` the variables the agent will see.
 pub fn checks(
     s: &ChainSettings,
-    claude_bin: Option<&Path>,
+    backend: &BackendOptions,
     env: &dyn Fn(&str) -> Option<String>,
     is_root: bool,
     data_dir: &Path,
 ) -> Vec<Check> {
     let mut out = Vec::new();
     if s.agent == AgentKind::Claude {
-        let name = claude_bin
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("claude"));
-        match find_program(&name) {
-            None => out.push(Check::bad(
-                "claude CLI",
-                format!("`{}` not found: install it with `npm install -g @anthropic-ai/claude-code`, or set --claude-bin / OPERATOR_CLAUDE_BIN", name.display()),
-            )),
-            Some(p) => match version(&p) {
-                Ok(v) => out.push(Check::ok("claude CLI", format!("{} ({v})", p.display()))),
-                Err(e) => out.push(Check::bad("claude CLI", format!("{}: {e}", p.display()))),
-            },
-        }
+        out.push(cli_check(
+            "claude CLI",
+            backend.claude_bin.as_deref(),
+            "claude",
+            "install it with `npm install -g @anthropic-ai/claude-code`, or set --claude-bin / OPERATOR_CLAUDE_BIN",
+        ));
         match claude_credentials(env) {
             Ok(how) => out.push(Check::ok("credentials", how)),
             Err(why) => out.push(Check::bad("credentials", why)),
@@ -188,6 +208,8 @@ pub fn checks(
             ));
         }
         out.push(permissions_check(s, data_dir));
+    } else if s.agent == AgentKind::Codex {
+        out.extend(codex_checks(s, backend, env, data_dir));
     } else {
         out.push(Check::ok("agent", "sim (built in; no CLI or key needed)"));
     }
@@ -225,7 +247,10 @@ mod tests {
         let s = settings(AgentKind::Claude, "default");
         let c = checks(
             &s,
-            Some(Path::new("/no/such/claude")),
+            &BackendOptions {
+                claude_bin: Some("/no/such/claude".into()),
+                ..Default::default()
+            },
             &|_| None,
             false,
             Path::new(".operator"),
@@ -244,7 +269,10 @@ mod tests {
             |k: &str| (k == "ANTHROPIC_API_KEY").then(|| "sk-ant-secret-value-123".to_string());
         let c = checks(
             &s,
-            Some(Path::new("/bin/true")),
+            &BackendOptions {
+                claude_bin: Some("/bin/true".into()),
+                ..Default::default()
+            },
             &env,
             true,
             Path::new(".operator"),
@@ -258,7 +286,10 @@ mod tests {
         };
         let c = checks(
             &s,
-            Some(Path::new("/bin/true")),
+            &BackendOptions {
+                claude_bin: Some("/bin/true".into()),
+                ..Default::default()
+            },
             &sandboxed,
             true,
             Path::new(".operator"),
@@ -300,10 +331,41 @@ mod tests {
     }
 
     #[test]
+    fn codex_checks_its_cli_its_key_and_its_sandbox() {
+        let s = settings(AgentKind::Codex, "default");
+        let backend = BackendOptions {
+            codex_bin: Some("/no/such/codex".into()),
+            ..Default::default()
+        };
+        let c = checks(&s, &backend, &|_| None, false, Path::new(".operator"));
+        assert!(
+            c.iter()
+                .any(|c| !c.ok && c.what == "codex CLI" && c.detail.contains("@openai/codex"))
+        );
+        assert!(
+            c.iter()
+                .any(|c| !c.ok && c.what == "credentials" && c.detail.contains("codex login"))
+        );
+        assert!(
+            c.iter().any(|c| c.ok
+                && c.what == "permission mode"
+                && c.detail.contains("workspace-write"))
+        );
+        let plan = checks(
+            &settings(AgentKind::Codex, "plan"),
+            &backend,
+            &|_| None,
+            false,
+            Path::new(".operator"),
+        );
+        assert!(plan.iter().any(|c| !c.ok && c.what == "permission mode"));
+    }
+
+    #[test]
     fn the_sim_needs_nothing() {
         let c = checks(
             &settings(AgentKind::Sim, "default"),
-            None,
+            &BackendOptions::default(),
             &|_| None,
             false,
             Path::new(".operator"),

@@ -11,27 +11,72 @@ use tokio::process::{Child, Command};
 
 use crate::agent::CommandLine;
 
-/// Process groups of live agents, so an immediate stop can kill them all.
+/// Process groups of live agents, so an immediate stop can kill them all; with a [guard]
+/// (`Registry::guarded`), they are killed even when the operator dies by `kill -9`.
+///
+/// [guard]: guard_main
 #[derive(Debug, Clone, Default)]
-pub struct Registry(Arc<Mutex<HashSet<i32>>>);
+pub struct Registry {
+    groups: Arc<Mutex<HashSet<i32>>>,
+    guard: Option<Arc<Mutex<std::process::ChildStdin>>>,
+}
 
 impl Registry {
-    fn insert(&self, pgid: i32) {
-        if let Ok(mut set) = self.0.lock() {
-            set.insert(pgid);
+    /// A registry whose groups a guard process (`exe guard`) also knows: when the operator's
+    /// end of the guard's stdin closes — the operator has exited, however it died — the guard
+    /// kills every group still registered. The parent-death signal reaches only the agent's own
+    /// process; this reaches what it started too (the Codex CLI's native binary under its Node
+    /// launcher, a build the agent left running).
+    pub fn guarded(exe: &std::path::Path) -> std::io::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new(exe)
+            .arg("guard")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own group: a Ctrl-C at the terminal is the operator's to handle, not its.
+            .process_group(0)
+            .spawn()?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("the guard has no stdin"))?;
+        // Reaped by whoever outlives it; it ends after the operator.
+        drop(child);
+        Ok(Self {
+            groups: Arc::default(),
+            guard: Some(Arc::new(Mutex::new(stdin))),
+        })
+    }
+
+    fn tell_guard(&self, line: String) {
+        use std::io::Write as _;
+        if let Some(g) = &self.guard
+            && let Ok(mut stdin) = g.lock()
+        {
+            // A few bytes into a pipe the guard drains; a dead guard only loses its watch.
+            let _ = stdin.write_all(line.as_bytes());
         }
     }
 
+    fn insert(&self, pgid: i32) {
+        if let Ok(mut set) = self.groups.lock() {
+            set.insert(pgid);
+        }
+        self.tell_guard(format!("+{pgid}\n"));
+    }
+
     fn remove(&self, pgid: i32) {
-        if let Ok(mut set) = self.0.lock() {
+        if let Ok(mut set) = self.groups.lock() {
             set.remove(&pgid);
         }
+        self.tell_guard(format!("-{pgid}\n"));
     }
 
     /// Sends `sig` to every registered group.
     pub fn signal_all(&self, sig: Signal) {
         let groups: Vec<i32> = self
-            .0
+            .groups
             .lock()
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
@@ -41,7 +86,7 @@ impl Registry {
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().map(|s| s.len()).unwrap_or(0)
+        self.groups.lock().map(|s| s.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -76,6 +121,45 @@ impl Drop for Group {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// `operator guard`: reads `+<pgid>` / `-<pgid>` lines until its stdin closes, then kills every
+/// group still listed. Returns how many it killed.
+pub fn guard_main(input: impl std::io::BufRead) -> usize {
+    // Ctrl-C and a closed terminal are the operator's business; the guard waits for its EOF.
+    let noted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+        let _ = signal_hook::flag::register(sig, noted.clone());
+    }
+    let groups = guarded_groups(input);
+    for g in &groups {
+        let _ = killpg(Pid::from_raw(*g), Signal::SIGKILL);
+    }
+    groups.len()
+}
+
+/// The groups still listed when `input` ends.
+fn guarded_groups(input: impl std::io::BufRead) -> HashSet<i32> {
+    let mut groups = HashSet::new();
+    for line in input.lines() {
+        let Ok(line) = line else { break };
+        let (add, n) = match line.split_at_checked(1) {
+            Some(("+", n)) => (true, n),
+            Some(("-", n)) => (false, n),
+            _ => continue,
+        };
+        // Never a group id of 1 or less: killpg(0) would be the guard's own group.
+        match n.trim().parse::<i32>() {
+            Ok(g) if g > 1 && add => {
+                groups.insert(g);
+            }
+            Ok(g) => {
+                groups.remove(&g);
+            }
+            Err(_) => {}
+        }
+    }
+    groups
 }
 
 /// Exit status of an agent that could not be started at all: a shell's "command not found",
@@ -156,6 +240,13 @@ pub fn is_other_live_operator(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guard_kills_the_groups_still_listed_when_its_input_ends() {
+        let input = "+100\n+200\n-100\ngarbage\n+1\n+0\n+-5\n+300\n";
+        let groups = guarded_groups(std::io::Cursor::new(input));
+        assert_eq!(groups, HashSet::from([200, 300]));
+    }
 
     #[test]
     fn an_agent_dies_with_the_thread_that_spawned_it() {

@@ -738,15 +738,15 @@ fn list_and_show_never_send_control_characters_to_the_terminal() {
     assert!(show.contains("\\u{1b}]0;pwned"), "{show}");
 }
 
-/// A tool an agent started (a background `sleep` here, a build or a test run for real) outlives a
-/// `kill -9` of the operator once the agent itself is gone; the next operator finds it by the
-/// session's mark in its environment and stops it.
+/// A tool an agent started in a session of its own (`setsid`: out of the agent's process group,
+/// out of the guard's reach) outlives a `kill -9` of the operator once the agent itself is gone;
+/// the next operator finds it by the session's mark in its environment and stops it.
 #[test]
 fn what_an_agent_started_is_stopped_by_the_next_operator() {
     let op = Op::new();
     let script = op.write(
         "agent.sh",
-        "#!/bin/sh\nsleep 300 &\nwhile read -r line; do :; done\n",
+        "#!/bin/sh\nsetsid sleep 300 &\nwhile read -r line; do :; done\n",
     );
     std::process::Command::new("chmod")
         .arg("+x")
@@ -779,7 +779,7 @@ fn what_an_agent_started_is_stopped_by_the_next_operator() {
     );
     common::signal(&child, nix::sys::signal::Signal::SIGKILL);
     child.wait().unwrap();
-    // The agent dies with its operator; the tool it started does not.
+    // The agent dies with its operator; the tool in a session of its own does not.
     assert!(
         eventually(Duration::from_secs(5), || processes_in(&op.workdir()).len()
             == 1),
@@ -793,6 +793,45 @@ fn what_an_agent_started_is_stopped_by_the_next_operator() {
         eventually(Duration::from_secs(5), || processes_in(&op.workdir())
             .is_empty()),
         "a tool outlived the next operator's start: {:?}",
+        processes_in(&op.workdir())
+    );
+}
+
+/// A tool an agent started in its process group (a background `sleep` here, a build or a test run
+/// for real) dies with the operator at once, even by `kill -9`: the operator's guard process
+/// kills the groups it was told of when the operator is gone.
+#[test]
+fn what_an_agent_started_dies_with_the_operator() {
+    let op = Op::new();
+    let script = op.write(
+        "agent.sh",
+        "#!/bin/sh\nsleep 300 &\nwhile read -r line; do :; done\n",
+    );
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let mut child = op
+        .cmd(&["run", "--task", "Build", "--agent", "claude"])
+        .env("OPERATOR_CLAUDE_BIN", &script)
+        .env("OPERATOR_SKIP_CREDENTIALS_CHECK", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || processes_in(&op.workdir())
+            .len()
+            >= 2),
+        "the agent and its tool never ran"
+    );
+    common::signal(&child, nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || processes_in(&op.workdir())
+            .is_empty()),
+        "a tool outlived its operator: {:?}",
         processes_in(&op.workdir())
     );
 }

@@ -89,6 +89,10 @@ impl Agent for ClaudeAgent {
         format!("claude:{:016x}", h.finish())
     }
 
+    fn credentials(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+        credentials(env)
+    }
+
     fn preflight(&self) -> Result<(), AgentError> {
         find_program(&self.bin).map(|_| ()).ok_or_else(|| AgentError::MissingBinary {
             agent: AgentKind::Claude,
@@ -96,6 +100,40 @@ impl Agent for ClaudeAgent {
             hint: "install it with `npm install -g @anthropic-ai/claude-code`, or set --claude-bin / OPERATOR_CLAUDE_BIN; to try the operator without it, `--agent sim` runs the built-in simulated agent".into(),
         })
     }
+}
+
+/// Where the Claude Code CLI will find credentials, as far as the operator can see (never the
+/// secret itself), or what is missing and what to do.
+pub fn credentials(env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+    if set("ANTHROPIC_API_KEY") {
+        return Ok("ANTHROPIC_API_KEY is set (not shown)".into());
+    }
+    if set("ANTHROPIC_AUTH_TOKEN") || set("CLAUDE_CODE_OAUTH_TOKEN") {
+        return Ok("an auth token is set (not shown)".into());
+    }
+    for k in ["CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX"] {
+        if set(k) {
+            return Ok(format!(
+                "{k} is set: the cloud provider's credentials apply"
+            ));
+        }
+    }
+    let dir = env("CLAUDE_CONFIG_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| std::path::Path::new(&h).join(".claude")));
+    if let Some(dir) = dir {
+        let login = dir.join(".credentials.json");
+        if login.is_file() {
+            return Ok(format!("logged in ({})", login.display()));
+        }
+        let settings = dir.join("settings.json");
+        if std::fs::read_to_string(&settings).is_ok_and(|s| s.contains("apiKeyHelper")) {
+            return Ok(format!("an apiKeyHelper in {}", settings.display()));
+        }
+    }
+    Err("no ANTHROPIC_API_KEY, no auth token and no login: log in with `claude` (then `/login`), or set ANTHROPIC_API_KEY".into())
 }
 
 #[cfg(test)]

@@ -1,10 +1,15 @@
-//! Agents: the `Agent` trait that turns a session's spec into a command line, and its backends
-//! (`claude`, the real Claude Code CLI; `sim`, the built-in simulated agent).
+//! Agents: the `Agent` trait that turns a session's spec into a command line and its output into
+//! typed events, and its backends (`claude`, the real Claude Code CLI; `codex`, the OpenAI Codex
+//! CLI; `sim`, the built-in simulated agent).
 //!
-//! Both backends speak the same two-way stream-json protocol ([`stream`]), so the session
-//! code is one code path for both; a backend only decides what to run and how.
+//! Claude and sim speak the two-way stream-json protocol ([`stream`]): one process per session,
+//! follow-ups on stdin. Codex runs one process per turn ([`Protocol::OneShot`]): the prompt on
+//! stdin, then stdin closed; a follow-up is a new process resuming the agent's own thread. Each
+//! backend's stdout lines become the same [`stream::AgentEvent`]s, so the session code is one
+//! code path for all of them.
 
 pub mod claude;
+pub mod codex;
 pub mod sim;
 pub mod stream;
 
@@ -16,12 +21,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Which agent runs a chain's sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentKind {
     /// The default: real work needs a real agent.
     #[default]
     Claude,
+    /// The OpenAI Codex CLI (`codex exec --json`).
+    Codex,
     /// The built-in simulated agent (demos and tests; it changes nothing real).
     Sim,
 }
@@ -30,9 +39,31 @@ impl AgentKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AgentKind::Claude => "claude",
+            AgentKind::Codex => "codex",
             AgentKind::Sim => "sim",
         }
     }
+
+    /// What a user does about refused or missing credentials.
+    pub fn login_hint(self) -> &'static str {
+        match self {
+            AgentKind::Claude | AgentKind::Sim => {
+                "log in with `claude` (then `/login`), or set ANTHROPIC_API_KEY"
+            }
+            AgentKind::Codex => "log in with `codex login`, or set OPENAI_API_KEY",
+        }
+    }
+}
+
+/// How a backend's process takes its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// One process per session: control and user messages on stdin, as stream-json lines.
+    TwoWay,
+    /// One process per turn: the prompt on stdin, then EOF; the process ends with its turn.
+    /// A follow-up is a new process that resumes the agent's own thread
+    /// ([`Agent::follow_up`]).
+    OneShot,
 }
 
 impl fmt::Display for AgentKind {
@@ -124,12 +155,35 @@ pub trait Agent: Send + Sync + fmt::Debug + 'static {
     fn exit_grace(&self) -> Duration {
         Duration::from_secs(5)
     }
+    /// How the process takes its messages.
+    fn protocol(&self) -> Protocol {
+        Protocol::TwoWay
+    }
+    /// One stdout line as typed events (never fails: unknown lines are kept as such).
+    fn parse_line(&self, line: &str) -> Vec<stream::AgentEvent> {
+        stream::parse_line(line)
+    }
+    /// For a [`Protocol::OneShot`] backend: the process that sends `text` to the agent's own
+    /// session `session_id` (the prompt goes on stdin).
+    fn follow_up(&self, _spec: &SessionSpec, _session_id: &str) -> Option<CommandLine> {
+        None
+    }
+    /// The model the session's usage is priced by when the stream does not name one.
+    fn priced_model(&self, configured: &str) -> String {
+        configured.to_string()
+    }
+    /// Where the agent's credentials come from, or what is missing (checked before a run starts;
+    /// `env` reads the environment). Never returns a secret.
+    fn credentials(&self, _env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+        Ok("none needed".into())
+    }
 }
 
 /// Settings a backend is built from.
 #[derive(Debug, Clone, Default)]
 pub struct BackendOptions {
     pub claude_bin: Option<PathBuf>,
+    pub codex_bin: Option<PathBuf>,
 }
 
 /// Builds the backend for `kind`.
@@ -137,7 +191,16 @@ pub fn backend(kind: AgentKind, opts: &BackendOptions) -> Arc<dyn Agent> {
     match kind {
         AgentKind::Sim => Arc::new(sim::SimAgent::current_exe()),
         AgentKind::Claude => Arc::new(claude::ClaudeAgent::new(opts.claude_bin.clone())),
+        AgentKind::Codex => Arc::new(codex::CodexAgent::new(opts.codex_bin.clone())),
     }
+}
+
+/// Is `model` one of Claude's names (`sonnet`, `opus`, `claude-…`)? Another agent is not
+/// given it: it runs its own default model instead.
+pub fn is_claude_model(model: &str) -> bool {
+    let m = model.to_ascii_lowercase();
+    m.starts_with("claude")
+        || ["sonnet", "opus", "haiku", "opusplan", "default"].contains(&m.as_str())
 }
 
 /// Finds `name` on `PATH` (or accepts a path that exists).

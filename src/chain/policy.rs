@@ -31,7 +31,11 @@ pub fn fatal_start_message(stderr: &str) -> Option<&str> {
 /// What the Claude Code CLI says when it has no valid credentials (measured with 2.1.328:
 /// `Not logged in · Please run /login` with no key and no login; `Invalid API key · Fix
 /// external API key` on a 401), and what to do about it.
-pub fn credentials_error(text: &str, status: Option<u16>) -> Option<String> {
+pub fn credentials_error(
+    text: &str,
+    status: Option<u16>,
+    agent: crate::agent::AgentKind,
+) -> Option<String> {
     let lower = text.to_ascii_lowercase();
     let what = if lower.contains("not logged in") || lower.contains("please run /login") {
         "the agent is not logged in"
@@ -54,7 +58,8 @@ pub fn credentials_error(text: &str, status: Option<u16>) -> Option<String> {
         .find(|l| !l.is_empty())
         .unwrap_or("");
     Some(format!(
-        "{CREDENTIALS}{what} (`{said}`): log in with `claude` (then `/login`), or set ANTHROPIC_API_KEY, then `operator run --resume`"
+        "{CREDENTIALS}{what} (`{said}`): {}, then `operator run --resume`",
+        agent.login_hint()
     ))
 }
 
@@ -80,6 +85,7 @@ pub fn usage_limit_in(text: &str) -> Option<Option<u64>> {
 pub fn usage_limit_at(text: &str, now: jiff::Timestamp) -> Option<Option<u64>> {
     let lower = text.to_ascii_lowercase();
     let says_limit = lower.contains("usage limit")
+        || lower.contains("quota exceeded")
         || lower.contains("limit reached")
         || lower.contains("reached your limit")
         || (lower.contains("hit your") && lower.contains("limit"));
@@ -100,12 +106,15 @@ pub fn usage_limit_at(text: &str, now: jiff::Timestamp) -> Option<Option<u64>> {
     Some(epoch.or_else(|| reset_time_of_day(text, now)))
 }
 
-/// `resets 8pm`, `resets 8:30 pm (Europe/Paris)`, `resets at 20:00 (UTC)`: the next such moment
+/// `resets 8pm`, `resets 8:30 pm (Europe/Paris)`, `resets at 20:00 (UTC)`, Codex's `try again at
+/// 7:33 PM`: the next such moment
 /// after `now`, in the named zone (the machine's own when none is named). `None` when the text
 /// says no time, or names a zone this machine does not know.
 fn reset_time_of_day(text: &str, now: jiff::Timestamp) -> Option<u64> {
     let lower = text.to_ascii_lowercase();
-    let at = lower.find("resets")? + "resets".len();
+    let at = ["resets", "try again at"]
+        .iter()
+        .find_map(|w| lower.find(w).map(|i| i + w.len()))?;
     let rest = lower[at..].trim_start();
     let rest = rest.strip_prefix("at ").unwrap_or(rest).trim_start();
     let clock: String = rest
@@ -140,7 +149,10 @@ fn reset_time_of_day(text: &str, now: jiff::Timestamp) -> Option<u64> {
         .to_zoned(tz.clone())
         .ok()?
         .timestamp();
-    if when <= now {
+    // A time of day has minute resolution: one a few minutes past is the reset just passed,
+    // not tomorrow's.
+    let just_passed = (now - jiff::SignedDuration::from_mins(5)) < when;
+    if when <= now && !just_passed {
         when = today
             .tomorrow()
             .ok()?
@@ -193,6 +205,7 @@ pub fn classify(f: &SessionFacts) -> Verdict {
         && let Some(e) = credentials_error(
             f.result_text.as_deref().unwrap_or_default(),
             f.api_error_status,
+            f.agent,
         )
     {
         // Retrying cannot log anyone in: fatal at its first appearance.
@@ -555,6 +568,27 @@ mod tests {
             Some(None)
         );
         assert_eq!(usage_limit_at("You've hit your limit", now), Some(None));
+        // Measured with the Codex CLI 0.169.0: the time of day in the machine's own zone.
+        let codex = "You’ve hit your usage limit. Upgrade to Pro (https://chatgpt.com/explore/pro), visit https://chatgpt.com/settings/usage to purchase more credits or try again at 7:33 PM.";
+        let reset = usage_limit_at(codex, now).unwrap().unwrap();
+        let local = jiff::Timestamp::from_second(reset as i64)
+            .unwrap()
+            .to_zoned(jiff::tz::TimeZone::system());
+        assert_eq!((local.hour(), local.minute()), (19, 33));
+        assert!(reset as i64 > now.as_second() && reset as i64 <= now.as_second() + 86_400);
+        // A reset in the minute that has begun (or just passed) is now, not tomorrow.
+        assert_eq!(
+            usage_limit_at(
+                "You've hit your limit · resets 3:58pm (UTC)",
+                now + jiff::SignedDuration::from_secs(1000)
+            ),
+            Some(Some(at("2026-12-02T15:58:00Z")))
+        );
+        // An API key's exhausted quota: a limit with no reset time.
+        assert_eq!(
+            usage_limit_at("Quota exceeded. Check your plan and billing details.", now),
+            Some(None)
+        );
         let f = SessionFacts {
             result_is_error: true,
             result_text: Some("Claude AI usage limit reached|1767225600".into()),

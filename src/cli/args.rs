@@ -85,6 +85,9 @@ pub(super) enum Command {
     /// The simulated agent (used by the `sim` backend).
     #[command(hide = true)]
     SimAgent(SimAgentArgs),
+    /// Kills the agents' process groups once the operator that started it is gone (internal).
+    #[command(hide = true)]
+    Guard,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +154,9 @@ pub(super) struct RunArgs {
     /// Path of the Claude Code CLI.
     #[arg(long, value_name = "PATH")]
     pub(super) claude_bin: Option<PathBuf>,
+    /// Path of the Codex CLI.
+    #[arg(long, value_name = "PATH")]
+    pub(super) codex_bin: Option<PathBuf>,
     /// At a usage limit, end the chain as `waiting-limit` (resumable) instead of waiting.
     #[arg(long)]
     pub(super) no_wait: bool,
@@ -199,7 +205,18 @@ pub(super) enum LogFormat {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(super) enum AgentArg {
     Claude,
+    Codex,
     Sim,
+}
+
+impl AgentArg {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            AgentArg::Claude => "claude",
+            AgentArg::Codex => "codex",
+            AgentArg::Sim => "sim",
+        }
+    }
 }
 
 pub(super) fn parse_scenario(s: &str) -> Result<Scenario, String> {
@@ -212,6 +229,8 @@ pub(super) struct DoctorArgs {
     pub(super) agent: Option<AgentArg>,
     #[arg(long, value_name = "PATH")]
     pub(super) claude_bin: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    pub(super) codex_bin: Option<PathBuf>,
     #[arg(long)]
     pub(super) model: Option<String>,
     #[arg(long)]
@@ -273,13 +292,7 @@ pub(super) fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
     }
     let Some(r) = r else { return o };
     if let Some(a) = r.agent {
-        o.set(
-            "agent",
-            match a {
-                AgentArg::Claude => "claude",
-                AgentArg::Sim => "sim",
-            },
-        );
+        o.set("agent", a.as_str());
     }
     if let Some(m) = &r.model {
         o.set("model", m.as_str());
@@ -307,6 +320,9 @@ pub(super) fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
     }
     if let Some(b) = &r.claude_bin {
         o.set("claude_bin", b.display().to_string());
+    }
+    if let Some(b) = &r.codex_bin {
+        o.set("codex_bin", b.display().to_string());
     }
     if r.auto_push {
         o.set("auto_push", true);

@@ -11,16 +11,13 @@ pub(super) async fn doctor(
 ) -> Result<u8> {
     let mut ov = base.clone();
     if let Some(a) = d.agent {
-        ov.set(
-            "agent",
-            match a {
-                AgentArg::Claude => "claude",
-                AgentArg::Sim => "sim",
-            },
-        );
+        ov.set("agent", a.as_str());
     }
     if let Some(b) = &d.claude_bin {
         ov.set("claude_bin", b.display().to_string());
+    }
+    if let Some(b) = &d.codex_bin {
+        ov.set("codex_bin", b.display().to_string());
     }
     if let Some(m) = &d.model {
         ov.set("model", m.as_str());
@@ -39,7 +36,7 @@ pub(super) async fn doctor(
     let is_root = nix::unistd::Uid::effective().is_root();
     let checks = crate::doctor::checks(
         &settings,
-        loaded.operator.claude_bin.as_deref(),
+        &loaded.operator.backend(),
         &|k| std::env::var(k).ok(),
         is_root,
         &loaded.operator.data_dir,
@@ -108,9 +105,7 @@ pub(super) async fn doctor_session(
     plan.chains[0].settings.max_turns = 3;
     let opts = RunOptions {
         shutdown_grace: loaded.operator.shutdown_grace,
-        backend: BackendOptions {
-            claude_bin: loaded.operator.claude_bin.clone(),
-        },
+        backend: loaded.operator.backend(),
         pricing: loaded.operator.pricing.clone(),
         ..RunOptions::new(dir.to_path_buf())
     };

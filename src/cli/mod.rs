@@ -92,6 +92,10 @@ pub fn main() -> ExitCode {
     if let Command::SimAgent(a) = &cli.command {
         return sim_agent(a);
     }
+    if let Command::Guard = &cli.command {
+        crate::process::guard_main(std::io::stdin().lock());
+        return ExitCode::SUCCESS;
+    }
     let live_view = matches!(&cli.command, Command::Run(r) if !r.dry_run && !r.json)
         && std::io::stderr().is_terminal()
         && !cli.quiet
@@ -260,7 +264,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
         Command::Approve(a) => answer_approval(op, a, true).await,
         Command::Deny(a) => answer_approval(op, a, false).await,
         Command::Doctor(d) => doctor(d, &env, op_file.as_deref(), &ov).await,
-        Command::SimAgent(_) => Ok(exit::OK),
+        Command::SimAgent(_) | Command::Guard => Ok(exit::OK),
     }
 }
 

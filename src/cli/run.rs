@@ -154,9 +154,7 @@ pub(super) fn run_options(
         shutdown_grace: op.shutdown_grace,
         concurrency: r.and_then(|r| r.concurrency),
         continue_missions: r.is_some_and(|r| r.continue_missions),
-        backend: BackendOptions {
-            claude_bin: op.claude_bin.clone(),
-        },
+        backend: op.backend(),
         notify: crate::notify::NotifyConfig {
             global: op.notify_webhook.clone().map(|url| config::Webhook {
                 url,
@@ -177,6 +175,7 @@ pub(super) fn run_options(
         },
         shared_store: op.store_url.is_some(),
         enqueue: stay && r.is_some_and(|r| r.enqueue),
+        guard_exe: std::env::current_exe().ok(),
     };
     if opts.enqueue && op.store_url.is_none() {
         return Err(UsageError(
@@ -227,25 +226,28 @@ pub(super) async fn run_with(
         }
         return Ok(exit::OK);
     }
-    // Checked once the CLI is known to be there (a missing binary is reported as such).
-    let claude_chains = plans.as_ref().is_some_and(|ps| {
-        ps.iter()
+    // Checked once the CLI is known to be there (a missing binary is reported as such). A worker
+    // elsewhere runs enqueued chains: its own environment has the credentials.
+    if !r.skip_credentials_check && !r.enqueue {
+        let kinds: std::collections::BTreeSet<AgentKind> = plans
+            .iter()
+            .flatten()
             .flat_map(|p| &p.chains)
-            .any(|c| c.settings.agent == AgentKind::Claude)
-    }) && agent::backend(AgentKind::Claude, &opts.backend)
-        .preflight()
-        .is_ok();
-    // A worker elsewhere runs enqueued chains: its own environment has the credentials.
-    if claude_chains
-        && !r.skip_credentials_check
-        && !r.enqueue
-        && let Err(why) = crate::doctor::claude_credentials(&|k| std::env::var(k).ok())
-    {
-        eprintln!(
-            "error: the claude agent has no credentials: {why}.\n\
-             Nothing was started. `operator doctor` checks the setup; --skip-credentials-check starts anyway (for setups this check cannot see)."
-        );
-        return Ok(exit::CREDENTIALS);
+            .map(|c| c.settings.agent)
+            .collect();
+        for kind in kinds {
+            let agent = agent::backend(kind, &opts.backend);
+            if agent.preflight().is_err() {
+                continue;
+            }
+            if let Err(why) = agent.credentials(&|k| std::env::var(k).ok()) {
+                eprintln!(
+                    "error: the {kind} agent has no credentials: {why}.\n\
+                     Nothing was started. `operator doctor --agent {kind}` checks the setup; --skip-credentials-check starts anyway (for setups this check cannot see)."
+                );
+                return Ok(exit::CREDENTIALS);
+            }
+        }
     }
     if r.enqueue && !stay {
         return enqueue(op, plans, &opts).await;

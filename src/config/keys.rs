@@ -48,6 +48,7 @@ const MISSION_KEYS: &[&str] = &["name", "description", "concurrency", "defaults"
 const OPERATOR_KEYS: &[&str] = &[
     "data_dir",
     "claude_bin",
+    "codex_bin",
     "notify_webhook",
     "notify_secret",
     "notify_format",

@@ -228,6 +228,8 @@ pub enum Continuation {
 pub struct OperatorSettings {
     pub data_dir: PathBuf,
     pub claude_bin: Option<PathBuf>,
+    #[serde(default)]
+    pub codex_bin: Option<PathBuf>,
     /// POST a JSON summary here when a chain ends.
     pub notify_webhook: Option<String>,
     /// Signs webhook bodies (`X-Operator-Signature: sha256=<HMAC-SHA256 hex>`).
@@ -273,6 +275,16 @@ pub struct OperatorSettings {
     /// Host names the API answers to besides IP literals and localhost (DNS rebinding guard).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+}
+
+impl OperatorSettings {
+    /// Where the agent CLIs are (unset: found on `PATH`).
+    pub fn backend(&self) -> crate::agent::BackendOptions {
+        crate::agent::BackendOptions {
+            claude_bin: self.claude_bin.clone(),
+            codex_bin: self.codex_bin.clone(),
+        }
+    }
 }
 
 /// One chain to run.

@@ -218,6 +218,10 @@ pub struct RunOptions {
     pub enqueue: bool,
     /// Session caps per account, quiet hours, the release jitter after a usage limit.
     pub quota: crate::quota::Limits,
+    /// The operator binary that guards the agents' process groups (`operator guard`), so that
+    /// a `kill -9` of the operator takes everything its agents started with it. `None` (a run
+    /// inside another program, as in tests): the parent-death signal alone.
+    pub guard_exe: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -241,6 +245,7 @@ impl RunOptions {
             shared_store: false,
             enqueue: false,
             quota: Default::default(),
+            guard_exe: None,
         }
     }
 }
@@ -661,7 +666,15 @@ async fn run(
     if paused {
         tracing::warn!("the operator is paused (send SIGUSR2 or run `operator resume` to go on)");
     }
-    let registry = Registry::default();
+    let registry = match &opts.guard_exe {
+        Some(exe) => Registry::guarded(exe).map_err(|e| {
+            RunError::Spawn(format!(
+                "could not start the process guard `{} guard`: {e}",
+                exe.display()
+            ))
+        })?,
+        None => Registry::default(),
+    };
     let ctx = Ctx {
         store: store.clone(),
         bus: bus.clone(),

@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
 
 use crate::agent::stream::{self, AgentEvent, ResultInfo};
-use crate::agent::{Agent, SessionSpec};
+use crate::agent::{Agent, CommandLine, Protocol, SessionSpec};
 use crate::events::{Body, Bus};
 use crate::handoff;
 use crate::permissions::{DeniedCall, Policy, Verdict};
@@ -170,11 +170,19 @@ pub fn watchdog_verdict(w: &Watchdog, since_output: Duration, running: Duration)
 
 pub struct SessionState {
     spec: SessionSpec,
+    agent: Arc<dyn Agent>,
     chain: DerivedActorRef<SessionReport>,
     bus: Bus,
+    registry: Registry,
     child: Child,
     stdin: Option<ChildStdin>,
     group: Group,
+    /// A one-shot agent's turn ended and the chain has not said yet whether a follow-up comes.
+    turn_open: bool,
+    /// A one-shot agent's process has ended while its turn was open (its exit status).
+    exited: Option<Option<std::process::ExitStatus>>,
+    /// A follow-up the chain sent while a one-shot agent's process was still ending.
+    pending_follow_up: Option<String>,
     exit_grace: Duration,
     started: Instant,
     output: String,
@@ -221,7 +229,101 @@ pub struct SessionState {
 
 pub struct Session;
 
+/// Starts one agent process and wires its stdout and stderr to the session actor.
+fn start_process(
+    cmd: &CommandLine,
+    spec: &SessionSpec,
+    registry: &Registry,
+    chain: &DerivedActorRef<SessionReport>,
+    myself: &ActorRef<SessionMsg>,
+) -> Result<(Child, Group, Option<ChildStdin>), ActorProcessingErr> {
+    let mut cmd = cmd.clone();
+    // Found again by the next operator if this one dies (see `process::SESSION_MARK`).
+    cmd.env.push((
+        process::SESSION_MARK.to_string(),
+        format!("{}/{}", spec.chain_id, spec.index),
+    ));
+    let (mut child, group) = process::spawn(&cmd, registry)?;
+    let stdout = child.stdout.take().ok_or("the agent has no stdout")?;
+    let stderr = child.stderr.take().ok_or("the agent has no stderr")?;
+    let stdin = child.stdin.take();
+    if let Some(pid) = child.id() {
+        // The chain records it: an agent left behind by a dead operator is found by it.
+        let program = cmd
+            .program
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let _ = chain.send_message(SessionReport::AgentStarted {
+            index: spec.index,
+            pgid: pid as i32,
+            program,
+        });
+    }
+    reader::forward_lines(
+        stdout,
+        myself.clone(),
+        SessionMsg::Line,
+        Some(SessionMsg::Eof),
+    );
+    reader::forward_lines(stderr, myself.clone(), SessionMsg::Stderr, None);
+    Ok((child, group, stdin))
+}
+
 impl SessionState {
+    fn one_shot(&self) -> bool {
+        self.agent.protocol() == Protocol::OneShot
+    }
+
+    /// Hands the agent a message: a user line on a two-way agent's stdin; the whole text on a
+    /// one-shot agent's stdin, which is then closed (the CLI starts on EOF).
+    async fn send_prompt(&mut self, text: &str) {
+        if self.one_shot() {
+            self.write_line(text).await;
+            self.stdin = None;
+        } else {
+            self.write_line(&stream::user_message(text)).await;
+        }
+    }
+
+    /// Stops the agent's current turn: a control request to a two-way agent, SIGINT to a
+    /// one-shot one (its process ends with the turn).
+    async fn interrupt(&mut self) {
+        if self.one_shot() {
+            self.group.signal(Signal::SIGINT);
+        } else {
+            let id = self.request_id();
+            self.write_line(&stream::interrupt_request(&id)).await;
+        }
+    }
+
+    /// A one-shot agent's follow-up: a new process resuming the agent's own thread, the text on
+    /// its stdin. `false` when the agent cannot be resumed (no thread id yet).
+    async fn spawn_follow_up(&mut self, text: &str, myself: &ActorRef<SessionMsg>) -> bool {
+        let Some(cmd) = self
+            .session_id
+            .clone()
+            .and_then(|id| self.agent.follow_up(&self.spec, &id))
+        else {
+            return false;
+        };
+        match start_process(&cmd, &self.spec, &self.registry, &self.chain, myself) {
+            Ok((child, group, stdin)) => {
+                tracing::debug!(parent: &self.span, command = %cmd, "resuming the agent for a follow-up");
+                self.child = child;
+                self.group = group;
+                self.stdin = stdin;
+                self.exited = None;
+                self.send_prompt(text).await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(parent: &self.span, error = %e, "could not start the agent for a follow-up");
+                false
+            }
+        }
+    }
+
     async fn write_line(&mut self, line: &str) {
         let Some(stdin) = self.stdin.as_mut() else {
             return;
@@ -381,7 +483,7 @@ impl SessionState {
     fn priced_model(&self) -> String {
         self.reported_model
             .clone()
-            .unwrap_or_else(|| self.spec.model.clone())
+            .unwrap_or_else(|| self.agent.priced_model(&self.spec.model))
     }
 
     fn request_id(&mut self) -> String {
@@ -406,37 +508,10 @@ impl Actor for Session {
             session.index = args.spec.index,
             agent = %args.agent.kind()
         );
-        let mut cmd = args.agent.command(&args.spec);
-        // Found again by the next operator if this one dies (see `process::SESSION_MARK`).
-        cmd.env.push((
-            process::SESSION_MARK.to_string(),
-            format!("{}/{}", args.spec.chain_id, args.spec.index),
-        ));
+        let cmd = args.agent.command(&args.spec);
         tracing::debug!(parent: &span, command = %cmd, "starting the agent");
-        let (mut child, group) = process::spawn(&cmd, &args.registry)?;
-        let stdout = child.stdout.take().ok_or("the agent has no stdout")?;
-        let stderr = child.stderr.take().ok_or("the agent has no stderr")?;
-        let stdin = child.stdin.take();
-        if let Some(pid) = child.id() {
-            // The chain records it: an agent left behind by a dead operator is found by it.
-            let program = cmd
-                .program
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let _ = args.chain.send_message(SessionReport::AgentStarted {
-                index: args.spec.index,
-                pgid: pid as i32,
-                program,
-            });
-        }
-        reader::forward_lines(
-            stdout,
-            myself.clone(),
-            SessionMsg::Line,
-            Some(SessionMsg::Eof),
-        );
-        reader::forward_lines(stderr, myself.clone(), SessionMsg::Stderr, None);
+        let (child, group, stdin) =
+            start_process(&cmd, &args.spec, &args.registry, &args.chain, &myself)?;
         if let Some(dir) = args.transcript.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -446,11 +521,16 @@ impl Actor for Session {
             .open(&args.transcript)?;
         let mut state = SessionState {
             spec: args.spec,
+            agent: args.agent.clone(),
             chain: args.chain,
             bus: args.bus,
+            registry: args.registry,
             child,
             stdin,
             group,
+            turn_open: false,
+            exited: None,
+            pending_follow_up: None,
             exit_grace: args.agent.exit_grace(),
             started: Instant::now(),
             output: String::new(),
@@ -488,11 +568,16 @@ impl Actor for Session {
                     .to_string(),
             );
         }
-        state
-            .write_line(&stream::initialize_request("init_1"))
-            .await;
-        let prompt = state.spec.prompt.clone();
-        state.write_line(&stream::user_message(&prompt)).await;
+        let prompt = if state.one_shot() {
+            // No system-prompt option: the continuation protocol leads the prompt.
+            format!("{}\n\n{}", state.spec.system_prompt, state.spec.prompt)
+        } else {
+            state
+                .write_line(&stream::initialize_request("init_1"))
+                .await;
+            state.spec.prompt.clone()
+        };
+        state.send_prompt(&prompt).await;
         let tick = (state
             .watchdog
             .idle_timeout
@@ -537,7 +622,7 @@ impl Actor for Session {
                 crate::fault::check("session:line");
                 st.last_output = Instant::now();
                 st.record(line);
-                for ev in stream::parse_line(line) {
+                for ev in st.agent.parse_line(line) {
                     handle_event(st, ev).await;
                 }
             }
@@ -556,21 +641,38 @@ impl Actor for Session {
                     &json!({"type": "operator", "subtype": "follow_up", "text": text}).to_string(),
                 );
                 st.follow_up_tools = Some(0);
-                st.write_line(&stream::user_message(&text)).await;
+                if !st.one_shot() {
+                    st.write_line(&stream::user_message(&text)).await;
+                } else {
+                    st.turn_open = false;
+                    match st.exited.take() {
+                        // The turn's process is still ending: the follow-up starts after it.
+                        None => st.pending_follow_up = Some(text),
+                        Some(status) => {
+                            if !st.spawn_follow_up(&text, &myself).await {
+                                return finish(st, status, &myself);
+                            }
+                        }
+                    }
+                }
             }
             SessionMsg::Close => {
                 // EOF on stdin: the agent finishes and exits; give it a grace period.
                 st.stdin = None;
+                st.turn_open = false;
+                if let Some(status) = st.exited.take() {
+                    return finish(st, status, &myself);
+                }
                 let grace = st.exit_grace;
                 myself.send_after(grace, || SessionMsg::Terminate);
             }
             SessionMsg::Stop { grace } => {
                 if !st.stopped {
                     st.stopped = true;
-                    // Interrupt the turn but keep stdin open: the chain then asks for the
-                    // handoff in the same process, so a resumed chain starts from a real one.
-                    let id = st.request_id();
-                    st.write_line(&stream::interrupt_request(&id)).await;
+                    // Interrupt the turn but keep a two-way agent's stdin open: the chain then
+                    // asks for the handoff in the same process, so a resumed chain starts from
+                    // a real one.
+                    st.interrupt().await;
                     myself.send_after(grace, || SessionMsg::Terminate);
                 }
             }
@@ -614,61 +716,85 @@ impl Actor for Session {
                 };
                 // Anything the agent left running in its group goes with it.
                 st.group.finish();
-                if let Some(h) = st.summary_handoff.take()
-                    && handoff::extract(&st.output).is_err()
-                {
-                    st.push_output(&h);
+                if let Some(text) = st.pending_follow_up.take() {
+                    if st.spawn_follow_up(&text, &myself).await {
+                        return Ok(());
+                    }
+                } else if st.turn_open {
+                    // A one-shot agent's turn is over; the chain says what comes next.
+                    st.exited = Some(status);
+                    return Ok(());
                 }
-                let _ = st.transcript.flush();
-                let reported_cost = st.last_result.take().map(|r| r.total_cost_usd);
-                let result = st.first_result.take();
-                let facts = SessionFacts {
-                    saw_result: result.is_some(),
-                    results: st.results,
-                    result_is_error: result.as_ref().is_some_and(|r| r.is_error),
-                    result_subtype: result
-                        .as_ref()
-                        .map(|r| r.subtype.clone())
-                        .unwrap_or_default(),
-                    terminal_reason: result.as_ref().and_then(|r| r.terminal_reason.clone()),
-                    api_error_status: result.as_ref().and_then(|r| r.api_error_status),
-                    result_text: result.as_ref().and_then(|r| r.result.clone()),
-                    errors: result
-                        .as_ref()
-                        .map(|r| r.errors.clone())
-                        .unwrap_or_default(),
-                    hit_max_turns: st.hit_max_turns,
-                    exit_code: status.and_then(|s| s.code()),
-                    stopped_by_operator: st.stopped,
-                    watchdog: st.watchdog_fired.clone(),
-                    auth_error: st.auth_error.clone(),
-                    usage_limit: st.rate_limited,
-                    spawn_error: None,
-                    stderr_tail: st.stderr_tail.join("\n"),
-                };
-                let outcome = SessionOutcome {
-                    index: st.spec.index,
-                    session_id: st.session_id.clone(),
-                    output: std::mem::take(&mut st.output),
-                    facts,
-                    turns: st.turns,
-                    reported_cost,
-                    pre_compacted: st.pre_compacted,
-                    duration: st.started.elapsed(),
-                    transcript_truncated: st.transcript_truncated,
-                    ended_at: crate::model::now_rfc3339(),
-                    denied: std::mem::take(&mut st.denied)
-                        .into_iter()
-                        .map(|(_, d)| d)
-                        .collect(),
-                };
-                st.chain
-                    .send_message(SessionReport::Ended(Box::new(outcome)))?;
-                myself.stop(None);
+                finish(st, status, &myself)?;
             }
         }
         Ok(())
     }
+}
+
+/// The session is over: the outcome goes to the chain, and the actor stops.
+fn finish(
+    st: &mut SessionState,
+    status: Option<std::process::ExitStatus>,
+    myself: &ActorRef<SessionMsg>,
+) -> Result<(), ActorProcessingErr> {
+    {
+        {
+            if let Some(h) = st.summary_handoff.take()
+                && handoff::extract(&st.output).is_err()
+            {
+                st.push_output(&h);
+            }
+            let _ = st.transcript.flush();
+            let reported_cost = st.last_result.take().map(|r| r.total_cost_usd);
+            let result = st.first_result.take();
+            let facts = SessionFacts {
+                agent: st.agent.kind(),
+                saw_result: result.is_some(),
+                results: st.results,
+                result_is_error: result.as_ref().is_some_and(|r| r.is_error),
+                result_subtype: result
+                    .as_ref()
+                    .map(|r| r.subtype.clone())
+                    .unwrap_or_default(),
+                terminal_reason: result.as_ref().and_then(|r| r.terminal_reason.clone()),
+                api_error_status: result.as_ref().and_then(|r| r.api_error_status),
+                result_text: result.as_ref().and_then(|r| r.result.clone()),
+                errors: result
+                    .as_ref()
+                    .map(|r| r.errors.clone())
+                    .unwrap_or_default(),
+                hit_max_turns: st.hit_max_turns,
+                exit_code: status.and_then(|s| s.code()),
+                stopped_by_operator: st.stopped,
+                watchdog: st.watchdog_fired.clone(),
+                auth_error: st.auth_error.clone(),
+                usage_limit: st.rate_limited,
+                spawn_error: None,
+                stderr_tail: st.stderr_tail.join("\n"),
+            };
+            let outcome = SessionOutcome {
+                index: st.spec.index,
+                session_id: st.session_id.clone(),
+                output: std::mem::take(&mut st.output),
+                facts,
+                turns: st.turns,
+                reported_cost,
+                pre_compacted: st.pre_compacted,
+                duration: st.started.elapsed(),
+                transcript_truncated: st.transcript_truncated,
+                ended_at: crate::model::now_rfc3339(),
+                denied: std::mem::take(&mut st.denied)
+                    .into_iter()
+                    .map(|(_, d)| d)
+                    .collect(),
+            };
+            st.chain
+                .send_message(SessionReport::Ended(Box::new(outcome)))?;
+            myself.stop(None);
+        }
+    }
+    Ok(())
 }
 
 async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
@@ -711,8 +837,7 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                 *n += 1;
                 if *n == FOLLOW_UP_TOOL_BUDGET + 1 {
                     tracing::warn!(parent: &st.span, budget = FOLLOW_UP_TOOL_BUDGET, "the agent keeps working instead of writing its handoff; interrupting it");
-                    let id = st.request_id();
-                    st.write_line(&stream::interrupt_request(&id)).await;
+                    st.interrupt().await;
                 }
             }
         }
@@ -746,8 +871,9 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "401".into());
                 st.auth_error = Some(format!(
-                    "{}authentication failed (HTTP {status}, {error}): log in with `claude` (then `/login`), or set ANTHROPIC_API_KEY, then `operator run --resume`",
-                    report::CREDENTIALS
+                    "{}authentication failed (HTTP {status}, {error}): {}, then `operator run --resume`",
+                    report::CREDENTIALS,
+                    st.agent.kind().login_hint()
                 ));
                 tracing::error!(parent: &st.span, status = %status, "authentication failed; stopping the agent");
                 st.stdin = None;
@@ -802,6 +928,7 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                 Err(_) if st.summary_handoff.is_some() => Ok(()),
                 other => other.map(|_| ()),
             };
+            st.turn_open = st.one_shot();
             let _ = st.chain.send_message(SessionReport::TurnEnded {
                 index: st.spec.index,
                 handoff: verdict.map_err(|e| e.to_string()),

@@ -7,6 +7,8 @@ use super::SessionOutcome;
 /// Facts about a finished session, gathered by the session actor.
 #[derive(Debug, Clone, Default)]
 pub struct SessionFacts {
+    /// The agent that ran (its errors say what to do in its own terms).
+    pub agent: crate::agent::AgentKind,
     /// A `result` line was seen.
     pub saw_result: bool,
     /// How many `result` lines (more than one when a follow-up asked for the handoff).
