@@ -159,6 +159,12 @@ impl Quota {
         f(map.entry(account.to_string()).or_default())
     }
 
+    /// A usage limit holds `account` now.
+    pub fn is_held(&self, account: &str) -> bool {
+        let now = SystemTime::now();
+        self.with(account, |a| a.held_until.is_some_and(|u| u > now))
+    }
+
     /// A chain of `account` hit its usage limit: nothing of the account starts before `until`.
     pub fn hold(&self, account: &str, until: SystemTime, chain: &str) {
         self.with(account, |a| {

@@ -297,3 +297,179 @@ async fn doctor_checks_the_codex_setup_and_runs_a_tiny_session() {
     assert!(stderr(&out).contains("codex login"), "{}", stderr(&out));
     assert_eq!(api.requests().len(), 1, "nothing started");
 }
+
+/// One mission, three agents: a claude chain against the fake Messages API, a codex chain against
+/// the fake Responses API and a sim chain, side by side, each with its own transcript and cost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mission_mixes_claude_codex_and_sim_chains() {
+    let Some(bin) = bin() else { return };
+    let Some(claude) = common::cli::claude_bin() else {
+        return;
+    };
+    let op = Op::new();
+    let openai = FakeOpenAi::start(vec![], Step::text(COMPLETE)).await;
+    let anthropic =
+        common::fake_api::FakeApi::start(vec![], common::fake_api::Step::text(COMPLETE)).await;
+    let root = op.root.path();
+    for w in ["w-claude", "w-codex", "w-sim"] {
+        std::fs::create_dir_all(root.join(w)).unwrap();
+    }
+    let mission = op.write(
+        "mixed.toml",
+        &format!(
+            r#"name = "mixed"
+concurrency = 3
+
+[[chain]]
+name = "on-claude"
+agent = "claude"
+task = "Claude's part"
+workdir = "{r}/w-claude"
+
+[[chain]]
+name = "on-codex"
+agent = "codex"
+model = "gpt-5-mini"
+task = "Codex's part"
+workdir = "{r}/w-codex"
+
+[[chain]]
+name = "on-sim"
+agent = "sim"
+task = "The simulated part"
+workdir = "{r}/w-sim"
+[chain.sim]
+scenario = "complete"
+"#,
+            r = root.display()
+        ),
+    );
+    let mut cmd = codex_cmd(
+        &op,
+        &openai,
+        &bin,
+        &["run", mission.to_str().unwrap(), "--json"],
+    );
+    cmd.env_remove("OPERATOR_AGENT")
+        .env_remove("OPERATOR_WORKDIR")
+        .env("OPERATOR_CLAUDE_BIN", &claude)
+        .env("ANTHROPIC_BASE_URL", &anthropic.url)
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let all = chains(&out);
+    assert_eq!(all.len(), 3);
+    for c in &all {
+        assert_eq!(
+            c.status,
+            ChainStatus::Complete,
+            "{}: {:?}",
+            c.name,
+            c.reason
+        );
+        assert_eq!(c.sessions.len(), 1, "{}", c.name);
+    }
+    let by = |name: &str| all.iter().find(|c| c.name == name).unwrap();
+    assert_eq!(
+        anthropic.scripted().len(),
+        1,
+        "the claude chain's one request"
+    );
+    let codex_reqs = openai.requests();
+    assert_eq!(codex_reqs.len(), 1, "the codex chain's one request");
+    assert_eq!(codex_reqs[0]["model"], "gpt-5-mini");
+    assert!(request_text(&codex_reqs[0]).contains("Codex's part"));
+    // Each priced by its own agent's usage.
+    assert!(by("on-claude").sessions[0].cost_usd > 0.0);
+    assert!(by("on-codex").sessions[0].cost_usd > 0.0);
+    let t = transcript(&op, &by("on-codex").id, 1);
+    assert!(t.contains("thread.started"), "{t}");
+}
+
+/// `fallback_agents = ["codex"]`: a usage limit on claude's account runs the same session on
+/// codex at once (the handoff carries over as plain text), and the chain goes back to claude
+/// once the limit has reset (`prefer_primary`, the default).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_falls_over_from_claude_to_codex_at_a_usage_limit_and_back_after_the_reset() {
+    let Some(bin) = bin() else { return };
+    let Some(claude) = common::cli::claude_bin() else {
+        return;
+    };
+    let op = Op::new();
+    let reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 4;
+    // The CLI tries the 429 three times (CLAUDE_CODE_MAX_RETRIES=2), then reports the limit.
+    let limit = || common::fake_api::Step::usage_limit(reset);
+    let anthropic = common::fake_api::FakeApi::start(
+        vec![
+            limit(),
+            limit(),
+            limit(),
+            common::fake_api::Step::text(COMPLETE),
+        ],
+        common::fake_api::Step::text("unexpected"),
+    )
+    .await;
+    // Codex works on (a new handoff each session) until claude's limit has reset.
+    let openai = FakeOpenAi::start(
+        (1..=40).map(|n| Step::text(incomplete(n))).collect(),
+        Step::text("unexpected"),
+    )
+    .await;
+    let mut cmd = codex_cmd(
+        &op,
+        &openai,
+        &bin,
+        &["run", "--task", "Fall over", "--json"],
+    );
+    cmd.env("OPERATOR_AGENT", "claude")
+        .env("OPERATOR_FALLBACK_AGENTS", "codex")
+        .env("OPERATOR_MAX_CONTINUATIONS", "60")
+        .env("OPERATOR_NO_PROGRESS_SESSIONS", "0")
+        .env("OPERATOR_USAGE_LIMIT_MARGIN", "0s")
+        .env("OPERATOR_CLAUDE_BIN", &claude)
+        .env("ANTHROPIC_BASE_URL", &anthropic.url)
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("CLAUDE_CODE_MAX_RETRIES", "2")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete, "{:?}", c.reason);
+    // Session 1: its first attempt hit claude's limit, its second ran on codex at once.
+    let first = &c.sessions[0];
+    assert_eq!((first.index, first.attempts), (1, 2));
+    let codex_sessions = openai.requests().len();
+    assert!(codex_sessions >= 1);
+    assert_eq!(
+        c.sessions.len(),
+        codex_sessions + 1,
+        "codex's sessions, then claude's last"
+    );
+    // Back on claude after the reset: its last request carries codex's last handoff.
+    let last = anthropic.scripted();
+    assert_eq!(last.len(), 4);
+    let text = last[3]["messages"].to_string();
+    assert!(
+        text.contains(&format!("HANDOFF-MARKER-{codex_sessions}")),
+        "{text}"
+    );
+    let ended =
+        humantime::parse_rfc3339(c.sessions.last().unwrap().ended_at.as_deref().unwrap()).unwrap();
+    assert!(ended >= std::time::UNIX_EPOCH + std::time::Duration::from_secs(reset));
+    let log =
+        std::fs::read_to_string(op.data_dir().join(format!("chains/{}/chain.log", c.id))).unwrap();
+    let switches: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("chain:agent-switched"))
+        .collect();
+    assert_eq!(switches.len(), 2, "{log}");
+    assert!(
+        switches[0].contains("\"agent\":\"codex\"") && switches[1].contains("\"agent\":\"claude\""),
+        "{switches:?}"
+    );
+}

@@ -77,7 +77,10 @@ impl ChainState {
                 };
                 return Ok(Some(Event::Budget { total, today }));
             }
-            Cmd::AskQuota => return Ok(Some(Event::Quota(self.ask_quota().await?))),
+            Cmd::AskQuota => {
+                self.choose_agent().await?;
+                return Ok(Some(Event::Quota(self.ask_quota().await?)));
+            }
             Cmd::ReleaseAccount => self.ctx.quota.finished(&self.account, &self.id),
             Cmd::HoldAccount { until } => {
                 let until_time = std::time::UNIX_EPOCH + Duration::from_secs(until);
@@ -190,7 +193,7 @@ impl ChainState {
     /// hours.
     pub(super) async fn ask_quota(&self) -> Result<QuotaAnswer, ActorProcessingErr> {
         if self.ctx.shared_store {
-            self.fleet_hold().await?;
+            self.fleet_hold(&self.account).await?;
         }
         let limits = &self.ctx.quota.limits;
         let capped = limits.concurrent.is_some() || limits.per_hour.is_some();
@@ -228,17 +231,66 @@ impl ChainState {
         )
     }
 
-    /// Takes over a usage-limit hold another worker of the fleet recorded for this account.
-    pub(super) async fn fleet_hold(&self) -> Result<(), ActorProcessingErr> {
+    /// With fallback agents: runs the next session on the first agent (in order of preference)
+    /// whose account no usage limit holds. When every one is held, the agent stays, and the
+    /// quota's answer is to wait for its reset.
+    async fn choose_agent(&mut self) -> Result<(), ActorProcessingErr> {
+        if self.agents.len() < 2 {
+            return Ok(());
+        }
+        let mut held = Vec::with_capacity(self.agents.len());
+        for a in &self.agents {
+            let account = a.account();
+            if self.ctx.shared_store {
+                self.fleet_hold(&account).await?;
+            }
+            held.push(self.ctx.quota.is_held(&account));
+        }
+        let current = self
+            .agents
+            .iter()
+            .position(|a| a.kind() == self.agent.kind())
+            .unwrap_or(0);
+        let Some(next) = policy::pick_agent(&held, current, self.settings.prefer_primary)
+            .filter(|n| *n != current)
+        else {
+            return Ok(());
+        };
+        let (from, to) = (self.agent.kind(), self.agents[next].kind());
+        let reason = if held[current] {
+            format!("the {from} account is held by a usage limit")
+        } else {
+            format!("the {to} account is free again")
+        };
+        tracing::warn!(parent: &self.span, from = %from, to = %to, reason = %reason, "the chain switches agents");
+        self.agent = self.agents[next].clone();
+        self.account = self.agent.account();
+        self.ctx
+            .bus
+            .emit(
+                Some(&self.id),
+                None,
+                Body::AgentSwitched {
+                    agent: to.to_string(),
+                    from: from.to_string(),
+                    reason,
+                },
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Takes over a usage-limit hold another worker of the fleet recorded for `account`.
+    pub(super) async fn fleet_hold(&self, account: &str) -> Result<(), ActorProcessingErr> {
         let until = self
             .ctx
             .store
-            .get_flag(&hold_flag(&self.account))
+            .get_flag(&hold_flag(account))
             .await?
             .and_then(|v| v.parse::<u64>().ok())
             .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s));
         if let Some(until) = until.filter(|u| *u > std::time::SystemTime::now()) {
-            self.ctx.quota.hold(&self.account, until, "another worker");
+            self.ctx.quota.hold(account, until, "another worker");
         }
         Ok(())
     }

@@ -78,6 +78,8 @@ pub struct Ctx {
     pub quota: std::sync::Arc<crate::quota::Quota>,
     /// The store is a fleet's: an account's usage-limit hold is shared through it.
     pub shared_store: bool,
+    /// Where the agent CLIs are (a chain builds its fallback agents from it).
+    pub backend: crate::agent::BackendOptions,
 }
 
 pub struct ChainArgs {
@@ -119,7 +121,12 @@ pub struct ChainState {
     id: String,
     task: String,
     settings: ChainSettings,
+    /// The agent running the chain's sessions now: one of `agents`.
     agent: Arc<dyn Agent>,
+    /// The chain's own agent, then its fallbacks (`fallback_agents`), in order.
+    agents: Vec<Arc<dyn Agent>>,
+    /// The kind of agent that ran the chain's last session (its resume id is that agent's).
+    last_ran: Option<crate::agent::AgentKind>,
     ctx: Ctx,
     cost: ActorRef<CostMsg>,
     handoffs: ActorRef<HandoffMsg>,
@@ -147,6 +154,22 @@ pub struct ChainState {
 }
 
 pub struct Chain;
+
+/// The agents a chain may run on, in order of preference: its own, then its fallbacks (each
+/// kind once).
+fn lineup(
+    own: &Arc<dyn Agent>,
+    s: &ChainSettings,
+    backend: &crate::agent::BackendOptions,
+) -> Vec<Arc<dyn Agent>> {
+    let mut out = vec![own.clone()];
+    for kind in &s.fallback_agents {
+        if !out.iter().any(|a| a.kind() == *kind) {
+            out.push(crate::agent::backend(*kind, backend));
+        }
+    }
+    out
+}
 
 impl ChainState {
     async fn set_status(
@@ -242,11 +265,14 @@ impl Actor for Chain {
         let next_index = machine.next_index;
         let cost = spawn_cost(&me, &a.chain_id, &a.ctx, a.settings.max_session_cost_usd).await?;
         let handoffs = spawn_handoffs(&me, &a.chain_id, &a.task, &a.ctx).await?;
+        let agents = lineup(&a.agent, &a.settings, &a.ctx.backend);
         let st = ChainState {
             id: a.chain_id,
             task: a.task,
             settings: a.settings,
             agent: a.agent,
+            agents,
+            last_ran: None,
             ctx: a.ctx,
             cost,
             handoffs,
@@ -344,6 +370,8 @@ impl Actor for Chain {
                     tracing::warn!(parent: &st.span, cause = %e, "could not store the reloaded settings");
                 }
                 st.settings = *settings;
+                st.agents = lineup(&agent, &st.settings, &st.ctx.backend);
+                st.account = agent.account();
                 st.agent = agent;
                 let limits = machine::Limits::of(&st.settings).with_daily_cap(st.ctx.daily_cap_usd);
                 st.step(&me, Event::Reconfigure(limits)).await?

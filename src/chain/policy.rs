@@ -164,6 +164,14 @@ fn reset_time_of_day(text: &str, now: jiff::Timestamp) -> Option<u64> {
     u64::try_from(when.as_second()).ok()
 }
 
+/// The agent the next session runs on: the first whose account no usage limit holds, starting
+/// from the chain's own agent (`prefer_primary`) or from the current one. `None`: all are held.
+pub fn pick_agent(held: &[bool], current: usize, prefer_primary: bool) -> Option<usize> {
+    let n = held.len();
+    let start = if prefer_primary { 0 } else { current };
+    (0..n).map(|k| (start + k) % n).find(|i| !held[*i])
+}
+
 /// Reads all the facts together: never `subtype` or the exit code alone.
 pub fn classify(f: &SessionFacts) -> Verdict {
     let failed = |error: String, kind: ErrorKind| Verdict {
@@ -524,6 +532,20 @@ mod tests {
             Some(None)
         );
         assert_eq!(usage_limit_in("API Error: 500"), None);
+    }
+
+    #[test]
+    fn the_next_agent_is_the_first_free_one_in_order() {
+        // Primary held: the first free fallback.
+        assert_eq!(pick_agent(&[true, false, false], 0, true), Some(1));
+        assert_eq!(pick_agent(&[true, true, false], 0, true), Some(2));
+        // The primary's reset passed: back to it, or stay on the fallback.
+        assert_eq!(pick_agent(&[false, false], 1, true), Some(0));
+        assert_eq!(pick_agent(&[false, false], 1, false), Some(1));
+        // The current fallback held too: on to the next, wrapping round.
+        assert_eq!(pick_agent(&[false, true, false], 1, false), Some(2));
+        assert_eq!(pick_agent(&[false, false, true], 2, false), Some(0));
+        assert_eq!(pick_agent(&[true, true], 1, true), None);
     }
 
     #[test]

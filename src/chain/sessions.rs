@@ -14,6 +14,8 @@ impl ChainState {
         note: Option<String>,
         resume_id: Option<String>,
     ) -> Result<Event, ActorProcessingErr> {
+        // Another agent cannot continue this one's session (after a switch to a fallback).
+        let resume_id = resume_id.filter(|_| self.last_ran.is_none_or(|k| k == self.agent.kind()));
         let resumed = resume_id.is_some();
         let prompt_msg = |reply| HandoffMsg::Prompt {
             index,
@@ -73,6 +75,7 @@ impl ChainState {
         let Some(p) = self.prepared.take().filter(|p| p.index == index) else {
             return Ok(());
         };
+        self.last_ran = Some(self.agent.kind());
         self.before =
             Some(gates::fingerprint(self.workdir(), self.ctx.data_dir.clone(), self.repo()).await);
         let spec = SessionSpec {

@@ -233,7 +233,9 @@ pub(super) async fn run_with(
             .iter()
             .flatten()
             .flat_map(|p| &p.chains)
-            .map(|c| c.settings.agent)
+            .flat_map(|c| {
+                std::iter::once(c.settings.agent).chain(c.settings.fallback_agents.clone())
+            })
             .collect();
         for kind in kinds {
             let agent = agent::backend(kind, &opts.backend);

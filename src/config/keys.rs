@@ -37,6 +37,8 @@ pub const CHAIN_KEYS: &[&str] = &[
     "verify_timeout",
     "no_progress_sessions",
     "no_wait",
+    "fallback_agents",
+    "prefer_primary",
     "breaker_cooldown",
     "permissions",
     "approval_timeout",

@@ -95,6 +95,14 @@ pub struct ChainSettings {
     /// On a usage limit, end the chain as `waiting-limit` instead of waiting for the reset.
     #[serde(default)]
     pub no_wait: bool,
+    /// Agents that run the chain's sessions while its own agent's account is held by a usage
+    /// limit, in order (the handoff carries over: it is plain text).
+    #[serde(default)]
+    pub fallback_agents: Vec<AgentKind>,
+    /// Go back to the chain's own agent once its usage limit has reset (else stay on the
+    /// fallback until its own limit).
+    #[serde(default = "yes")]
+    pub prefer_primary: bool,
     /// Sessions in a row without progress that stop the chain (`0`: never).
     #[serde(default = "default_no_progress")]
     pub no_progress_sessions: u32,
@@ -390,6 +398,7 @@ impl Env {
             .with_list_parse_key("retry_backoff")
             .with_list_parse_key("allowed_hosts")
             .with_list_parse_key("exclude")
+            .with_list_parse_key("fallback_agents")
             .with_list_parse_key("notify_on")
             .source(Some(map));
         let verify = self.get("OPERATOR_VERIFY").map(|v| {

@@ -258,6 +258,10 @@ fn backends(
     for s in settings {
         let a = agent::backend(s.agent, opts);
         a.preflight()?;
+        // A fallback agent that cannot start would only be found at the first usage limit.
+        for kind in &s.fallback_agents {
+            agent::backend(*kind, opts).preflight()?;
+        }
         out.push(a);
     }
     Ok(out)
@@ -686,6 +690,7 @@ async fn run(
         pricing: std::sync::Arc::new(crate::cost::Pricing::with(&opts.pricing)),
         quota: std::sync::Arc::new(crate::quota::Quota::new(opts.quota.clone())),
         shared_store: opts.shared_store,
+        backend: opts.backend.clone(),
     };
     let notifier = notify::spawn(opts.notify.clone(), store.clone(), bus.clone());
     let (stop_log, stop_log_rx) = oneshot::channel();

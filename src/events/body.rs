@@ -57,6 +57,8 @@ bodies! {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         account: Option<bool>,
     }
+    /// The chain's sessions run on another agent from now on (fallback agents at a usage limit).
+    AgentSwitched = "chain:agent-switched" { agent: String, from: String, reason: String }
     /// The chain holds for the operator's pause.
     Paused = "chain:paused" {}
     /// The pause ended.

@@ -29,6 +29,9 @@ pub struct Limits {
     pub gates: bool,
     /// The operator-wide daily cap on spending, across chains.
     pub daily_cap_usd: Option<f64>,
+    /// Fallback agents are configured: a usage limit holds this agent's account and the same
+    /// session is tried again at once (the shell picks an agent whose account is free).
+    pub fallback: bool,
 }
 
 impl Limits {
@@ -47,6 +50,7 @@ impl Limits {
             resume: s.continuation == crate::config::Continuation::Resume,
             gates: !s.verify.is_empty(),
             daily_cap_usd: None,
+            fallback: s.fallback_agents.iter().any(|a| *a != s.agent),
         }
     }
 
@@ -86,6 +90,9 @@ pub enum AfterEnd {
         until: u64,
         attempt: Attempt,
     },
+    /// A usage limit with fallback agents: hold the account until `until`, record the attempt,
+    /// and try the same session again at once, on another agent if one is free.
+    FallOver { until: u64, attempt: Attempt },
     /// A transient failure with attempts left: record it and try again after `delay`.
     Retry { delay: Duration, attempt: Attempt },
     /// The session is over: resolve its handoff, record it with these totals, then [`decide`].
@@ -454,6 +461,11 @@ impl ChainMachine {
         if let (Some(reset), true) = (e.verdict.usage_limit, e.running) {
             let delay = self.usage_limit_delay(reset, e.now);
             let until = e.now.saturating_add(delay.as_secs());
+            if self.limits.fallback {
+                self.waits += 1;
+                let attempt = self.failed_attempt(e, retry_note);
+                return AfterEnd::FallOver { until, attempt };
+            }
             if self.limits.no_wait {
                 let when = humantime::format_rfc3339_seconds(
                     std::time::UNIX_EPOCH + Duration::from_secs(until),
@@ -710,6 +722,7 @@ pub(super) mod tests {
             resume: false,
             gates: false,
             daily_cap_usd: None,
+            fallback: false,
         }
     }
 
@@ -830,6 +843,38 @@ pub(super) mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    #[test]
+    fn with_fallback_agents_a_usage_limit_holds_the_account_and_retries_at_once() {
+        let mut m = ChainMachine::new(
+            Limits {
+                fallback: true,
+                no_wait: true,
+                ..limits()
+            },
+            0,
+        );
+        let limited = Ended {
+            verdict: Verdict {
+                usage_limit: Some(Some(NOW + 3600)),
+                ..verdict(SessionStatus::Failed, Some(ErrorKind::Transient))
+            },
+            ..transient(1)
+        };
+        // Fallbacks come before no_wait: another agent may run the session now.
+        match m.session_ended(&limited) {
+            AfterEnd::FallOver { until, attempt } => {
+                assert_eq!(until, NOW + 3660);
+                assert_eq!(attempt.number, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not counted: three transient failures are still allowed their retries.
+        assert!(matches!(
+            m.session_ended(&transient(1)),
+            AfterEnd::Retry { .. }
+        ));
     }
 
     #[test]

@@ -567,6 +567,26 @@ impl ChainMachine {
                     },
                 });
             }
+            AfterEnd::FallOver { until, attempt } => {
+                out.push(Cmd::HoldAccount { until });
+                out.push(Cmd::Log {
+                    warn: true,
+                    index: Some(index),
+                    message: format!(
+                        "usage limit until {}; the session is tried again on a fallback agent",
+                        date(until)
+                    ),
+                });
+                self.retry(
+                    at,
+                    index,
+                    verdict,
+                    facts.hit_max_turns,
+                    attempt,
+                    Duration::ZERO,
+                    out,
+                );
+            }
             AfterEnd::Retry { delay, attempt } => {
                 self.retry(at, index, verdict, facts.hit_max_turns, attempt, delay, out)
             }
