@@ -668,7 +668,7 @@ impl Loaded {
         let settings: ChainSettings = b
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| plain_error(&e.to_string()))?;
         check_chain_settings(&settings)?;
         Ok(settings)
     }
@@ -860,6 +860,30 @@ impl Loaded {
             chains,
         })
     }
+}
+
+/// Serde's wording for a value that is not one of an enum's says so in the user's terms:
+/// `enum AgentKind does not have variant constructor codx for key `agent`` becomes
+/// ``agent` is `codx`: it must be one of claude, codex, sim`.
+fn plain_error(s: &str) -> String {
+    let Some((head, rest)) = s.split_once(" does not have variant constructor ") else {
+        return s.to_string();
+    };
+    let Some((value, key)) = rest.split_once(" for key ") else {
+        return s.to_string();
+    };
+    let choices = match head.trim_start_matches("enum ") {
+        "AgentKind" => "claude, codex, sim",
+        "Continuation" => "fresh, resume",
+        "DirtyStart" => "continue, refuse",
+        "WorktreeMode" => "auto, always, never",
+        _ => {
+            return format!(
+                "{key} is `{value}`, which is not one of its values (docs/configuration.md lists them)"
+            );
+        }
+    };
+    format!("{key} is `{value}`: it must be one of {choices}")
 }
 
 fn clean_error_str(s: &str, file: &str) -> String {

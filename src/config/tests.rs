@@ -351,3 +351,34 @@ fn resume_flags_layer_over_stored_settings() {
             .contains("max_turns")
     );
 }
+
+#[test]
+fn agents_and_fallbacks_come_from_files_and_the_environment_and_typos_name_the_choices() {
+    let vars = env(&[
+        ("OPERATOR_AGENT", "codex"),
+        ("OPERATOR_FALLBACK_AGENTS", "claude,sim"),
+    ]);
+    let loaded = load_operator(None, &vars, &Overrides::default()).unwrap();
+    let s = loaded
+        .plan_for_task("Do it", &Overrides::default())
+        .unwrap()
+        .chains[0]
+        .settings
+        .clone();
+    assert_eq!(s.agent, AgentKind::Codex);
+    assert_eq!(s.fallback_agents, vec![AgentKind::Claude, AgentKind::Sim]);
+    assert!(s.prefer_primary, "back to the chain's own agent by default");
+    let bad = load_operator(
+        None,
+        &env(&[("OPERATOR_AGENT", "codx")]),
+        &Overrides::default(),
+    )
+    .unwrap()
+    .plan_for_task("Do it", &Overrides::default())
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("`agent` is `codx`: it must be one of claude, codex, sim"),
+        "{bad}"
+    );
+}
