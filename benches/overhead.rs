@@ -3,12 +3,12 @@
 //! operator drives it (initialize request and prompt on stdin, read stdout up to the `result` line,
 //! close stdin, wait for the exit). Whole processes are timed, start-up and exit included.
 //!
-//! Four agents: the sim agent in instant mode, a minimal static program (a POSIX sh script that
-//! prints one canned session and exits), the real Claude Code CLI talking to the fake Messages API
-//! of the tests, and the real Codex CLI talking to the fake Responses API (when the CLIs are
-//! installed: `OPERATOR_TEST_CLAUDE_BIN` / `OPERATOR_TEST_CODEX_BIN`, as `.ci/run` sets them).
-//! Codex runs one process per turn: its bare run writes the prompt, closes stdin and reads up to
-//! `turn.completed`, as the operator does.
+//! Five agents: the sim agent in instant mode, a minimal static program (a POSIX sh script that
+//! prints one canned session and exits), and the real Claude Code, Codex and Gemini CLIs talking to
+//! the tests' fake Messages, Responses and Gemini APIs (when the CLIs are installed:
+//! `OPERATOR_TEST_{CLAUDE,CODEX,GEMINI}_BIN`, as `.ci/run` sets them). Codex and Gemini run one
+//! process per turn: their bare run writes the prompt, closes stdin and reads up to the turn's last
+//! line, as the operator does.
 //!
 //! `cargo bench --bench overhead` runs the full measurement; without `--bench` (as under
 //! `cargo test --all-targets`) it runs a quick pass, so CI notices a bench that no longer runs.
@@ -18,6 +18,9 @@ mod cli;
 #[allow(dead_code)]
 #[path = "../tests/common/fake_api.rs"]
 mod fake_api;
+#[allow(dead_code)]
+#[path = "../tests/common/fake_gemini.rs"]
+mod fake_gemini;
 #[allow(dead_code)]
 #[path = "../tests/common/fake_openai.rs"]
 mod fake_openai;
@@ -31,6 +34,8 @@ use fake_api::{FakeApi, Step};
 use operator::agent::stream::{initialize_request, user_message};
 
 const BIN: &str = env!("CARGO_BIN_EXE_operator");
+/// The last line of a claude, sim or gemini turn.
+const RESULT: &str = "\"type\":\"result\"";
 
 /// The handoff every canned session writes (long enough for the operator's quality checks).
 const HANDOFF: &str = "Done for now.\n\n## HANDOFF\n\n### Accomplished\nRead the module, wrote \
@@ -47,8 +52,10 @@ struct Subject {
     env: Vec<(String, String)>,
     /// More environment for the operator only (which agent, which binary).
     operator_env: Vec<(String, String)>,
-    /// One process per turn (codex): the prompt on stdin, then EOF.
+    /// One process per turn (codex, gemini): the prompt on stdin, then EOF.
     one_shot: bool,
+    /// The line that ends a session's turn.
+    end: &'static str,
 }
 
 /// Runs one session bare, driven as the operator drives an agent.
@@ -70,12 +77,12 @@ fn bare_session(s: &Subject, i: u32, dir: &Path) {
         writeln!(input, "Continue the task.").expect("write");
         // The prompt is whole at EOF.
         stdin = None;
-        "\"type\":\"turn.completed\""
+        s.end
     } else {
         writeln!(input, "{}", initialize_request("init_1")).expect("write");
         writeln!(input, "{}", user_message("Continue the task.")).expect("write");
         input.flush().expect("flush");
-        "\"type\":\"result\""
+        s.end
     };
     let stdout = child.stdout.take().expect("stdout");
     let mut got_result = false;
@@ -246,6 +253,7 @@ fn sim_subject() -> Subject {
         args: Box::new(args),
         env: Vec::new(),
         one_shot: false,
+        end: RESULT,
         operator_env: [
             ("OPERATOR_AGENT", "sim"),
             ("OPERATOR_SIM__SCENARIO", "incomplete"),
@@ -313,6 +321,7 @@ fn static_agent(dir: &Path) -> Subject {
         args: Box::new(|_| claude_args()),
         env: Vec::new(),
         one_shot: false,
+        end: RESULT,
         operator_env: vec![
             ("OPERATOR_AGENT".into(), "claude".into()),
             ("OPERATOR_CLAUDE_BIN".into(), path.display().to_string()),
@@ -338,6 +347,7 @@ fn claude_subject(bin: PathBuf, api: &FakeApi, home: &Path) -> Subject {
         args: Box::new(|_| claude_args()),
         env,
         one_shot: false,
+        end: RESULT,
         operator_env: vec![
             ("OPERATOR_AGENT".into(), "claude".into()),
             ("OPERATOR_CLAUDE_BIN".into(), bin.display().to_string()),
@@ -371,9 +381,42 @@ fn codex_subject(bin: PathBuf, api: &fake_openai::FakeOpenAi, home: &Path) -> Su
         }),
         env,
         one_shot: true,
+        end: "\"type\":\"turn.completed\"",
         operator_env: vec![
             ("OPERATOR_AGENT".into(), "codex".into()),
             ("OPERATOR_CODEX_BIN".into(), bin.display().to_string()),
+        ],
+    }
+}
+
+/// The gemini backend's arguments (src/agent/gemini.rs) in the default permission mode, on the
+/// CLI's own default model (`auto`: a routing request, then the turn).
+fn gemini_subject(bin: PathBuf, api: &fake_gemini::FakeGemini, home: &Path) -> Subject {
+    fake_gemini::FakeGemini::prepare_home(home);
+    let env = [
+        ("GEMINI_API_KEY", "test-key"),
+        ("GOOGLE_GEMINI_BASE_URL", api.url.as_str()),
+        ("HOME", &home.display().to_string()),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec();
+    Subject {
+        name: "Gemini CLI + fake Gemini API",
+        program: bin.clone(),
+        args: Box::new(|_| {
+            let mut a: Vec<String> = ["-p", "", "-o", "stream-json", "--approval-mode"]
+                .map(String::from)
+                .to_vec();
+            a.push(operator::agent::gemini::approval_mode("default").into());
+            a.push("--skip-trust".into());
+            a
+        }),
+        env,
+        one_shot: true,
+        end: RESULT,
+        operator_env: vec![
+            ("OPERATOR_AGENT".into(), "gemini".into()),
+            ("OPERATOR_GEMINI_BIN".into(), bin.display().to_string()),
         ],
     }
 }
@@ -418,6 +461,20 @@ fn main() {
             let home = dir.path().join("codex-home");
             std::fs::create_dir_all(&home).expect("codex home");
             let mut s = codex_subject(bin, &api, &home);
+            s.operator_env.push(no_progress_check.clone());
+            measure(&s, n, rounds, &work);
+        }
+    }
+    match cli::gemini_bin() {
+        None => println!("Gemini CLI: not installed (set OPERATOR_TEST_GEMINI_BIN); not measured"),
+        Some(bin) => {
+            let api = rt.block_on(fake_gemini::FakeGemini::start(
+                Vec::new(),
+                fake_gemini::Step::text(HANDOFF),
+            ));
+            let home = dir.path().join("gemini-home");
+            std::fs::create_dir_all(&home).expect("gemini home");
+            let mut s = gemini_subject(bin, &api, &home);
             s.operator_env.push(no_progress_check);
             measure(&s, n, rounds, &work);
         }

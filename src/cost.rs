@@ -52,6 +52,11 @@ impl Default for Pricing {
                 ("gpt-5".to_string(), r(1.25, 10.0, 1.25, 0.125)),
                 ("gpt-5-mini".to_string(), r(0.25, 2.0, 0.25, 0.025)),
                 ("gpt-5-nano".to_string(), r(0.05, 0.4, 0.05, 0.005)),
+                // Google (the gemini agent), prompts up to 200k tokens; any other `gemini`
+                // model at 2.5 Pro's price.
+                ("gemini".to_string(), r(1.25, 10.0, 1.25, 0.31)),
+                ("gemini-2.5-flash".to_string(), r(0.3, 2.5, 0.3, 0.075)),
+                ("gemini-2.5-flash-lite".to_string(), r(0.1, 0.4, 0.1, 0.025)),
             ]),
         }
     }

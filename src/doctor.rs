@@ -128,6 +128,40 @@ fn codex_checks(
     out
 }
 
+/// The Gemini CLI, its credentials, and what the permission mode becomes as its approval mode.
+fn gemini_checks(
+    s: &ChainSettings,
+    backend: &BackendOptions,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<Check> {
+    let mut out = vec![cli_check(
+        "gemini CLI",
+        backend.gemini_bin.as_deref(),
+        "gemini",
+        "install it with `npm install -g @google/gemini-cli`, or set --gemini-bin / OPERATOR_GEMINI_BIN",
+    )];
+    out.push(match crate::agent::gemini::credentials(env) {
+        Ok(how) => Check::ok("credentials", how),
+        Err(why) => Check::bad("credentials", why),
+    });
+    let mode = crate::agent::gemini::approval_mode(&s.permission_mode);
+    out.push(match mode {
+        "plan" => Check::bad(
+            "permission mode",
+            "plan: --approval-mode plan (read-only): it could never edit the workdir",
+        ),
+        "yolo" => Check::ok(
+            "permission mode",
+            "bypassPermissions (chosen explicitly): --approval-mode yolo — every tool, shell commands included, unconfined",
+        ),
+        _ => Check::ok(
+            "permission mode",
+            format!("{}: --approval-mode auto_edit — reads, and edits files inside the workdir (the CLI refuses paths outside it); no shell commands, which the CLI cannot confine (bypassPermissions allows them); the operator's allow/ask/deny rules are not asked per call", s.permission_mode),
+        ),
+    });
+    out
+}
+
 /// The effective permission policy, failing loudly when the agent could not do its job under it
 /// (edit files and run commands in its workdir).
 pub fn permissions_check(s: &ChainSettings, data_dir: &Path) -> Check {
@@ -210,6 +244,8 @@ pub fn checks(
         out.push(permissions_check(s, data_dir));
     } else if s.agent == AgentKind::Codex {
         out.extend(codex_checks(s, backend, env, data_dir));
+    } else if s.agent == AgentKind::Gemini {
+        out.extend(gemini_checks(s, backend, env));
     } else {
         out.push(Check::ok("agent", "sim (built in; no CLI or key needed)"));
     }

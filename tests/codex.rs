@@ -298,27 +298,34 @@ async fn doctor_checks_the_codex_setup_and_runs_a_tiny_session() {
     assert_eq!(api.requests().len(), 1, "nothing started");
 }
 
-/// One mission, three agents: a claude chain against the fake Messages API, a codex chain against
-/// the fake Responses API and a sim chain, side by side, each with its own transcript and cost.
+/// One mission, four agents: a claude chain against the fake Messages API, a codex chain against
+/// the fake Responses API, a gemini chain against the fake Gemini API and a sim chain, side by
+/// side, each with its own transcript and cost.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_mission_mixes_claude_codex_and_sim_chains() {
+async fn a_mission_mixes_claude_codex_gemini_and_sim_chains() {
     let Some(bin) = bin() else { return };
     let Some(claude) = common::cli::claude_bin() else {
         return;
     };
+    let Some(gemini) = common::cli::gemini_bin() else {
+        return;
+    };
+    let google =
+        common::fake_gemini::FakeGemini::start(vec![], common::fake_gemini::Step::text(COMPLETE))
+            .await;
     let op = Op::new();
     let openai = FakeOpenAi::start(vec![], Step::text(COMPLETE)).await;
     let anthropic =
         common::fake_api::FakeApi::start(vec![], common::fake_api::Step::text(COMPLETE)).await;
     let root = op.root.path();
-    for w in ["w-claude", "w-codex", "w-sim"] {
+    for w in ["w-claude", "w-codex", "w-gemini", "w-sim"] {
         std::fs::create_dir_all(root.join(w)).unwrap();
     }
     let mission = op.write(
         "mixed.toml",
         &format!(
             r#"name = "mixed"
-concurrency = 3
+concurrency = 4
 
 [[chain]]
 name = "on-claude"
@@ -332,6 +339,12 @@ agent = "codex"
 model = "gpt-5-mini"
 task = "Codex's part"
 workdir = "{r}/w-codex"
+
+[[chain]]
+name = "on-gemini"
+agent = "gemini"
+task = "Gemini's part"
+workdir = "{r}/w-gemini"
 
 [[chain]]
 name = "on-sim"
@@ -355,11 +368,15 @@ scenario = "complete"
         .env("OPERATOR_CLAUDE_BIN", &claude)
         .env("ANTHROPIC_BASE_URL", &anthropic.url)
         .env("ANTHROPIC_API_KEY", "sk-test")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("OPERATOR_GEMINI_BIN", &gemini)
+        .env("GEMINI_API_KEY", "test-key")
+        .env("GOOGLE_GEMINI_BASE_URL", &google.url);
+    common::fake_gemini::FakeGemini::prepare_home(&op.root.path().join("home"));
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let all = chains(&out);
-    assert_eq!(all.len(), 3);
+    assert_eq!(all.len(), 4);
     for c in &all {
         assert_eq!(
             c.status,
@@ -383,6 +400,9 @@ scenario = "complete"
     // Each priced by its own agent's usage.
     assert!(by("on-claude").sessions[0].cost_usd > 0.0);
     assert!(by("on-codex").sessions[0].cost_usd > 0.0);
+    assert!(by("on-gemini").sessions[0].cost_usd > 0.0);
+    assert_eq!(google.requests().len(), 1, "the gemini chain's one request");
+    assert!(common::fake_gemini::request_text(&google.requests()[0]).contains("Gemini's part"));
     let t = transcript(&op, &by("on-codex").id, 1);
     assert!(t.contains("thread.started"), "{t}");
 }

@@ -1,15 +1,16 @@
 //! Agents: the `Agent` trait that turns a session's spec into a command line and its output into
 //! typed events, and its backends (`claude`, the real Claude Code CLI; `codex`, the OpenAI Codex
-//! CLI; `sim`, the built-in simulated agent).
+//! CLI; `gemini`, the Google Gemini CLI; `sim`, the built-in simulated agent).
 //!
 //! Claude and sim speak the two-way stream-json protocol ([`stream`]): one process per session,
-//! follow-ups on stdin. Codex runs one process per turn ([`Protocol::OneShot`]): the prompt on
+//! follow-ups on stdin. Codex and Gemini run one process per turn ([`Protocol::OneShot`]): the prompt on
 //! stdin, then stdin closed; a follow-up is a new process resuming the agent's own thread. Each
 //! backend's stdout lines become the same [`stream::AgentEvent`]s, so the session code is one
 //! code path for all of them.
 
 pub mod claude;
 pub mod codex;
+pub mod gemini;
 pub mod sim;
 pub mod stream;
 
@@ -31,6 +32,8 @@ pub enum AgentKind {
     Claude,
     /// The OpenAI Codex CLI (`codex exec --json`).
     Codex,
+    /// The Google Gemini CLI (`gemini -o stream-json`).
+    Gemini,
     /// The built-in simulated agent (demos and tests; it changes nothing real).
     Sim,
 }
@@ -40,6 +43,7 @@ impl AgentKind {
         match self {
             AgentKind::Claude => "claude",
             AgentKind::Codex => "codex",
+            AgentKind::Gemini => "gemini",
             AgentKind::Sim => "sim",
         }
     }
@@ -51,6 +55,7 @@ impl AgentKind {
                 "log in with `claude` (then `/login`), or set ANTHROPIC_API_KEY"
             }
             AgentKind::Codex => "log in with `codex login`, or set OPENAI_API_KEY",
+            AgentKind::Gemini => "log in with `gemini` (Login with Google), or set GEMINI_API_KEY",
         }
     }
 }
@@ -184,6 +189,7 @@ pub trait Agent: Send + Sync + fmt::Debug + 'static {
 pub struct BackendOptions {
     pub claude_bin: Option<PathBuf>,
     pub codex_bin: Option<PathBuf>,
+    pub gemini_bin: Option<PathBuf>,
 }
 
 /// Builds the backend for `kind`.
@@ -192,6 +198,7 @@ pub fn backend(kind: AgentKind, opts: &BackendOptions) -> Arc<dyn Agent> {
         AgentKind::Sim => Arc::new(sim::SimAgent::current_exe()),
         AgentKind::Claude => Arc::new(claude::ClaudeAgent::new(opts.claude_bin.clone())),
         AgentKind::Codex => Arc::new(codex::CodexAgent::new(opts.codex_bin.clone())),
+        AgentKind::Gemini => Arc::new(gemini::GeminiAgent::new(opts.gemini_bin.clone())),
     }
 }
 

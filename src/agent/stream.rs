@@ -83,6 +83,14 @@ pub enum AgentEvent {
         model: Option<String>,
         version: Option<String>,
     },
+    /// Usage of one model (a CLI that reports it per model at the end of a turn).
+    ModelUsage {
+        model: String,
+        usage: Usage,
+    },
+    /// A chunk of assistant text, joined to the chunks before it as it comes (Gemini's
+    /// `delta` messages).
+    TextDelta(String),
     /// Assistant text, and the usage of the message it came in.
     Text {
         text: String,

@@ -39,7 +39,10 @@ pub fn credentials_error(
     let lower = text.to_ascii_lowercase();
     let what = if lower.contains("not logged in") || lower.contains("please run /login") {
         "the agent is not logged in"
-    } else if lower.contains("invalid api key") || lower.contains("invalid x-api-key") {
+    } else if lower.contains("invalid api key")
+        || lower.contains("invalid x-api-key")
+        || lower.contains("api key not valid")
+    {
         "the API key was refused"
     } else if lower.contains("oauth token")
         && (lower.contains("expired") || lower.contains("revoked"))
@@ -86,6 +89,7 @@ pub fn usage_limit_at(text: &str, now: jiff::Timestamp) -> Option<Option<u64>> {
     let lower = text.to_ascii_lowercase();
     let says_limit = lower.contains("usage limit")
         || lower.contains("quota exceeded")
+        || (lower.contains("exhausted your") && lower.contains("quota"))
         || lower.contains("limit reached")
         || lower.contains("reached your limit")
         || (lower.contains("hit your") && lower.contains("limit"));
@@ -103,7 +107,23 @@ pub fn usage_limit_at(text: &str, now: jiff::Timestamp) -> Option<Option<u64>> {
                 .ok()
         })
         .filter(|t| *t > 1_000_000_000);
-    Some(epoch.or_else(|| reset_time_of_day(text, now)))
+    Some(
+        epoch
+            .or_else(|| reset_time_of_day(text, now))
+            .or_else(|| daily_quota_reset(&lower, now)),
+    )
+}
+
+/// Google's daily quotas (the Gemini CLI's `You have exhausted your daily quota on this model.`)
+/// reset at midnight Pacific time: the next one after `now`.
+fn daily_quota_reset(lower: &str, now: jiff::Timestamp) -> Option<u64> {
+    if !lower.contains("daily quota") {
+        return None;
+    }
+    let tz = jiff::tz::TimeZone::get("America/Los_Angeles").ok()?;
+    let tomorrow = now.to_zoned(tz.clone()).date().tomorrow().ok()?;
+    let at = tomorrow.at(0, 0, 0, 0).to_zoned(tz).ok()?.timestamp();
+    u64::try_from(at.as_second()).ok()
 }
 
 /// `resets 8pm`, `resets 8:30 pm (Europe/Paris)`, `resets at 20:00 (UTC)`, Codex's `try again at
@@ -605,6 +625,15 @@ mod tests {
                 now + jiff::SignedDuration::from_secs(1000)
             ),
             Some(Some(at("2026-12-02T15:58:00Z")))
+        );
+        // Measured with the Gemini CLI 0.61.0: a daily quota resets at midnight Pacific time
+        // (2026-12-02 15:00 UTC is 07:00 in Los Angeles: the next midnight is 08:00 UTC).
+        assert_eq!(
+            usage_limit_at(
+                "[API Error: You have exhausted your daily quota on this model.]\nPlease wait and try again later.",
+                now
+            ),
+            Some(Some(at("2026-12-03T08:00:00Z")))
         );
         // An API key's exhausted quota: a limit with no reset time.
         assert_eq!(

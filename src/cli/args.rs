@@ -157,6 +157,9 @@ pub(super) struct RunArgs {
     /// Path of the Codex CLI.
     #[arg(long, value_name = "PATH")]
     pub(super) codex_bin: Option<PathBuf>,
+    /// Path of the Gemini CLI.
+    #[arg(long, value_name = "PATH")]
+    pub(super) gemini_bin: Option<PathBuf>,
     /// At a usage limit, end the chain as `waiting-limit` (resumable) instead of waiting.
     #[arg(long)]
     pub(super) no_wait: bool,
@@ -206,6 +209,7 @@ pub(super) enum LogFormat {
 pub(super) enum AgentArg {
     Claude,
     Codex,
+    Gemini,
     Sim,
 }
 
@@ -214,6 +218,7 @@ impl AgentArg {
         match self {
             AgentArg::Claude => "claude",
             AgentArg::Codex => "codex",
+            AgentArg::Gemini => "gemini",
             AgentArg::Sim => "sim",
         }
     }
@@ -231,6 +236,8 @@ pub(super) struct DoctorArgs {
     pub(super) claude_bin: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
     pub(super) codex_bin: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    pub(super) gemini_bin: Option<PathBuf>,
     #[arg(long)]
     pub(super) model: Option<String>,
     #[arg(long)]
@@ -323,6 +330,9 @@ pub(super) fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
     }
     if let Some(b) = &r.codex_bin {
         o.set("codex_bin", b.display().to_string());
+    }
+    if let Some(b) = &r.gemini_bin {
+        o.set("gemini_bin", b.display().to_string());
     }
     if r.auto_push {
         o.set("auto_push", true);

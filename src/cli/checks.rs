@@ -19,6 +19,9 @@ pub(super) async fn doctor(
     if let Some(b) = &d.codex_bin {
         ov.set("codex_bin", b.display().to_string());
     }
+    if let Some(b) = &d.gemini_bin {
+        ov.set("gemini_bin", b.display().to_string());
+    }
     if let Some(m) = &d.model {
         ov.set("model", m.as_str());
     }

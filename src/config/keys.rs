@@ -51,6 +51,7 @@ const OPERATOR_KEYS: &[&str] = &[
     "data_dir",
     "claude_bin",
     "codex_bin",
+    "gemini_bin",
     "notify_webhook",
     "notify_secret",
     "notify_format",

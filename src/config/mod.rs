@@ -238,6 +238,8 @@ pub struct OperatorSettings {
     pub claude_bin: Option<PathBuf>,
     #[serde(default)]
     pub codex_bin: Option<PathBuf>,
+    #[serde(default)]
+    pub gemini_bin: Option<PathBuf>,
     /// POST a JSON summary here when a chain ends.
     pub notify_webhook: Option<String>,
     /// Signs webhook bodies (`X-Operator-Signature: sha256=<HMAC-SHA256 hex>`).
@@ -291,6 +293,7 @@ impl OperatorSettings {
         crate::agent::BackendOptions {
             claude_bin: self.claude_bin.clone(),
             codex_bin: self.codex_bin.clone(),
+            gemini_bin: self.gemini_bin.clone(),
         }
     }
 }
@@ -873,7 +876,7 @@ fn plain_error(s: &str) -> String {
         return s.to_string();
     };
     let choices = match head.trim_start_matches("enum ") {
-        "AgentKind" => "claude, codex, sim",
+        "AgentKind" => "claude, codex, gemini, sim",
         "Continuation" => "fresh, resume",
         "DirtyStart" => "continue, refuse",
         "WorktreeMode" => "auto, always, never",

@@ -378,7 +378,7 @@ fn agents_and_fallbacks_come_from_files_and_the_environment_and_typos_name_the_c
     .unwrap_err()
     .to_string();
     assert!(
-        bad.contains("`agent` is `codx`: it must be one of claude, codex, sim"),
+        bad.contains("`agent` is `codx`: it must be one of claude, codex, gemini, sim"),
         "{bad}"
     );
 }

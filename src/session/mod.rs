@@ -183,6 +183,8 @@ pub struct SessionState {
     exited: Option<Option<std::process::ExitStatus>>,
     /// A follow-up the chain sent while a one-shot agent's process was still ending.
     pending_follow_up: Option<String>,
+    /// The last event was a chunk of streamed text (the next chunk joins it).
+    in_delta: bool,
     exit_grace: Duration,
     started: Instant,
     output: String,
@@ -355,7 +357,9 @@ impl SessionState {
     }
 
     fn push_output(&mut self, text: &str) {
-        if !self.output.is_empty() {
+        // A chunk of the text being streamed joins the one before it; anything else starts
+        // a new paragraph.
+        if !self.output.is_empty() && !self.in_delta {
             self.output.push_str("\n\n");
         }
         self.output.push_str(text);
@@ -531,6 +535,7 @@ impl Actor for Session {
             turn_open: false,
             exited: None,
             pending_follow_up: None,
+            in_delta: false,
             exit_grace: args.agent.exit_grace(),
             started: Instant::now(),
             output: String::new(),
@@ -623,7 +628,9 @@ impl Actor for Session {
                 st.last_output = Instant::now();
                 st.record(line);
                 for ev in st.agent.parse_line(line) {
+                    let delta = matches!(ev, AgentEvent::TextDelta(_));
                     handle_event(st, ev).await;
+                    st.in_delta = delta;
                 }
             }
             SessionMsg::Stderr(line) => {
@@ -823,6 +830,16 @@ async fn handle_event(st: &mut SessionState, ev: AgentEvent) {
                     .to_string();
                 st.push_output(&text);
                 st.live(first, false);
+            }
+        }
+        AgentEvent::ModelUsage { model, usage } => {
+            let _ = st.chain.send_message(SessionReport::Usage { model, usage });
+        }
+        AgentEvent::TextDelta(text) => {
+            st.push_output(&text);
+            if let Some(last) = st.output.lines().rev().find(|l| !l.trim().is_empty()) {
+                let last = last.to_string();
+                st.live(last, false);
             }
         }
         AgentEvent::ToolUse { name, usage } => {

@@ -1,5 +1,5 @@
 //! The installed agent CLIs, for the tests and benches that run them: `.ci/run`'s cache or
-//! `OPERATOR_TEST_CLAUDE_BIN` / `OPERATOR_TEST_CODEX_BIN`. In CI a missing CLI is a failure;
+//! `OPERATOR_TEST_CLAUDE_BIN` / `OPERATOR_TEST_CODEX_BIN` / `OPERATOR_TEST_GEMINI_BIN`. In CI a missing CLI is a failure;
 //! elsewhere a loud skip.
 
 use std::path::PathBuf;
@@ -19,6 +19,15 @@ pub fn codex_bin() -> Option<PathBuf> {
         "Codex",
         "OPERATOR_TEST_CODEX_BIN",
         "codex-0.169.0/node_modules/.bin/codex",
+    )
+}
+
+/// The Gemini CLI, or `None` (after saying so) when it is not installed outside CI.
+pub fn gemini_bin() -> Option<PathBuf> {
+    installed(
+        "Gemini",
+        "OPERATOR_TEST_GEMINI_BIN",
+        "gemini-cli-0.61.0/node_modules/.bin/gemini",
     )
 }
 

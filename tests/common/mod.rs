@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod fake_api;
+pub mod fake_gemini;
 pub mod fake_openai;
 pub mod pg;
 pub mod records;
