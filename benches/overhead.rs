@@ -74,7 +74,14 @@ fn bare_session(s: &Subject, i: u32, dir: &Path) {
     let mut stdin = child.stdin.take();
     let input = stdin.as_mut().expect("stdin");
     let end = if s.one_shot {
-        writeln!(input, "Continue the task.").expect("write");
+        // What the operator writes: a one-shot CLI has no system-prompt option, so the
+        // continuation protocol leads the prompt, then the task and the last handoff.
+        writeln!(
+            input,
+            "{}\n\nContinue the task.\n\n{HANDOFF}",
+            operator::handoff::prompt::CONTINUATION_PROTOCOL
+        )
+        .expect("write");
         // The prompt is whole at EOF.
         stdin = None;
         s.end
@@ -423,25 +430,40 @@ fn gemini_subject(bin: PathBuf, api: &fake_gemini::FakeGemini, home: &Path) -> S
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    // `cargo bench --bench overhead -- gemini`: only the subjects whose name has that word.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .map(|a| a.to_lowercase())
+        .collect();
+    let wanted = |name: &str| {
+        only.is_empty()
+            || only
+                .iter()
+                .any(|w| name.to_lowercase().contains(w.as_str()))
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).expect("workdir");
 
     let (n, rounds) = if full { (20, 7) } else { (3, 1) };
-    let (sim, _) = measure(&sim_subject(), n, rounds, &work);
-    let (sh, _) = measure(&static_agent(dir.path()), n, rounds, &work);
-    allowance(rounds, &[("sim agent", n, sim), ("sh script", n, sh)]);
+    if wanted("sim") || wanted("sh script") {
+        let (sim, _) = measure(&sim_subject(), n, rounds, &work);
+        let (sh, _) = measure(&static_agent(dir.path()), n, rounds, &work);
+        allowance(rounds, &[("sim agent", n, sim), ("sh script", n, sh)]);
+    }
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (n, rounds) = if full { (10, 3) } else { (2, 1) };
     // These sessions change nothing in the tree, so the chain's progress check is turned off
     // (`no_progress_sessions = 0`); otherwise it would rightly stop the chain after three.
     let no_progress_check = ("OPERATOR_NO_PROGRESS_SESSIONS".to_string(), "0".to_string());
-    match cli::claude_bin() {
-        None => {
+    match wanted("claude").then(cli::claude_bin) {
+        None => {}
+        Some(None) => {
             println!("Claude Code CLI: not installed (set OPERATOR_TEST_CLAUDE_BIN); not measured")
         }
-        Some(bin) => {
+        Some(Some(bin)) => {
             // Every agent-loop request gets the same answer: a session of one turn with a handoff.
             let api = rt.block_on(FakeApi::start(Vec::new(), Step::text(HANDOFF)));
             let home = dir.path().join("home");
@@ -451,9 +473,12 @@ fn main() {
             measure(&s, n, rounds, &work);
         }
     }
-    match cli::codex_bin() {
-        None => println!("Codex CLI: not installed (set OPERATOR_TEST_CODEX_BIN); not measured"),
-        Some(bin) => {
+    match wanted("codex").then(cli::codex_bin) {
+        None => {}
+        Some(None) => {
+            println!("Codex CLI: not installed (set OPERATOR_TEST_CODEX_BIN); not measured")
+        }
+        Some(Some(bin)) => {
             let api = rt.block_on(fake_openai::FakeOpenAi::start(
                 Vec::new(),
                 fake_openai::Step::text(HANDOFF),
@@ -465,9 +490,12 @@ fn main() {
             measure(&s, n, rounds, &work);
         }
     }
-    match cli::gemini_bin() {
-        None => println!("Gemini CLI: not installed (set OPERATOR_TEST_GEMINI_BIN); not measured"),
-        Some(bin) => {
+    match wanted("gemini").then(cli::gemini_bin) {
+        None => {}
+        Some(None) => {
+            println!("Gemini CLI: not installed (set OPERATOR_TEST_GEMINI_BIN); not measured")
+        }
+        Some(Some(bin)) => {
             let api = rt.block_on(fake_gemini::FakeGemini::start(
                 Vec::new(),
                 fake_gemini::Step::text(HANDOFF),

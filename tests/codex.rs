@@ -493,3 +493,32 @@ async fn a_chain_falls_over_from_claude_to_codex_at_a_usage_limit_and_back_after
         "{switches:?}"
     );
 }
+
+/// `continuation = "resume"`: the next session continues the agent's own thread
+/// (`codex exec resume <thread_id>`), so its request carries the first session's conversation.
+#[tokio::test(flavor = "multi_thread")]
+async fn continuation_resume_continues_the_thread_in_a_new_process() {
+    let Some(bin) = bin() else { return };
+    let op = Op::new();
+    let api = FakeOpenAi::start(
+        vec![Step::text(incomplete(1)), Step::text(COMPLETE)],
+        Step::text("unexpected"),
+    )
+    .await;
+    let mut cmd = codex_cmd(&op, &api, &bin, &["run", "--task", "Resume me", "--json"]);
+    cmd.env("OPERATOR_CONTINUATION", "resume");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(c.sessions.len(), 2);
+    assert_eq!(
+        c.sessions[0].session_id, c.sessions[1].session_id,
+        "the same thread"
+    );
+    let second = request_text(&api.requests()[1]);
+    assert!(
+        second.contains("Resume me") && second.contains("HANDOFF-MARKER-1"),
+        "the whole thread: {second}"
+    );
+}

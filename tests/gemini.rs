@@ -278,3 +278,29 @@ async fn doctor_checks_the_gemini_setup_and_runs_a_tiny_session() {
     assert!(stderr(&out).contains("GEMINI_API_KEY"), "{}", stderr(&out));
     assert_eq!(api.requests().len(), 1, "nothing started");
 }
+
+/// `continuation = "resume"`: the next session continues the agent's own session
+/// (`--resume <session_id>`), so its request carries the first session's conversation.
+#[tokio::test(flavor = "multi_thread")]
+async fn continuation_resume_continues_the_session_in_a_new_process() {
+    let Some(bin) = gemini_bin() else { return };
+    let op = Op::new();
+    let api = FakeGemini::start(
+        vec![Step::text(incomplete(1)), Step::text(COMPLETE)],
+        Step::text("unexpected"),
+    )
+    .await;
+    let mut cmd = gemini_cmd(&op, &api, &bin, &["run", "--task", "Resume me", "--json"]);
+    cmd.env("OPERATOR_CONTINUATION", "resume");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    assert_eq!(c.sessions.len(), 2);
+    assert_eq!(c.sessions[0].session_id, c.sessions[1].session_id);
+    let second = request_text(&api.requests()[1]);
+    assert!(
+        second.contains("Resume me") && second.contains("HANDOFF-MARKER-1"),
+        "the whole session: {second}"
+    );
+}

@@ -745,62 +745,58 @@ fn finish(
     status: Option<std::process::ExitStatus>,
     myself: &ActorRef<SessionMsg>,
 ) -> Result<(), ActorProcessingErr> {
+    if let Some(h) = st.summary_handoff.take()
+        && handoff::extract(&st.output).is_err()
     {
-        {
-            if let Some(h) = st.summary_handoff.take()
-                && handoff::extract(&st.output).is_err()
-            {
-                st.push_output(&h);
-            }
-            let _ = st.transcript.flush();
-            let reported_cost = st.last_result.take().map(|r| r.total_cost_usd);
-            let result = st.first_result.take();
-            let facts = SessionFacts {
-                agent: st.agent.kind(),
-                saw_result: result.is_some(),
-                results: st.results,
-                result_is_error: result.as_ref().is_some_and(|r| r.is_error),
-                result_subtype: result
-                    .as_ref()
-                    .map(|r| r.subtype.clone())
-                    .unwrap_or_default(),
-                terminal_reason: result.as_ref().and_then(|r| r.terminal_reason.clone()),
-                api_error_status: result.as_ref().and_then(|r| r.api_error_status),
-                result_text: result.as_ref().and_then(|r| r.result.clone()),
-                errors: result
-                    .as_ref()
-                    .map(|r| r.errors.clone())
-                    .unwrap_or_default(),
-                hit_max_turns: st.hit_max_turns,
-                exit_code: status.and_then(|s| s.code()),
-                stopped_by_operator: st.stopped,
-                watchdog: st.watchdog_fired.clone(),
-                auth_error: st.auth_error.clone(),
-                usage_limit: st.rate_limited,
-                spawn_error: None,
-                stderr_tail: st.stderr_tail.join("\n"),
-            };
-            let outcome = SessionOutcome {
-                index: st.spec.index,
-                session_id: st.session_id.clone(),
-                output: std::mem::take(&mut st.output),
-                facts,
-                turns: st.turns,
-                reported_cost,
-                pre_compacted: st.pre_compacted,
-                duration: st.started.elapsed(),
-                transcript_truncated: st.transcript_truncated,
-                ended_at: crate::model::now_rfc3339(),
-                denied: std::mem::take(&mut st.denied)
-                    .into_iter()
-                    .map(|(_, d)| d)
-                    .collect(),
-            };
-            st.chain
-                .send_message(SessionReport::Ended(Box::new(outcome)))?;
-            myself.stop(None);
-        }
+        st.push_output(&h);
     }
+    let _ = st.transcript.flush();
+    let reported_cost = st.last_result.take().map(|r| r.total_cost_usd);
+    let result = st.first_result.take();
+    let facts = SessionFacts {
+        agent: st.agent.kind(),
+        saw_result: result.is_some(),
+        results: st.results,
+        result_is_error: result.as_ref().is_some_and(|r| r.is_error),
+        result_subtype: result
+            .as_ref()
+            .map(|r| r.subtype.clone())
+            .unwrap_or_default(),
+        terminal_reason: result.as_ref().and_then(|r| r.terminal_reason.clone()),
+        api_error_status: result.as_ref().and_then(|r| r.api_error_status),
+        result_text: result.as_ref().and_then(|r| r.result.clone()),
+        errors: result
+            .as_ref()
+            .map(|r| r.errors.clone())
+            .unwrap_or_default(),
+        hit_max_turns: st.hit_max_turns,
+        exit_code: status.and_then(|s| s.code()),
+        stopped_by_operator: st.stopped,
+        watchdog: st.watchdog_fired.clone(),
+        auth_error: st.auth_error.clone(),
+        usage_limit: st.rate_limited,
+        spawn_error: None,
+        stderr_tail: st.stderr_tail.join("\n"),
+    };
+    let outcome = SessionOutcome {
+        index: st.spec.index,
+        session_id: st.session_id.clone(),
+        output: std::mem::take(&mut st.output),
+        facts,
+        turns: st.turns,
+        reported_cost,
+        pre_compacted: st.pre_compacted,
+        duration: st.started.elapsed(),
+        transcript_truncated: st.transcript_truncated,
+        ended_at: crate::model::now_rfc3339(),
+        denied: std::mem::take(&mut st.denied)
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect(),
+    };
+    st.chain
+        .send_message(SessionReport::Ended(Box::new(outcome)))?;
+    myself.stop(None);
     Ok(())
 }
 
