@@ -494,6 +494,17 @@ async fn a_second_sigint_stops_at_once_and_leaves_no_agent() {
             .is_empty()),
         "the agent never started"
     );
+    // … and its chain holds it as its running session: a signal a moment earlier finds the
+    // chain between sessions, where a graceful stop rightly ends at once.
+    let early = op.store().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while early.running_agents().await.map_or(true, |a| a.is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session was not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     common::signal(&child, nix::sys::signal::Signal::SIGINT);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
