@@ -66,11 +66,17 @@ fn bare_session(s: &Subject, i: u32, dir: &Path) {
         .env_remove("CLAUDECODE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        // Piped and read, as the operator reads it: a CLI may write a pipe differently from
+        // /dev/null (Node writes pipes synchronously).
+        .stderr(Stdio::piped());
     for (k, v) in &s.env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn the agent");
+    let stderr = child.stderr.take().expect("stderr");
+    let drain = std::thread::spawn(move || {
+        std::io::copy(&mut BufReader::new(stderr), &mut std::io::sink()).ok()
+    });
     let mut stdin = child.stdin.take();
     let input = stdin.as_mut().expect("stdin");
     let end = if s.one_shot {
@@ -102,6 +108,7 @@ fn bare_session(s: &Subject, i: u32, dir: &Path) {
     }
     drop(stdin);
     let status = child.wait().expect("wait");
+    let _ = drain.join();
     assert!(got_result, "{}: no result line", s.name);
     assert!(status.success(), "{}: bare agent failed: {status}", s.name);
 }
