@@ -73,20 +73,16 @@ impl Agent for ClaudeAgent {
 
     /// The credentials the CLI will use, as a short hash (never the secret itself).
     fn account(&self) -> String {
-        use std::hash::{Hash, Hasher};
-        let creds = [
-            "ANTHROPIC_API_KEY",
-            "ANTHROPIC_AUTH_TOKEN",
-            "CLAUDE_CODE_OAUTH_TOKEN",
-            "CLAUDE_CONFIG_DIR",
-            "HOME",
-        ]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_default();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        creds.hash(&mut h);
-        format!("claude:{:016x}", h.finish())
+        super::account_of(
+            AgentKind::Claude,
+            &[
+                "ANTHROPIC_API_KEY",
+                "ANTHROPIC_AUTH_TOKEN",
+                "CLAUDE_CODE_OAUTH_TOKEN",
+                "CLAUDE_CONFIG_DIR",
+                "HOME",
+            ],
+        )
     }
 
     fn credentials(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {

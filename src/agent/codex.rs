@@ -41,7 +41,7 @@ impl CodexAgent {
             .map(String::from)
             .to_vec();
         args.extend(sandbox_args(&spec.permission_mode));
-        if let Some(m) = model_arg(&spec.model) {
+        if let Some(m) = super::foreign_model(&spec.model) {
             args.extend(["-m".into(), m.to_string()]);
         }
         args
@@ -56,12 +56,6 @@ impl CodexAgent {
             env_remove: Vec::new(),
         }
     }
-}
-
-/// The model given to the CLI: none for a Claude name (a mission's `model = "opus"` meant for
-/// claude chains), so the CLI runs its own default.
-fn model_arg(model: &str) -> Option<&str> {
-    (!model.is_empty() && !super::is_claude_model(model)).then_some(model)
 }
 
 /// The operator's permission mode in the CLI's own terms (`-c` keys, accepted by `exec` and by
@@ -115,21 +109,17 @@ impl Agent for CodexAgent {
     }
 
     fn priced_model(&self, configured: &str) -> String {
-        model_arg(configured)
+        super::foreign_model(configured)
             .unwrap_or(DEFAULT_PRICED_MODEL)
             .to_string()
     }
 
     /// The credentials the CLI will use, as a short hash (never the secret itself).
     fn account(&self) -> String {
-        use std::hash::{Hash, Hasher};
-        let creds = ["CODEX_API_KEY", "OPENAI_API_KEY", "CODEX_HOME", "HOME"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-            .unwrap_or_default();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        creds.hash(&mut h);
-        format!("codex:{:016x}", h.finish())
+        super::account_of(
+            AgentKind::Codex,
+            &["CODEX_API_KEY", "OPENAI_API_KEY", "CODEX_HOME", "HOME"],
+        )
     }
 
     fn credentials(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {

@@ -41,7 +41,7 @@ impl GeminiAgent {
         // The user chose to run the agent in this workdir: without trust, the CLI silently
         // forces the `default` approval mode, which offers no editing tool in a headless run.
         args.push("--skip-trust".into());
-        if let Some(m) = model_arg(&spec.model) {
+        if let Some(m) = super::foreign_model(&spec.model) {
             args.extend(["-m".into(), m.to_string()]);
         }
         if let Some(id) = resume {
@@ -59,11 +59,6 @@ impl GeminiAgent {
             env_remove: Vec::new(),
         }
     }
-}
-
-/// The model given to the CLI: none for a Claude name, so the CLI runs its own default.
-fn model_arg(model: &str) -> Option<&str> {
-    (!model.is_empty() && !super::is_claude_model(model)).then_some(model)
 }
 
 /// The operator's permission mode as the CLI's `--approval-mode` (measured: a headless run
@@ -102,26 +97,22 @@ impl Agent for GeminiAgent {
     }
 
     fn priced_model(&self, configured: &str) -> String {
-        model_arg(configured)
+        super::foreign_model(configured)
             .unwrap_or(DEFAULT_PRICED_MODEL)
             .to_string()
     }
 
     /// The credentials the CLI will use, as a short hash (never the secret itself).
     fn account(&self) -> String {
-        use std::hash::{Hash, Hasher};
-        let creds = [
-            "GEMINI_API_KEY",
-            "GOOGLE_API_KEY",
-            "GOOGLE_CLOUD_PROJECT",
-            "HOME",
-        ]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_default();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        creds.hash(&mut h);
-        format!("gemini:{:016x}", h.finish())
+        super::account_of(
+            AgentKind::Gemini,
+            &[
+                "GEMINI_API_KEY",
+                "GOOGLE_API_KEY",
+                "GOOGLE_CLOUD_PROJECT",
+                "HOME",
+            ],
+        )
     }
 
     fn credentials(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {

@@ -202,6 +202,25 @@ pub fn backend(kind: AgentKind, opts: &BackendOptions) -> Arc<dyn Agent> {
     }
 }
 
+/// An account as a short hash of the first credential set among `vars` (never the secret
+/// itself), prefixed with the agent's name: chains on the same credentials share usage limits.
+pub fn account_of(agent: AgentKind, vars: &[&str]) -> String {
+    use std::hash::{Hash, Hasher};
+    let creds = vars
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    creds.hash(&mut h);
+    format!("{agent}:{:016x}", h.finish())
+}
+
+/// The model given to another agent's CLI: none for a Claude name (a mission's `model = "opus"`
+/// meant for its claude chains), so that CLI runs its own default.
+pub fn foreign_model(model: &str) -> Option<&str> {
+    (!model.is_empty() && !is_claude_model(model)).then_some(model)
+}
+
 /// Is `model` one of Claude's names (`sonnet`, `opus`, `claude-…`)? Another agent is not
 /// given it: it runs its own default model instead.
 pub fn is_claude_model(model: &str) -> bool {
