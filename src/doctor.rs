@@ -69,10 +69,12 @@ fn version(bin: &Path) -> Result<String, String> {
 }
 
 /// The agent CLI is there and answers `--version`.
-fn cli_check(what: &str, configured: Option<&Path>, default: &str, install: &str) -> Check {
+fn cli_check(kind: AgentKind, configured: Option<&Path>) -> Check {
+    let what = &format!("{kind} CLI");
+    let install = kind.install_hint();
     let name = configured
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(default));
+        .unwrap_or_else(|| PathBuf::from(kind.as_str()));
     match find_program(&name) {
         None => Check::bad(what, format!("`{}` not found: {install}", name.display())),
         Some(p) => match version(&p) {
@@ -89,12 +91,7 @@ fn codex_checks(
     env: &dyn Fn(&str) -> Option<String>,
     data_dir: &Path,
 ) -> Vec<Check> {
-    let mut out = vec![cli_check(
-        "codex CLI",
-        backend.codex_bin.as_deref(),
-        "codex",
-        "install it with `npm install -g @openai/codex`, or set --codex-bin / OPERATOR_CODEX_BIN",
-    )];
+    let mut out = vec![cli_check(AgentKind::Codex, backend.codex_bin.as_deref())];
     out.push(match crate::agent::codex::credentials(env) {
         Ok(how) => Check::ok("credentials", how),
         Err(why) => Check::bad("credentials", why),
@@ -134,12 +131,7 @@ fn gemini_checks(
     backend: &BackendOptions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<Check> {
-    let mut out = vec![cli_check(
-        "gemini CLI",
-        backend.gemini_bin.as_deref(),
-        "gemini",
-        "install it with `npm install -g @google/gemini-cli`, or set --gemini-bin / OPERATOR_GEMINI_BIN",
-    )];
+    let mut out = vec![cli_check(AgentKind::Gemini, backend.gemini_bin.as_deref())];
     out.push(match crate::agent::gemini::credentials(env) {
         Ok(how) => Check::ok("credentials", how),
         Err(why) => Check::bad("credentials", why),
@@ -203,12 +195,7 @@ pub fn checks(
 ) -> Vec<Check> {
     let mut out = Vec::new();
     if s.agent == AgentKind::Claude {
-        out.push(cli_check(
-            "claude CLI",
-            backend.claude_bin.as_deref(),
-            "claude",
-            "install it with `npm install -g @anthropic-ai/claude-code`, or set --claude-bin / OPERATOR_CLAUDE_BIN",
-        ));
+        out.push(cli_check(AgentKind::Claude, backend.claude_bin.as_deref()));
         match claude_credentials(env) {
             Ok(how) => out.push(Check::ok("credentials", how)),
             Err(why) => out.push(Check::bad("credentials", why)),

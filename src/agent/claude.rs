@@ -93,7 +93,10 @@ impl Agent for ClaudeAgent {
         find_program(&self.bin).map(|_| ()).ok_or_else(|| AgentError::MissingBinary {
             agent: AgentKind::Claude,
             bin: self.bin.display().to_string(),
-            hint: "install it with `npm install -g @anthropic-ai/claude-code`, or set --claude-bin / OPERATOR_CLAUDE_BIN; to try the operator without it, `--agent sim` runs the built-in simulated agent".into(),
+            hint: format!(
+                "{}; to try the operator without it, `--agent sim` runs the built-in simulated agent",
+                AgentKind::Claude.install_hint()
+            ),
         })
     }
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::stream::{AgentEvent, ResultInfo, Usage};
-use super::{Agent, AgentError, AgentKind, CommandLine, Protocol, SessionSpec, find_program};
+use super::{Agent, AgentError, AgentKind, CommandLine, Protocol, SessionSpec};
 
 /// The model the Codex CLI's own default is priced as when no model is given to it.
 pub const DEFAULT_PRICED_MODEL: &str = "gpt-5";
@@ -127,11 +127,7 @@ impl Agent for CodexAgent {
     }
 
     fn preflight(&self) -> Result<(), AgentError> {
-        find_program(&self.bin).map(|_| ()).ok_or_else(|| AgentError::MissingBinary {
-            agent: AgentKind::Codex,
-            bin: self.bin.display().to_string(),
-            hint: "install it with `npm install -g @openai/codex`, or set --codex-bin / OPERATOR_CODEX_BIN".into(),
-        })
+        super::require_program(AgentKind::Codex, &self.bin)
     }
 }
 

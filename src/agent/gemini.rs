@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::stream::{AgentEvent, ResultInfo, Usage};
-use super::{Agent, AgentError, AgentKind, CommandLine, Protocol, SessionSpec, find_program};
+use super::{Agent, AgentError, AgentKind, CommandLine, Protocol, SessionSpec};
 
 /// The model the Gemini CLI's own default is priced as when no model is given to it.
 pub const DEFAULT_PRICED_MODEL: &str = "gemini-2.5-pro";
@@ -120,11 +120,7 @@ impl Agent for GeminiAgent {
     }
 
     fn preflight(&self) -> Result<(), AgentError> {
-        find_program(&self.bin).map(|_| ()).ok_or_else(|| AgentError::MissingBinary {
-            agent: AgentKind::Gemini,
-            bin: self.bin.display().to_string(),
-            hint: "install it with `npm install -g @google/gemini-cli`, or set --gemini-bin / OPERATOR_GEMINI_BIN".into(),
-        })
+        super::require_program(AgentKind::Gemini, &self.bin)
     }
 }
 

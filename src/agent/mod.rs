@@ -48,6 +48,22 @@ impl AgentKind {
         }
     }
 
+    /// How to get the agent's CLI, and how to point the operator at it.
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            AgentKind::Claude => {
+                "install it with `npm install -g @anthropic-ai/claude-code`, or set --claude-bin / OPERATOR_CLAUDE_BIN"
+            }
+            AgentKind::Codex => {
+                "install it with `npm install -g @openai/codex`, or set --codex-bin / OPERATOR_CODEX_BIN"
+            }
+            AgentKind::Gemini => {
+                "install it with `npm install -g @google/gemini-cli`, or set --gemini-bin / OPERATOR_GEMINI_BIN"
+            }
+            AgentKind::Sim => "the operator binary itself could not be found",
+        }
+    }
+
     /// What a user does about refused or missing credentials.
     pub fn login_hint(self) -> &'static str {
         match self {
@@ -227,6 +243,17 @@ pub fn is_claude_model(model: &str) -> bool {
     let m = model.to_ascii_lowercase();
     m.starts_with("claude")
         || ["sonnet", "opus", "haiku", "opusplan", "default"].contains(&m.as_str())
+}
+
+/// The agent CLI `bin` exists (on `PATH`, or as a path), or the error saying how to install it.
+pub fn require_program(kind: AgentKind, bin: &std::path::Path) -> Result<(), AgentError> {
+    find_program(bin)
+        .map(|_| ())
+        .ok_or_else(|| AgentError::MissingBinary {
+            agent: kind,
+            bin: bin.display().to_string(),
+            hint: kind.install_hint().into(),
+        })
 }
 
 /// Finds `name` on `PATH` (or accepts a path that exists).
