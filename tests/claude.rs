@@ -738,34 +738,15 @@ async fn after_kill_9_of_the_operator_the_cli_dies_too_and_the_chain_resumes() {
     let Some(bin) = claude_bin() else { return };
     let op = Op::new();
     let api = FakeApi::start(vec![Step::hang()], Step::text(COMPLETE)).await;
-    let mut cmd = claude_cmd(&op, &api, &bin, &["run", "--task", "Crash"]);
-    let mut child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let cmd = claude_cmd(&op, &api, &bin, &["run", "--task", "Crash"]);
     let workdir = op.workdir();
     let seen = api.seen();
-    // The CLI is up and waiting on the hanging answer.
-    let started = tokio::task::spawn_blocking(move || {
-        common::eventually(std::time::Duration::from_secs(60), || {
-            !common::processes_in(&workdir).is_empty() && seen.scripted() >= 1
-        })
+    // Killed while the CLI waits on the hanging answer.
+    tokio::task::spawn_blocking(move || {
+        common::kill_9_mid_session(cmd, &workdir, || seen.scripted() >= 1)
     })
     .await
     .unwrap();
-    assert!(started, "the CLI never started");
-    common::signal(&child, nix::sys::signal::Signal::SIGKILL);
-    child.wait().unwrap();
-    let workdir = op.workdir();
-    let gone = tokio::task::spawn_blocking(move || {
-        common::eventually(std::time::Duration::from_secs(10), || {
-            common::processes_in(&workdir).is_empty()
-        })
-    })
-    .await
-    .unwrap();
-    assert!(gone, "the CLI outlived its operator");
     let mut cmd = claude_cmd(&op, &api, &bin, &["run", "--resume", "--json"]);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await

@@ -242,23 +242,12 @@ async fn after_kill_9_of_the_operator_no_agent_is_left_and_the_chain_resumes() {
     let Some(bin) = bin() else { return };
     let op = Op::new();
     let api = FakeOpenAi::start(vec![Step::Hang], Step::text(COMPLETE)).await;
-    let mut child = codex_cmd(&op, &api, &bin, &["run", "--task", "Crash"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let workdir = op.workdir();
-    let requests = || api.requests().len();
-    let started = common::eventually(std::time::Duration::from_secs(60), || {
-        !common::processes_in(&workdir).is_empty() && requests() >= 1
-    });
-    assert!(started, "the CLI never started");
-    common::signal(&child, nix::sys::signal::Signal::SIGKILL);
-    child.wait().unwrap();
-    let gone = common::eventually(std::time::Duration::from_secs(10), || {
-        common::processes_in(&workdir).is_empty()
-    });
-    assert!(gone, "the CLI outlived its operator");
+    // Killed while the CLI waits on the hanging answer.
+    common::kill_9_mid_session(
+        codex_cmd(&op, &api, &bin, &["run", "--task", "Crash"]),
+        &op.workdir(),
+        || !api.requests().is_empty(),
+    );
     let out = output(codex_cmd(&op, &api, &bin, &["run", "--resume", "--json"])).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let c = &chains(&out)[0];

@@ -156,3 +156,22 @@ pub fn user_cmd(op: &Op, api: &fake_api::FakeApi, bin: &Path, args: &[&str]) -> 
         .env_remove("CLAUDECODE");
     cmd
 }
+
+/// Starts `cmd` (an `operator run`), waits until its agent runs in `workdir` and `waiting()` says
+/// the agent is inside a request, kills the operator with SIGKILL, and asserts that no process is
+/// left in `workdir` afterwards.
+pub fn kill_9_mid_session(mut cmd: Command, workdir: &Path, mut waiting: impl FnMut() -> bool) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = eventually(Duration::from_secs(60), || {
+        !processes_in(workdir).is_empty() && waiting()
+    });
+    assert!(started, "the CLI never started");
+    signal(&child, nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+    let gone = eventually(Duration::from_secs(10), || processes_in(workdir).is_empty());
+    assert!(gone, "the CLI outlived its operator");
+}
