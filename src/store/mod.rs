@@ -19,8 +19,10 @@ use crate::model::{ChainRecord, ChainStatus, EventRecord, HandoffRecord, Session
 /// Errors from a store backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database's own message is in the text and not repeated as a `source` (error chains
+    /// printed with `{:#}` said it three times).
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("could not create the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -45,6 +47,12 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
 
 /// A chain to create.
 #[derive(Debug, Clone)]
@@ -361,5 +369,21 @@ pub async fn open(
         }
         Some(u) => Err(StoreError::BadUrl(crate::model::mask_url(u))),
         None => Ok(Arc::new(sqlite::SqliteStore::open(data_dir).await?)),
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::StoreError;
+
+    #[tokio::test]
+    async fn a_database_error_says_its_cause_once() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let e = sqlx::query("SELECT * FROM no_such_table")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(StoreError::from(e)));
+        assert_eq!(chain.matches("no such table").count(), 1, "{chain}");
     }
 }

@@ -154,6 +154,13 @@ impl SqliteStore {
             .statement_cache_capacity(32);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
+            // A transaction that failed (disk full, an I/O error) can leave its connection holding
+            // the write lock, or believing it is in a transaction SQLite already rolled back; every
+            // later write would then wait out the busy timeout. Such a connection is closed
+            // (which rolls back whatever it held) instead of going back to the pool.
+            .after_release(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect_with(opts)
             .await?;
         let store = Self { pool };

@@ -1,6 +1,10 @@
 //! The Operator: the root actor. It queues chains, starts them within each mission's concurrency limit
 //! and `after` ordering, and supervises them `one_for_one`: a crashed chain is restarted from the store
-//! (at most `RESTART_INTENSITY` times in `RESTART_PERIOD`), without touching its siblings.
+//! (at most `RESTART_INTENSITY` times in `RESTART_PERIOD`), without touching its siblings. A chain
+//! that went down because its state cannot be written (disk full, a read-only or unreachable store)
+//! waits out the outage instead (`outage`).
+
+mod outage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,6 +74,8 @@ pub enum OperatorMsg {
     ModeChanged,
     Abort(String, RpcReplyPort<bool>),
     Status(RpcReplyPort<Snapshot>),
+    /// Restart a chain that went down (by id), now that its wait is over.
+    Restart(String),
 }
 
 /// What the Operator runs and queues now.
@@ -90,6 +96,15 @@ struct RunningChain {
     job: Job,
     actor: ActorRef<ChainMsg>,
     restarts: RestartLog,
+    /// Restarts in a row that waited out an outage (the next wait grows with it).
+    outage: u32,
+}
+
+/// A chain that went down and waits for its restart ([`OperatorMsg::Restart`]).
+struct Down {
+    job: Job,
+    restarts: RestartLog,
+    outage: u32,
 }
 
 pub struct OperatorState {
@@ -97,6 +112,8 @@ pub struct OperatorState {
     limits: Limits,
     queue: Vec<Job>,
     running: HashMap<ActorId, RunningChain>,
+    /// Chains waiting for their restart, by chain id: they hold their place like running ones.
+    down: HashMap<String, Down>,
     /// Final status of each ended chain, by key (for `after`).
     ended: HashMap<String, ChainStatus>,
     idle: mpsc::UnboundedSender<()>,
@@ -126,7 +143,13 @@ fn readiness(job: &Job, ended: &HashMap<String, ChainStatus>) -> Ready {
 }
 
 impl OperatorState {
-    async fn spawn(&mut self, me: &ActorRef<OperatorMsg>, job: Job, restarts: RestartLog) {
+    async fn spawn(
+        &mut self,
+        me: &ActorRef<OperatorMsg>,
+        job: Job,
+        restarts: RestartLog,
+        outage: u32,
+    ) {
         let args = ChainArgs {
             chain_id: job.chain_id.clone(),
             name: job.name.clone(),
@@ -143,18 +166,80 @@ impl OperatorState {
                         job,
                         actor,
                         restarts,
+                        outage,
                     },
                 );
             }
             Err(e) => {
-                tracing::error!(chain.id = %job.chain_id, cause = %e, "the chain could not start");
-                self.end(
-                    &job,
-                    ChainStatus::Failed,
-                    Some(format!("the chain could not start: {e}")),
-                )
-                .await;
+                let cause = format!("the chain could not start: {e}");
+                self.went_down(me, job, restarts, outage, cause).await;
             }
+        }
+    }
+
+    /// A chain crashed or could not start. When the store or the data dir cannot be written,
+    /// it is restarted after a growing wait (`outage::delay`) for as long as that lasts, without
+    /// counting against its restart intensity; otherwise it is restarted at once within its
+    /// intensity (one_for_one), or given up as `failed`. A stop ends it `interrupted`.
+    async fn went_down(
+        &mut self,
+        me: &ActorRef<OperatorMsg>,
+        job: Job,
+        mut restarts: RestartLog,
+        outage: u32,
+        cause: String,
+    ) {
+        let id = job.chain_id.clone();
+        if *self.ctx.mode.borrow() == Mode::Stopping {
+            tracing::warn!(chain.id = %id, cause = %cause, "the chain went down while the operator stops");
+            let reason = format!("the operator was stopped while the chain was down: {cause}");
+            self.end(&job, ChainStatus::Interrupted, Some(reason)).await;
+            return;
+        }
+        let (wait, outage) = match outage::probe(&*self.ctx.store, &self.ctx.data_dir).await {
+            Err(why) => {
+                let wait = outage::delay(outage);
+                tracing::warn!(chain.id = %id, cause = %cause, "{why}; the chain restarts from the store in {} s, and again while this lasts (free disk space or repair the store; `operator stop` ends the run)", wait.as_secs());
+                (wait, outage.saturating_add(1))
+            }
+            Ok(()) if restarts.allow(CHAIN_INTENSITY, Instant::now()) => {
+                tracing::warn!(chain.id = %id, cause = %cause, "the chain crashed; restarting it from the store");
+                (Duration::ZERO, 0)
+            }
+            Ok(()) => {
+                tracing::error!(chain.id = %id, cause = %cause, "the chain crashed too often; giving up");
+                let reason = format!(
+                    "the chain crashed {} times in {:?}; last: {cause}",
+                    restarts.len() + 1,
+                    CHAIN_INTENSITY.period
+                );
+                self.end(&job, ChainStatus::Failed, Some(reason)).await;
+                return;
+            }
+        };
+        self.ctx
+            .bus
+            .emit(
+                Some(&id),
+                None,
+                crate::events::Body::Restarted {
+                    child: "chain".into(),
+                    cause,
+                },
+            )
+            .await;
+        self.down.insert(
+            id.clone(),
+            Down {
+                job,
+                restarts,
+                outage,
+            },
+        );
+        if wait.is_zero() {
+            let _ = me.cast(OperatorMsg::Restart(id));
+        } else {
+            me.send_after(wait, move || OperatorMsg::Restart(id));
         }
     }
 
@@ -183,7 +268,9 @@ impl OperatorState {
         let running = self
             .running
             .values()
-            .filter(|r| &r.job.mission == mission)
+            .map(|r| &r.job)
+            .chain(self.down.values().map(|d| &d.job))
+            .filter(|j| &j.mission == mission)
             .count();
         running < limit
     }
@@ -202,6 +289,17 @@ impl OperatorState {
                     )
                     .await;
                 }
+                for (_, d) in std::mem::take(&mut self.down) {
+                    self.end(
+                        &d.job,
+                        ChainStatus::Interrupted,
+                        Some(
+                            "the operator was stopped while the chain waited for its restart"
+                                .into(),
+                        ),
+                    )
+                    .await;
+                }
                 break;
             }
             let mut progressed = false;
@@ -215,7 +313,7 @@ impl OperatorState {
                     }
                     Ready::Yes if self.has_room(&self.queue[i].mission) => {
                         let job = self.queue.remove(i);
-                        self.spawn(me, job, RestartLog::default()).await;
+                        self.spawn(me, job, RestartLog::default(), 0).await;
                         progressed = true;
                     }
                     _ => i += 1,
@@ -225,7 +323,7 @@ impl OperatorState {
                 break;
             }
         }
-        if self.queue.is_empty() && self.running.is_empty() {
+        if self.queue.is_empty() && self.running.is_empty() && self.down.is_empty() {
             let _ = self.idle.send(());
         }
     }
@@ -256,6 +354,7 @@ impl Actor for Operator {
             queue: Vec::new(),
             running: HashMap::new(),
             ended: HashMap::new(),
+            down: HashMap::new(),
             idle: a.idle,
         })
     }
@@ -281,7 +380,9 @@ impl Actor for Operator {
             OperatorMsg::Reconfigure(updates, limits) => {
                 st.limits.extend(limits);
                 for (key, settings, agent) in updates {
-                    if let Some(job) = st.queue.iter_mut().find(|j| j.key() == key) {
+                    let waiting = st.queue.iter_mut();
+                    let down = st.down.values_mut().map(|d| &mut d.job);
+                    if let Some(job) = waiting.chain(down).find(|j| j.key() == key) {
                         job.settings = settings;
                         job.agent = agent;
                     } else if let Some(r) = st.running.values_mut().find(|r| r.job.key() == key) {
@@ -300,6 +401,12 @@ impl Actor for Operator {
                 if let Some(r) = found {
                     let _ = r.actor.cast(ChainMsg::Abort);
                     let _ = reply.send(true);
+                } else if let Some(d) = st.down.remove(&chain_id) {
+                    let reason = "aborted while it waited for its restart";
+                    st.end(&d.job, ChainStatus::Aborted, Some(reason.into()))
+                        .await;
+                    let _ = reply.send(true);
+                    st.pump(&me).await;
                 } else if let Some(pos) = st.queue.iter().position(|j| j.chain_id == chain_id) {
                     let job = st.queue.remove(pos);
                     st.end(
@@ -319,6 +426,7 @@ impl Actor for Operator {
                     .running
                     .values()
                     .map(|r| r.job.chain_id.clone())
+                    .chain(st.down.keys().cloned())
                     .collect();
                 let queued = st.queue.iter().map(|j| j.chain_id.clone()).collect();
                 let limits = st.limits.iter().map(|(m, n)| (m.clone(), *n)).collect();
@@ -327,6 +435,12 @@ impl Actor for Operator {
                     queued,
                     limits,
                 });
+            }
+            OperatorMsg::Restart(chain_id) => {
+                if let Some(d) = st.down.remove(&chain_id) {
+                    st.spawn(&me, d.job, d.restarts, d.outage).await;
+                }
+                st.pump(&me).await;
             }
         }
         Ok(())
@@ -365,32 +479,10 @@ impl Actor for Operator {
                 }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                if let Some(mut r) = st.running.remove(&cell.get_id()) {
-                    // one_for_one: only this chain is restarted, from its state in the store.
-                    if r.restarts.allow(CHAIN_INTENSITY, Instant::now()) {
-                        tracing::warn!(chain.id = %r.job.chain_id, cause = %err, "the chain crashed; restarting it from the store");
-                        st.ctx
-                            .bus
-                            .emit(
-                                Some(&r.job.chain_id),
-                                None,
-                                crate::events::Body::Restarted {
-                                    child: "chain".into(),
-                                    cause: err.to_string(),
-                                },
-                            )
-                            .await;
-                        st.spawn(&me, r.job, r.restarts).await;
-                    } else {
-                        tracing::error!(chain.id = %r.job.chain_id, cause = %err, "the chain crashed too often; giving up");
-                        let reason = format!(
-                            "the chain crashed {} times in {:?}; last: {err}",
-                            r.restarts.len() + 1,
-                            CHAIN_INTENSITY.period
-                        );
-                        st.end(&r.job, ChainStatus::Failed, Some(reason)).await;
-                        st.pump(&me).await;
-                    }
+                if let Some(r) = st.running.remove(&cell.get_id()) {
+                    let cause = err.to_string();
+                    st.went_down(&me, r.job, r.restarts, r.outage, cause).await;
+                    st.pump(&me).await;
                 }
             }
             _ => {}
