@@ -839,3 +839,78 @@ async fn binding_off_loopback_needs_a_token_and_then_every_read_needs_it() {
     .await;
     assert_eq!(st, StatusCode::ACCEPTED);
 }
+
+/// Open descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Reads until the server closes the connection; what it sent.
+async fn read_to_close(mut s: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out)).await;
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open for a minute"
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_are_cut_and_cannot_take_the_servers_descriptors() {
+    use tokio::io::AsyncWriteExt;
+    let op = Op::new();
+    let srv = Server::start(&op, &[]);
+    let addr = srv.url.trim_start_matches("http://").to_string();
+    let pid = srv.child.id();
+    let before = open_fds(pid);
+
+    // Headers that never end, sent slowly.
+    let mut slow_head = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow_head
+        .write_all(format!("GET /api/health HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+        .await
+        .unwrap();
+    // A keep-alive connection left idle after its request.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(format!("GET /api/health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // A body that stops coming.
+    let mut slow_body = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/chains HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"task\":",
+        srv.token
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
+    // And more silent connections than the server holds at once.
+    let mut silent = Vec::new();
+    for _ in 0..operator::http::MAX_CONNECTIONS + 100 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = open_fds(pid) - before;
+    assert!(
+        held <= operator::http::MAX_CONNECTIONS,
+        "{held} descriptors for {} connections",
+        silent.len() + 3
+    );
+
+    let (head, idle, body) = tokio::join!(
+        read_to_close(slow_head),
+        read_to_close(idle),
+        read_to_close(slow_body)
+    );
+    assert!(head.is_empty(), "{head}");
+    assert!(idle.starts_with("HTTP/1.1 200"), "{idle}");
+    assert!(
+        body.starts_with("HTTP/1.1 408") && body.contains("request_timeout"),
+        "{body}"
+    );
+    // Once the silent ones are cut, the server answers again.
+    let (st, _) = srv.get("/api/health").await;
+    assert_eq!(st, StatusCode::OK);
+    drop(silent);
+}

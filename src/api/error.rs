@@ -84,6 +84,7 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
                 StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
                 StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+                StatusCode::REQUEST_TIMEOUT => "request_timeout",
                 _ => "bad_request",
             },
             Self::Internal(_) => "internal",
