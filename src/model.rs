@@ -315,6 +315,10 @@ pub fn new_chain_id() -> String {
     format!("c-{date}-{:06x}", fastrand::u32(..0x0100_0000))
 }
 
+/// The largest mission file, `--task` text or API request body: what a person writes for a chain,
+/// with room to spare (a task of 20 MB took the operator to 311 MB and its store to 81 MB).
+pub const INPUT_LIMIT: usize = 64 * 1024;
+
 /// Chain ids reach file paths and SQL parameters: accept only what we generate
 /// (and the names users give), never a path.
 pub fn is_valid_chain_id(id: &str) -> bool {

@@ -29,8 +29,8 @@ use crate::store::SharedStore;
 pub use error::{ApiError, ApiResult};
 pub use security::Security;
 
-/// The largest request body accepted.
-pub const BODY_LIMIT: usize = 64 * 1024;
+/// The largest request body accepted: the same as a mission file's.
+pub const BODY_LIMIT: usize = crate::model::INPUT_LIMIT;
 
 /// What the API asks of the supervisor it runs in.
 #[async_trait]

@@ -558,13 +558,37 @@ fn load_file(path: &Path) -> Result<LoadedFile, ConfigErrors> {
     if !path.is_file() {
         return Err(ConfigErrors::one(Some(&name), None, "file not found"));
     }
+    let text = read_text(path).map_err(|m| ConfigErrors::one(Some(&name), None, m))?;
     let cfg = Config::builder()
-        .add_source(File::from(path).format(FileFormat::Toml).required(true))
+        .add_source(File::from_str(&text, FileFormat::Toml))
         .build()
         .map_err(|e| ConfigErrors::one(Some(&name), None, clean_error(&e, &name)))?;
     let table = Source::collect(&cfg)
         .map_err(|e| ConfigErrors::one(Some(&name), None, clean_error(&e, &name)))?;
     Ok(LoadedFile { name, table })
+}
+
+/// A configuration file's text: at most [`crate::model::INPUT_LIMIT`] bytes (the API's limit
+/// too), and UTF-8 (TOML is), or what is wrong and where.
+fn read_text(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let limit = crate::model::INPUT_LIMIT;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if bytes.len() > limit {
+        return Err(format!(
+            "larger than {} KiB, the most a configuration or mission file may be (put long instructions in a file in the workdir and name it in the task)",
+            limit / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        format!("is not UTF-8 text: line {line} holds a byte that is not (save the file as UTF-8)")
+    })
 }
 
 /// The `config` crate appends ` in <file>`; we print the file first, so drop it.
@@ -615,26 +639,30 @@ pub fn load_operator(
         .map(|f| f.table.clone())
         .unwrap_or_default();
     top.remove("defaults");
-    let built = Config::builder()
-        .set_default("data_dir", ".operator")
-        .and_then(|b| b.set_default("shutdown_grace", "10s"))
-        .and_then(|b| b.set_default("listen", "127.0.0.1:3100"))
+    let base = || {
+        Config::builder()
+            .set_default("data_dir", ".operator")
+            .and_then(|b| b.set_default("shutdown_grace", "10s"))
+            .and_then(|b| b.set_default("listen", "127.0.0.1:3100"))
+    };
+    let built = base()
         .map(|b| {
             b.add_source(Layer(top))
                 .add_source(env.source())
                 .add_source(overrides.layer())
         })
         .and_then(|b| b.build())
-        .and_then(|c| c.try_deserialize::<OperatorSettings>());
+        .map_err(|e| vec![e.to_string()])
+        .and_then(|merged| read_all::<OperatorSettings>(&merged, base, |_| Vec::new()));
     let file_name = operator_file.as_ref().map(|f| f.name.clone());
     let operator = match built {
         Ok(o) => Some(o),
-        Err(e) => {
-            issues.push(Issue {
+        Err(problems) => {
+            issues.extend(problems.into_iter().map(|m| Issue {
                 file: file_name.clone(),
                 key: None,
-                message: clean_error(&e, file_name.as_deref().unwrap_or("")),
-            });
+                message: clean_error_str(&m, file_name.as_deref().unwrap_or("")),
+            }));
             None
         }
     };
@@ -654,8 +682,8 @@ impl Loaded {
         mission_defaults: Option<(&str, &Map<String, Value>)>,
         chain_table: Option<Map<String, Value>>,
         overrides: &Overrides,
-    ) -> Result<ChainSettings, String> {
-        let mut b = builtin_chain_defaults().map_err(|e| e.to_string())?;
+    ) -> Result<ChainSettings, Vec<String>> {
+        let mut b = builtin_chain_defaults().map_err(|e| vec![e.to_string()])?;
         if let Some(f) = &self.operator_file {
             b = b.add_source(Layer(sub_table(&f.table, "defaults")));
         }
@@ -668,12 +696,8 @@ impl Loaded {
         b = b
             .add_source(self.env.source())
             .add_source(overrides.layer());
-        let settings: ChainSettings = b
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| plain_error(&e.to_string()))?;
-        check_chain_settings(&settings)?;
-        Ok(settings)
+        let merged = b.build().map_err(|e| vec![plain_error(&e.to_string())])?;
+        read_settings(&merged)
     }
 
     /// A plan of one chain from `--task`.
@@ -681,9 +705,24 @@ impl Loaded {
         if task.trim().is_empty() {
             return Err(ConfigErrors::one(None, Some("--task"), "the task is empty"));
         }
-        let settings = self
-            .chain_settings(None, None, overrides)
-            .map_err(|m| ConfigErrors::one(None, None, m))?;
+        if task.len() > crate::model::INPUT_LIMIT {
+            let m = format!(
+                "the task is longer than {} KiB (put long instructions in a file in the workdir and name it in the task)",
+                crate::model::INPUT_LIMIT / 1024
+            );
+            return Err(ConfigErrors::one(None, Some("--task"), m));
+        }
+        let settings = self.chain_settings(None, None, overrides).map_err(|ms| {
+            ConfigErrors(
+                ms.into_iter()
+                    .map(|m| Issue {
+                        file: None,
+                        key: None,
+                        message: m,
+                    })
+                    .collect(),
+            )
+        })?;
         Ok(Plan {
             mission: None,
             source: None,
@@ -820,11 +859,11 @@ impl Loaded {
                     after,
                     settings,
                 }),
-                Err(m) => issues.push(Issue {
+                Err(ms) => issues.extend(ms.into_iter().map(|m| Issue {
                     file: Some(file.name.clone()),
                     key: Some(format!("{at} ({chain_name})")),
                     message: clean_error_str(&m, &file.name),
-                }),
+                })),
             }
         }
         let names: Vec<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
@@ -889,6 +928,72 @@ fn plain_error(s: &str) -> String {
     format!("{key} is `{value}`: it must be one of {choices}")
 }
 
+/// A chain's settings from their merged layers, or every problem with them at once: serde stops
+/// at the first value it cannot read, so then each key is read alone over the built-in defaults
+/// (each message names its key), and the checks run on the values that could be read.
+fn read_settings(merged: &Config) -> Result<ChainSettings, Vec<String>> {
+    read_all(merged, builtin_chain_defaults, check_chain_settings)
+}
+
+/// Defaults of a set of settings, as layers to build on.
+type Base = config::ConfigBuilder<config::builder::DefaultState>;
+
+/// Settings of type `T` from merged layers, or every problem with them: each value that cannot be
+/// read (each key alone over `base`), then `check`'s findings on the values that could be read.
+fn read_all<T: serde::de::DeserializeOwned>(
+    merged: &Config,
+    base: impl Fn() -> Result<Base, config::ConfigError>,
+    check: impl Fn(&T) -> Vec<String>,
+) -> Result<T, Vec<String>> {
+    let first = match merged.clone().try_deserialize::<T>() {
+        Ok(settings) => {
+            let problems = check(&settings);
+            return if problems.is_empty() {
+                Ok(settings)
+            } else {
+                Err(problems)
+            };
+        }
+        Err(e) => plain_error(&e.to_string()),
+    };
+    let Ok(table) = merged.collect() else {
+        return Err(vec![first]);
+    };
+    let mut keys: Vec<&String> = table.keys().collect();
+    keys.sort();
+    let mut problems = Vec::new();
+    let mut readable = base();
+    for key in keys {
+        let alone = base()
+            .and_then(|b| b.set_override(key.as_str(), table[key].clone()))
+            .and_then(|b| b.build())
+            .and_then(|c| c.try_deserialize::<T>());
+        match alone {
+            Ok(_) => {
+                readable = readable.and_then(|b| b.set_override(key.as_str(), table[key].clone()))
+            }
+            Err(e) => {
+                let m = plain_error(&e.to_string());
+                problems.push(if m.contains(key.as_str()) {
+                    m
+                } else {
+                    format!("`{key}`: {m}")
+                });
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Err(vec![first]);
+    }
+    if let Ok(rest) = readable
+        .and_then(|b| b.build())
+        .and_then(|c| c.try_deserialize::<T>())
+    {
+        problems.extend(check(&rest));
+    }
+    Err(problems)
+}
+
 fn clean_error_str(s: &str, file: &str) -> String {
     // The origin may be spelled relative to the current directory: match on the file name.
     let base = Path::new(file)
@@ -929,72 +1034,72 @@ const PERMISSION_MODES: [&str; 5] = [
     "dontAsk",
 ];
 
-fn check_chain_settings(s: &ChainSettings) -> Result<(), String> {
+/// Every problem of a chain's settings (empty: they are sound).
+fn check_chain_settings(s: &ChainSettings) -> Vec<String> {
+    let mut out = Vec::new();
     if s.max_turns == 0 {
-        return Err("`max_turns` must be at least 1".into());
+        out.push("`max_turns` must be at least 1".into());
     }
     if s.model.trim().is_empty() {
-        return Err("`model` is empty".into());
+        out.push("`model` is empty".into());
     }
     if !is_model_name(&s.model) {
-        return Err(format!(
+        out.push(format!(
             "`model` is `{}`: a model name starts with a letter or digit and holds only letters, digits and `-._:@/[]` (it becomes the agent's `--model` argument)",
             s.model.escape_debug()
         ));
     }
     if !PERMISSION_MODES.contains(&s.permission_mode.as_str()) {
-        return Err(format!(
+        out.push(format!(
             "`permission_mode` is `{}`; expected one of {}",
             s.permission_mode,
             PERMISSION_MODES.join(", ")
         ));
     }
     if !(s.max_budget_usd.is_finite() && s.max_budget_usd > 0.0) {
-        return Err("`max_budget_usd` must be a positive number".into());
+        out.push("`max_budget_usd` must be a positive number".into());
     }
     if s.idle_timeout.is_zero() || s.session_timeout.is_zero() {
-        return Err("`idle_timeout` and `session_timeout` must be longer than zero".into());
+        out.push("`idle_timeout` and `session_timeout` must be longer than zero".into());
     }
     if s.max_attempts == 0 {
-        return Err("`max_attempts` must be at least 1".into());
+        out.push("`max_attempts` must be at least 1".into());
     }
     if s.retry_backoff.is_empty() {
-        return Err("`retry_backoff` needs at least one duration".into());
+        out.push("`retry_backoff` needs at least one duration".into());
     }
     for w in &s.webhooks {
         if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-            return Err("`webhooks`: each `url` must start with http:// or https://".into());
+            out.push("`webhooks`: each `url` must start with http:// or https://".into());
         }
     }
     if let Some(a) = &s.commit_author
         && !(a.contains('<') && a.trim_end().ends_with('>'))
     {
-        return Err(format!("`commit_author` is `{a}`; expected `Name <email>`"));
+        out.push(format!("`commit_author` is `{a}`; expected `Name <email>`"));
     }
-    if let Some(e) = duration_out_of_bounds(s) {
-        return Err(e);
-    }
-    if let Some((key, e)) = s.permissions.check().into_iter().next() {
-        return Err(format!("`{key}`: not a valid rule: {e}"));
+    out.extend(duration_out_of_bounds(s));
+    for (key, e) in s.permissions.check() {
+        out.push(format!("`{key}`: not a valid rule: {e}"));
     }
     if s.approval_timeout.is_zero() {
-        return Err("`approval_timeout` must be longer than zero".into());
+        out.push("`approval_timeout` must be longer than zero".into());
     }
     if s.breaker_threshold == 0 {
-        return Err("`breaker_threshold` must be at least 1".into());
+        out.push("`breaker_threshold` must be at least 1".into());
     }
     if !s.workdir.is_dir() {
-        return Err(format!(
+        out.push(format!(
             "`workdir` {} is not a directory",
             s.workdir.display()
         ));
     }
-    Ok(())
+    out
 }
 
 /// A duration past what the operator can wait (`retry_backoff = ["584542046090y"]` validated,
 /// then overflowed a clock at run time): each is bounded here, with its key named.
-fn duration_out_of_bounds(s: &ChainSettings) -> Option<String> {
+fn duration_out_of_bounds(s: &ChainSettings) -> Vec<String> {
     const DAY: u64 = 86_400;
     let mut checks: Vec<(&str, Duration, u64)> = vec![
         ("idle_timeout", s.idle_timeout, 30 * DAY),
@@ -1011,15 +1116,17 @@ fn duration_out_of_bounds(s: &ChainSettings) -> Option<String> {
     for d in &s.retry_backoff {
         checks.push(("retry_backoff", **d, DAY));
     }
-    checks.into_iter().find_map(|(key, d, max)| {
-        (d > Duration::from_secs(max)).then(|| {
+    checks
+        .into_iter()
+        .filter(|(_, d, max)| *d > Duration::from_secs(*max))
+        .map(|(key, d, max)| {
             format!(
                 "`{key}` is {}; at most {} (a longer wait is not one the operator can keep)",
                 humantime::format_duration(d),
                 humantime::format_duration(Duration::from_secs(max))
             )
         })
-    })
+        .collect()
 }
 
 /// A dependency cycle among `after` lists, as `a → b → a`.
@@ -1071,7 +1178,15 @@ pub fn with_overrides(
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| ConfigErrors::one(None, None, e.to_string()))?;
-    check_chain_settings(&settings).map_err(|m| ConfigErrors::one(None, None, m))?;
+    let problems = check_chain_settings(&settings);
+    if !problems.is_empty() {
+        let issues = problems.into_iter().map(|m| Issue {
+            file: None,
+            key: None,
+            message: m,
+        });
+        return Err(ConfigErrors(issues.collect()));
+    }
     Ok(settings)
 }
 

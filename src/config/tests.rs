@@ -382,3 +382,103 @@ fn agents_and_fallbacks_come_from_files_and_the_environment_and_typos_name_the_c
         "{bad}"
     );
 }
+
+#[test]
+fn every_bad_value_of_a_chain_and_of_operator_toml_is_reported_at_once_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mission = write(
+        dir.path(),
+        "m.toml",
+        r#"
+[defaults]
+max_turns = -1
+max_budget_usd = "lots"
+idle_timeout = "forever"
+[[chain]]
+name = "a"
+task = "x"
+max_attempts = 99999999999
+permission_mode = "yolo"
+model = "-x"
+retry_backoff = ["584542046090y", "2y"]
+"#,
+    );
+    let loaded = load_operator(None, &Env::default(), &Overrides::default()).unwrap();
+    let err = loaded
+        .plan_for_mission(&mission, &Overrides::default())
+        .unwrap_err();
+    let text = err.to_string();
+    for key in [
+        "max_turns",
+        "max_budget_usd",
+        "idle_timeout",
+        "max_attempts",
+        "permission_mode",
+        "model",
+        "retry_backoff",
+    ] {
+        let hits = err.0.iter().filter(|i| i.message.contains(key)).count();
+        assert!(hits >= 1, "`{key}` is not named: {text}");
+    }
+    assert!(err.0.len() >= 7, "{text}");
+
+    let op = write(
+        dir.path(),
+        "operator.toml",
+        "daily_cap_usd = \"y\"\nmax_concurrent_sessions = \"x\"\nshutdown_grace = \"forever\"\n",
+    );
+    let err = load_operator(Some(&op), &Env::default(), &Overrides::default())
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert_eq!(err.0.len(), 3, "{text}");
+    for key in ["daily_cap_usd", "max_concurrent_sessions", "shutdown_grace"] {
+        assert!(text.contains(key), "`{key}` is not named: {text}");
+    }
+}
+
+#[test]
+fn a_mission_file_is_utf8_text_within_the_apis_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = load_operator(None, &Env::default(), &Overrides::default()).unwrap();
+    let plan = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        loaded.plan_for_mission(&p, &Overrides::default())
+    };
+    let mut latin1 = b"[[chain]]\ntask = \"caf".to_vec();
+    latin1.extend_from_slice(&[0xe9, b'"', b'\n']);
+    let err = plan("latin1.toml", &latin1).unwrap_err().to_string();
+    assert!(
+        err.contains("latin1.toml") && err.contains("not UTF-8") && err.contains("line 2"),
+        "{err}"
+    );
+
+    let big = format!(
+        "[[chain]]\ntask = \"{}\"\n",
+        "x".repeat(crate::model::INPUT_LIMIT)
+    );
+    let err = plan("big.toml", big.as_bytes()).unwrap_err().to_string();
+    assert!(
+        err.contains("big.toml") && err.contains("larger than 64 KiB"),
+        "{err}"
+    );
+    let fits = format!(
+        "[[chain]]\ntask = \"{}\"\n",
+        "x".repeat(crate::model::INPUT_LIMIT - 100)
+    );
+    assert!(plan("fits.toml", fits.as_bytes()).is_ok());
+
+    let err = loaded
+        .plan_for_task(
+            &"x".repeat(crate::model::INPUT_LIMIT + 1),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--task") && err.contains("longer than 64 KiB"),
+        "{err}"
+    );
+    assert_eq!(crate::api::BODY_LIMIT, crate::model::INPUT_LIMIT);
+}
