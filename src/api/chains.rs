@@ -125,10 +125,11 @@ pub fn parse_start(body: &Map<String, Value>, extra: &[&str]) -> ApiResult<Start
                         "`task` must be a non-empty string".into(),
                     ));
                 }
-                if t.len() > 100_000 {
-                    return Err(ApiError::Unprocessable(
-                        "`task` is longer than 100,000 bytes".into(),
-                    ));
+                if t.len() > crate::model::INPUT_LIMIT {
+                    return Err(ApiError::Unprocessable(format!(
+                        "`task` is longer than {} KiB, as a mission file's may not be",
+                        crate::model::INPUT_LIMIT / 1024
+                    )));
                 }
                 req.task = Some(t.to_string());
             }

@@ -5,7 +5,7 @@
 //! the mission's `[[chain]]` entry < environment `OPERATOR_*` < command-line flags.
 //! Errors are collected, not returned at the first one, and each names its file and key.
 
-mod keys;
+pub mod keys;
 pub mod stored;
 
 use std::collections::BTreeMap;

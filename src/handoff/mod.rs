@@ -280,6 +280,9 @@ fn fence_for(body: &str) -> String {
 /// A handoff the operator writes when the agent did not write a valid one: what is known
 /// (the reason, the error) plus the tail of the output, so the next session can go on.
 pub fn synthetic(session_index: u32, reason: &str, error: Option<&str>, output: &str) -> Handoff {
+    // What the agent printed goes in fences long enough that no line of it can close them, so a
+    // heading in it (`## HANDOFF`, `### Remaining`) is never read as part of this handoff.
+    let output = output.replace("\r\n", "\n");
     let tail = tail_chars(output.trim(), SYNTHETIC_TAIL_CHARS);
     let fence = fence_for(tail);
     let accomplished = format!(
@@ -291,7 +294,16 @@ pub fn synthetic(session_index: u32, reason: &str, error: Option<&str>, output: 
         .to_string();
     let mut context = String::new();
     if let Some(e) = error {
-        context.push_str(&format!("The session ended with an error: {e}\n\n"));
+        let e = e.replace("\r\n", "\n");
+        let e = e.trim();
+        if e.lines().count() <= 1 && !e.contains(['`', '~', '#', '*', '_']) {
+            context.push_str(&format!("The session ended with an error: {e}\n\n"));
+        } else {
+            let fence = fence_for(e);
+            context.push_str(&format!(
+                "The session ended with an error:\n\n{fence}text\n{e}\n{fence}\n\n"
+            ));
+        }
     }
     if tail.is_empty() {
         context.push_str("The session produced no output.");
@@ -318,6 +330,22 @@ mod tests {
     use super::*;
 
     const GOOD: &str = "Some work.\n\n## HANDOFF\n\n### Accomplished\nWrote the parser and its tests.\n\n### Remaining\n- wire it into the CLI\n\n### Context\nSee src/parser.rs.\n";
+
+    #[test]
+    fn an_error_holding_headings_stays_inside_the_synthetic_handoff() {
+        // Found by tests/properties.rs: the error was written inline, and its headings became
+        // the handoff's own when it was read back.
+        let error = "## HANDOFF\r\n### Remaining\nnothing";
+        let h = synthetic(1, "no handoff", Some(error), "## HANDOFF: COMPLETE");
+        assert_eq!(parse(&h.text).as_ref(), Some(&h));
+        assert!(!h.complete);
+        let plain = synthetic(2, "no handoff", Some("exit code 1"), "");
+        assert!(
+            plain
+                .text
+                .contains("The session ended with an error: exit code 1")
+        );
+    }
 
     #[test]
     fn finds_a_plain_handoff_and_its_sections() {
