@@ -29,6 +29,8 @@ pub struct SimArgs {
     pub resume: Option<String>,
     /// Appends a line to this file (relative to the working directory) at the session's start.
     pub write: Option<String>,
+    /// A shell command run (and waited for) at each tool turn.
+    pub tool: Option<String>,
 }
 
 /// Counts (and records) the failures of the `flaky` scenario in the working directory.
@@ -91,6 +93,24 @@ fn emit_raw(s: &str) {
     let mut out = std::io::stdout().lock();
     if writeln!(out, "{s}").and_then(|_| out.flush()).is_err() {
         std::process::exit(0);
+    }
+}
+
+/// Runs a tool command with `sh -c` in the working directory (in the sim's process group, as a
+/// real agent's Bash tool runs): its output, and whether it failed.
+async fn run_tool(command: &str) -> (String, bool) {
+    match tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+    {
+        Ok(out) => (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            !out.status.success(),
+        ),
+        Err(e) => (format!("could not run the tool: {e}"), true),
     }
 }
 
@@ -173,18 +193,27 @@ impl Sim {
                 "content": [{"type": "text", "text": text}], "usage": self.usage(turn)}}));
     }
 
-    fn tool_round(&mut self, turn: u32) {
+    async fn tool_round(&mut self, turn: u32) {
         self.add_cost(turn);
         let id = format!("toolu_{turn}");
+        let command = self
+            .args
+            .tool
+            .clone()
+            .unwrap_or_else(|| format!("ls src # step {turn}"));
         emit(&json!({"type": "assistant", "session_id": self.session_id,
             "message": {"role": "assistant", "model": self.args.model,
                 "content": [{"type": "text", "text": format!("Step {turn}: looking at the code.")},
                             {"type": "tool_use", "id": id, "name": "Bash",
-                             "input": {"command": format!("ls src # step {turn}")}}],
+                             "input": {"command": command}}],
                 "usage": self.usage(turn)}}));
+        let (content, is_error) = match &self.args.tool {
+            Some(tool) => run_tool(tool).await,
+            None => ("main.rs\nlib.rs".to_string(), false),
+        };
         emit(&json!({"type": "user", "session_id": self.session_id,
             "message": {"role": "user", "content": [{"type": "tool_result",
-                "tool_use_id": id, "content": "main.rs\nlib.rs", "is_error": false}]}}));
+                "tool_use_id": id, "content": content, "is_error": is_error}]}}));
     }
 
     fn result(&mut self, subtype: &str, is_error: bool, text: &str, extra: Value) {
@@ -273,7 +302,7 @@ impl Sim {
                 for turn in 1..=args.max_turns {
                     self.step().await?;
                     self.turns_in_process += 1;
-                    self.tool_round(turn);
+                    self.tool_round(turn).await;
                 }
                 self.turns_in_process += 1;
                 let msg = format!("Reached maximum number of turns ({})", args.max_turns);
@@ -328,7 +357,7 @@ impl Sim {
                 emit_raw(r#"{"type":"mystery_event","payload":[1,2,3]}"#);
                 emit_raw("\u{1b}[31mcolour codes and stray bytes\u{1b}[0m");
             }
-            self.tool_round(turn);
+            self.tool_round(turn).await;
         }
         if args.scenario == Scenario::Slow {
             for i in 1..=20 {

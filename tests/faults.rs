@@ -5,62 +5,13 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use common::tmpfs::Tmpfs;
 use common::{Op, eventually};
 use operator::model::{ChainStatus, SessionStatus};
-use operator::store::Store;
-
-/// A tmpfs mounted on a path (the tests run as root in CI: mounting is how a real full disk is
-/// made without touching the machine's own). Unmounted on drop.
-struct Tmpfs {
-    at: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // CI runs as root; a developer's machine may not.
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must be able to mount a tmpfs (run as root) for the disk-full tests"
-            );
-            eprintln!("cannot mount a tmpfs here (not root?): the disk-full test does not run");
-            return None;
-        }
-        Some(Self {
-            at: at.to_path_buf(),
-        })
-    }
-
-    /// Fills the file system to its last byte.
-    fn fill(&self) {
-        let mut f = std::fs::File::create(self.at.join("filler")).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        while f.write_all(&block[..512]).is_ok() {}
-        let _ = f.sync_all();
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.at.join("filler")).unwrap();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
-    }
-}
 
 /// A chain of many short sessions, its log in a file beside the data dir.
 fn start(op: &Op, extra: &[&str]) -> (Child, PathBuf) {
@@ -101,34 +52,20 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
     child.wait().unwrap().code()
 }
 
-/// What must hold of a chain after a fault: it completed, its sessions are numbered 1..n without a
-/// gap or a repeat, every completed session has its handoff in the store and on disk, and the chain's
-/// cost is the sum of its sessions'.
+/// What must hold after a fault (`common::invariants`), and: the one chain completed, and no
+/// session is left recorded `running`.
 async fn assert_whole(op: &Op) {
-    let store = op.store().await;
-    let chains = store.list_chains(&Default::default()).await.unwrap();
+    let chains = common::invariants::check(&op.data_dir(), &op.workdir()).await;
     assert_eq!(chains.len(), 1);
     let c = &chains[0];
     assert_eq!(c.status, ChainStatus::Complete, "{:?}", c.reason);
-    let sessions = store.sessions(&c.id).await.unwrap();
-    let idx: Vec<u32> = sessions.iter().map(|s| s.index).collect();
-    assert_eq!(idx, (1..=idx.len() as u32).collect::<Vec<_>>(), "indices");
     assert!(
-        sessions.iter().all(|s| s.status != SessionStatus::Running),
-        "a session is still recorded running: {sessions:?}"
+        c.sessions
+            .iter()
+            .all(|s| s.status != SessionStatus::Running),
+        "a session is still recorded running: {:?}",
+        c.sessions
     );
-    let handoffs = store.handoffs(&c.id).await.unwrap();
-    for s in sessions
-        .iter()
-        .filter(|s| s.status == SessionStatus::Completed)
-    {
-        let h = handoffs.iter().find(|h| h.index == s.index);
-        let h = h.unwrap_or_else(|| panic!("session {} has no handoff", s.index));
-        assert!(Path::new(&h.file).exists(), "{} is missing", h.file);
-    }
-    let sum: f64 = sessions.iter().map(|s| s.cost_usd).sum();
-    let ledger = store.cost_report(10).await.unwrap().all_time;
-    assert!((ledger.cost_usd - sum).abs() < 1e-9, "{ledger:?} vs {sum}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -107,6 +107,11 @@ pub struct SimConfig {
     /// a working tree change.
     #[serde(default)]
     pub write: Option<String>,
+    /// A shell command the sim runs (in the workdir, in its own process group, and waits for)
+    /// at each tool turn, as a real agent runs its Bash tool: soak tests make the operator clean
+    /// up after what an agent started.
+    #[serde(default)]
+    pub tool: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -117,6 +122,7 @@ impl Default for SimConfig {
             step: Duration::from_millis(150),
             turns: 3,
             write: None,
+            tool: None,
         }
     }
 }
@@ -168,6 +174,9 @@ impl Agent for SimAgent {
         }
         if let Some(w) = &sim.write {
             args.extend(["--write".into(), w.clone()]);
+        }
+        if let Some(t) = &sim.tool {
+            args.extend(["--tool".into(), t.clone()]);
         }
         CommandLine {
             program: self.exe.clone(),

@@ -287,6 +287,8 @@ pub(super) struct SimAgentArgs {
     pub(super) resume: Option<String>,
     #[arg(long)]
     pub(super) write: Option<String>,
+    #[arg(long)]
+    pub(super) tool: Option<String>,
 }
 
 pub(super) fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {

@@ -173,6 +173,7 @@ fn sim_agent(a: &SimAgentArgs) -> ExitCode {
         model: a.model.clone(),
         resume: a.resume.clone(),
         write: a.write.clone(),
+        tool: a.tool.clone(),
     }));
     ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -44,7 +44,14 @@ pub const CHAIN_KEYS: &[&str] = &[
     "approval_timeout",
 ];
 const PERMISSION_KEYS: &[&str] = &["allow", "deny", "ask"];
-const SIM_KEYS: &[&str] = &["scenario", "complete_after", "step", "turns", "write"];
+const SIM_KEYS: &[&str] = &[
+    "scenario",
+    "complete_after",
+    "step",
+    "turns",
+    "write",
+    "tool",
+];
 const CHAIN_ENTRY_KEYS: &[&str] = &["name", "task", "after"];
 const MISSION_KEYS: &[&str] = &["name", "description", "concurrency", "defaults", "chain"];
 const OPERATOR_KEYS: &[&str] = &[

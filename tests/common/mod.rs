@@ -6,8 +6,10 @@ pub mod cli;
 pub mod fake_api;
 pub mod fake_gemini;
 pub mod fake_openai;
+pub mod invariants;
 pub mod pg;
 pub mod records;
+pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
