@@ -234,6 +234,7 @@ mod tests {
                 step: Duration::from_millis(250),
                 turns: 2,
                 write: None,
+                tool: Some("sleep 0.1".into()),
             },
         };
         let c = SimAgent {
@@ -246,5 +247,7 @@ mod tests {
         assert!(line.contains("--session-index 3"));
         assert!(line.contains("--step 250ms"));
         assert!(line.contains("--max-turns 7"));
+        let tool = c.args.iter().position(|a| a == "--tool");
+        assert_eq!(tool.map(|i| c.args[i + 1].as_str()), Some("sleep 0.1"));
     }
 }
