@@ -285,6 +285,56 @@ async fn a_killed_workers_chains_finish_on_the_others_after_its_lease() {
     }
 }
 
+/// The fleet's soak: twelve workers over PostgreSQL, one `kill -9`ed at a random moment every
+/// second or so (and started again under its name), the database server crashed and restarted
+/// twice (SIGQUIT: no shutdown checkpoint) along the way. Every chain completes, its session
+/// indices are used once, its sessions never overlap, and no agent is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_survives_kill_9_of_its_workers_and_two_restarts_of_the_database() {
+    let Some(bin) = pg::available() else { return };
+    // A server of its own: this test crashes it.
+    let server = pg::PgServer::start(&bin);
+    let url = server.fresh_db().await;
+    let op = Op::new();
+    let n = 30;
+    let defaults = "max_continuations = 60\n\
+         sim = { scenario = \"incomplete\", complete_after = 40, step = \"120ms\", turns = 2 }\n";
+    enqueue(&op, &url, &mission_with(&op, n, defaults));
+    let mut fleet = workers(&op, &url, 12, 2, "2s", &[]);
+    let seed = fastrand::u64(..);
+    eprintln!("fleet soak: seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut kills, mut restarts) = (0, 0);
+    for round in 0..20 {
+        tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
+        if round == 6 || round == 13 {
+            server.stop();
+            tokio::time::sleep(Duration::from_millis(rng.u64(500..2000))).await;
+            server.resume();
+            restarts += 1;
+            continue;
+        }
+        let i = rng.usize(..fleet.len());
+        fleet[i].kill().unwrap();
+        fleet[i].wait().unwrap();
+        kills += 1;
+        fleet[i] = worker(&op, &url, &format!("w{i}"), 2, "2s");
+    }
+    let s = PostgresStore::open(&url).await.unwrap();
+    let during = all_chains(&s).await;
+    assert!(
+        during.iter().any(|c| c.status != ChainStatus::Complete),
+        "every chain was done before the faults ended: make them longer"
+    );
+    wait_all_complete(&s, n, Duration::from_secs(300)).await;
+    check_sessions(&all_chains(&s).await);
+    for w in fleet {
+        stop(w);
+    }
+    assert!(common::processes_in(&op.workdir()).is_empty());
+    eprintln!("fleet soak: {kills} workers killed, the database restarted {restarts} times; {n} chains complete");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_worker_cannot_overwrite_the_new_owners_records() {
     let Some(server) = pg::shared() else { return };
