@@ -1,9 +1,12 @@
 //! Memory and idle cost of the operator itself (never its agents): the peak RSS of `operator run` during a
 //! chain of sim sessions, against the peak RSS of one bare sim agent in the same run; and many
-//! concurrent chains whose agents sleep: the operator's RSS and its CPU while they idle.
+//! concurrent chains whose agents sleep: the operator's RSS and its CPU while they idle; and a
+//! long run of one operator (one chain of many sessions): its RSS, open descriptors, threads and
+//! async tasks sampled as the sessions go by, which must stay flat after the warm-up.
 //!
-//! `cargo bench --bench memory` runs 1,000 concurrent chains; without `--bench` (under `cargo test
-//! --all-targets`) a quick pass with 20, so CI notices a bench that no longer runs.
+//! `cargo bench --bench memory` runs 1,000 concurrent chains and 1,000 sessions; without `--bench`
+//! (under `cargo test --all-targets`) a quick pass with 20 chains and 100 sessions, so CI notices a
+//! bench that no longer runs.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -244,4 +247,104 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
+
+    long_run(dir.path(), if full { 1000 } else { 100 });
+}
+
+/// `GET /metrics` of the operator at `addr`: the sum of each metric's samples, by name.
+fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
+    use std::io::Read;
+    let mut out = std::collections::HashMap::new();
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return out;
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    for line in text.lines().filter(|l| l.starts_with("operator_")) {
+        let (name, value) = line.rsplit_once(' ').unwrap_or((line, "0"));
+        let name = name.split('{').next().unwrap_or(name).to_string();
+        *out.entry(name).or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+/// One operator running `sessions` sessions back to back: RSS, descriptors, threads and tasks
+/// as the sessions go by.
+fn long_run(dir: &std::path::Path, sessions: u32) {
+    let data = dir.join("long-data");
+    let child = operator(
+        dir,
+        &[
+            "run",
+            "--task",
+            "long run",
+            "--scenario",
+            "incomplete",
+            "--quiet",
+            "--serve",
+            "127.0.0.1:0",
+            "--max-continuations",
+            &sessions.to_string(),
+        ],
+        &[
+            ("OPERATOR_DATA_DIR", data.to_str().expect("path")),
+            ("OPERATOR_SIM__STEP", "0s"),
+            ("OPERATOR_SIM__TURNS", "1"),
+            ("OPERATOR_SIM__COMPLETE_AFTER", &(sessions - 1).to_string()),
+        ],
+    )
+    .spawn()
+    .expect("operator");
+    let pid = child.id();
+    let addr_file = data.join("api.addr");
+    let started = Instant::now();
+    let mut rows: Vec<(u64, u64, usize, u64, f64)> = Vec::new();
+    let mut child = child;
+    let mut next = sessions as u64 / 10;
+    while child.try_wait().expect("wait").is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(url) = std::fs::read_to_string(&addr_file) else {
+            continue;
+        };
+        let m = scrape(url.trim().trim_start_matches("http://"));
+        let done = m.get("operator_sessions_total").copied().unwrap_or(0.0) as u64;
+        if done < next {
+            continue;
+        }
+        next += sessions as u64 / 10;
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+        rows.push((
+            done,
+            status_kb(pid, "VmRSS").unwrap_or(0),
+            fds,
+            status_kb(pid, "Threads").unwrap_or(0),
+            m.get("operator_runtime_tasks").copied().unwrap_or(0.0),
+        ));
+    }
+    println!(
+        "a long run: one chain of {sessions} sessions in {:.0} s (sampled after every tenth):",
+        started.elapsed().as_secs_f64()
+    );
+    println!("  sessions   RSS MB   open fds   threads   tasks");
+    for (done, rss, fds, threads, tasks) in &rows {
+        println!(
+            "  {done:>8} {:>8.1} {fds:>10} {threads:>9} {tasks:>7}",
+            *rss as f64 / 1024.0
+        );
+    }
+    if let (Some(first), Some(last)) = (rows.get(1), rows.last()) {
+        println!(
+            "  after the warm-up (from {} to {} sessions): RSS {:+.1} MB, fds {:+}, threads {:+}, tasks {:+}",
+            first.0,
+            last.0,
+            (last.1 as f64 - first.1 as f64) / 1024.0,
+            last.2 as i64 - first.2 as i64,
+            last.3 as i64 - first.3 as i64,
+            last.4 - first.4
+        );
+    }
 }

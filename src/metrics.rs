@@ -48,6 +48,8 @@ pub struct Metrics {
     cost: Counter<f64, AtomicU64>,
     duration: Histogram,
     permissions: Family<Decision, Counter>,
+    /// Tokio tasks alive now (set at each scrape): flat over a long run, or something leaks.
+    tasks: Gauge,
     /// Encoding needs `&Registry` while the chain gauges are set: one scrape at a time.
     scrape: Mutex<()>,
 }
@@ -125,9 +127,16 @@ impl Metrics {
             "Tool calls decided by the permission policy or a person, by decision (allow, deny, ask)",
             permissions.clone(),
         );
+        let tasks = Gauge::default();
+        registry.register(
+            "runtime_tasks",
+            "Tokio tasks alive in the operator at the scrape",
+            tasks.clone(),
+        );
         Self {
             registry,
             permissions,
+            tasks,
             chains,
             chain_ends,
             sessions,
@@ -208,6 +217,9 @@ impl Metrics {
                     state: st.as_str().to_string(),
                 })
                 .set(n as i64);
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.tasks.set(rt.metrics().num_alive_tasks() as i64);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;

@@ -332,7 +332,9 @@ async fn a_fleet_survives_kill_9_of_its_workers_and_two_restarts_of_the_database
         stop(w);
     }
     assert!(common::processes_in(&op.workdir()).is_empty());
-    eprintln!("fleet soak: {kills} workers killed, the database restarted {restarts} times; {n} chains complete");
+    eprintln!(
+        "fleet soak: {kills} workers killed, the database restarted {restarts} times; {n} chains complete"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

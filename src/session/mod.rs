@@ -226,6 +226,9 @@ pub struct SessionState {
     held: std::collections::HashMap<String, (String, serde_json::Value, Option<String>)>,
     /// Tool calls refused so far, by tool-use id when known (the result's list repeats them).
     denied: Vec<(Option<String>, DeniedCall)>,
+    /// The session's timers (the watchdog's tick, grace periods): cancelled when it ends, so a
+    /// long run does not carry a sleeping task for every session it ran.
+    timers: Vec<tokio::task::AbortHandle>,
     span: tracing::Span,
 }
 
@@ -273,6 +276,12 @@ fn start_process(
 }
 
 impl SessionState {
+    /// Sends `msg` to the session after `delay`, unless the session has ended by then.
+    fn after(&mut self, me: &ActorRef<SessionMsg>, delay: Duration, msg: fn() -> SessionMsg) {
+        self.timers.retain(|t| !t.is_finished());
+        self.timers.push(me.send_after(delay, msg).abort_handle());
+    }
+
     fn one_shot(&self) -> bool {
         self.agent.protocol() == Protocol::OneShot
     }
@@ -565,6 +574,7 @@ impl Actor for Session {
             reported_model: None,
             held: std::collections::HashMap::new(),
             denied: Vec::new(),
+            timers: Vec::new(),
             span,
         };
         if args.attempt > 1 {
@@ -589,8 +599,20 @@ impl Actor for Session {
             .min(state.watchdog.session_timeout)
             / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
-        myself.send_interval(tick, || SessionMsg::Watch);
+        let watch = myself.send_interval(tick, || SessionMsg::Watch);
+        state.timers.push(watch.abort_handle());
         Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        st: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        for t in st.timers.drain(..) {
+            t.abort();
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -617,7 +639,7 @@ impl Actor for Session {
                     st.watchdog_fired = Some(why);
                     st.stdin = None;
                     st.group.signal(Signal::SIGTERM);
-                    myself.send_after(Duration::from_secs(3), || SessionMsg::Kill);
+                    st.after(&myself, Duration::from_secs(3), || SessionMsg::Kill);
                 }
             }
             SessionMsg::Line(line) => {
@@ -671,7 +693,7 @@ impl Actor for Session {
                     return finish(st, status, &myself);
                 }
                 let grace = st.exit_grace;
-                myself.send_after(grace, || SessionMsg::Terminate);
+                st.after(&myself, grace, || SessionMsg::Terminate);
             }
             SessionMsg::Stop { grace } => {
                 if !st.stopped {
@@ -680,12 +702,12 @@ impl Actor for Session {
                     // asks for the handoff in the same process, so a resumed chain starts from
                     // a real one.
                     st.interrupt().await;
-                    myself.send_after(grace, || SessionMsg::Terminate);
+                    st.after(&myself, grace, || SessionMsg::Terminate);
                 }
             }
             SessionMsg::Terminate => {
                 st.group.signal(Signal::SIGTERM);
-                myself.send_after(Duration::from_secs(3), || SessionMsg::Kill);
+                st.after(&myself, Duration::from_secs(3), || SessionMsg::Kill);
             }
             SessionMsg::Kill => st.group.signal(Signal::SIGKILL),
             SessionMsg::Answer {
