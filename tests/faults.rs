@@ -128,7 +128,7 @@ async fn a_stop_during_a_full_disk_ends_the_run_and_resume_finishes_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_locked_past_the_busy_timeout_is_waited_out() {
     let op = Op::new();
-    let (mut child, log) = start(&op, &[]);
+    let (mut child, log) = start(&op, &["--serve", "127.0.0.1:0"]);
     assert!(eventually(Duration::from_secs(60), || handoff_files(&op) >= 3));
     // Another process (the sqlite3 shell of someone looking, a backup) holds the write lock for
     // 45 s: each write waits out the 10 s busy timeout and fails, longer than four restarts at once
@@ -142,7 +142,30 @@ async fn a_store_locked_past_the_busy_timeout_is_waited_out() {
         .execute(&mut holder)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(45)).await;
+    let locked = std::time::Instant::now();
+    // A start through the API cannot be recorded: 503, try again later (not a 500).
+    let url = std::fs::read_to_string(op.data_dir().join("api.addr")).unwrap();
+    let http = reqwest::Client::new();
+    let csrf: serde_json::Value = http
+        .get(format!("{}/api/csrf", url.trim()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = http
+        .post(format!("{}/api/chains", url.trim()))
+        .header("x-csrf-token", csrf["csrfToken"].as_str().unwrap())
+        .json(&serde_json::json!({"task": "more work"}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status.as_u16(), 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    tokio::time::sleep(Duration::from_secs(45).saturating_sub(locked.elapsed())).await;
     assert!(
         child.try_wait().unwrap().is_none(),
         "the run ended on a locked store"

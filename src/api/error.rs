@@ -109,8 +109,16 @@ impl IntoResponse for ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// A store that cannot be reached or written now (disk full, locked, read-only, PostgreSQL
+    /// down) is 503: the request may succeed later; anything else is a bug of ours (500).
     fn from(e: StoreError) -> Self {
-        Self::Internal(e.to_string())
+        if e.is_outage() {
+            Self::Unavailable(format!(
+                "the store is unavailable now ({e}); try again later"
+            ))
+        } else {
+            Self::Internal(e.to_string())
+        }
     }
 }
 

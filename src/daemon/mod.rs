@@ -1163,6 +1163,7 @@ async fn api_start(
         .map_err(|e| match e {
             RunError::Agent(a) => ControlError::Invalid(a.to_string()),
             RunError::Config(c) => ControlError::Invalid(c.to_string().trim_end().to_string()),
+            RunError::Store(s) => ControlError::Store(s),
             other => ControlError::Internal(other.to_string()),
         })?;
     let ids: Vec<String> = batch.jobs.iter().map(|j| j.chain_id.clone()).collect();

@@ -48,6 +48,30 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl StoreError {
+    /// The store cannot be reached or written now (a full disk, a lock held past the busy
+    /// timeout, a read-only file, an I/O error, a database server that is down): the same
+    /// request may succeed later.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(d)) => {
+                // SQLite's primary codes: BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN; and
+                // PostgreSQL's classes 08 (connection), 53 (insufficient resources), 57P (shutdown).
+                let code = d.code().unwrap_or_default();
+                let primary = code.parse::<i64>().map(|c| c & 0xff);
+                matches!(primary, Ok(5 | 6 | 8 | 10 | 13 | 14))
+                    || code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+            }
+            StoreError::Db(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed,
+            ) => true,
+            _ => false,
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         StoreError::Db(e)
@@ -383,7 +407,30 @@ mod error_tests {
             .execute(&pool)
             .await
             .unwrap_err();
-        let chain = format!("{:#}", anyhow::Error::from(StoreError::from(e)));
+        let e = StoreError::from(e);
+        assert!(!e.is_outage(), "a bad query is a bug, not an outage");
+        let chain = format!("{:#}", anyhow::Error::from(e));
         assert_eq!(chain.matches("no such table").count(), 1, "{chain}");
+    }
+
+    #[tokio::test]
+    async fn a_store_locked_by_another_connection_is_an_outage() {
+        use sqlx::ConnectOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("x.db"))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut holder = opts.connect().await.unwrap();
+        sqlx::raw_sql("CREATE TABLE t (x); BEGIN EXCLUSIVE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let mut other = opts.connect().await.unwrap();
+        let e = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        assert!(StoreError::from(e).is_outage());
     }
 }
