@@ -26,12 +26,14 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// Four chains, each with a random step and tool time, long enough to outlast the kills (a
-/// session takes about 0.3 s, a run between two kills 0.8 s on average).
-fn mission(op: &Op, rng: &mut fastrand::Rng, kills: u32) -> std::path::PathBuf {
-    let sessions = 4 * kills.max(1);
+/// Sessions of each chain: a few seconds of work between many kills.
+const SESSIONS: u32 = 40;
+
+/// Mission number `epoch`: four chains, each with a random step and tool time.
+fn mission(op: &Op, rng: &mut fastrand::Rng, epoch: u32) -> std::path::PathBuf {
+    let sessions = SESSIONS;
     let mut m = format!(
-        "name = \"soak\"\nconcurrency = 4\n[defaults]\nagent = \"sim\"\n\
+        "name = \"soak-{epoch}\"\nconcurrency = 4\n[defaults]\nagent = \"sim\"\n\
          max_continuations = {}\nretry_backoff = [\"50ms\"]\n",
         sessions + 10
     );
@@ -44,7 +46,7 @@ fn mission(op: &Op, rng: &mut fastrand::Rng, kills: u32) -> std::path::PathBuf {
             rng.u32(5..15),
         );
     }
-    op.write("soak.toml", &m)
+    op.write(&format!("soak-{epoch}.toml"), &m)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,11 +59,14 @@ async fn chains_survive_kill_9_at_random_moments_a_full_disk_and_a_locked_store(
     let Some(disk) = Tmpfs::mount(&op.data_dir(), "256m") else {
         return;
     };
-    let mission = mission(&op, &mut rng, kills);
+    // When a mission's chains have all completed between two kills, the soak goes on with the
+    // next one: the kills, not the chains' length, set how long it runs.
+    let mut epoch = 0;
+    let mut mission = mission(&op, &mut rng, epoch);
     let log = op.root.path().join("soak.log");
-    let run = || {
+    let run = |mission: &std::path::Path| {
         op.cmd(&["run", "--continue"])
-            .arg(&mission)
+            .arg(mission)
             .env_remove("OPERATOR_SIM__STEP")
             .stdout(Stdio::null())
             .stderr(
@@ -77,7 +82,7 @@ async fn chains_survive_kill_9_at_random_moments_a_full_disk_and_a_locked_store(
     let started = Instant::now();
     let (mut killed, mut full, mut locked) = (0u32, false, false);
     while killed < kills {
-        let mut child = run();
+        let mut child = run(&mission);
         if !full && killed == kills.min(5) {
             // The disk fills up mid-run for a few seconds.
             tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
@@ -105,12 +110,13 @@ async fn chains_survive_kill_9_at_random_moments_a_full_disk_and_a_locked_store(
             locked = true;
         }
         tokio::time::sleep(Duration::from_millis(rng.u64(50..1500))).await;
-        let done = child.try_wait().unwrap();
-        assert!(
-            done.is_none(),
-            "the chains finished after {killed} kills, before the soak's {kills}: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        if let Some(status) = child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(status.success(), "{log}");
+            epoch += 1;
+            mission = self::mission(&op, &mut rng, epoch);
+            continue;
+        }
         common::signal(&child, nix::sys::signal::Signal::SIGKILL);
         child.wait().unwrap();
         killed += 1;
@@ -130,9 +136,10 @@ async fn chains_survive_kill_9_at_random_moments_a_full_disk_and_a_locked_store(
     let text = std::fs::read_to_string(&log).unwrap_or_default() + &common::stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     let chains = common::invariants::check(&op.data_dir(), &op.workdir()).await;
+    let missions = epoch as usize + 1;
     assert_eq!(
         chains.len(),
-        4,
+        4 * missions,
         "one chain per mission entry, never a second"
     );
     for c in &chains {
@@ -140,9 +147,10 @@ async fn chains_survive_kill_9_at_random_moments_a_full_disk_and_a_locked_store(
     }
     let sessions: usize = chains.iter().map(|c| c.sessions.len()).sum();
     eprintln!(
-        "soak: {killed} kills survived in {:.0} s; {sessions} sessions in 4 chains, all complete; \
-         disk full and store locked episodes waited out; nothing lost",
-        started.elapsed().as_secs_f64()
+        "soak: {killed} kills survived in {:.0} s; {sessions} sessions in {} chains of {missions} \
+         missions, all complete; disk full and store locked episodes waited out; nothing lost",
+        started.elapsed().as_secs_f64(),
+        chains.len()
     );
     assert!(
         text.contains("cannot be written"),

@@ -114,6 +114,9 @@ pub struct OperatorState {
     running: HashMap<ActorId, RunningChain>,
     /// Chains waiting for their restart, by chain id: they hold their place like running ones.
     down: HashMap<String, Down>,
+    /// The last answer of the outage probe and when it came: chains that go down together
+    /// (an outage takes them all) share one probe, which can take a busy timeout.
+    probed: Option<(Instant, Result<(), String>)>,
     /// Final status of each ended chain, by key (for `after`).
     ended: HashMap<String, ChainStatus>,
     idle: mpsc::UnboundedSender<()>,
@@ -177,6 +180,19 @@ impl OperatorState {
         }
     }
 
+    /// Whether the store and the data dir can be written (`outage::probe`), asked at most once
+    /// a second.
+    async fn probe(&mut self) -> Result<(), String> {
+        if let Some((at, answer)) = &self.probed
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return answer.clone();
+        }
+        let answer = outage::probe(&*self.ctx.store, &self.ctx.data_dir).await;
+        self.probed = Some((Instant::now(), answer.clone()));
+        answer
+    }
+
     /// A chain crashed or could not start. When the store or the data dir cannot be written,
     /// it is restarted after a growing wait (`outage::delay`) for as long as that lasts, without
     /// counting against its restart intensity; otherwise it is restarted at once within its
@@ -196,7 +212,7 @@ impl OperatorState {
             self.end(&job, ChainStatus::Interrupted, Some(reason)).await;
             return;
         }
-        let (wait, outage) = match outage::probe(&*self.ctx.store, &self.ctx.data_dir).await {
+        let (wait, outage) = match self.probe().await {
             Err(why) => {
                 let wait = outage::delay(outage);
                 tracing::warn!(chain.id = %id, cause = %cause, "{why}; the chain restarts from the store in {} s, and again while this lasts (free disk space or repair the store; `operator stop` ends the run)", wait.as_secs());
@@ -355,6 +371,7 @@ impl Actor for Operator {
             running: HashMap::new(),
             ended: HashMap::new(),
             down: HashMap::new(),
+            probed: None,
             idle: a.idle,
         })
     }
