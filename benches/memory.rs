@@ -248,7 +248,11 @@ fn main() {
     }
     let _ = child.kill();
 
-    long_run(dir.path(), if full { 1000 } else { 100 });
+    let sessions = std::env::var("OPERATOR_BENCH_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 1000 } else { 100 });
+    long_run(dir.path(), sessions);
 }
 
 /// `GET /metrics` of the operator at `addr`: the sum of each metric's samples, by name.
@@ -258,6 +262,7 @@ fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return out;
     };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = write!(
         s,
         "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
@@ -289,6 +294,8 @@ fn long_run(dir: &std::path::Path, sessions: u32) {
             "127.0.0.1:0",
             "--max-continuations",
             &sessions.to_string(),
+            "--max-budget-usd",
+            "1000",
         ],
         &[
             ("OPERATOR_DATA_DIR", data.to_str().expect("path")),
@@ -315,7 +322,8 @@ fn long_run(dir: &std::path::Path, sessions: u32) {
         if done < next {
             continue;
         }
-        next += sessions as u64 / 10;
+        let step = (sessions as u64 / 10).max(1);
+        next = (done / step + 1) * step;
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
         rows.push((
             done,

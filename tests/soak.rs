@@ -8,7 +8,7 @@
 //! of any agent left. At the end every chain completes.
 //!
 //! `OPERATOR_SOAK_KILLS` sets the number of kills (50 here and in CI; the long form in
-//! docs/failure-handling.md ran 500), `OPERATOR_SOAK_SEED` replays a run (the seed is printed).
+//! docs/failure-handling.md ran 200), `OPERATOR_SOAK_SEED` replays a run (the seed is printed).
 
 mod common;
 
