@@ -406,11 +406,13 @@ async fn a_chain_falls_over_from_claude_to_codex_at_a_usage_limit_and_back_after
         return;
     };
     let op = Op::new();
+    // Far enough ahead that the limit still holds when the CLI reports it, however loaded the
+    // machine (at 4 s it had passed once in CI, and the retry ran on claude again).
     let reset = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 4;
+        + 12;
     // The CLI tries the 429 three times (CLAUDE_CODE_MAX_RETRIES=2), then reports the limit.
     let limit = || common::fake_api::Step::usage_limit(reset);
     let anthropic = common::fake_api::FakeApi::start(
