@@ -35,6 +35,19 @@
     t._timer = setTimeout(function () { t.hidden = true; }, 6000);
   };
 
+  // The page's live fragments are fetched again at most once per 400 ms, and always once after
+  // the last event of a burst (htmx's own `throttle` drops it, which left the page showing a
+  // state that had already changed).
+  var refreshTimer = null, refreshPending = false;
+  var refresh = function () {
+    if (refreshTimer) { refreshPending = true; return; }
+    htmx.trigger(document.body, "operator-event");
+    refreshTimer = setTimeout(function () {
+      refreshTimer = null;
+      if (refreshPending) { refreshPending = false; refresh(); }
+    }, 400);
+  };
+
   document.body.addEventListener("htmx:responseError", function (evt) {
     var msg = "request failed (" + evt.detail.xhr.status + ")";
     try { msg = JSON.parse(evt.detail.xhr.responseText).error.message; } catch (e) { /* not JSON */ }
@@ -46,7 +59,7 @@
     // Only a form's own submission redirects or resets it (not a dry run from a button in it).
     if (elt.tagName === "FORM" && elt.dataset.redirect) { window.location = elt.dataset.redirect; return; }
     if (elt.tagName === "FORM" && elt.dataset.reset) { elt.reset(); toast("started", true); }
-    if (elt.hasAttribute("hx-post")) htmx.trigger(document.body, "operator-event");
+    if (elt.hasAttribute("hx-post")) refresh();
   });
 
   // Theme: dark by default, the choice remembered.
@@ -59,7 +72,8 @@
     localStorage.setItem("operator-theme", root.dataset.theme);
   });
 
-  // Live: every event refreshes the page's live fragments; a session's output goes to #live.
+  // Live: every event refreshes the fragments (so does every (re)connection: what happened while
+  // the socket was not open is on the server); a session's output goes to #live.
   var live = document.getElementById("live");
   var patterns = ["chain:*", "orchestrator:*"];
   if (live) patterns.push("session:output:" + live.dataset.chain);
@@ -79,8 +93,9 @@
         return;
       }
       if (ev.kind === "subscribed") return;
-      htmx.trigger(document.body, "operator-event");
+      refresh();
     };
+    ws.onopen = refresh;
     ws.onclose = function () { setTimeout(connect, 2000); };
   };
   if (document.body.dataset.ws === "1") connect();
