@@ -306,7 +306,7 @@ const TOML_VALUES: &[&str] = &[
 
 fn toml_key() -> impl Strategy<Value = String> {
     prop_oneof![
-        8 => prop::sample::select(operator::config::keys::CHAIN_KEYS).prop_map(str::to_string),
+        8 => prop::sample::select(operator::config::keys::CHAIN_KEYS.to_vec()).prop_map(str::to_string),
         1 => "[a-z_]{1,12}",
         1 => Just("sim.step".to_string()),
     ]

@@ -8,27 +8,30 @@ use super::*;
 #[command(
     name = "operator",
     version,
-    about = "Keeps AI coding agents working on a task for hours: chains of sessions joined by handoffs, supervised."
+    about = "Keeps AI coding agents working on a task for hours: chains of sessions joined by handoffs, supervised.",
+    after_help = "New here? `operator init` sets a repository up; `operator run --agent sim --task \"Try it\"` runs the simulated agent (no API key)."
 )]
 pub struct Cli {
     /// More log output (-v: debug, -vv: trace).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     pub(super) verbose: u8,
     /// Only warnings and errors.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub(super) quiet: bool,
     /// Log lines as text or as one JSON object per line.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, help_heading = "Global options", value_enum, default_value_t = LogFormat::Text)]
     pub(super) log_format: LogFormat,
-    /// operator.toml to read (default: $OPERATOR_CONFIG, else config/operator.toml if present).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// operator.toml to read [default: config/operator.toml when present] [env: OPERATOR_CONFIG]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PATH"
+    )]
     pub(super) config: Option<PathBuf>,
-    /// Where the store and chain folders live (default ./.operator, or $OPERATOR_DATA_DIR).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "DIR", help = setting_help("data_dir", None))]
     pub(super) data_dir: Option<PathBuf>,
-    /// A PostgreSQL store shared by a fleet (postgres://…, or $OPERATOR_STORE_URL); default:
-    /// SQLite in the data dir.
-    #[arg(long = "store", global = true, value_name = "URL")]
+    #[arg(long = "store", global = true, help_heading = "Global options", value_name = "URL", help = setting_help("store_url", None))]
     pub(super) store_url: Option<String>,
     #[command(subcommand)]
     pub(super) command: Command,
@@ -37,6 +40,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub(super) enum Command {
     /// Run a mission (a file or a name in config/missions/) or a single task.
+    #[command(after_long_help = RUN_EXAMPLES)]
     Run(RunArgs),
     /// Serve the HTTP API, WebSocket and metrics, and run what is started through them (and any
     /// missions named here) until stopped.
@@ -44,10 +48,17 @@ pub(super) enum Command {
     /// Run chains of a fleet: claim queued (or orphaned) chains from the PostgreSQL store
     /// given by --store / store_url, run up to --capacity at once, until stopped.
     Worker(WorkerArgs),
+    /// Set up a repository: config/operator.toml and a first mission, every setting commented.
+    #[command(after_long_help = INIT_EXAMPLES)]
+    Init(InitArgs),
+    /// The settings a chain gets after every layer, each with where it came from.
+    #[command(after_long_help = CONFIG_EXAMPLES)]
+    Config(ConfigArgs),
     /// Print the API token (creating <data_dir>/api-token, mode 0600, if there is none).
     Token,
     /// The cost ledger: today, this week, all time, per model, mission and chain, and the burn rate.
     Costs {
+        /// Print one JSON object instead of tables.
         #[arg(long)]
         json: bool,
         /// Chains listed, most expensive first.
@@ -58,12 +69,17 @@ pub(super) enum Command {
     List(ListArgs),
     /// Show one chain with its sessions and handoffs.
     Show {
+        /// The chain's id (`operator list` shows them).
         chain_id: String,
+        /// Print the chain as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Check a mission file without running it; reports every error at once.
-    Validate { mission: String },
+    Validate {
+        /// A mission file, or the name of one in config/missions/.
+        mission: String,
+    },
     /// Pause the running operator: no new session starts (SIGUSR1).
     Pause {
         /// Interrupt running sessions now (each writes its handoff), instead of letting them finish.
@@ -82,6 +98,20 @@ pub(super) enum Command {
     Deny(AnswerArgs),
     /// Check what a run needs (agent CLI, credentials, permissions); `--session` runs one tiny session.
     Doctor(DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_long_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    #[command(after_long_help = MAN_EXAMPLES)]
+    Man {
+        /// Write operator.1 and operator-<command>.1 here instead of printing operator.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The simulated agent (used by the `sim` backend).
     #[command(hide = true)]
     SimAgent(SimAgentArgs),
@@ -122,63 +152,23 @@ pub(super) struct RunArgs {
     /// Continue the newest incomplete chain, or the one named.
     #[arg(long, value_name = "CHAIN_ID", num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["missions", "task"])]
     pub(super) resume: Option<String>,
-    #[arg(long, value_enum)]
-    pub(super) agent: Option<AgentArg>,
-    #[arg(long)]
-    pub(super) model: Option<String>,
-    #[arg(long)]
-    pub(super) max_turns: Option<u32>,
-    #[arg(long)]
-    pub(super) max_continuations: Option<u32>,
-    #[arg(long)]
-    pub(super) max_budget_usd: Option<f64>,
-    /// Interrupt a session (for its handoff) once its live cost crosses this.
-    #[arg(long)]
-    pub(super) max_session_cost_usd: Option<f64>,
-    /// Permission mode for the agent; `bypassPermissions` can only be set here or in config files.
-    #[arg(long)]
-    pub(super) permission_mode: Option<String>,
-    /// Working directory of the agent.
-    #[arg(long)]
-    pub(super) workdir: Option<PathBuf>,
-    /// Scenario of the sim agent (for demos and tests).
-    #[arg(long, value_parser = parse_scenario)]
-    pub(super) scenario: Option<Scenario>,
     /// Pick the missions up where a stop left them: resume their interrupted chains, skip
     /// those that ended, start the rest (for restarts under systemd).
     #[arg(long = "continue", conflicts_with_all = ["task", "resume"])]
     pub(super) continue_missions: bool,
     /// Chains of a mission running at once (default: the mission's `concurrency`).
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub(super) concurrency: Option<usize>,
-    /// Path of the Claude Code CLI.
-    #[arg(long, value_name = "PATH")]
-    pub(super) claude_bin: Option<PathBuf>,
-    /// Path of the Codex CLI.
-    #[arg(long, value_name = "PATH")]
-    pub(super) codex_bin: Option<PathBuf>,
-    /// Path of the Gemini CLI.
-    #[arg(long, value_name = "PATH")]
-    pub(super) gemini_bin: Option<PathBuf>,
-    /// At a usage limit, end the chain as `waiting-limit` (resumable) instead of waiting.
-    #[arg(long)]
-    pub(super) no_wait: bool,
     /// With a PostgreSQL store: queue the chains for the fleet's workers instead of running
     /// them here, print their ids and exit.
     #[arg(long)]
     pub(super) enqueue: bool,
-    /// Push after a chain completes (or reaches max-continuations), when a remote exists.
-    #[arg(long)]
-    pub(super) auto_push: bool,
-    /// POST a JSON summary of each chain to this URL when it ends.
-    #[arg(long, value_name = "URL")]
-    pub(super) notify_webhook: Option<String>,
     /// Print the plan, the agent command lines and the prompts; run nothing.
     #[arg(long)]
     pub(super) dry_run: bool,
     /// Start even when no credentials for the agent CLI are found (for setups the check cannot
     /// see); a chain then fails at its first session if the CLI has none.
-    #[arg(long, env = "OPERATOR_SKIP_CREDENTIALS_CHECK", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "OPERATOR_SKIP_CREDENTIALS_CHECK", hide_env_values = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub(super) skip_credentials_check: bool,
     /// At the end, print one JSON object per chain, one per line, on stdout.
     #[arg(long)]
@@ -187,6 +177,8 @@ pub(super) struct RunArgs {
     /// else 127.0.0.1:3100).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
     pub(super) serve: Option<String>,
+    #[command(flatten)]
+    pub(super) settings: SettingFlags,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +190,192 @@ pub(super) struct ServeArgs {
     #[command(flatten)]
     pub(super) run: RunArgs,
 }
+
+/// Flags that choose and place the agent (`run`, `serve`, `doctor`, `config`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Settings")]
+pub(super) struct AgentFlags {
+    #[arg(long, value_enum, help = setting_help("agent", None))]
+    pub(super) agent: Option<AgentArg>,
+    #[arg(long, help = setting_help("model", None))]
+    pub(super) model: Option<String>,
+    #[arg(long, value_name = "MODE", help = setting_help("permission_mode", None))]
+    pub(super) permission_mode: Option<String>,
+    #[arg(long, value_name = "DIR", help = setting_help("workdir", None))]
+    pub(super) workdir: Option<PathBuf>,
+    #[arg(long, value_name = "PATH", help = setting_help("claude_bin", None))]
+    pub(super) claude_bin: Option<PathBuf>,
+    #[arg(long, value_name = "PATH", help = setting_help("codex_bin", None))]
+    pub(super) codex_bin: Option<PathBuf>,
+    #[arg(long, value_name = "PATH", help = setting_help("gemini_bin", None))]
+    pub(super) gemini_bin: Option<PathBuf>,
+}
+
+impl AgentFlags {
+    /// These flags as the top configuration layer, each value naming its flag.
+    pub(super) fn apply(&self, o: &mut Overrides) {
+        let path = |p: &PathBuf| p.display().to_string();
+        if let Some(a) = self.agent {
+            o.set_from("agent", a.as_str(), "--agent");
+        }
+        if let Some(m) = &self.model {
+            o.set_from("model", m.as_str(), "--model");
+        }
+        if let Some(p) = &self.permission_mode {
+            o.set_from("permission_mode", p.as_str(), "--permission-mode");
+        }
+        if let Some(w) = &self.workdir {
+            o.set_from("workdir", path(w), "--workdir");
+        }
+        if let Some(b) = &self.claude_bin {
+            o.set_from("claude_bin", path(b), "--claude-bin");
+        }
+        if let Some(b) = &self.codex_bin {
+            o.set_from("codex_bin", path(b), "--codex-bin");
+        }
+        if let Some(b) = &self.gemini_bin {
+            o.set_from("gemini_bin", path(b), "--gemini-bin");
+        }
+    }
+}
+
+/// Flags that set a chain's settings (`run`, `serve`, `config`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Settings")]
+pub(super) struct SettingFlags {
+    #[command(flatten)]
+    pub(super) agent: AgentFlags,
+    #[arg(long, value_name = "N", help = setting_help("max_turns", None))]
+    pub(super) max_turns: Option<u32>,
+    #[arg(long, value_name = "N", help = setting_help("max_continuations", None))]
+    pub(super) max_continuations: Option<u32>,
+    #[arg(long, value_name = "USD", help = setting_help("max_budget_usd", None))]
+    pub(super) max_budget_usd: Option<f64>,
+    #[arg(long, value_name = "USD", help = setting_help("max_session_cost_usd", None))]
+    pub(super) max_session_cost_usd: Option<f64>,
+    #[arg(long, value_parser = parse_scenario,
+        help = setting_help("sim.scenario", Some("What the sim agent does (demos and tests)")))]
+    pub(super) scenario: Option<Scenario>,
+    #[arg(long, help = setting_help("no_wait", None))]
+    pub(super) no_wait: bool,
+    #[arg(long, help = setting_help("auto_push", None))]
+    pub(super) auto_push: bool,
+    #[arg(long, value_name = "URL", help = setting_help("notify_webhook", None))]
+    pub(super) notify_webhook: Option<String>,
+}
+
+impl SettingFlags {
+    /// These flags as the top configuration layer, each value naming its flag.
+    pub(super) fn apply(&self, o: &mut Overrides) {
+        self.agent.apply(o);
+        if let Some(n) = self.max_turns {
+            o.set_from("max_turns", i64::from(n), "--max-turns");
+        }
+        if let Some(n) = self.max_continuations {
+            o.set_from("max_continuations", i64::from(n), "--max-continuations");
+        }
+        if let Some(b) = self.max_budget_usd {
+            o.set_from("max_budget_usd", b, "--max-budget-usd");
+        }
+        if let Some(b) = self.max_session_cost_usd {
+            o.set_from("max_session_cost_usd", b, "--max-session-cost-usd");
+        }
+        if let Some(s) = self.scenario {
+            o.set_from("sim.scenario", s.as_str(), "--scenario");
+        }
+        if self.no_wait {
+            o.set_from("no_wait", true, "--no-wait");
+        }
+        if self.auto_push {
+            o.set_from("auto_push", true, "--auto-push");
+        }
+        if let Some(u) = &self.notify_webhook {
+            o.set_from("notify_webhook", u.as_str(), "--notify-webhook");
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct InitArgs {
+    /// The agent the chains run.
+    #[arg(long, value_enum, default_value_t = AgentArg::Claude)]
+    pub(super) agent: AgentArg,
+    /// The first mission: what it asks of the agent, and the settings that suit it.
+    #[arg(long, value_enum, default_value_t = Preset::Survey)]
+    pub(super) preset: Preset,
+    /// Overwrite config/operator.toml and the mission when they exist.
+    #[arg(long)]
+    pub(super) force: bool,
+}
+
+/// First missions for common jobs (`operator init --preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Preset {
+    /// Read the repository and write NOTES.md: what it is, how to build and test it, what to improve.
+    Survey,
+    /// A long refactor in small steps, each kept green by the test command (verify gate).
+    Refactor,
+    /// Run the tests and fix what fails, one failure at a time, until they pass.
+    FixTests,
+    /// Bring the README and docs in line with the code.
+    Docs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ConfigArgs {
+    /// A mission file or the name of one in config/missions/ (default: a `run --task` chain).
+    pub(super) mission: Option<String>,
+    /// Only this chain of the mission.
+    pub(super) chain: Option<String>,
+    /// Print JSON: {"operator": […], "chains": [{"name", "settings": […]}]}.
+    #[arg(long)]
+    pub(super) json: bool,
+    #[command(flatten)]
+    pub(super) settings: SettingFlags,
+}
+
+/// A flag's help: what the setting does (`about`, else the catalog's line), its built-in value,
+/// its config key and its variable.
+pub(super) fn setting_help(key: &str, about: Option<&str>) -> String {
+    let about = about
+        .or_else(|| config::catalog::find(key).map(|s| s.about))
+        .unwrap_or_default();
+    // A switch is off unless given: no `[default: false]`.
+    let default = match config::builtin_values().get(key).map(String::as_str) {
+        Some("false") | None => String::new(),
+        Some(v) => format!(" [default: {}]", v.trim_matches('"')),
+    };
+    format!(
+        "{about}{default} [config: {key}] [env: {}]",
+        config::catalog::env_var(key)
+    )
+}
+
+const RUN_EXAMPLES: &str = "Examples:
+  operator run --agent sim --task \"Try it out\"   # the built-in simulated agent: no API key
+  operator run survey --dry-run           # the plan, command lines and prompts; nothing runs
+  operator run survey --max-budget-usd 3  # config/missions/survey.toml, a tighter budget
+  operator run --resume                   # continue the newest chain that did not finish
+  operator run --continue survey --serve  # under systemd: pick up where a stop left off, with the API";
+
+const INIT_EXAMPLES: &str = "Examples:
+  operator init                          # claude, a first mission that surveys the repository
+  operator init --agent codex --preset fix-tests
+  operator init --preset refactor --force";
+
+const CONFIG_EXAMPLES: &str = "Examples:
+  operator config                        # what `operator run --task` chains get
+  operator config demo                   # each chain of config/missions/demo.toml
+  operator config demo main --max-turns 8 --json";
+
+const COMPLETIONS_EXAMPLES: &str = "Examples:
+  operator completions bash > ~/.local/share/bash-completion/completions/operator
+  operator completions zsh > \"${fpath[1]}/_operator\"
+  operator completions fish > ~/.config/fish/completions/operator.fish";
+
+const MAN_EXAMPLES: &str = "Examples:
+  operator man | man -l -
+  operator man --dir ~/.local/share/man/man1 && man operator-run";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum LogFormat {
@@ -230,35 +408,25 @@ pub(super) fn parse_scenario(s: &str) -> Result<Scenario, String> {
 
 #[derive(Debug, Args)]
 pub(super) struct DoctorArgs {
-    #[arg(long, value_enum)]
-    pub(super) agent: Option<AgentArg>,
-    #[arg(long, value_name = "PATH")]
-    pub(super) claude_bin: Option<PathBuf>,
-    #[arg(long, value_name = "PATH")]
-    pub(super) codex_bin: Option<PathBuf>,
-    #[arg(long, value_name = "PATH")]
-    pub(super) gemini_bin: Option<PathBuf>,
-    #[arg(long)]
-    pub(super) model: Option<String>,
-    #[arg(long)]
-    pub(super) permission_mode: Option<String>,
-    #[arg(long)]
-    pub(super) workdir: Option<PathBuf>,
     /// Also run one tiny real session (it costs a few cents with a real API).
     #[arg(long)]
     pub(super) session: bool,
+    #[command(flatten)]
+    pub(super) agent: AgentFlags,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct ListArgs {
+    /// Print one JSON object per chain.
     #[arg(long)]
     pub(super) json: bool,
     /// Include archived chains.
     #[arg(long)]
     pub(super) all: bool,
-    /// Only chains in this state.
+    /// Only chains in this state (running, complete, failed, …).
     #[arg(long)]
     pub(super) status: Option<String>,
+    /// Chains listed at most.
     #[arg(long, default_value_t = 50)]
     pub(super) limit: u32,
 }
@@ -291,59 +459,16 @@ pub(super) struct SimAgentArgs {
     pub(super) tool: Option<String>,
 }
 
-pub(super) fn overrides(cli: &Cli, r: Option<&RunArgs>) -> Overrides {
+pub(super) fn overrides(cli: &Cli, settings: Option<&SettingFlags>) -> Overrides {
     let mut o = Overrides::default();
     if let Some(d) = &cli.data_dir {
-        o.set("data_dir", d.display().to_string());
+        o.set_from("data_dir", d.display().to_string(), "--data-dir");
     }
     if let Some(u) = &cli.store_url {
-        o.set("store_url", u.as_str());
+        o.set_from("store_url", u.as_str(), "--store");
     }
-    let Some(r) = r else { return o };
-    if let Some(a) = r.agent {
-        o.set("agent", a.as_str());
-    }
-    if let Some(m) = &r.model {
-        o.set("model", m.as_str());
-    }
-    if let Some(n) = r.max_turns {
-        o.set("max_turns", i64::from(n));
-    }
-    if let Some(n) = r.max_continuations {
-        o.set("max_continuations", i64::from(n));
-    }
-    if let Some(b) = r.max_budget_usd {
-        o.set("max_budget_usd", b);
-    }
-    if let Some(b) = r.max_session_cost_usd {
-        o.set("max_session_cost_usd", b);
-    }
-    if let Some(p) = &r.permission_mode {
-        o.set("permission_mode", p.as_str());
-    }
-    if let Some(w) = &r.workdir {
-        o.set("workdir", w.display().to_string());
-    }
-    if let Some(s) = r.scenario {
-        o.set("sim.scenario", s.as_str());
-    }
-    if let Some(b) = &r.claude_bin {
-        o.set("claude_bin", b.display().to_string());
-    }
-    if let Some(b) = &r.codex_bin {
-        o.set("codex_bin", b.display().to_string());
-    }
-    if let Some(b) = &r.gemini_bin {
-        o.set("gemini_bin", b.display().to_string());
-    }
-    if r.auto_push {
-        o.set("auto_push", true);
-    }
-    if r.no_wait {
-        o.set("no_wait", true);
-    }
-    if let Some(u) = &r.notify_webhook {
-        o.set("notify_webhook", u.as_str());
+    if let Some(s) = settings {
+        s.apply(&mut o);
     }
     o
 }

@@ -3,38 +3,10 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(super) async fn doctor(
-    d: &DoctorArgs,
-    env: &Env,
-    op_file: Option<&Path>,
-    base: &Overrides,
-) -> Result<u8> {
-    let mut ov = base.clone();
-    if let Some(a) = d.agent {
-        ov.set("agent", a.as_str());
-    }
-    if let Some(b) = &d.claude_bin {
-        ov.set("claude_bin", b.display().to_string());
-    }
-    if let Some(b) = &d.codex_bin {
-        ov.set("codex_bin", b.display().to_string());
-    }
-    if let Some(b) = &d.gemini_bin {
-        ov.set("gemini_bin", b.display().to_string());
-    }
-    if let Some(m) = &d.model {
-        ov.set("model", m.as_str());
-    }
-    if let Some(p) = &d.permission_mode {
-        ov.set("permission_mode", p.as_str());
-    }
-    if let Some(w) = &d.workdir {
-        ov.set("workdir", w.display().to_string());
-    }
-    let loaded = config::load_operator(op_file, env, &ov)?;
+pub(super) async fn doctor(d: &DoctorArgs, loaded: &config::Loaded, ov: &Overrides) -> Result<u8> {
     let task = "This is `operator doctor` checking the setup. Do not use any tool. Reply with one \
                 short sentence, then a `## HANDOFF: COMPLETE` handoff.";
-    let mut plan = loaded.plan_for_task(task, &ov)?;
+    let mut plan = loaded.plan_for_task(task, ov)?;
     let settings = plan.chains[0].settings.clone();
     let is_root = nix::unistd::Uid::effective().is_root();
     let checks = crate::doctor::checks(
@@ -60,7 +32,7 @@ pub(super) async fn doctor(
             return Ok(exit::FAILED);
         }
         let dir = std::env::temp_dir().join(format!("operator-doctor-{}", std::process::id()));
-        let result = doctor_session(&mut plan, &loaded, &dir).await;
+        let result = doctor_session(&mut plan, loaded, &dir).await;
         let _ = std::fs::remove_dir_all(&dir);
         match result {
             Ok(c) => {

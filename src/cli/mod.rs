@@ -37,14 +37,20 @@ macro_rules! say {
 mod args;
 mod checks;
 mod control;
+mod init;
+mod manual;
 mod render;
 mod run;
+mod settings;
 
 use args::*;
 use checks::*;
 use control::*;
+use init::init;
+use manual::{completions, man};
 use render::*;
 use run::*;
+use settings::show_config;
 
 /// Exit codes (also in the README).
 pub mod exit {
@@ -202,12 +208,30 @@ async fn open_store_as(op: &config::OperatorSettings, owned: bool) -> Result<Sha
 async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
     let env = Env::from_process();
     let op_file = config::operator_file(cli.config.as_deref(), &env);
-    let run_args = match &cli.command {
-        Command::Run(r) => Some(r),
-        Command::Serve(s) => Some(&s.run),
+    let setting_flags = match &cli.command {
+        Command::Run(r) => Some(&r.settings),
+        Command::Serve(s) => Some(&s.run.settings),
+        Command::Config(c) => Some(&c.settings),
         _ => None,
     };
-    let ov = overrides(&cli, run_args);
+    let mut ov = overrides(&cli, setting_flags);
+    if let Command::Doctor(d) = &cli.command {
+        d.agent.apply(&mut ov);
+    }
+    // These work without (and before) any configuration.
+    match &cli.command {
+        Command::Init(a) => {
+            let data_dir = cli
+                .data_dir
+                .clone()
+                .or_else(|| env.get("OPERATOR_DATA_DIR").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(".operator"));
+            return init(a, &data_dir);
+        }
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man { dir } => return man(dir.as_deref()),
+        _ => {}
+    }
     let loaded = config::load_operator(op_file.as_deref(), &env, &ov)?;
     let op = &loaded.operator;
     let data_dir = op.data_dir.clone();
@@ -264,8 +288,13 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
         Command::Status => status(op).await,
         Command::Approve(a) => answer_approval(op, a, true).await,
         Command::Deny(a) => answer_approval(op, a, false).await,
-        Command::Doctor(d) => doctor(d, &env, op_file.as_deref(), &ov).await,
-        Command::SimAgent(_) | Command::Guard => Ok(exit::OK),
+        Command::Doctor(d) => doctor(d, &loaded, &ov).await,
+        Command::Config(c) => show_config(c, &loaded, &ov),
+        Command::SimAgent(_)
+        | Command::Guard
+        | Command::Init(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => Ok(exit::OK),
     }
 }
 
@@ -330,5 +359,44 @@ mod tests {
     fn the_cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Every visible subcommand and argument says what it is; every flag that sets a
+    /// configuration key names the key and its variable.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.trim().is_empty() {
+                    missing.push(format!("{path} {id}: no help"));
+                }
+                if a.get_help_heading() == Some("Settings")
+                    && !(help.contains("[config: ") && help.contains("[env: OPERATOR_"))
+                {
+                    missing.push(format!("{path} {id}: no config key or variable"));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let p = format!("{path} {}", sub.get_name());
+                if sub
+                    .get_about()
+                    .is_none_or(|a| a.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{p}: no about"));
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "operator", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
     }
 }

@@ -286,7 +286,10 @@ pub(super) async fn show(op: &config::OperatorSettings, id: &str, json: bool) ->
     }
     let store = open_store(op).await?;
     let Some(chain) = store.get_chain(id).await? else {
-        eprintln!("error: no chain `{id}` in {}", data_dir.display());
+        eprintln!(
+            "error: no chain `{id}` in {} (`operator list --all` shows the chains there)",
+            data_dir.display()
+        );
         return Ok(exit::USAGE);
     };
     let handoffs = store.handoffs(id).await?;

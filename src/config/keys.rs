@@ -2,47 +2,10 @@
 
 use config::{Map, Value, ValueKind};
 
-use super::Issue;
+use super::{Issue, catalog};
 
 /// Keys a chain's settings may set (in `[defaults]` or `[[chain]]`).
-pub const CHAIN_KEYS: &[&str] = &[
-    "agent",
-    "model",
-    "max_turns",
-    "max_continuations",
-    "max_budget_usd",
-    "max_session_cost_usd",
-    "workdir",
-    "permission_mode",
-    "breaker_threshold",
-    "continuation",
-    "idle_timeout",
-    "session_timeout",
-    "max_attempts",
-    "retry_backoff",
-    "usage_limit_margin",
-    "usage_limit_fallback",
-    "sim",
-    "auto_commit",
-    "commit_author",
-    "exclude",
-    "dirty_start",
-    "auto_push",
-    "branch",
-    "pull_request",
-    "worktree",
-    "keep_worktree",
-    "webhooks",
-    "verify",
-    "verify_timeout",
-    "no_progress_sessions",
-    "no_wait",
-    "fallback_agents",
-    "prefer_primary",
-    "breaker_cooldown",
-    "permissions",
-    "approval_timeout",
-];
+pub const CHAIN_KEYS: [&str; catalog::CHAIN.len()] = catalog::keys(&catalog::CHAIN);
 const PERMISSION_KEYS: &[&str] = &["allow", "deny", "ask"];
 const SIM_KEYS: &[&str] = &[
     "scenario",
@@ -54,29 +17,17 @@ const SIM_KEYS: &[&str] = &[
 ];
 const CHAIN_ENTRY_KEYS: &[&str] = &["name", "task", "after"];
 const MISSION_KEYS: &[&str] = &["name", "description", "concurrency", "defaults", "chain"];
-const OPERATOR_KEYS: &[&str] = &[
-    "data_dir",
-    "claude_bin",
-    "codex_bin",
-    "gemini_bin",
-    "notify_webhook",
-    "notify_secret",
-    "notify_format",
-    "notify_on",
-    "notify_timeout",
-    "shutdown_grace",
-    "daily_cap_usd",
-    "pricing",
-    "max_sessions_per_hour",
-    "max_concurrent_sessions",
-    "quiet_hours",
-    "release_jitter",
-    "listen",
-    "store_url",
-    "api_token",
-    "allowed_hosts",
-    "defaults",
-];
+/// Keys of `operator.toml`'s top level: the operator-wide settings and `[defaults]`.
+const OPERATOR_KEYS: [&str; catalog::OPERATOR.len() + 1] = {
+    let settings = catalog::keys(&catalog::OPERATOR);
+    let mut out = ["defaults"; catalog::OPERATOR.len() + 1];
+    let mut i = 0;
+    while i < settings.len() {
+        out[i] = settings[i];
+        i += 1;
+    }
+    out
+};
 
 /// The closest known key, when it is close enough to be a typo.
 pub fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
@@ -184,7 +135,7 @@ fn check_permissions(file: &str, path: &str, v: &Value, out: &mut Vec<Issue>) {
 fn check_defaults(file: &str, table: &Map<String, Value>, out: &mut Vec<Issue>) {
     if let Some(v) = table.get("defaults") {
         match &v.kind {
-            ValueKind::Table(t) => check_table(file, "defaults", t, CHAIN_KEYS, out),
+            ValueKind::Table(t) => check_table(file, "defaults", t, &CHAIN_KEYS, out),
             _ => out.push(Issue {
                 file: Some(file.to_string()),
                 key: Some("defaults".into()),
@@ -197,7 +148,7 @@ fn check_defaults(file: &str, table: &Map<String, Value>, out: &mut Vec<Issue>) 
 /// Unknown keys in `operator.toml`.
 pub fn check_operator(file: &str, table: &Map<String, Value>) -> Vec<Issue> {
     let mut out = Vec::new();
-    check_table(file, "", table, OPERATOR_KEYS, &mut out);
+    check_table(file, "", table, &OPERATOR_KEYS, &mut out);
     check_defaults(file, table, &mut out);
     out
 }
@@ -224,8 +175,8 @@ mod tests {
 
     #[test]
     fn suggests_close_keys_only() {
-        assert_eq!(suggest("max_turn", CHAIN_KEYS), Some("max_turns"));
-        assert_eq!(suggest("modle", CHAIN_KEYS), Some("model"));
-        assert_eq!(suggest("completely_different", CHAIN_KEYS), None);
+        assert_eq!(suggest("max_turn", &CHAIN_KEYS), Some("max_turns"));
+        assert_eq!(suggest("modle", &CHAIN_KEYS), Some("model"));
+        assert_eq!(suggest("completely_different", &CHAIN_KEYS), None);
     }
 }

@@ -5,6 +5,8 @@
 //! the mission's `[[chain]]` entry < environment `OPERATOR_*` < command-line flags.
 //! Errors are collected, not returned at the first one, and each names its file and key.
 
+pub mod catalog;
+pub mod explain;
 pub mod keys;
 pub mod stored;
 
@@ -547,6 +549,37 @@ fn builtin_chain_defaults()
         .set_default("sim.turns", i64::from(sim.turns))
 }
 
+fn builtin_operator_defaults() -> Result<Base, config::ConfigError> {
+    Config::builder()
+        .set_default("data_dir", ".operator")?
+        .set_default("shutdown_grace", "10s")?
+        .set_default("listen", "127.0.0.1:3100")
+}
+
+/// The built-in value of every setting, operator-wide and per chain (`max_turns`, `sim.step`),
+/// as TOML; a setting unset by default is absent.
+pub fn builtin_values() -> &'static BTreeMap<String, String> {
+    static VALUES: std::sync::LazyLock<BTreeMap<String, String>> = std::sync::LazyLock::new(|| {
+        fn values<T: Serialize + serde::de::DeserializeOwned>(
+            base: Result<Base, config::ConfigError>,
+        ) -> Vec<explain::Explained> {
+            match base
+                .and_then(|b| b.build())
+                .and_then(|c| c.try_deserialize::<T>())
+            {
+                Ok(settings) => explain::explain(&settings, &[]),
+                Err(_) => Vec::new(),
+            }
+        }
+        values::<OperatorSettings>(builtin_operator_defaults())
+            .into_iter()
+            .chain(values::<ChainSettings>(builtin_chain_defaults()))
+            .filter_map(|e| Some((e.key, explain::toml_value(&e.value)?)))
+            .collect()
+    });
+    &VALUES
+}
+
 /// A TOML file read through the `config` crate (values remember the file name).
 struct LoadedFile {
     name: String,
@@ -556,7 +589,7 @@ struct LoadedFile {
 fn load_file(path: &Path) -> Result<LoadedFile, ConfigErrors> {
     let name = path.display().to_string();
     if !path.is_file() {
-        return Err(ConfigErrors::one(Some(&name), None, "file not found"));
+        return Err(ConfigErrors::one(Some(&name), None, not_found(path)));
     }
     let text = read_text(path).map_err(|m| ConfigErrors::one(Some(&name), None, m))?;
     let cfg = Config::builder()
@@ -566,6 +599,34 @@ fn load_file(path: &Path) -> Result<LoadedFile, ConfigErrors> {
     let table = Source::collect(&cfg)
         .map_err(|e| ConfigErrors::one(Some(&name), None, clean_error(&e, &name)))?;
     Ok(LoadedFile { name, table })
+}
+
+/// Why a file is missing, and what to do: a bare name is looked up in `config/missions/`.
+fn not_found(path: &Path) -> String {
+    let bare = path.extension().is_none() && path.components().count() == 1;
+    if !bare {
+        return "file not found (check the path)".into();
+    }
+    let mut names: Vec<String> = std::fs::read_dir("config/missions")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let stem = p.file_stem()?.to_string_lossy().into_owned();
+            (p.extension()? == "toml").then_some(stem)
+        })
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        "file not found, and there is no config/missions/ here (`operator init` writes a first mission)".into()
+    } else {
+        format!(
+            "file not found, nor config/missions/{}.toml (missions there: {})",
+            path.display(),
+            names.join(", ")
+        )
+    }
 }
 
 /// A configuration file's text: at most [`crate::model::INPUT_LIMIT`] bytes (the API's limit
@@ -639,12 +700,7 @@ pub fn load_operator(
         .map(|f| f.table.clone())
         .unwrap_or_default();
     top.remove("defaults");
-    let base = || {
-        Config::builder()
-            .set_default("data_dir", ".operator")
-            .and_then(|b| b.set_default("shutdown_grace", "10s"))
-            .and_then(|b| b.set_default("listen", "127.0.0.1:3100"))
-    };
+    let base = builtin_operator_defaults;
     let built = base()
         .map(|b| {
             b.add_source(Layer(top))
@@ -677,27 +733,106 @@ pub fn load_operator(
 }
 
 impl Loaded {
+    /// The layers of a chain's settings over the built-in defaults, lowest first:
+    /// `operator.toml`'s `[defaults]`, the mission's `[defaults]`, its `[[chain]]` entry (`at`),
+    /// the environment and the flags.
+    fn chain_layers(
+        &self,
+        mission_defaults: Option<(&str, &Map<String, Value>)>,
+        chain_table: Option<(&str, Map<String, Value>)>,
+        overrides: &Overrides,
+    ) -> Result<Vec<(explain::From, Layer)>, config::ConfigError> {
+        let mut layers = Vec::new();
+        if let Some(f) = &self.operator_file {
+            let from = explain::From::file(&f.name, "defaults");
+            layers.push((from, Layer(sub_table(&f.table, "defaults"))));
+        }
+        if let Some((name, d)) = mission_defaults {
+            layers.push((explain::From::file(name, "defaults"), Layer(d.clone())));
+        }
+        if let Some((at, t)) = chain_table {
+            let name = mission_defaults.map(|(n, _)| n).unwrap_or_default();
+            layers.push((explain::From::file(name, at), Layer(t)));
+        }
+        layers.push((explain::From::Env, Layer(self.env.source().collect()?)));
+        layers.push((explain::From::Flags, overrides.layer()));
+        Ok(layers)
+    }
+
     fn chain_settings(
         &self,
         mission_defaults: Option<(&str, &Map<String, Value>)>,
-        chain_table: Option<Map<String, Value>>,
+        chain_table: Option<(&str, Map<String, Value>)>,
         overrides: &Overrides,
     ) -> Result<ChainSettings, Vec<String>> {
+        let layers = self
+            .chain_layers(mission_defaults, chain_table, overrides)
+            .map_err(|e| vec![plain_error(&e.to_string())])?;
         let mut b = builtin_chain_defaults().map_err(|e| vec![e.to_string()])?;
-        if let Some(f) = &self.operator_file {
-            b = b.add_source(Layer(sub_table(&f.table, "defaults")));
+        for (_, layer) in &layers {
+            b = b.add_source(layer.clone());
         }
-        if let Some((_, d)) = mission_defaults {
-            b = b.add_source(Layer(d.clone()));
-        }
-        if let Some(t) = chain_table {
-            b = b.add_source(Layer(t));
-        }
-        b = b
-            .add_source(self.env.source())
-            .add_source(overrides.layer());
         let merged = b.build().map_err(|e| vec![plain_error(&e.to_string())])?;
-        read_settings(&merged)
+        read_settings(&merged).map_err(|problems| {
+            let tables: Vec<_> = layers.into_iter().map(|(f, l)| (f, l.0)).collect();
+            problems
+                .into_iter()
+                .map(|m| explain::with_origin(m, &tables))
+                .collect()
+        })
+    }
+
+    /// The operator-wide settings, each with its origin.
+    pub fn explain_operator(&self, overrides: &Overrides) -> Vec<explain::Explained> {
+        let mut layers = Vec::new();
+        if let Some(f) = &self.operator_file {
+            let mut top = f.table.clone();
+            top.remove("defaults");
+            layers.push((explain::From::file(&f.name, ""), top));
+        }
+        if let Ok(env) = self.env.source().collect() {
+            layers.push((explain::From::Env, env));
+        }
+        layers.push((explain::From::Flags, overrides.layer().0));
+        explain::explain(&self.operator, &layers)
+    }
+
+    /// The settings of each chain of a plan (`--task`'s one chain without a mission), each
+    /// with its origin.
+    pub fn explain_plan(
+        &self,
+        plan: &Plan,
+        overrides: &Overrides,
+    ) -> Result<Vec<Vec<explain::Explained>>, ConfigErrors> {
+        let file = plan.source.as_deref().map(load_file).transpose()?;
+        let defaults = file
+            .as_ref()
+            .map(|f| (f.name.as_str(), sub_table(&f.table, "defaults")));
+        let entries = file
+            .as_ref()
+            .and_then(|f| f.table.get("chain").cloned())
+            .and_then(|v| v.into_array().ok())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for (i, chain) in plan.chains.iter().enumerate() {
+            let at = format!("chain[{i}]");
+            let table = entries
+                .get(i)
+                .cloned()
+                .and_then(|v| v.into_table().ok())
+                .map(|mut t| {
+                    for k in ["name", "task", "after"] {
+                        t.remove(k);
+                    }
+                    (at.as_str(), t)
+                });
+            let layers = self
+                .chain_layers(defaults.as_ref().map(|(n, d)| (*n, d)), table, overrides)
+                .map_err(|e| ConfigErrors::one(None, None, plain_error(&e.to_string())))?;
+            let layers: Vec<_> = layers.into_iter().map(|(f, l)| (f, l.0)).collect();
+            out.push(explain::explain(&chain.settings, &layers));
+        }
+        Ok(out)
     }
 
     /// A plan of one chain from `--task`.
@@ -852,7 +987,8 @@ impl Loaded {
                 }
             };
             order.push((chain_name.clone(), after.clone()));
-            match self.chain_settings(Some((&file.name, &defaults)), Some(table), overrides) {
+            match self.chain_settings(Some((&file.name, &defaults)), Some((&at, table)), overrides)
+            {
                 Ok(settings) => chains.push(ChainPlan {
                     name: chain_name,
                     task,

@@ -34,7 +34,7 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Agent(#[from] AgentError),
-    #[error("no chain `{0}` in the store")]
+    #[error("no chain `{0}` in the store (`operator list --all` shows the chains there)")]
     UnknownChain(String),
     #[error("chain {id} is {status}; there is nothing to resume")]
     NotResumable { id: String, status: ChainStatus },
