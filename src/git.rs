@@ -184,6 +184,17 @@ pub fn pathspecs(data_dir_in_repo: Option<&Path>, exclude: &[String]) -> Vec<Str
     out
 }
 
+/// `git add` exits 1 when a pathspec names a path `.gitignore` ignores, even an `exclude` one —
+/// as the data dir's is when the repository ignores it (what `operator init` sets up) — after
+/// staging everything else. That, and nothing else, is harmless here: the path was to be left
+/// out anyway.
+fn only_ignored_paths_named(stderr: &str) -> bool {
+    let mut lines = stderr.lines();
+    lines.next().is_some_and(|l| {
+        l.starts_with("The following paths are ignored by one of your .gitignore files")
+    }) && lines.all(|l| !l.starts_with("fatal:") && !l.starts_with("error:"))
+}
+
 /// Parses `Name <email>`.
 pub fn parse_author(a: &str) -> Option<(String, String)> {
     let (name, rest) = a.split_once('<')?;
@@ -345,7 +356,15 @@ impl Workspace {
     pub async fn commit(&self, message: &str) -> Result<Option<Commit>, GitError> {
         let mut add = vec!["add", "-A", "--"];
         add.extend(self.specs());
-        git(&self.repo, &add, &[]).await?;
+        // In English, so the one harmless failure can be told apart.
+        let c = [("LC_ALL".to_string(), "C".to_string())];
+        let out = run_in("git", &self.repo, &add, &c, None).await?;
+        if !out.ok && !only_ignored_paths_named(&out.stderr) {
+            return Err(GitError::Command {
+                args: add.join(" "),
+                message: crate::redact::redact(out.stderr.trim()).into_owned(),
+            });
+        }
         let staged = git(&self.repo, &["diff", "--cached", "--name-only"], &[]).await?;
         let files = staged.lines().filter(|l| !l.is_empty()).count();
         if files == 0 {
@@ -523,6 +542,17 @@ mod tests {
             summary("## HANDOFF: COMPLETE\nAll done here.\n", 50),
             "All done here"
         );
+    }
+
+    #[test]
+    fn naming_an_ignored_path_is_the_only_harmless_failure_of_add() {
+        let ignored = "The following paths are ignored by one of your .gitignore files:\n.operator\nhint: Use -f if you really want to add them.\n";
+        assert!(only_ignored_paths_named(ignored));
+        assert!(!only_ignored_paths_named(&format!(
+            "{ignored}fatal: Unable to create '.git/index.lock': File exists.\n"
+        )));
+        assert!(!only_ignored_paths_named("fatal: not a git repository\n"));
+        assert!(!only_ignored_paths_named(""));
     }
 
     #[test]

@@ -158,6 +158,50 @@ task = "Port the parser"
     );
 }
 
+/// A repository that ignores the data dir (as `operator init` makes it) and the excluded files
+/// itself: `git add` refuses to be named an ignored path, even to exclude it; the commits go on.
+#[tokio::test]
+async fn a_data_dir_and_excludes_the_repository_ignores_itself_do_not_stop_the_commits() {
+    let op = Op::new();
+    repo(&op, true);
+    let w = op.workdir();
+    std::fs::write(w.join(".gitignore"), "/.operator/\n*.log\n").unwrap();
+    git(&w, &["add", ".gitignore"]);
+    git(&w, &["commit", "-qm", "ignore"]);
+    std::fs::write(w.join("debug.log"), "noise\n").unwrap();
+    let m = mission(
+        &op,
+        r#"
+name = "m"
+[defaults]
+sim = { scenario = "complete", write = "notes.md" }
+exclude = ["*.log"]
+[[chain]]
+name = "a"
+task = "Write notes"
+"#,
+    );
+    let out = op
+        .cmd(&["run", &m, "--json"])
+        .env("OPERATOR_DATA_DIR", w.join(".operator"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("could not be committed"),
+        "{}",
+        stderr(&out)
+    );
+    let c = &chains(&out)[0];
+    let files = git(&w, &["show", "--name-only", "--format=", "HEAD"]);
+    assert_eq!(files.trim(), "notes.md");
+    let kinds = events_in(&w.join(".operator"), &c.id).await;
+    assert_eq!(
+        kinds.iter().filter(|(k, _)| k == "git:committed").count(),
+        1
+    );
+}
+
 #[tokio::test]
 async fn pushes_happen_only_after_success_and_only_with_a_remote() {
     let op = Op::new();

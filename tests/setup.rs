@@ -378,3 +378,85 @@ fn the_man_pages_render() {
         text(&out.stderr)
     );
 }
+
+/// The whole first run of a new user: `operator init` in their repository, then the mission it
+/// wrote, on default settings with the real Claude Code CLI (against the fake Messages API). The
+/// agent's NOTES.md is committed; the operator's data dir, inside the repository, is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_user_inits_a_repository_and_runs_its_first_mission_with_the_real_cli() {
+    use common::cli::claude_bin;
+    use common::fake_api::{FakeApi, Step};
+    let Some(bin) = claude_bin() else { return };
+    let op = common::Op::new();
+    let repo = std::fs::canonicalize(op.workdir()).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=U", "-c", "user.email=u@example.invalid"])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.join("README.md"), "# project\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "start"]);
+    let complete = "Wrote NOTES.md.\n\n## HANDOFF: COMPLETE\n\n### Accomplished\nRead the \
+                    repository and wrote NOTES.md.\n\n### Remaining\nNothing.\n\n### Context\nNone.";
+    let api = FakeApi::start(
+        vec![
+            Step::tool(
+                "Write",
+                serde_json::json!({"file_path": repo.join("NOTES.md"), "content": "# Notes\n"}),
+            ),
+            Step::text(complete),
+        ],
+        Step::text("unexpected"),
+    )
+    .await;
+    // As the user types them, in the repository: no data dir, workdir or agent given.
+    let user = |args: &[&str]| {
+        let mut c = common::user_cmd(&op, &api, &bin, args);
+        for k in [
+            "OPERATOR_DATA_DIR",
+            "OPERATOR_WORKDIR",
+            "OPERATOR_SIM__STEP",
+            "OPERATOR_RETRY_BACKOFF",
+        ] {
+            c.env_remove(k);
+        }
+        c.current_dir(&repo);
+        c
+    };
+    let init = user(&["init"]).output().unwrap();
+    let printed = ok(&init);
+    assert!(printed.contains("operator run survey"), "{printed}");
+    let mut run = user(&["run", "survey", "--json"]);
+    let out = tokio::task::spawn_blocking(move || run.output().unwrap())
+        .await
+        .unwrap();
+    ok(&out);
+    let c = &common::chains(&out)[0];
+    assert_eq!(c.status, operator::model::ChainStatus::Complete, "{c:?}");
+    assert_eq!(c.config["agent"], "claude");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("NOTES.md")).unwrap(),
+        "# Notes\n"
+    );
+    let committed = git(&["log", "--name-only", "--format=%s", "-n", "1"]);
+    assert!(
+        committed.contains("NOTES.md"),
+        "{committed}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !git(&["ls-files"]).contains(".operator"),
+        "the data dir was committed"
+    );
+    assert!(
+        repo.join(".operator/operator.db").is_file(),
+        "the data dir is the default one, in the repository"
+    );
+}
