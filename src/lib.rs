@@ -19,6 +19,7 @@
 //! - [`api`]: the HTTP API, WebSocket and its security; [`metrics`]: Prometheus metrics.
 //! - [`git`]: commits, branches, worktrees, pushes and pull requests through the `git` CLI.
 //! - [`web`]: the dashboard pages (templates, markdown, charts), served with the API.
+//! - [`tui`]: `operator tui`, the terminal view of a running operator, through its API.
 //! - [`quota`]: the operator-wide scheduler of usage limits, session caps and quiet hours.
 //! - [`cost`]: pricing; [`redact`]: masking secrets; [`cli`]: the command line; [`doctor`]:
 //!   setup checks; [`fault`]: test-only fault injection.
@@ -55,4 +56,5 @@ pub mod signals;
 pub mod sim;
 pub mod store;
 pub mod supervisor;
+pub mod tui;
 pub mod web;

@@ -101,7 +101,7 @@ pub enum StartOutcome {
 }
 
 /// The supervisor's state, as `GET /api/orchestrator/status` shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OperatorStatus {
     /// `running`, `paused`, `paused-now` or `stopping`.

@@ -54,6 +54,9 @@ pub(super) enum Command {
     /// The settings a chain gets after every layer, each with where it came from.
     #[command(after_long_help = CONFIG_EXAMPLES)]
     Config(ConfigArgs),
+    /// A full-screen terminal view of a running operator: watch and steer its chains.
+    #[command(after_long_help = TUI_EXAMPLES)]
+    Tui(TuiArgs),
     /// Print the API token (creating <data_dir>/api-token, mode 0600, if there is none).
     Token,
     /// The cost ledger: today, this week, all time, per model, mission and chain, and the burn rate.
@@ -322,6 +325,14 @@ pub(super) enum Preset {
 }
 
 #[derive(Debug, Args)]
+pub(super) struct TuiArgs {
+    /// The operator's API (default: the one serving this data dir, from <data_dir>/api.addr);
+    /// the token is OPERATOR_API_TOKEN, else `api_token`, else <data_dir>/api-token.
+    #[arg(long, value_name = "URL")]
+    pub(super) url: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub(super) struct ConfigArgs {
     /// A mission file or the name of one in config/missions/ (default: a `run --task` chain).
     pub(super) mission: Option<String>,
@@ -357,6 +368,11 @@ const RUN_EXAMPLES: &str = "Examples:
   operator run survey --max-budget-usd 3  # config/missions/survey.toml, a tighter budget
   operator run --resume                   # continue the newest chain that did not finish
   operator run --continue survey --serve  # under systemd: pick up where a stop left off, with the API";
+
+const TUI_EXAMPLES: &str = "Examples:
+  operator serve &  operator tui         # the operator serving this data dir (also `run --serve`)
+  OPERATOR_API_TOKEN=… operator tui --url http://10.0.0.5:3100
+  ssh -L 3100:127.0.0.1:3100 box         # then, on your machine: operator tui --url http://127.0.0.1:3100";
 
 const INIT_EXAMPLES: &str = "Examples:
   operator init                          # claude, a first mission that surveys the repository

@@ -157,6 +157,42 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `operator tui`: the operator serving this data dir (or `--url`), with the token for writes.
+async fn tui(t: &TuiArgs, op: &config::OperatorSettings) -> Result<u8> {
+    let url = match &t.url {
+        Some(u) => u.clone(),
+        None => {
+            let file = crate::datadir::DataDir::new(&op.data_dir).api_addr_file();
+            match std::fs::read_to_string(&file) {
+                Ok(a) if !a.trim().is_empty() => a.trim().to_string(),
+                _ => {
+                    return Err(UsageError(format!(
+                        "no operator serves {} ({} is missing): start one with `operator serve` or `operator run … --serve`, or pass --url",
+                        op.data_dir.display(),
+                        file.display()
+                    ))
+                    .into());
+                }
+            }
+        }
+    };
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(UsageError(format!(
+            "--url {url}: expected http://host:port or https://…"
+        ))
+        .into());
+    }
+    let token = match &op.api_token {
+        Some(t) => Some(t.0.clone()),
+        None => crate::api::security::read_or_create_token(&op.data_dir, false)
+            .ok()
+            .flatten(),
+    };
+    let target = crate::tui::Target { url, token };
+    crate::tui::run(target, crate::tui::Options::from_env()).await?;
+    Ok(exit::OK)
+}
+
 /// A mistake in how operator was called (exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -290,6 +326,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
         Command::Deny(a) => answer_approval(op, a, false).await,
         Command::Doctor(d) => doctor(d, &loaded, &ov).await,
         Command::Config(c) => show_config(c, &loaded, &ov),
+        Command::Tui(t) => tui(t, op).await,
         Command::SimAgent(_)
         | Command::Guard
         | Command::Init(_)

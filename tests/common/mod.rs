@@ -8,6 +8,7 @@ pub mod fake_gemini;
 pub mod fake_openai;
 pub mod invariants;
 pub mod pg;
+pub mod pty;
 pub mod records;
 pub mod tmpfs;
 

@@ -1,0 +1,295 @@
+//! `operator tui`: a full-screen terminal view of a running operator, through its HTTP API and
+//! WebSocket only (so the same for `run --serve`, `serve` and a fleet's `serve --store`). The
+//! state and its keys are plain values (`state`), drawing is `view`, the link is `client`; this
+//! file is the loop and the terminal's care (raw mode restored on quit, panic and SIGTERM).
+
+pub mod client;
+pub mod state;
+pub mod view;
+
+use std::time::Duration;
+
+use crossterm::event::{Event, EventStream, KeyEventKind};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+pub use client::Target;
+use client::{Client, Snapshot};
+use state::{Action, Link, Screen, State};
+
+/// The most often the screen is drawn: events are applied as they come, frames are dropped.
+const FRAME: Duration = Duration::from_millis(100);
+/// How often the lists are read again without an event (ages, and while the socket is down).
+const POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TuiError {
+    #[error("the terminal: {0}")]
+    Terminal(#[from] std::io::Error),
+}
+
+/// How the view looks.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Off with `NO_COLOR` or a dumb terminal.
+    pub colour: bool,
+}
+
+impl Options {
+    /// Colours unless `NO_COLOR` is set or the terminal is dumb.
+    pub fn from_env() -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let dumb = std::env::var("TERM").map_or(true, |t| t == "dumb");
+        Self {
+            colour: !no_color && !dumb,
+        }
+    }
+}
+
+/// The terminal in raw mode on the alternate screen, put back when dropped — and by the panic
+/// hook, since a panic may unwind past nothing that drops it.
+struct Screenful;
+
+impl Screenful {
+    fn enter() -> Result<Self, std::io::Error> {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            hook(info);
+        }));
+        TAKEN.store(true, std::sync::atomic::Ordering::SeqCst);
+        crossterm::terminal::enable_raw_mode()?;
+        crossterm::execute!(
+            std::io::stdout(),
+            crossterm::terminal::EnterAlternateScreen,
+            crossterm::cursor::Hide
+        )?;
+        Ok(Self)
+    }
+}
+
+impl Drop for Screenful {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+/// Whether the terminal is ours (raw, alternate screen). Put back once only: leaving the
+/// alternate screen twice moves the cursor back over what was printed in between (the panic's
+/// message).
+static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn restore() {
+    if !TAKEN.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let _ = crossterm::terminal::disable_raw_mode();
+    let _ = crossterm::execute!(
+        std::io::stdout(),
+        crossterm::terminal::LeaveAlternateScreen,
+        crossterm::cursor::Show
+    );
+}
+
+enum Msg {
+    Data(Result<Box<Snapshot>, String>),
+    Done(String),
+}
+
+/// Runs the view until the user quits, SIGTERM/SIGHUP arrives or the terminal closes.
+pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
+    let client = Client::new(target.clone());
+    let _screen = Screenful::enter()?;
+    let backend = ratatui::backend::CrosstermBackend::new(std::io::stdout());
+    let mut term = ratatui::Terminal::new(backend)?;
+    term.clear()?;
+    let theme = view::Theme {
+        colour: opts.colour,
+    };
+
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let (link_tx, mut link_rx) = mpsc::channel(16);
+    let (follow_tx, follow_rx) = tokio::sync::watch::channel(None::<String>);
+    let ws = tokio::spawn(client.clone().follow(ev_tx, link_tx, follow_rx));
+    let (msg_tx, mut msg_rx) = mpsc::channel::<Msg>(64);
+    let mut keys = EventStream::new();
+    // SIGTERM, SIGHUP (the ssh session closed) and SIGINT end the view; looked at every frame.
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGINT,
+    ] {
+        signal_hook::flag::register(sig, ended.clone())?;
+    }
+    let mut frame = tokio::time::interval(FRAME);
+    frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
+    let mut s = State::default();
+    let mut dirty = true;
+    // One read at a time; a refresh asked for meanwhile runs when it ends.
+    let mut reading = false;
+    let mut read_again = false;
+    let read = |s: &State, tx: &mpsc::Sender<Msg>| {
+        let open = match &s.screen {
+            Screen::Chain(id) => Some(id.clone()),
+            Screen::Chains => None,
+        };
+        let (client, tx) = (client.clone(), tx.clone());
+        tokio::spawn(async move {
+            let r = client.snapshot(open.as_deref()).await.map(Box::new);
+            let _ = tx.send(Msg::Data(r)).await;
+        });
+    };
+
+    loop {
+        let mut actions = Vec::new();
+        tokio::select! {
+            k = keys.next() => match k {
+                Some(Ok(Event::Key(k))) if k.kind != KeyEventKind::Release => {
+                    debug_panic(&k);
+                    actions = s.key(k);
+                    if !actions.is_empty() || matches!(k.code, crossterm::event::KeyCode::Char(_)) {
+                        s.message = s.message.take().filter(|_| actions.is_empty() && s.confirm.is_none());
+                    }
+                    dirty = true;
+                }
+                Some(Ok(Event::Resize(_, _))) => dirty = true,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+            Some(ev) = ev_rx.recv() => {
+                actions = s.event(&ev);
+                dirty = true;
+            }
+            Some(link) = link_rx.recv() => {
+                if link == Link::Up {
+                    actions.push(Action::Refresh);
+                }
+                s.link = link;
+                dirty = true;
+            }
+            Some(m) = msg_rx.recv() => {
+                match m {
+                    Msg::Data(Ok(snap)) => {
+                        let snap = *snap;
+                        s.set_chains(snap.chains);
+                        s.status = Some(snap.status);
+                        s.fleet = snap.fleet;
+                        if let (Screen::Chain(id), Some((c, p))) = (&s.screen, snap.detail)
+                            && &c.id == id
+                        {
+                            s.detail = Some(c);
+                            s.pending = p;
+                        }
+                    }
+                    Msg::Data(Err(why)) => s.message = Some(format!("could not read: {why}")),
+                    Msg::Done(m) => {
+                        s.message = Some(m);
+                        actions.push(Action::Refresh);
+                    }
+                }
+                reading = false;
+                if read_again {
+                    read_again = false;
+                    actions.push(Action::Refresh);
+                }
+                dirty = true;
+            }
+            _ = poll.tick() => actions.push(Action::Refresh),
+            _ = frame.tick() => {
+                if ended.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if dirty {
+                    let now = now_s();
+                    term.draw(|f| view::draw(f, &s, theme, now))?;
+                    dirty = false;
+                }
+            }
+        }
+        let open = match &s.screen {
+            Screen::Chain(id) => Some(id.clone()),
+            Screen::Chains => None,
+        };
+        if *follow_tx.borrow() != open {
+            let _ = follow_tx.send(open);
+        }
+        for a in actions {
+            match a {
+                Action::Quit => {
+                    ws.abort();
+                    return Ok(());
+                }
+                Action::Refresh if reading => read_again = true,
+                Action::Refresh => {
+                    reading = true;
+                    read(&s, &msg_tx);
+                }
+                Action::Browse(id) => {
+                    s.message = Some(format!("{}/chains/{id}", target.url.trim_end_matches('/')));
+                }
+                other => act(&client, other, &msg_tx),
+            }
+        }
+    }
+    ws.abort();
+    Ok(())
+}
+
+/// Carries out a write in the background; its outcome goes to the status line.
+fn act(client: &Client, a: Action, tx: &mpsc::Sender<Msg>) {
+    let (path, body, done) = match a {
+        Action::Pause { now } => (
+            "/api/orchestrator/pause".to_string(),
+            json!({"now": now}),
+            if now {
+                "paused now: running sessions hand off"
+            } else {
+                "paused: no new session starts"
+            },
+        ),
+        Action::Resume => ("/api/orchestrator/resume".into(), json!({}), "resumed"),
+        Action::Stop => ("/api/orchestrator/stop".into(), json!({}), "stopping"),
+        Action::Kill(id) => (format!("/api/chains/{id}/abort"), json!({}), "killed"),
+        Action::Approve { chain, approval } => (
+            format!("/api/chains/{chain}/approvals/{approval}"),
+            json!({"decision": "approve"}),
+            "approved",
+        ),
+        Action::Deny { chain, approval } => (
+            format!("/api/chains/{chain}/approvals/{approval}"),
+            json!({"decision": "deny", "message": "denied from the terminal view"}),
+            "denied",
+        ),
+        Action::Refresh | Action::Browse(_) | Action::Quit => return,
+    };
+    let (client, tx) = (client.clone(), tx.clone());
+    tokio::spawn(async move {
+        let m = match client.post(&path, body).await {
+            Ok(()) => done.to_string(),
+            Err(e) => format!("refused: {e}"),
+        };
+        let _ = tx.send(Msg::Done(m)).await;
+    });
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Debug builds panic on `F12` when `OPERATOR_TUI_PANIC` is set: the tests check that the
+/// terminal is given back.
+fn debug_panic(k: &crossterm::event::KeyEvent) {
+    if cfg!(debug_assertions)
+        && k.code == crossterm::event::KeyCode::F(12)
+        && std::env::var_os("OPERATOR_TUI_PANIC").is_some()
+    {
+        panic!("a panic injected for the tests (OPERATOR_TUI_PANIC)");
+    }
+}

@@ -1,0 +1,473 @@
+//! The view's state as a plain value: what the API said, what the user chose, and the keys and
+//! events that change it. No I/O: keys and events go in, the actions to carry out come out.
+
+use std::collections::VecDeque;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use crate::api::OperatorStatus;
+use crate::model::ChainRecord;
+
+/// Lines of a chain's live output kept (older ones are dropped: memory stays bounded whatever
+/// the agent prints).
+pub const OUTPUT_LINES: usize = 500;
+/// Characters of one output line kept.
+pub const LINE_CHARS: usize = 400;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Screen {
+    Chains,
+    Chain(String),
+}
+
+/// The order of the chains screen (`s` cycles through them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    Newest,
+    State,
+    Cost,
+    Name,
+}
+
+impl Sort {
+    fn next(self) -> Self {
+        match self {
+            Sort::Newest => Sort::State,
+            Sort::State => Sort::Cost,
+            Sort::Cost => Sort::Name,
+            Sort::Name => Sort::Newest,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Sort::Newest => "newest",
+            Sort::State => "state",
+            Sort::Cost => "cost",
+            Sort::Name => "name",
+        }
+    }
+}
+
+/// Whether the view reaches the operator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Link {
+    Connecting,
+    Up,
+    /// Down since the last attempt failed with `why`; the next one in `retry_s` seconds.
+    Down {
+        why: String,
+        retry_s: u64,
+    },
+}
+
+/// What the loop must do for the user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Read the chains (and the open chain) again.
+    Refresh,
+    Pause {
+        now: bool,
+    },
+    Resume,
+    Stop,
+    Kill(String),
+    Approve {
+        chain: String,
+        approval: String,
+    },
+    Deny {
+        chain: String,
+        approval: String,
+    },
+    /// Show the chain's dashboard URL (and open it when a browser is at hand).
+    Browse(String),
+    Quit,
+}
+
+/// A question the user must answer with `y` before `action` is carried out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confirm {
+    pub question: String,
+    pub action: Action,
+}
+
+/// A tool call a chain holds for a person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub id: String,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    pub chains: Vec<ChainRecord>,
+    pub status: Option<OperatorStatus>,
+    pub screen: Screen,
+    pub selected: usize,
+    pub sort: Sort,
+    pub filter: String,
+    /// `/` was pressed: keys go to the filter until Enter or Esc.
+    pub filtering: bool,
+    pub help: bool,
+    pub confirm: Option<Confirm>,
+    /// The open chain, with its sessions.
+    pub detail: Option<ChainRecord>,
+    /// The open chain's held tool calls.
+    pub pending: Vec<Pending>,
+    /// The open chain's live output, newest last.
+    pub output: VecDeque<String>,
+    pub link: Link,
+    /// The last thing done or refused, for the status line.
+    pub message: Option<String>,
+    /// The workers sharing the store, and which holds each chain (a fleet's).
+    pub fleet: crate::store::Fleet,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            chains: Vec::new(),
+            status: None,
+            screen: Screen::Chains,
+            selected: 0,
+            sort: Sort::Newest,
+            filter: String::new(),
+            filtering: false,
+            help: false,
+            confirm: None,
+            detail: None,
+            pending: Vec::new(),
+            output: VecDeque::new(),
+            link: Link::Connecting,
+            message: None,
+            fleet: Default::default(),
+        }
+    }
+}
+
+impl State {
+    /// The chains the screen lists: filtered (id, name, task, state) and sorted.
+    pub fn visible(&self) -> Vec<&ChainRecord> {
+        let f = self.filter.to_lowercase();
+        let mut out: Vec<&ChainRecord> = self
+            .chains
+            .iter()
+            .filter(|c| {
+                f.is_empty()
+                    || [&c.id, &c.name, &c.task, &c.status.as_str().to_string()]
+                        .iter()
+                        .any(|s| s.to_lowercase().contains(&f))
+            })
+            .collect();
+        match self.sort {
+            Sort::Newest => out.sort_by(|a, b| b.started_at.cmp(&a.started_at)),
+            Sort::State => out.sort_by_key(|c| (c.status.is_terminal(), c.status.as_str())),
+            Sort::Cost => out.sort_by(|a, b| b.totals.cost_usd.total_cmp(&a.totals.cost_usd)),
+            Sort::Name => out.sort_by(|a, b| a.name.cmp(&b.name)),
+        }
+        out
+    }
+
+    /// The worker that holds a chain, in a fleet.
+    pub fn worker_of(&self, chain: &str) -> Option<&str> {
+        self.fleet
+            .chains
+            .iter()
+            .find(|h| h.chain_id == chain)
+            .map(|h| h.worker.as_str())
+    }
+
+    fn selected_id(&self) -> Option<String> {
+        match &self.screen {
+            Screen::Chain(id) => Some(id.clone()),
+            Screen::Chains => self.visible().get(self.selected).map(|c| c.id.clone()),
+        }
+    }
+
+    /// The chains as read from the API; the selection stays in range.
+    pub fn set_chains(&mut self, chains: Vec<ChainRecord>) {
+        self.chains = chains;
+        let n = self.visible().len();
+        self.selected = self.selected.min(n.saturating_sub(1));
+    }
+
+    /// A key pressed; what to do about it.
+    pub fn key(&mut self, k: KeyEvent) -> Vec<Action> {
+        if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
+            return vec![Action::Quit];
+        }
+        if let Some(c) = self.confirm.take() {
+            return match k.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') => vec![c.action],
+                _ => {
+                    self.message = Some("cancelled".into());
+                    Vec::new()
+                }
+            };
+        }
+        if self.filtering {
+            match k.code {
+                KeyCode::Enter => self.filtering = false,
+                KeyCode::Esc => {
+                    self.filtering = false;
+                    self.filter.clear();
+                }
+                KeyCode::Backspace => {
+                    self.filter.pop();
+                }
+                KeyCode::Char(c) if self.filter.chars().count() < 40 => self.filter.push(c),
+                _ => {}
+            }
+            self.selected = 0;
+            return Vec::new();
+        }
+        if self.help {
+            self.help = false;
+            return Vec::new();
+        }
+        match k.code {
+            KeyCode::Char('q') => return vec![Action::Quit],
+            KeyCode::Char('?') => self.help = true,
+            KeyCode::Char('/') if self.screen == Screen::Chains => self.filtering = true,
+            KeyCode::Char('s') if self.screen == Screen::Chains => {
+                self.sort = self.sort.next();
+                self.selected = 0;
+            }
+            KeyCode::Down | KeyCode::Char('j') => {
+                let n = self.visible().len();
+                if self.selected + 1 < n {
+                    self.selected += 1;
+                }
+            }
+            KeyCode::Up | KeyCode::Char('k') => self.selected = self.selected.saturating_sub(1),
+            KeyCode::Enter => {
+                if let Some(id) = self.selected_id()
+                    && self.screen == Screen::Chains
+                {
+                    self.open(id);
+                    return vec![Action::Refresh];
+                }
+            }
+            KeyCode::Esc | KeyCode::Backspace | KeyCode::Left if self.screen != Screen::Chains => {
+                self.screen = Screen::Chains;
+                self.detail = None;
+                self.pending.clear();
+                self.output.clear();
+            }
+            KeyCode::Char('p') => {
+                let paused = self
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.mode.starts_with("paused"));
+                return vec![if paused {
+                    Action::Resume
+                } else {
+                    Action::Pause { now: false }
+                }];
+            }
+            KeyCode::Char('P') => return vec![Action::Pause { now: true }],
+            KeyCode::Char('S') => {
+                self.confirm = Some(Confirm {
+                    question: "Stop the operator? Running sessions write their handoffs (y/N)"
+                        .into(),
+                    action: Action::Stop,
+                });
+            }
+            KeyCode::Char('x') => {
+                if let Some(id) = self.selected_id() {
+                    self.confirm = Some(Confirm {
+                        question: format!("Kill chain {id}? Its agent is stopped now (y/N)"),
+                        action: Action::Kill(id),
+                    });
+                }
+            }
+            KeyCode::Char('a') | KeyCode::Char('d') => {
+                if let (Screen::Chain(chain), Some(p)) = (&self.screen, self.pending.first()) {
+                    let (chain, approval) = (chain.clone(), p.id.clone());
+                    return vec![if k.code == KeyCode::Char('a') {
+                        Action::Approve { chain, approval }
+                    } else {
+                        Action::Deny { chain, approval }
+                    }];
+                }
+                self.message = Some("no tool call is waiting for an answer".into());
+            }
+            KeyCode::Char('o') => {
+                if let Some(id) = self.selected_id() {
+                    return vec![Action::Browse(id)];
+                }
+            }
+            KeyCode::Char('r') => return vec![Action::Refresh],
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn open(&mut self, id: String) {
+        self.screen = Screen::Chain(id);
+        self.detail = None;
+        self.pending.clear();
+        self.output.clear();
+    }
+
+    /// An event from the operator's WebSocket; `Refresh` when the lists changed.
+    pub fn event(&mut self, ev: &serde_json::Value) -> Vec<Action> {
+        let kind = ev["kind"].as_str().unwrap_or_default();
+        if kind == "session:output" {
+            let open = matches!(&self.screen, Screen::Chain(id) if ev["chainId"] == id.as_str());
+            if let (true, Some(text)) = (open, ev["data"]["text"].as_str()) {
+                let index = ev["sessionIndex"].as_u64().unwrap_or(0);
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    self.push_output(format!("[{index}] {line}"));
+                }
+            }
+            return Vec::new();
+        }
+        if kind.starts_with("chain:") || kind.starts_with("orchestrator:") || kind == "lagged" {
+            return vec![Action::Refresh];
+        }
+        Vec::new()
+    }
+
+    fn push_output(&mut self, line: String) {
+        let line: String = crate::progress::printable(&line)
+            .chars()
+            .take(LINE_CHARS)
+            .collect();
+        if self.output.len() == OUTPUT_LINES {
+            self.output.pop_front();
+        }
+        self.output.push_back(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ChainStatus, Totals};
+
+    fn chain(id: &str, status: ChainStatus, cost: f64, started: &str) -> ChainRecord {
+        ChainRecord {
+            id: id.into(),
+            name: format!("name-{id}"),
+            mission: None,
+            task: format!("task of {id}"),
+            status,
+            reason: None,
+            started_at: started.into(),
+            updated_at: started.into(),
+            config: serde_json::Value::Null,
+            sessions: vec![],
+            totals: Totals {
+                cost_usd: cost,
+                ..Default::default()
+            },
+            archived: false,
+            verify: vec![],
+        }
+    }
+
+    fn key(c: KeyCode) -> KeyEvent {
+        KeyEvent::new(c, KeyModifiers::NONE)
+    }
+
+    fn state() -> State {
+        let mut s = State::default();
+        s.set_chains(vec![
+            chain("c-1", ChainStatus::Complete, 0.5, "2026-12-01"),
+            chain("c-2", ChainStatus::Running, 2.0, "2026-12-02"),
+            chain("c-3", ChainStatus::Failed, 1.0, "2026-11-30"),
+        ]);
+        s
+    }
+
+    fn ids(s: &State) -> Vec<&str> {
+        s.visible().iter().map(|c| c.id.as_str()).collect()
+    }
+
+    #[test]
+    fn sorts_cycle_and_the_filter_narrows_the_list() {
+        let mut s = state();
+        assert_eq!(ids(&s), ["c-2", "c-1", "c-3"]);
+        s.key(key(KeyCode::Char('s')));
+        assert_eq!(ids(&s), ["c-2", "c-1", "c-3"], "live chains first");
+        s.key(key(KeyCode::Char('s')));
+        assert_eq!(ids(&s), ["c-2", "c-3", "c-1"], "most expensive first");
+        s.key(key(KeyCode::Char('/')));
+        for c in "fail".chars() {
+            s.key(key(KeyCode::Char(c)));
+        }
+        s.key(key(KeyCode::Enter));
+        assert_eq!(ids(&s), ["c-3"]);
+        // `q` typed into the filter does not quit.
+        s.key(key(KeyCode::Char('/')));
+        assert!(s.key(key(KeyCode::Char('q'))).is_empty());
+        s.key(key(KeyCode::Esc));
+        assert_eq!(ids(&s).len(), 3);
+    }
+
+    #[test]
+    fn kill_and_stop_need_a_yes() {
+        let mut s = state();
+        assert!(s.key(key(KeyCode::Char('x'))).is_empty());
+        assert!(s.confirm.as_ref().unwrap().question.contains("c-2"));
+        assert!(s.key(key(KeyCode::Char('n'))).is_empty());
+        assert!(s.confirm.is_none());
+        s.key(key(KeyCode::Char('x')));
+        assert_eq!(s.key(key(KeyCode::Char('y'))), [Action::Kill("c-2".into())]);
+        s.key(key(KeyCode::Char('S')));
+        assert_eq!(s.key(key(KeyCode::Char('y'))), [Action::Stop]);
+    }
+
+    #[test]
+    fn pause_toggles_with_the_operators_mode() {
+        let mut s = state();
+        assert_eq!(
+            s.key(key(KeyCode::Char('p'))),
+            [Action::Pause { now: false }]
+        );
+        s.status = Some(OperatorStatus {
+            mode: "paused".into(),
+            running: vec![],
+            queued: vec![],
+            concurrency: Default::default(),
+            pid: 1,
+            stays: true,
+            daily_cap_usd: None,
+        });
+        assert_eq!(s.key(key(KeyCode::Char('p'))), [Action::Resume]);
+        assert_eq!(
+            s.key(key(KeyCode::Char('P'))),
+            [Action::Pause { now: true }]
+        );
+    }
+
+    #[test]
+    fn the_open_chains_output_is_kept_bounded_and_escaped() {
+        let mut s = state();
+        s.key(key(KeyCode::Enter));
+        assert_eq!(s.screen, Screen::Chain("c-2".into()));
+        let out = |chain: &str, text: &str| {
+            serde_json::json!({"kind": "session:output", "chainId": chain, "sessionIndex": 2,
+                "data": {"text": text}})
+        };
+        s.event(&out("c-1", "another chain"));
+        assert!(s.output.is_empty());
+        s.event(&out("c-2", "hello\x1b]0;title\x07"));
+        assert_eq!(s.output.len(), 1);
+        assert!(s.output[0].starts_with("[2] hello") && !s.output[0].contains('\x1b'));
+        for i in 0..OUTPUT_LINES + 50 {
+            s.event(&out("c-2", &format!("line {i} {}", "x".repeat(1000))));
+        }
+        assert_eq!(s.output.len(), OUTPUT_LINES);
+        assert!(s.output.iter().all(|l| l.chars().count() <= LINE_CHARS));
+        assert_eq!(
+            s.event(&serde_json::json!({"kind": "chain:completed"})),
+            [Action::Refresh]
+        );
+        s.key(key(KeyCode::Esc));
+        assert_eq!(s.screen, Screen::Chains);
+        assert!(s.output.is_empty());
+    }
+}

@@ -1,0 +1,237 @@
+//! `operator tui` on a pseudo-terminal, its screen read by a terminal emulator, against a real
+//! `operator serve` on the sim agent: what a person sees and the keys they press.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::Server;
+use common::pty::Pty;
+use common::{BIN, Op};
+use portable_pty::CommandBuilder;
+
+/// The environment a user's shell gives the view: `op`'s data dir, none of our other variables.
+fn user_env(c: &mut CommandBuilder, op: &Op, env: &[(&str, &str)]) {
+    c.cwd(op.root.path());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OPERATOR_") || k == "NO_COLOR" {
+            c.env_remove(k);
+        }
+    }
+    c.env("OPERATOR_DATA_DIR", op.data_dir());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+}
+
+/// `operator tui <args>` for `op`'s data dir, as a user's shell would start it.
+fn tui_cmd(op: &Op, args: &[&str], env: &[(&str, &str)]) -> CommandBuilder {
+    let mut c = CommandBuilder::new(BIN);
+    c.arg("tui");
+    for a in args {
+        c.arg(a);
+    }
+    user_env(&mut c, op, env);
+    c
+}
+
+/// The sessions so far on the chain's row (the `n` of `n/max`).
+fn sessions_shown(screen: &str, id: &str) -> Option<u32> {
+    let row = screen.lines().find(|l| l.contains(id))?;
+    let cell = row
+        .split_whitespace()
+        .find(|w| w.contains('/') && !w.contains('-'))?;
+    cell.split('/').next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_view_follows_a_chain_and_steers_the_operator() {
+    let op = Op::new();
+    let srv = Server::start_with(
+        &op,
+        &["serve", "--listen", "127.0.0.1:0", "--agent", "sim"],
+        &[
+            ("OPERATOR_SIM__STEP", "700ms"),
+            ("OPERATOR_SIM__SCENARIO", "incomplete"),
+            ("OPERATOR_SIM__COMPLETE_AFTER", "20"),
+            ("OPERATOR_MAX_CONTINUATIONS", "25"),
+        ],
+    );
+    let id = srv.start_chain("Follow me in the terminal").await;
+    let mut t = Pty::spawn(tui_cmd(&op, &[], &[]), 30, 110);
+    // The chains screen: the chain running, its session counter advancing.
+    let first = t.until("the chain running", |s| {
+        s.lines().any(|l| l.contains(&id) && l.contains("running"))
+    });
+    let n = sessions_shown(&first, &id).unwrap_or(0);
+    t.until("the session counter advancing", |s| {
+        sessions_shown(s, &id).is_some_and(|m| m > n)
+    });
+    // The chain screen: the agent's live output (its tool calls, as the operator streams them).
+    t.send("\r");
+    t.until("the live output", |s| {
+        s.lines()
+            .any(|l| l.starts_with('[') && l.contains("] tool: Bash"))
+    });
+    t.until("the sessions", |s| {
+        s.contains("SESSION") && s.contains("HANDOFF")
+    });
+    t.send("\x1b");
+    t.until("back on the chains screen", |s| {
+        s.contains("CHAIN") && s.contains("AGE")
+    });
+
+    // Pause from the keyboard: shown, and no new session starts.
+    t.send("p");
+    t.until("paused in the header", |s| {
+        s.lines().next().is_some_and(|l| l.contains("paused"))
+    });
+    let (_, st) = srv.get("/api/orchestrator/status").await;
+    assert_eq!(st["mode"], "paused");
+    let settled = |v: &serde_json::Value| {
+        v["sessions"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|x| !x["endedAt"].is_null()))
+    };
+    let held = srv.wait_chain(&id, "between sessions", settled).await;
+    let sessions = held["sessions"].as_array().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, later) = srv.get(&format!("/api/chains/{id}")).await;
+    assert_eq!(
+        later["sessions"].as_array().unwrap().len(),
+        sessions,
+        "a session started while paused"
+    );
+    t.send("p");
+    t.until("resumed", |s| {
+        s.lines()
+            .next()
+            .is_some_and(|l| l.contains("running") && !l.contains("paused"))
+    });
+
+    // Kill, with its confirmation.
+    t.send("x");
+    t.until("the question", |s| s.contains(&format!("Kill chain {id}?")));
+    t.send("y");
+    srv.wait_status(&id, "aborted").await;
+    t.until("the chain shown aborted", |s| {
+        s.lines().any(|l| l.contains(&id) && l.contains("aborted"))
+    });
+    t.send("q");
+    assert!(t.wait().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_80_by_24_every_row_stays_readable() {
+    let op = Op::new();
+    let srv = Server::start_with(
+        &op,
+        &["serve", "--listen", "127.0.0.1:0", "--agent", "sim"],
+        &[("OPERATOR_SIM__STEP", "300ms")],
+    );
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(srv.start_chain(&format!("Chain number {i}")).await);
+    }
+    let t = Pty::spawn(tui_cmd(&op, &[], &[]), 40, 140);
+    t.until("the chains", |s| {
+        ids.iter().all(|id| s.contains(id.as_str()))
+    });
+    t.resize(24, 80);
+    let screen = t.until("redrawn at 80 columns", |s| {
+        s.lines().count() <= 24
+            && s.lines()
+                .any(|l| l.starts_with("CHAIN") && l.trim_end().ends_with("AGE"))
+    });
+    let rows = t.rows();
+    assert_eq!(rows.len(), 24);
+    for id in &ids {
+        let row = rows
+            .iter()
+            .find(|r| r.contains(id.as_str()))
+            .unwrap_or_else(|| panic!("{id} not on\n{screen}"));
+        assert!(row.chars().count() <= 80, "{row}");
+        assert!(row.contains('$'), "the cost is cut off: {row}");
+    }
+    assert!(rows[23].contains("? help · q quit"), "{screen}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_operator_goes_away_the_view_says_so_and_comes_back_with_it() {
+    let op = Op::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["serve", "--listen", listen.as_str(), "--agent", "sim"];
+    let mut srv = Server::start_with(&op, &args, &[]);
+    let t = Pty::spawn(tui_cmd(&op, &[], &[]), 30, 110);
+    t.until("connected", |s| {
+        s.lines()
+            .next()
+            .is_some_and(|l| l.contains("running") || l.contains("queued"))
+    });
+    srv.child.kill().unwrap();
+    srv.child.wait().unwrap();
+    t.until("disconnected", |s| s.contains("DISCONNECTED"));
+    let srv = Server::start_with(&op, &args, &[]);
+    t.until("reconnected", |s| {
+        !s.contains("DISCONNECTED") && s.lines().next().is_some_and(|l| l.contains("running"))
+    });
+    let id = srv.start_chain("After the restart").await;
+    t.until("a chain started after the restart", |s| s.contains(&id));
+}
+
+/// The terminal is given back — out of the alternate screen, out of raw mode — when the view
+/// quits and when it panics.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_terminal_is_restored_after_quit_and_after_a_panic() {
+    let op = Op::new();
+    let _srv = Server::start(&op, &[]);
+    for (keys, panics) in [("q", false), ("\x1b[24~", true)] {
+        // A shell runs the view, then prints the terminal's modes.
+        let cmd = format!("'{BIN}' tui; echo EXIT=$?; stty -a");
+        let mut sh = CommandBuilder::new("sh");
+        sh.args(["-c", &cmd]);
+        user_env(
+            &mut sh,
+            &op,
+            &[("OPERATOR_TUI_PANIC", "1"), ("RUST_BACKTRACE", "0")],
+        );
+        let mut t = Pty::spawn(sh, 30, 110);
+        t.until("the view", |s| s.contains("? help"));
+        assert!(t.alternate_screen());
+        t.send(keys);
+        let out = t.until("the shell after the view", |s| {
+            s.contains("EXIT=") && s.contains("icanon")
+        });
+        assert!(
+            !t.alternate_screen(),
+            "still on the alternate screen:\n{out}"
+        );
+        let modes: Vec<&str> = out.split_whitespace().collect();
+        assert!(modes.contains(&"icanon"), "left in raw mode:\n{out}");
+        assert!(modes.contains(&"echo"), "echo left off:\n{out}");
+        if panics {
+            assert!(out.contains("EXIT=101"), "{out}");
+            assert!(out.contains("a panic injected for the tests"), "{out}");
+        } else {
+            assert!(out.contains("EXIT=0"), "{out}");
+        }
+        assert!(t.wait().success());
+    }
+}
+
+#[test]
+fn without_a_serving_operator_the_view_says_how_to_start_one() {
+    let op = Op::new();
+    let out = op.run(&["tui"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("operator serve") && err.contains("--url"),
+        "{err}"
+    );
+}
