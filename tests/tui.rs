@@ -76,6 +76,19 @@ async fn the_view_follows_a_chain_and_steers_the_operator() {
     t.until("the sessions", |s| {
         s.contains("SESSION") && s.contains("HANDOFF")
     });
+    // Its last handoff, rendered: headings without their `###`.
+    t.send("h");
+    t.until("the handoff", |s| {
+        s.contains("handoff of session") && s.lines().any(|l| l.trim() == "Accomplished")
+    });
+    t.send("h");
+    t.send("\x1b");
+    t.until("back on the chains screen", |s| s.contains("CHAIN") && s.contains("AGE"));
+    // The costs and the fleet.
+    t.send("c");
+    t.until("the costs", |s| s.contains("today (UTC)") && s.contains("forecast"));
+    t.send("f");
+    t.until("the fleet", |s| s.contains("no workers share it"));
     t.send("\x1b");
     t.until("back on the chains screen", |s| {
         s.contains("CHAIN") && s.contains("AGE")

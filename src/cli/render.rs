@@ -4,36 +4,6 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// What a burn rate forecasts, as lines for `operator costs`.
-pub fn forecast_lines(r: &crate::store::CostReport, cap: Option<f64>) -> Vec<String> {
-    let mut out = Vec::new();
-    if r.all_time.sessions > 0 {
-        out.push(format!(
-            "about ${:.4} a session ({} sessions so far)",
-            r.all_time.cost_usd / r.all_time.sessions as f64,
-            r.all_time.sessions
-        ));
-    }
-    let hourly = r.last_day.cost_usd / 24.0;
-    out.push(format!(
-        "${:.4} in the last hour; ${hourly:.4} an hour averaged over the last 24 h",
-        r.last_hour.cost_usd
-    ));
-    if let Some(cap) = cap {
-        let left = (cap - r.today.cost_usd).max(0.0);
-        let rate = r.last_hour.cost_usd.max(hourly);
-        out.push(if rate > 0.0 {
-            format!(
-                "daily cap ${cap:.2}: ${left:.4} left today, about {:.1} h at the last hour's rate",
-                left / rate
-            )
-        } else {
-            format!("daily cap ${cap:.2}: ${left:.4} left today")
-        });
-    }
-    out
-}
-
 pub(super) async fn costs(op: &config::OperatorSettings, json: bool, limit: u32) -> Result<u8> {
     let store = open_store(op).await?;
     let mut r = store.cost_report(limit.clamp(1, 500)).await?;
@@ -72,7 +42,7 @@ pub(super) async fn costs(op: &config::OperatorSettings, json: bool, limit: u32)
         );
     }
     say!("forecast");
-    for l in forecast_lines(&r, op.daily_cap_usd) {
+    for l in r.forecast(op.daily_cap_usd) {
         say!("  {l}");
     }
     Ok(exit::OK)

@@ -349,6 +349,39 @@ pub struct CostReport {
     pub daily_cap_usd: Option<f64>,
 }
 
+impl CostReport {
+    /// What the burn rate forecasts, in lines (`operator costs`, the terminal view).
+    pub fn forecast(&self, cap: Option<f64>) -> Vec<String> {
+        let r = self;
+        let mut out = Vec::new();
+        if r.all_time.sessions > 0 {
+            out.push(format!(
+                "about ${:.4} a session ({} sessions so far)",
+                r.all_time.cost_usd / r.all_time.sessions as f64,
+                r.all_time.sessions
+            ));
+        }
+        let hourly = r.last_day.cost_usd / 24.0;
+        out.push(format!(
+            "${:.4} in the last hour; ${hourly:.4} an hour averaged over the last 24 h",
+            r.last_hour.cost_usd
+        ));
+        if let Some(cap) = cap {
+            let left = (cap - r.today.cost_usd).max(0.0);
+            let rate = r.last_hour.cost_usd.max(hourly);
+            out.push(if rate > 0.0 {
+                format!(
+                    "daily cap ${cap:.2}: ${left:.4} left today, about {:.1} h at the last hour's rate",
+                    left / rate
+                )
+            } else {
+                format!("daily cap ${cap:.2}: ${left:.4} left today")
+            });
+        }
+        out
+    }
+}
+
 pub type SharedStore = Arc<dyn Store>;
 
 /// Stores a chain's new settings (after a reload, or flags given with `--resume`), keeping its

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::state::{Link, Pending};
+use super::state::{Link, Pending, Screen};
 use crate::api::OperatorStatus;
 use crate::model::ChainRecord;
 use crate::store::Fleet;
@@ -28,6 +28,12 @@ pub struct Snapshot {
     pub fleet: Fleet,
     /// The open chain, with its sessions, and its held tool calls.
     pub detail: Option<(ChainRecord, Vec<Pending>)>,
+    /// The open chain's last handoff.
+    pub handoff: Option<crate::model::HandoffRecord>,
+    /// The open chain's permission decisions so far (read once, when it is opened).
+    pub decisions: Option<Vec<Value>>,
+    /// The cost report, for the costs screen.
+    pub costs: Option<crate::store::CostReport>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,8 +75,9 @@ impl Client {
         resp.json::<T>().await.map_err(short)
     }
 
-    /// Reads the lists, and the open chain when there is one.
-    pub async fn snapshot(&self, open: Option<&str>) -> Result<Snapshot, String> {
+    /// Reads the lists, and what the screen shows: the open chain (its decisions so far when
+    /// `first`), or the costs.
+    pub async fn snapshot(&self, screen: &Screen, first: bool) -> Result<Snapshot, String> {
         #[derive(serde::Deserialize)]
         struct Page {
             chains: Vec<ChainRecord>,
@@ -78,20 +85,51 @@ impl Client {
         let page: Page = self.get("/api/chains?limit=200").await?;
         let status: OperatorStatus = self.get("/api/orchestrator/status").await?;
         let fleet: Fleet = self.get("/api/fleet").await.unwrap_or_default();
-        let detail = match open {
-            Some(id) => {
-                let chain: ChainRecord = self.get(&format!("/api/chains/{id}")).await?;
-                let approvals: Value = self.get(&format!("/api/chains/{id}/approvals")).await?;
-                Some((chain, pending(&approvals)))
-            }
-            None => None,
-        };
-        Ok(Snapshot {
+        let mut snap = Snapshot {
             chains: page.chains,
             status,
             fleet,
-            detail,
-        })
+            detail: None,
+            handoff: None,
+            decisions: None,
+            costs: None,
+        };
+        match screen {
+            Screen::Chain(id) => {
+                let chain: ChainRecord = self.get(&format!("/api/chains/{id}")).await?;
+                let approvals: Value = self.get(&format!("/api/chains/{id}/approvals")).await?;
+                if let Some(last) = chain
+                    .sessions
+                    .iter()
+                    .rev()
+                    .find(|s| s.handoff_file.is_some())
+                {
+                    let detail: Value = self
+                        .get(&format!("/api/chains/{id}/sessions/{}", last.index))
+                        .await?;
+                    snap.handoff = serde_json::from_value(detail["handoff"].clone()).ok();
+                }
+                if first {
+                    let events: Value = self
+                        .get(&format!("/api/chains/{id}/events?limit=1000"))
+                        .await?;
+                    let list = events
+                        .as_array()
+                        .or_else(|| events["events"].as_array())
+                        .cloned()
+                        .unwrap_or_default();
+                    snap.decisions = Some(
+                        list.into_iter()
+                            .filter(|e| e["kind"] == "session:permission")
+                            .collect(),
+                    );
+                }
+                snap.detail = Some((chain, pending(&approvals)));
+            }
+            Screen::Costs => snap.costs = Some(self.get("/api/costs?limit=10").await?),
+            Screen::Chains | Screen::Fleet => {}
+        }
+        Ok(snap)
     }
 
     /// A write; what to tell the user.
@@ -124,7 +162,8 @@ impl Client {
     }
 
     /// Keeps a WebSocket open: its events go to `events`, the link's state to `links`; each
-    /// chain id from `follow` subscribes to that chain's output. Tries again after 1, 2, 4 … 10 s.
+    /// chain id from `follow` subscribes to that chain's output and its other events (its
+    /// permission decisions). Tries again after 1, 2, 4 … 10 s.
     pub async fn follow(
         self,
         events: mpsc::Sender<Value>,
@@ -165,12 +204,16 @@ impl Client {
                         if want != subscribed {
                             let mut msg = serde_json::json!({});
                             if let Some(old) = &subscribed {
-                                msg["unsubscribe"] =
-                                    serde_json::json!([format!("session:output:{old}")]);
+                                msg["unsubscribe"] = serde_json::json!([
+                                    format!("session:output:{old}"),
+                                    format!("chain:{old}")
+                                ]);
                             }
                             if let Some(new) = &want {
-                                msg["subscribe"] =
-                                    serde_json::json!([format!("session:output:{new}")]);
+                                msg["subscribe"] = serde_json::json!([
+                                    format!("session:output:{new}"),
+                                    format!("chain:{new}")
+                                ]);
                             }
                             if tx.send(Message::text(msg.to_string())).await.is_err() {
                                 break "the connection closed".to_string();

@@ -134,13 +134,11 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
     let mut reading = false;
     let mut read_again = false;
     let read = |s: &State, tx: &mpsc::Sender<Msg>| {
-        let open = match &s.screen {
-            Screen::Chain(id) => Some(id.clone()),
-            Screen::Chains => None,
-        };
+        let screen = s.screen.clone();
+        let first = matches!(s.screen, Screen::Chain(_)) && s.detail.is_none();
         let (client, tx) = (client.clone(), tx.clone());
         tokio::spawn(async move {
-            let r = client.snapshot(open.as_deref()).await.map(Box::new);
+            let r = client.snapshot(&screen, first).await.map(Box::new);
             let _ = tx.send(Msg::Data(r)).await;
         });
     };
@@ -182,8 +180,17 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
                         if let (Screen::Chain(id), Some((c, p))) = (&s.screen, snap.detail)
                             && &c.id == id
                         {
+                            if let Some(list) = snap.decisions.filter(|_| s.detail.is_none()) {
+                                for e in list {
+                                    s.decision(e["sessionIndex"].as_u64().unwrap_or(0), &e["data"]);
+                                }
+                            }
                             s.detail = Some(c);
                             s.pending = p;
+                            s.handoff = snap.handoff;
+                        }
+                        if s.screen == Screen::Costs {
+                            s.costs = snap.costs;
                         }
                     }
                     Msg::Data(Err(why)) => s.message = Some(format!("could not read: {why}")),
@@ -213,7 +220,7 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
         }
         let open = match &s.screen {
             Screen::Chain(id) => Some(id.clone()),
-            Screen::Chains => None,
+            _ => None,
         };
         if *follow_tx.borrow() != open {
             let _ = follow_tx.send(open);

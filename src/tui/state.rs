@@ -18,7 +18,21 @@ pub const LINE_CHARS: usize = 400;
 pub enum Screen {
     Chains,
     Chain(String),
+    /// Spending today, the burn rate and the daily cap's forecast.
+    Costs,
+    /// The workers sharing the store.
+    Fleet,
 }
+
+/// What the lower part of the chain screen shows (`h` switches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    Output,
+    Handoff,
+}
+
+/// Permission decisions kept for the open chain.
+pub const DECISIONS: usize = 50;
 
 /// The order of the chains screen (`s` cycles through them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +136,13 @@ pub struct State {
     pub message: Option<String>,
     /// The workers sharing the store, and which holds each chain (a fleet's).
     pub fleet: crate::store::Fleet,
+    /// The cost report, while the costs screen is open.
+    pub costs: Option<crate::store::CostReport>,
+    /// The open chain's last handoff.
+    pub handoff: Option<crate::model::HandoffRecord>,
+    /// The open chain's tool-permission decisions, newest last.
+    pub decisions: VecDeque<String>,
+    pub pane: Pane,
 }
 
 impl Default for State {
@@ -142,6 +163,10 @@ impl Default for State {
             link: Link::Connecting,
             message: None,
             fleet: Default::default(),
+            costs: None,
+            handoff: None,
+            decisions: VecDeque::new(),
+            pane: Pane::Output,
         }
     }
 }
@@ -182,7 +207,28 @@ impl State {
         match &self.screen {
             Screen::Chain(id) => Some(id.clone()),
             Screen::Chains => self.visible().get(self.selected).map(|c| c.id.clone()),
+            Screen::Costs | Screen::Fleet => None,
         }
+    }
+
+    /// A permission decision of the open chain (`session:permission`'s data).
+    pub fn decision(&mut self, index: u64, data: &serde_json::Value) {
+        let s = |k: &str| data[k].as_str().unwrap_or_default();
+        let line = format!(
+            "[{index}] {:<5} {} {} ({})",
+            s("decision"),
+            s("tool"),
+            s("input"),
+            s("rule")
+        );
+        let line: String = crate::progress::printable(&line)
+            .chars()
+            .take(LINE_CHARS)
+            .collect();
+        if self.decisions.len() == DECISIONS {
+            self.decisions.pop_front();
+        }
+        self.decisions.push_back(line);
     }
 
     /// The chains as read from the API; the selection stays in range.
@@ -252,8 +298,24 @@ impl State {
             KeyCode::Esc | KeyCode::Backspace | KeyCode::Left if self.screen != Screen::Chains => {
                 self.screen = Screen::Chains;
                 self.detail = None;
+                self.handoff = None;
                 self.pending.clear();
                 self.output.clear();
+                self.decisions.clear();
+            }
+            KeyCode::Char('c') if self.screen != Screen::Costs => {
+                self.screen = Screen::Costs;
+                return vec![Action::Refresh];
+            }
+            KeyCode::Char('f') if self.screen != Screen::Fleet => {
+                self.screen = Screen::Fleet;
+                return vec![Action::Refresh];
+            }
+            KeyCode::Char('h') if matches!(self.screen, Screen::Chain(_)) => {
+                self.pane = match self.pane {
+                    Pane::Output => Pane::Handoff,
+                    Pane::Handoff => Pane::Output,
+                };
             }
             KeyCode::Char('p') => {
                 let paused = self
@@ -307,8 +369,11 @@ impl State {
     fn open(&mut self, id: String) {
         self.screen = Screen::Chain(id);
         self.detail = None;
+        self.handoff = None;
         self.pending.clear();
         self.output.clear();
+        self.decisions.clear();
+        self.pane = Pane::Output;
     }
 
     /// An event from the operator's WebSocket; `Refresh` when the lists changed.
@@ -321,6 +386,12 @@ impl State {
                 for line in text.lines().filter(|l| !l.trim().is_empty()) {
                     self.push_output(format!("[{index}] {line}"));
                 }
+            }
+            return Vec::new();
+        }
+        if kind == "session:permission" {
+            if matches!(&self.screen, Screen::Chain(id) if ev["chainId"] == id.as_str()) {
+                self.decision(ev["sessionIndex"].as_u64().unwrap_or(0), &ev["data"]);
             }
             return Vec::new();
         }
@@ -468,6 +539,10 @@ mod tests {
         );
         s.key(key(KeyCode::Esc));
         assert_eq!(s.screen, Screen::Chains);
-        assert!(s.output.is_empty());
+        assert!(s.output.is_empty() && s.decisions.is_empty());
+        assert_eq!(s.key(key(KeyCode::Char('c'))), [Action::Refresh]);
+        assert_eq!(s.screen, Screen::Costs);
+        s.key(key(KeyCode::Char('f')));
+        assert_eq!(s.screen, Screen::Fleet);
     }
 }

@@ -7,7 +7,7 @@ use ratatui::style::{Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, TableState};
 
-use super::state::{Link, Screen, State};
+use super::state::{Link, Pane, Screen, State};
 use crate::model::{ChainRecord, ChainStatus};
 
 /// Colours, or none (`NO_COLOR`, a dumb terminal): then emphasis only.
@@ -52,6 +52,8 @@ pub fn draw(f: &mut Frame, s: &State, theme: Theme, now_s: i64) {
     match &s.screen {
         Screen::Chains => chains(f, body, s, theme, now_s),
         Screen::Chain(id) => chain(f, body, s, id, theme),
+        Screen::Costs => costs(f, body, s),
+        Screen::Fleet => fleet(f, body, s, theme),
     }
     f.render_widget(Paragraph::new(footer(s)), bottom);
     if s.help {
@@ -103,10 +105,13 @@ fn footer(s: &State) -> Line<'static> {
     }
     let keys = match s.screen {
         Screen::Chains => {
-            " ? help · q quit · Enter open · / filter · s sort · p pause/resume · P pause now · x kill · S stop · o url"
+            " ? help · q quit · Enter open · / filter · s sort · c costs · f fleet · p pause/resume · P pause now · x kill · S stop"
+        }
+        Screen::Costs | Screen::Fleet => {
+            " ? help · q quit · Esc back · c costs · f fleet · p pause/resume · P pause now · S stop · r read again"
         }
         Screen::Chain(_) => {
-            " ? help · q quit · Esc back · a approve · d deny · x kill · p pause/resume · P pause now · S stop"
+            " ? help · q quit · Esc back · h handoff/output · a approve · d deny · x kill · p pause/resume · S stop"
         }
     };
     Line::from(keys)
@@ -201,10 +206,16 @@ fn chain(f: &mut Frame, area: Rect, s: &State, id: &str, theme: Theme) {
     } else {
         2 + s.pending.len().min(3) as u16
     };
-    let [info, table, held, out] = Layout::vertical([
+    let decided = if s.decisions.is_empty() {
+        0
+    } else {
+        1 + s.decisions.len().min(3) as u16
+    };
+    let [info, table, held, decisions, out] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(sessions + 2),
         Constraint::Length(pending),
+        Constraint::Length(decided),
         Constraint::Min(3),
     ])
     .areas(area);
@@ -301,20 +312,158 @@ fn chain(f: &mut Frame, area: Rect, s: &State, id: &str, theme: Theme) {
             held,
         );
     }
+    if !s.decisions.is_empty() {
+        let lines: Vec<Line> = s
+            .decisions
+            .iter()
+            .skip(s.decisions.len().saturating_sub(3))
+            .map(|l| Line::from(l.clone()))
+            .collect();
+        f.render_widget(
+            Paragraph::new(lines).block(
+                Block::default()
+                    .borders(Borders::TOP)
+                    .title(" tool permissions "),
+            ),
+            decisions,
+        );
+    }
     let rows = out.height.saturating_sub(1) as usize;
-    let lines: Vec<Line> = s
-        .output
+    let (title, lines): (String, Vec<Line>) = match s.pane {
+        Pane::Output => (
+            " live output (h: last handoff) ".into(),
+            s.output
+                .iter()
+                .skip(s.output.len().saturating_sub(rows))
+                .map(|l| Line::from(l.clone()))
+                .collect(),
+        ),
+        Pane::Handoff => match &s.handoff {
+            Some(h) => (
+                format!(
+                    " handoff of session {}{} (h: live output) ",
+                    h.index,
+                    if h.synthetic { ", synthetic" } else { "" }
+                ),
+                markdown(&h.text),
+            ),
+            None => (" no handoff yet (h: live output) ".into(), Vec::new()),
+        },
+    };
+    f.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(title)),
+        out,
+    );
+}
+
+/// A handoff's markdown for the terminal: headings bold, the rest as written (escaped).
+fn markdown(text: &str) -> Vec<Line<'static>> {
+    crate::progress::printable(&text.replace('\t', "    "))
+        .lines()
+        .map(|l| {
+            let t = l.trim_start();
+            if t.starts_with('#') {
+                Line::from(Span::from(t.trim_start_matches('#').trim().to_string()).bold())
+            } else {
+                Line::from(l.to_string())
+            }
+        })
+        .collect()
+}
+
+fn costs(f: &mut Frame, area: Rect, s: &State) {
+    let Some(r) = &s.costs else {
+        f.render_widget(Paragraph::new(" reading the costs…"), area);
+        return;
+    };
+    let line = |name: &str, l: &crate::store::CostLine| {
+        Line::from(format!(
+            " {name:<14} ${:>10.4} {:>7} sessions",
+            l.cost_usd, l.sessions
+        ))
+    };
+    let mut lines = vec![
+        Line::from(" spent").bold(),
+        line("today (UTC)", &r.today),
+        line("last hour", &r.last_hour),
+        line("last 7 days", &r.week),
+        line("all time", &r.all_time),
+        Line::from(""),
+        Line::from(" forecast").bold(),
+    ];
+    lines.extend(
+        r.forecast(r.daily_cap_usd)
+            .into_iter()
+            .map(|l| Line::from(format!(" {l}"))),
+    );
+    lines.push(Line::from(""));
+    lines.push(Line::from(" per model").bold());
+    for m in r.by_model.iter().take(5) {
+        lines.push(line(&crate::progress::truncate(&m.model, 14), &m.cost));
+    }
+    lines.push(Line::from(""));
+    lines.push(Line::from(" most expensive chains").bold());
+    for c in r.by_chain.iter().take(5) {
+        lines.push(Line::from(format!(
+            " {:<19} {:<16} ${:>10.4}",
+            c.chain_id,
+            c.status.as_str(),
+            c.cost.cost_usd
+        )));
+    }
+    f.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(" costs ")),
+        area,
+    );
+}
+
+fn fleet(f: &mut Frame, area: Rect, s: &State, theme: Theme) {
+    let block = Block::default().borders(Borders::TOP).title(" fleet ");
+    if !s.fleet.shared {
+        f.render_widget(
+            Paragraph::new(
+                " This operator's store is its own (SQLite): no workers share it. A fleet shares a PostgreSQL store (docs/fleet.md).",
+            )
+            .block(block),
+            area,
+        );
+        return;
+    }
+    let rows: Vec<Row> = s
+        .fleet
+        .workers
         .iter()
-        .skip(s.output.len().saturating_sub(rows))
-        .map(|l| Line::from(l.clone()))
+        .map(|w| {
+            let silent = if w.silent_secs > 30.0 {
+                theme.alert()
+            } else {
+                Style::default()
+            };
+            Row::new(vec![
+                Cell::from(w.id.clone()),
+                Cell::from(w.host.clone()),
+                Cell::from(w.pid.to_string()),
+                Cell::from(format!("{}/{}", w.load, w.capacity)),
+                Cell::from(format!("{:.0}s ago", w.silent_secs)).style(silent),
+            ])
+        })
         .collect();
     f.render_widget(
-        Paragraph::new(lines).block(
-            Block::default()
-                .borders(Borders::TOP)
-                .title(" live output "),
-        ),
-        out,
+        Table::new(
+            rows,
+            [
+                Constraint::Min(16),
+                Constraint::Length(16),
+                Constraint::Length(8),
+                Constraint::Length(7),
+                Constraint::Length(11),
+            ],
+        )
+        .header(
+            Row::new(["WORKER", "HOST", "PID", "LOAD", "HEARTBEAT"]).add_modifier(Modifier::BOLD),
+        )
+        .block(block),
+        area,
     );
 }
 
@@ -324,6 +473,8 @@ fn help(f: &mut Frame, body: Rect) {
         "  ↑/↓ j/k  select          Enter  open the chain",
         "  /        filter          s      sort: newest, state, cost, name",
         "Everywhere",
+        "  c   costs: today, burn rate, the cap      f  fleet: workers and heartbeats",
+        "  h   (a chain) its last handoff / its live output",
         "  p   pause (no new session) / resume       P  pause now (sessions hand off)",
         "  x   kill the chain (asks first)           S  stop the operator (asks first)",
         "  a/d approve / deny the held tool call     o  the chain's dashboard URL",
