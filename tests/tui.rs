@@ -83,10 +83,14 @@ async fn the_view_follows_a_chain_and_steers_the_operator() {
     });
     t.send("h");
     t.send("\x1b");
-    t.until("back on the chains screen", |s| s.contains("CHAIN") && s.contains("AGE"));
+    t.until("back on the chains screen", |s| {
+        s.contains("CHAIN") && s.contains("AGE")
+    });
     // The costs and the fleet.
     t.send("c");
-    t.until("the costs", |s| s.contains("today (UTC)") && s.contains("forecast"));
+    t.until("the costs", |s| {
+        s.contains("today (UTC)") && s.contains("forecast")
+    });
     t.send("f");
     t.until("the fleet", |s| s.contains("no workers share it"));
     t.send("\x1b");
@@ -247,4 +251,46 @@ fn without_a_serving_operator_the_view_says_how_to_start_one() {
         err.contains("operator serve") && err.contains("--url"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mission_is_started_from_the_keyboard_after_its_plan() {
+    let op = Op::new();
+    std::fs::create_dir_all(op.root.path().join("config/missions")).unwrap();
+    std::fs::write(
+        op.root.path().join("config/missions/nightly.toml"),
+        "description = \"two small chains\"\n[defaults]\nsim = { scenario = \"complete\" }\n\
+         [[chain]]\nname = \"one\"\ntask = \"First\"\n\n[[chain]]\nname = \"two\"\ntask = \"Second\"\n",
+    )
+    .unwrap();
+    std::fs::write(op.root.path().join("config/missions/broken.toml"), "[[chain]\n").unwrap();
+    let srv = Server::start(&op, &[]);
+    let mut t = Pty::spawn(tui_cmd(&op, &[], &[]), 30, 110);
+    t.until("the chains screen", |s| s.contains("? help"));
+    t.send("m");
+    t.until("the missions", |s| {
+        s.lines().any(|l| l.contains("nightly") && l.contains("two small chains"))
+            && s.lines().any(|l| l.contains("broken") && l.contains("cannot be read"))
+    });
+    // `broken` sorts first: move to `nightly`, see its plan, then start it.
+    let rows = t.screen();
+    let broken_first = rows.find("broken") < rows.find("nightly");
+    if broken_first {
+        t.send("j");
+    }
+    t.send("\r");
+    t.until("the plan, to confirm", |s| {
+        s.contains("Start nightly: 2 chain(s)") && s.contains("one (sim")
+    });
+    let (_, before) = srv.get("/api/chains").await;
+    assert_eq!(before["chains"].as_array().unwrap().len(), 0, "a dry run started something");
+    t.send("y");
+    t.until("started", |s| s.contains("started"));
+    let ok = common::eventually(Duration::from_secs(30), || {
+        let out = op.run(&["list", "--json"]);
+        String::from_utf8_lossy(&out.stdout).matches("\"mission\":\"nightly\"").count() == 2
+    });
+    assert!(ok, "the mission's two chains were not started");
+    t.send("q");
+    assert!(t.wait().success());
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::state::{Link, Pending, Screen};
+use super::state::{Link, Mission, Pending, Screen};
 use crate::api::OperatorStatus;
 use crate::model::ChainRecord;
 use crate::store::Fleet;
@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub decisions: Option<Vec<Value>>,
     /// The cost report, for the costs screen.
     pub costs: Option<crate::store::CostReport>,
+    /// The missions folder, for the missions screen.
+    pub missions: Option<Vec<Mission>>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +95,7 @@ impl Client {
             handoff: None,
             decisions: None,
             costs: None,
+            missions: None,
         };
         match screen {
             Screen::Chain(id) => {
@@ -127,13 +130,48 @@ impl Client {
                 snap.detail = Some((chain, pending(&approvals)));
             }
             Screen::Costs => snap.costs = Some(self.get("/api/costs?limit=10").await?),
+            Screen::Missions => {
+                let list: Vec<Value> = self.get("/api/missions").await?;
+                snap.missions = Some(
+                    list.iter()
+                        .map(|m| Mission {
+                            name: m["name"].as_str().unwrap_or_default().to_string(),
+                            chains: m["chains"].as_u64().unwrap_or(0),
+                            readable: m["error"].is_null(),
+                            note: crate::progress::printable(
+                                m["error"]
+                                    .as_str()
+                                    .or(m["description"].as_str())
+                                    .unwrap_or_default(),
+                            )
+                            .into_owned(),
+                        })
+                        .collect(),
+                );
+            }
             Screen::Chains | Screen::Fleet => {}
         }
         Ok(snap)
     }
 
+    /// A mission's plan, from a dry run.
+    pub async fn plan(&self, mission: &str) -> Result<Value, String> {
+        let v = self
+            .post_json(
+                "/api/orchestrator/start",
+                serde_json::json!({"mission": mission, "dryRun": true}),
+            )
+            .await?;
+        Ok(v["plan"].clone())
+    }
+
     /// A write; what to tell the user.
     pub async fn post(&self, path: &str, body: Value) -> Result<(), String> {
+        self.post_json(path, body).await.map(|_| ())
+    }
+
+    /// A write and its answer.
+    async fn post_json(&self, path: &str, body: Value) -> Result<Value, String> {
         let mut r = self.req(reqwest::Method::POST, path).json(&body);
         if self.target.token.is_none() {
             let csrf: Value = self.get("/api/csrf").await?;
@@ -144,7 +182,7 @@ impl Client {
         }
         let resp = r.send().await.map_err(short)?;
         if resp.status().is_success() {
-            Ok(())
+            Ok(resp.json().await.unwrap_or_default())
         } else {
             Err(error_of(resp).await)
         }

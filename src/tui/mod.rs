@@ -95,6 +95,7 @@ fn restore() {
 enum Msg {
     Data(Result<Box<Snapshot>, String>),
     Done(String),
+    Planned(String, Result<serde_json::Value, String>),
 }
 
 /// Runs the view until the user quits, SIGTERM/SIGHUP arrives or the terminal closes.
@@ -192,11 +193,19 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
                         if s.screen == Screen::Costs {
                             s.costs = snap.costs;
                         }
+                        if let (Screen::Missions, Some(m)) = (&s.screen, snap.missions) {
+                            s.missions = m;
+                            s.mission_selected = s.mission_selected.min(s.missions.len().saturating_sub(1));
+                        }
                     }
                     Msg::Data(Err(why)) => s.message = Some(format!("could not read: {why}")),
                     Msg::Done(m) => {
                         s.message = Some(m);
                         actions.push(Action::Refresh);
+                    }
+                    Msg::Planned(mission, Ok(plan)) => s.planned(&mission, &plan),
+                    Msg::Planned(mission, Err(e)) => {
+                        s.message = Some(format!("{mission} cannot start: {e}"));
                     }
                 }
                 reading = false;
@@ -236,6 +245,13 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
                     reading = true;
                     read(&s, &msg_tx);
                 }
+                Action::Plan(mission) => {
+                    let (client, tx) = (client.clone(), msg_tx.clone());
+                    tokio::spawn(async move {
+                        let plan = client.plan(&mission).await;
+                        let _ = tx.send(Msg::Planned(mission, plan)).await;
+                    });
+                }
                 Action::Browse(id) => {
                     s.message = Some(format!("{}/chains/{id}", target.url.trim_end_matches('/')));
                 }
@@ -272,7 +288,12 @@ fn act(client: &Client, a: Action, tx: &mpsc::Sender<Msg>) {
             json!({"decision": "deny", "message": "denied from the terminal view"}),
             "denied",
         ),
-        Action::Refresh | Action::Browse(_) | Action::Quit => return,
+        Action::Start(mission) => (
+            "/api/orchestrator/start".to_string(),
+            json!({"mission": mission}),
+            "started",
+        ),
+        Action::Refresh | Action::Browse(_) | Action::Plan(_) | Action::Quit => return,
     };
     let (client, tx) = (client.clone(), tx.clone());
     tokio::spawn(async move {

@@ -22,6 +22,18 @@ pub enum Screen {
     Costs,
     /// The workers sharing the store.
     Fleet,
+    /// The missions folder, to start one.
+    Missions,
+}
+
+/// A mission file the operator can start (`GET /api/missions`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mission {
+    pub name: String,
+    pub chains: u64,
+    /// Its description, or why it cannot be read.
+    pub note: String,
+    pub readable: bool,
 }
 
 /// What the lower part of the chain screen shows (`h` switches).
@@ -96,6 +108,10 @@ pub enum Action {
     },
     /// Show the chain's dashboard URL (and open it when a browser is at hand).
     Browse(String),
+    /// Ask the operator for a mission's plan (a dry run), to confirm it.
+    Plan(String),
+    /// Start a mission whose plan was confirmed.
+    Start(String),
     Quit,
 }
 
@@ -143,6 +159,9 @@ pub struct State {
     /// The open chain's tool-permission decisions, newest last.
     pub decisions: VecDeque<String>,
     pub pane: Pane,
+    /// The missions folder, while the missions screen is open.
+    pub missions: Vec<Mission>,
+    pub mission_selected: usize,
 }
 
 impl Default for State {
@@ -167,6 +186,8 @@ impl Default for State {
             handoff: None,
             decisions: VecDeque::new(),
             pane: Pane::Output,
+            missions: Vec::new(),
+            mission_selected: 0,
         }
     }
 }
@@ -207,8 +228,38 @@ impl State {
         match &self.screen {
             Screen::Chain(id) => Some(id.clone()),
             Screen::Chains => self.visible().get(self.selected).map(|c| c.id.clone()),
-            Screen::Costs | Screen::Fleet => None,
+            Screen::Costs | Screen::Fleet | Screen::Missions => None,
         }
+    }
+
+    /// The plan of a mission (a dry run's answer): asks whether to start it.
+    pub fn planned(&mut self, mission: &str, plans: &serde_json::Value) {
+        let chains: Vec<String> = plans
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["chains"].as_array().cloned().unwrap_or_default())
+            .map(|c| {
+                let st = &c["settings"];
+                format!(
+                    "{} ({} {}, up to {} sessions, ${})",
+                    c["name"].as_str().unwrap_or("?"),
+                    st["agent"].as_str().unwrap_or("?"),
+                    st["model"].as_str().unwrap_or("?"),
+                    st["max_continuations"].as_u64().map_or(0, |n| n + 1),
+                    st["max_budget_usd"].as_f64().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        let question = format!(
+            "Start {mission}: {} chain(s): {}? (y/N)",
+            chains.len(),
+            crate::progress::printable(&chains.join("; "))
+        );
+        self.confirm = Some(Confirm {
+            question,
+            action: Action::Start(mission.to_string()),
+        });
     }
 
     /// A permission decision of the open chain (`session:permission`'s data).
@@ -279,6 +330,30 @@ impl State {
             KeyCode::Char('s') if self.screen == Screen::Chains => {
                 self.sort = self.sort.next();
                 self.selected = 0;
+            }
+            KeyCode::Down | KeyCode::Char('j')
+                if self.screen == Screen::Missions
+                    && self.mission_selected + 1 < self.missions.len() =>
+            {
+                self.mission_selected += 1;
+            }
+            KeyCode::Down | KeyCode::Char('j') if self.screen == Screen::Missions => {}
+            KeyCode::Up | KeyCode::Char('k') if self.screen == Screen::Missions => {
+                self.mission_selected = self.mission_selected.saturating_sub(1);
+            }
+            KeyCode::Enter if self.screen == Screen::Missions => {
+                match self.missions.get(self.mission_selected) {
+                    Some(m) if m.readable => return vec![Action::Plan(m.name.clone())],
+                    Some(m) => {
+                        self.message = Some(format!("{} cannot be started: {}", m.name, m.note))
+                    }
+                    None => {}
+                }
+            }
+            KeyCode::Char('m') if self.screen != Screen::Missions => {
+                self.screen = Screen::Missions;
+                self.mission_selected = 0;
+                return vec![Action::Refresh];
             }
             KeyCode::Down | KeyCode::Char('j') => {
                 let n = self.visible().len();

@@ -54,6 +54,7 @@ pub fn draw(f: &mut Frame, s: &State, theme: Theme, now_s: i64) {
         Screen::Chain(id) => chain(f, body, s, id, theme),
         Screen::Costs => costs(f, body, s),
         Screen::Fleet => fleet(f, body, s, theme),
+        Screen::Missions => missions(f, body, s),
     }
     f.render_widget(Paragraph::new(footer(s)), bottom);
     if s.help {
@@ -105,7 +106,10 @@ fn footer(s: &State) -> Line<'static> {
     }
     let keys = match s.screen {
         Screen::Chains => {
-            " ? help · q quit · Enter open · / filter · s sort · c costs · f fleet · p pause/resume · P pause now · x kill · S stop"
+            " ? help · q quit · Enter open · / filter · s sort · m missions · c costs · f fleet · p pause/resume · x kill · S stop"
+        }
+        Screen::Missions => {
+            " ? help · q quit · Esc back · ↑↓ select · Enter: its plan, then y starts it"
         }
         Screen::Costs | Screen::Fleet => {
             " ? help · q quit · Esc back · c costs · f fleet · p pause/resume · P pause now · S stop · r read again"
@@ -417,6 +421,42 @@ fn costs(f: &mut Frame, area: Rect, s: &State) {
     );
 }
 
+fn missions(f: &mut Frame, area: Rect, s: &State) {
+    let rows: Vec<Row> = s
+        .missions
+        .iter()
+        .map(|m| {
+            Row::new(vec![
+                Cell::from(m.name.clone()),
+                Cell::from(m.chains.to_string()),
+                Cell::from(if m.readable {
+                    m.note.clone()
+                } else {
+                    format!("cannot be read: {}", m.note)
+                }),
+            ])
+        })
+        .collect();
+    let title = if s.missions.is_empty() {
+        " missions: none in the missions folder (operator init writes one) "
+    } else {
+        " missions "
+    };
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(20),
+            Constraint::Length(7),
+            Constraint::Min(10),
+        ],
+    )
+    .header(Row::new(["MISSION", "CHAINS", "ABOUT"]).add_modifier(Modifier::BOLD))
+    .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
+    .block(Block::default().borders(Borders::TOP).title(title));
+    let mut ts = TableState::default().with_selected(Some(s.mission_selected));
+    f.render_stateful_widget(table, area, &mut ts);
+}
+
 fn fleet(f: &mut Frame, area: Rect, s: &State, theme: Theme) {
     let block = Block::default().borders(Borders::TOP).title(" fleet ");
     if !s.fleet.shared {
@@ -474,6 +514,7 @@ fn help(f: &mut Frame, body: Rect) {
         "  /        filter          s      sort: newest, state, cost, name",
         "Everywhere",
         "  c   costs: today, burn rate, the cap      f  fleet: workers and heartbeats",
+        "  m   missions: Enter shows one's plan (a dry run), y starts it",
         "  h   (a chain) its last handoff / its live output",
         "  p   pause (no new session) / resume       P  pause now (sessions hand off)",
         "  x   kill the chain (asks first)           S  stop the operator (asks first)",
