@@ -263,14 +263,20 @@ async fn a_mission_is_started_from_the_keyboard_after_its_plan() {
          [[chain]]\nname = \"one\"\ntask = \"First\"\n\n[[chain]]\nname = \"two\"\ntask = \"Second\"\n",
     )
     .unwrap();
-    std::fs::write(op.root.path().join("config/missions/broken.toml"), "[[chain]\n").unwrap();
+    std::fs::write(
+        op.root.path().join("config/missions/broken.toml"),
+        "[[chain]\n",
+    )
+    .unwrap();
     let srv = Server::start(&op, &[]);
     let mut t = Pty::spawn(tui_cmd(&op, &[], &[]), 30, 110);
     t.until("the chains screen", |s| s.contains("? help"));
     t.send("m");
     t.until("the missions", |s| {
-        s.lines().any(|l| l.contains("nightly") && l.contains("two small chains"))
-            && s.lines().any(|l| l.contains("broken") && l.contains("cannot be read"))
+        s.lines()
+            .any(|l| l.contains("nightly") && l.contains("two small chains"))
+            && s.lines()
+                .any(|l| l.contains("broken") && l.contains("cannot be read"))
     });
     // `broken` sorts first: move to `nightly`, see its plan, then start it.
     let rows = t.screen();
@@ -283,12 +289,19 @@ async fn a_mission_is_started_from_the_keyboard_after_its_plan() {
         s.contains("Start nightly: 2 chain(s)") && s.contains("one (sim")
     });
     let (_, before) = srv.get("/api/chains").await;
-    assert_eq!(before["chains"].as_array().unwrap().len(), 0, "a dry run started something");
+    assert_eq!(
+        before["chains"].as_array().unwrap().len(),
+        0,
+        "a dry run started something"
+    );
     t.send("y");
     t.until("started", |s| s.contains("started"));
     let ok = common::eventually(Duration::from_secs(30), || {
         let out = op.run(&["list", "--json"]);
-        String::from_utf8_lossy(&out.stdout).matches("\"mission\":\"nightly\"").count() == 2
+        String::from_utf8_lossy(&out.stdout)
+            .matches("\"mission\":\"nightly\"")
+            .count()
+            == 2
     });
     assert!(ok, "the mission's two chains were not started");
     t.send("q");

@@ -63,6 +63,7 @@ impl Screenful {
         crossterm::execute!(
             std::io::stdout(),
             crossterm::terminal::EnterAlternateScreen,
+            crossterm::terminal::Clear(crossterm::terminal::ClearType::All),
             crossterm::cursor::Hide
         )?;
         Ok(Self)
@@ -103,8 +104,10 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
     let client = Client::new(target.clone());
     let _screen = Screenful::enter()?;
     let backend = ratatui::backend::CrosstermBackend::new(std::io::stdout());
+    // No `Terminal::clear`: it asks the terminal where its cursor is, which not every terminal
+    // answers (`script` with a pipe for input, some consoles); the alternate screen is cleared
+    // on entry instead.
     let mut term = ratatui::Terminal::new(backend)?;
-    term.clear()?;
     let theme = view::Theme {
         colour: opts.colour,
     };

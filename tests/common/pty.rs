@@ -35,21 +35,15 @@ impl Pty {
         let parser = Arc::new(Mutex::new(vt100::Parser::new(nz(rows), nz(cols), 0)));
         let mut reader = pair.master.try_clone_reader().expect("pty reader");
         let writer = Arc::new(Mutex::new(pair.master.take_writer().expect("pty writer")));
-        let (p, w) = (parser.clone(), writer.clone());
+        let p = parser.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n) = reader.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
-                let mut parser = p.lock().unwrap();
-                parser.process(&buf[..n]);
-                // Answer a cursor position request as a terminal does.
-                if buf[..n].windows(4).any(|x| x == b"\x1b[6n") {
-                    let (row, col) = parser.screen().cursor_position();
-                    let answer = format!("\x1b[{};{}R", row + 1, col + 1);
-                    let _ = w.lock().unwrap().write_all(answer.as_bytes());
-                }
+                // Like a terminal that answers no query (the view must not need one).
+                p.lock().unwrap().process(&buf[..n]);
             }
         });
         Self {
