@@ -20,6 +20,8 @@ use state::{Action, Link, Screen, State};
 
 /// The most often the screen is drawn: events are applied as they come, frames are dropped.
 const FRAME: Duration = Duration::from_millis(100);
+/// The least time between two reads of the lists.
+const READ_GAP: Duration = Duration::from_millis(300);
 /// How often the lists are read again without an event (ages, and while the socket is down).
 const POLL: Duration = Duration::from_secs(2);
 
@@ -134,9 +136,11 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
 
     let mut s = State::default();
     let mut dirty = true;
-    // One read at a time; a refresh asked for meanwhile runs when it ends.
+    // One read at a time, at most one every READ_GAP: a burst of events makes one read, not one
+    // per event; a refresh asked for meanwhile runs after it.
     let mut reading = false;
-    let mut read_again = false;
+    let mut wanted = true;
+    let mut last_read: Option<tokio::time::Instant> = None;
     let read = |s: &State, tx: &mpsc::Sender<Msg>| {
         let screen = s.screen.clone();
         let first = matches!(s.screen, Screen::Chain(_)) && s.detail.is_none();
@@ -177,6 +181,7 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
             Some(m) = msg_rx.recv() => {
                 match m {
                     Msg::Data(Ok(snap)) => {
+                        reading = false;
                         let snap = *snap;
                         s.set_chains(snap.chains);
                         s.status = Some(snap.status);
@@ -201,7 +206,10 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
                             s.mission_selected = s.mission_selected.min(s.missions.len().saturating_sub(1));
                         }
                     }
-                    Msg::Data(Err(why)) => s.message = Some(format!("could not read: {why}")),
+                    Msg::Data(Err(why)) => {
+                        reading = false;
+                        s.message = Some(format!("could not read: {why}"));
+                    }
                     Msg::Done(m) => {
                         s.message = Some(m);
                         actions.push(Action::Refresh);
@@ -211,17 +219,19 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
                         s.message = Some(format!("{mission} cannot start: {e}"));
                     }
                 }
-                reading = false;
-                if read_again {
-                    read_again = false;
-                    actions.push(Action::Refresh);
-                }
                 dirty = true;
             }
             _ = poll.tick() => actions.push(Action::Refresh),
             _ = frame.tick() => {
                 if ended.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
+                }
+                let due = last_read.is_none_or(|t| t.elapsed() >= READ_GAP);
+                if wanted && !reading && due {
+                    wanted = false;
+                    reading = true;
+                    last_read = Some(tokio::time::Instant::now());
+                    read(&s, &msg_tx);
                 }
                 if dirty {
                     let now = now_s();
@@ -243,11 +253,7 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
                     ws.abort();
                     return Ok(());
                 }
-                Action::Refresh if reading => read_again = true,
-                Action::Refresh => {
-                    reading = true;
-                    read(&s, &msg_tx);
-                }
+                Action::Refresh => wanted = true,
                 Action::Plan(mission) => {
                     let (client, tx) = (client.clone(), msg_tx.clone());
                     tokio::spawn(async move {
