@@ -41,6 +41,14 @@ impl DataDir {
         self.0.join("api.addr")
     }
 
+    /// The URL of the API of the operator running on this data dir (`api.addr`), when one
+    /// serves it.
+    pub fn api_url(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.api_addr_file()).ok()?;
+        let url = text.trim();
+        url.starts_with("http").then(|| url.to_string())
+    }
+
     /// The operator-wide events, as log lines.
     pub fn operator_log(&self) -> PathBuf {
         self.0.join("operator.log")

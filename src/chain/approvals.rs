@@ -138,11 +138,9 @@ impl ChainState {
     /// The chain's dashboard page: absolute when this operator serves its API, else the path.
     fn page_url(&self) -> String {
         let path = format!("/chains/{}", self.id);
-        match std::fs::read_to_string(
-            crate::datadir::DataDir::new(&self.ctx.data_dir).api_addr_file(),
-        ) {
-            Ok(base) if base.trim().starts_with("http") => format!("{}{path}", base.trim()),
-            _ => path,
+        match crate::datadir::DataDir::new(&self.ctx.data_dir).api_url() {
+            Some(base) => format!("{base}{path}"),
+            None => path,
         }
     }
 

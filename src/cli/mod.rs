@@ -162,18 +162,14 @@ async fn tui(t: &TuiArgs, op: &config::OperatorSettings) -> Result<u8> {
     let url = match &t.url {
         Some(u) => u.clone(),
         None => {
-            let file = crate::datadir::DataDir::new(&op.data_dir).api_addr_file();
-            match std::fs::read_to_string(&file) {
-                Ok(a) if !a.trim().is_empty() => a.trim().to_string(),
-                _ => {
-                    return Err(UsageError(format!(
-                        "no operator serves {} ({} is missing): start one with `operator serve` or `operator run … --serve`, or pass --url",
-                        op.data_dir.display(),
-                        file.display()
-                    ))
-                    .into());
-                }
-            }
+            let dir = crate::datadir::DataDir::new(&op.data_dir);
+            dir.api_url().ok_or_else(|| {
+                UsageError(format!(
+                    "no operator serves {} ({} is missing): start one with `operator serve` or `operator run … --serve`, or pass --url",
+                    op.data_dir.display(),
+                    dir.api_addr_file().display()
+                ))
+            })?
         }
     };
     if !url.starts_with("http://") && !url.starts_with("https://") {

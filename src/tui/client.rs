@@ -100,7 +100,8 @@ impl Client {
         match screen {
             Screen::Chain(id) => {
                 let chain: ChainRecord = self.get(&format!("/api/chains/{id}")).await?;
-                let approvals: Value = self.get(&format!("/api/chains/{id}/approvals")).await?;
+                let approvals: Vec<Value> =
+                    self.get(&format!("/api/chains/{id}/approvals")).await?;
                 if let Some(last) = chain
                     .sessions
                     .iter()
@@ -113,16 +114,12 @@ impl Client {
                     snap.handoff = serde_json::from_value(detail["handoff"].clone()).ok();
                 }
                 if first {
-                    let events: Value = self
+                    let events: Vec<Value> = self
                         .get(&format!("/api/chains/{id}/events?limit=1000"))
                         .await?;
-                    let list = events
-                        .as_array()
-                        .or_else(|| events["events"].as_array())
-                        .cloned()
-                        .unwrap_or_default();
                     snap.decisions = Some(
-                        list.into_iter()
+                        events
+                            .into_iter()
                             .filter(|e| e["kind"] == "session:permission")
                             .collect(),
                     );
@@ -288,13 +285,9 @@ impl Client {
 }
 
 /// The pending calls of `GET /api/chains/{id}/approvals`.
-fn pending(approvals: &Value) -> Vec<Pending> {
-    let list = approvals
-        .as_array()
-        .or_else(|| approvals["approvals"].as_array())
-        .cloned()
-        .unwrap_or_default();
-    list.iter()
+fn pending(approvals: &[Value]) -> Vec<Pending> {
+    approvals
+        .iter()
         .filter(|a| a["status"] == "pending")
         .map(|a| Pending {
             id: a["id"].as_str().unwrap_or_default().to_string(),
@@ -348,10 +341,10 @@ mod tests {
 
     #[test]
     fn only_pending_calls_are_offered() {
-        let v = serde_json::json!([
-            {"id": "ap-1", "status": "approved", "summary": "Bash: ls"},
-            {"id": "ap-2", "status": "pending", "summary": "Bash: git push"}
-        ]);
+        let v = [
+            serde_json::json!({"id": "ap-1", "status": "approved", "summary": "Bash: ls"}),
+            serde_json::json!({"id": "ap-2", "status": "pending", "summary": "Bash: git push"}),
+        ];
         assert_eq!(
             pending(&v),
             [Pending {

@@ -272,14 +272,7 @@ impl State {
             s("input"),
             s("rule")
         );
-        let line: String = crate::progress::printable(&line)
-            .chars()
-            .take(LINE_CHARS)
-            .collect();
-        if self.decisions.len() == DECISIONS {
-            self.decisions.pop_front();
-        }
-        self.decisions.push_back(line);
+        keep(&mut self.decisions, &line, DECISIONS);
     }
 
     /// The chains as read from the API; the selection stays in range.
@@ -477,15 +470,22 @@ impl State {
     }
 
     fn push_output(&mut self, line: String) {
-        let line: String = crate::progress::printable(&line)
+        keep(&mut self.output, &line, OUTPUT_LINES);
+    }
+}
+
+/// Appends `line` — control characters escaped, cut to [`LINE_CHARS`] — to a list that keeps
+/// its newest `cap` lines.
+fn keep(list: &mut VecDeque<String>, line: &str, cap: usize) {
+    if list.len() == cap {
+        list.pop_front();
+    }
+    list.push_back(
+        crate::progress::printable(line)
             .chars()
             .take(LINE_CHARS)
-            .collect();
-        if self.output.len() == OUTPUT_LINES {
-            self.output.pop_front();
-        }
-        self.output.push_back(line);
-    }
+            .collect(),
+    );
 }
 
 #[cfg(test)]
