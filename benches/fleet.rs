@@ -48,7 +48,7 @@ async fn claim_all(url: &str) -> (Duration, usize, usize) {
                 let (mut claimed, mut calls) = (0, 0);
                 loop {
                     let got = s
-                        .claim(&format!("w{i}"), CAPACITY, Duration::from_secs(600))
+                        .claim(&format!("w{i}"), CAPACITY, Duration::from_secs(600), &[])
                         .await
                         .expect("claim");
                     calls += 1;

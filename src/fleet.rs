@@ -39,6 +39,7 @@ pub async fn claim_loop(
     let tick = cfg.lease / 3;
     let mut renewed = Instant::now();
     let mut paused = None;
+    let mut refused = Vec::new();
     let mut listener = pg.listener(QUEUE_CHANNEL).await.ok();
     loop {
         if tx.is_closed() {
@@ -48,7 +49,12 @@ pub async fn claim_loop(
         let taking = mode
             .as_ref()
             .is_some_and(|m| *m.borrow() == crate::control::Mode::Running);
-        match step(&pg, &store, &cfg, &opts, &tx, &mut paused, taking).await {
+        let state = Step {
+            paused: &mut paused,
+            refused: &mut refused,
+            taking,
+        };
+        match step(&pg, &store, &cfg, &opts, &tx, state).await {
             Ok(()) => renewed = Instant::now(),
             Err(e) => {
                 tracing::warn!(worker = %cfg.id, cause = %e, "the fleet store did not answer");
@@ -78,15 +84,30 @@ pub async fn claim_loop(
     }
 }
 
+/// What one step of the loop reads and keeps.
+struct Step<'a> {
+    /// The fleet's pause flag as last seen (`None` before the first read).
+    paused: &'a mut Option<bool>,
+    /// Chains this worker claimed and found it cannot run (their stored settings name an agent
+    /// it cannot start, say): handed back, and never claimed here again.
+    refused: &'a mut Vec<String>,
+    /// Whether the worker takes work now (running, not paused or stopping).
+    taking: bool,
+}
+
 async fn step(
     pg: &PostgresStore,
     store: &SharedStore,
     cfg: &WorkerConfig,
     opts: &RunOptions,
     tx: &mpsc::UnboundedSender<FeedMsg>,
-    paused: &mut Option<bool>,
-    taking: bool,
+    state: Step<'_>,
 ) -> Result<(), crate::store::StoreError> {
+    let Step {
+        paused,
+        refused,
+        taking,
+    } = state;
     let (lost, _over) = pg.renew(cfg.lease).await?;
     for id in lost {
         let _ = tx.send(FeedMsg::Lost(id));
@@ -108,7 +129,12 @@ async fn step(
         return Ok(());
     }
     let claimed = pg
-        .claim(&cfg.id, cfg.capacity.saturating_sub(held), cfg.lease)
+        .claim(
+            &cfg.id,
+            cfg.capacity.saturating_sub(held),
+            cfg.lease,
+            refused,
+        )
         .await?;
     if claimed.is_empty() {
         return Ok(());
@@ -120,8 +146,18 @@ async fn step(
                 tracing::info!(worker = %cfg.id, chain.id = %id, fence, "claimed");
                 jobs.push(job);
             }
+            // The store failed between the claim and the chain's read (PostgreSQL restarting):
+            // the chain goes back at once, for this worker or another, rather than stay claimed
+            // (and renewed) here without running.
+            Err(crate::daemon::RunError::Store(e)) => {
+                tracing::warn!(worker = %cfg.id, chain.id = %id, cause = %e, "a claimed chain could not be read; handed back");
+                hand_back(pg, &cfg.id, &id, None).await;
+            }
             Err(e) => {
-                tracing::error!(chain.id = %id, cause = %e, "a claimed chain cannot run here")
+                tracing::error!(worker = %cfg.id, chain.id = %id, cause = %e, "a claimed chain cannot run here; handed back to the other workers");
+                let reason = format!("worker {} cannot run it: {e}", cfg.id);
+                refused.push(id.clone());
+                hand_back(pg, &cfg.id, &id, Some(&reason)).await;
             }
         }
     }
@@ -131,4 +167,12 @@ async fn step(
         settled: Vec::new(),
     }));
     Ok(())
+}
+
+/// Hands a claimed chain back; when the store cannot be reached, the claim is forgotten here and
+/// runs out with its lease.
+async fn hand_back(pg: &PostgresStore, worker: &str, id: &str, reason: Option<&str>) {
+    if let Err(e) = pg.hand_back(worker, id, reason).await {
+        tracing::warn!(worker, chain.id = %id, cause = %e, "a chain could not be handed back; its lease will run out");
+    }
 }

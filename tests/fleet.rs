@@ -285,6 +285,78 @@ async fn a_killed_workers_chains_finish_on_the_others_after_its_lease() {
     }
 }
 
+/// A claimed chain that a worker cannot start goes back to the queue with the reason, and is not
+/// claimed by that worker again; the workers go on with the rest. (It used to stay claimed,
+/// its lease renewed, by a worker that never ran it: one chain of the soak stuck for good when
+/// the database went down between a claim and the chain's read.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_a_worker_cannot_start_is_handed_back_with_the_reason() {
+    let Some(server) = pg::shared() else { return };
+    let url = server.fresh_db().await;
+    let op = Op::new();
+    let s = PostgresStore::open(&url).await.unwrap();
+    s.create_chain(&NewChain {
+        id: "c-unreadable".into(),
+        name: "unreadable".into(),
+        mission: None,
+        task: "t".into(),
+        config: serde_json::json!({"max_turns": "many"}),
+        status: ChainStatus::Queued,
+    })
+    .await
+    .unwrap();
+    enqueue(&op, &url, &mission(&op, 2, "50ms"));
+    let fleet = workers(&op, &url, 2, 2, "2s", &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let chains = all_chains(&s).await;
+        let done = chains
+            .iter()
+            .filter(|c| c.status == ChainStatus::Complete)
+            .count();
+        let bad = chains.iter().find(|c| c.id == "c-unreadable").unwrap();
+        let reason = bad.reason.clone().unwrap_or_default();
+        // Both workers have tried it: the reason names the last, and nobody holds it.
+        let handed_back = bad.status == ChainStatus::Queued
+            && reason.contains("cannot run it")
+            && reason.contains("max_turns")
+            && s.holders(&["c-unreadable".to_string()])
+                .await
+                .unwrap()
+                .is_empty();
+        if done == 2 && handed_back && tries_of(&url, "c-unreadable").await >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 120 s: {done} of 2 chains complete; the unreadable chain: {:?} {reason:?}, \
+             claimed {} times",
+            bad.status,
+            tries_of(&url, "c-unreadable").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Neither worker claims it again.
+    let tries = tries_of(&url, "c-unreadable").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(tries_of(&url, "c-unreadable").await, tries);
+    for w in fleet {
+        stop(w);
+    }
+}
+
+/// How many times a chain was claimed (its fence counts the claims), read from the database.
+async fn tries_of(url: &str, id: &str) -> i64 {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let n = sqlx::query_scalar("SELECT fence FROM chains WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
 /// The fleet's soak: twelve workers over PostgreSQL, one `kill -9`ed at a random moment every
 /// second or so (and started again under its name), the database server crashed and restarted
 /// twice (SIGQUIT: no shutdown checkpoint) along the way. Every chain completes, its session
@@ -354,7 +426,7 @@ async fn a_stale_worker_cannot_overwrite_the_new_owners_records() {
     .await
     .unwrap();
     let claim = old
-        .claim("old", 4, Duration::from_millis(300))
+        .claim("old", 4, Duration::from_millis(300), &[])
         .await
         .unwrap();
     assert_eq!(claim, vec![("c-1".to_string(), 1)]);
@@ -369,14 +441,16 @@ async fn a_stale_worker_cannot_overwrite_the_new_owners_records() {
     old.start_session(&start(1)).await.unwrap();
     // Nobody else may claim it while the lease holds.
     assert!(
-        new.claim("new", 4, Duration::from_secs(30))
+        new.claim("new", 4, Duration::from_secs(30), &[])
             .await
             .unwrap()
             .is_empty()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        new.claim("new", 4, Duration::from_secs(30)).await.unwrap(),
+        new.claim("new", 4, Duration::from_secs(30), &[])
+            .await
+            .unwrap(),
         vec![("c-1".to_string(), 2)]
     );
     new.set_chain_status("c-1", ChainStatus::Running, None, None)

@@ -14,9 +14,12 @@ pub fn to_stored(name: &str, after: &[String], settings: &ChainSettings) -> serd
     v
 }
 
-/// The settings back from their stored form (extra keys such as `name` are ignored).
-pub fn from_stored(v: &serde_json::Value) -> Result<ChainSettings, serde_json::Error> {
-    serde_json::from_value(v.clone())
+/// The settings back from their stored form (extra keys such as `name` are ignored). An error
+/// names the key it is about (`max_turns: invalid type: …`).
+pub fn from_stored(
+    v: &serde_json::Value,
+) -> Result<ChainSettings, serde_path_to_error::Error<serde_json::Error>> {
+    serde_path_to_error::deserialize(v)
 }
 
 /// The `after` list kept with the settings.
@@ -27,6 +30,12 @@ pub fn after_of(v: &serde_json::Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_stored_value_is_named_by_its_key() {
+        let e = from_stored(&serde_json::json!({"max_turns": "many"})).unwrap_err();
+        assert!(e.to_string().starts_with("max_turns: invalid type"), "{e}");
+    }
 
     #[test]
     fn settings_survive_their_stored_form() {

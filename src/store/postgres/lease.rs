@@ -71,13 +71,15 @@ impl PostgresStore {
     }
 
     /// Claims up to `n` chains for `worker` for `lease`: queued chains nobody holds, and
-    /// chains whose holder's lease ran out. Each claim increments the chain's fence; the
-    /// claims are remembered so this process's writes are fenced.
+    /// chains whose holder's lease ran out, except the chains in `skip` (those this worker
+    /// found it cannot run). Each claim increments the chain's fence; the claims are remembered
+    /// so this process's writes are fenced.
     pub async fn claim(
         &self,
         worker: &str,
         n: u32,
         lease: Duration,
+        skip: &[String],
     ) -> StoreResult<Vec<(String, i64)>> {
         if n == 0 {
             return Ok(Vec::new());
@@ -86,10 +88,12 @@ impl PostgresStore {
         // each an index walk that skips rows another worker is claiming.
         let orphans = format!(
             "SELECT id FROM chains WHERE lease_until < now() AND status IN {LIVE} \
-             AND NOT archived ORDER BY lease_until FOR UPDATE SKIP LOCKED LIMIT $3"
+             AND NOT archived AND NOT (id = ANY($4)) ORDER BY lease_until \
+             FOR UPDATE SKIP LOCKED LIMIT $3"
         );
         let queued = "SELECT id FROM chains WHERE worker IS NULL AND status = 'queued' \
-             AND NOT archived ORDER BY started_at, id FOR UPDATE SKIP LOCKED LIMIT $3";
+             AND NOT archived AND NOT (id = ANY($4)) ORDER BY started_at, id \
+             FOR UPDATE SKIP LOCKED LIMIT $3";
         let mut claimed: Vec<(String, i64)> = Vec::new();
         for pick in [orphans.as_str(), queued] {
             let want = n as usize - claimed.len();
@@ -105,6 +109,7 @@ impl PostgresStore {
                 .bind(worker)
                 .bind(lease.as_secs_f64())
                 .bind(want as i64)
+                .bind(skip)
                 .fetch_all(&self.pool)
                 .await?;
             for r in &rows {
@@ -176,26 +181,49 @@ impl PostgresStore {
     /// Hands back the chains `worker` holds that are not over (a graceful stop): queued
     /// again, for any worker to claim at once.
     pub async fn release(&self, worker: &str) -> StoreResult<u64> {
-        let held = self.held_fences();
         let mut n = 0;
-        for (id, fence) in held {
-            let sql = format!(
-                "UPDATE chains SET worker = NULL, lease_until = NULL, status = 'queued', \
-                 reason = NULL WHERE id = $1 AND fence = $2 AND worker = $3 AND status IN {LIVE}"
-            );
-            n += sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&id)
-                .bind(fence)
-                .bind(worker)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+        for (id, _) in self.held_fences() {
+            n += u64::from(self.hand_back(worker, &id, None).await?);
         }
         sqlx::query("DELETE FROM workers WHERE id = $1")
             .bind(worker)
             .execute(&self.pool)
             .await?;
         Ok(n)
+    }
+
+    /// Hands back one chain `worker` claimed (it could not start it here): forgotten by this
+    /// process at once, then queued again with `reason` when the claim is still this worker's
+    /// and the chain not over. When the store cannot be reached the claim is forgotten all
+    /// the same: its lease runs out and another worker claims it as an orphan. Returns whether
+    /// the chain was queued again.
+    pub async fn hand_back(
+        &self,
+        worker: &str,
+        chain_id: &str,
+        reason: Option<&str>,
+    ) -> StoreResult<bool> {
+        let fence = self
+            .fences
+            .write()
+            .ok()
+            .and_then(|mut f| f.remove(chain_id));
+        let Some(fence) = fence else {
+            return Ok(false);
+        };
+        let sql = format!(
+            "UPDATE chains SET worker = NULL, lease_until = NULL, status = 'queued', \
+             reason = $4 WHERE id = $1 AND fence = $2 AND worker = $3 AND status IN {LIVE}"
+        );
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain_id)
+            .bind(fence)
+            .bind(worker)
+            .bind(reason)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
     }
 
     /// A connection listening for notifications on `channel`.
