@@ -31,6 +31,7 @@ async fn every_documented_route_answers_and_the_m4_routes_are_documented() {
         "POST /api/chains",
         "GET /api/chains/{id}",
         "POST /api/chains/{id}/abort",
+        "POST /api/chains/{id}/resume",
         "DELETE /api/chains/{id}",
         "GET /api/chains/{id}/sessions/{idx}",
         "GET /api/chains/{id}/sessions/{idx}/output",
@@ -361,6 +362,18 @@ async fn bad_requests_get_clear_errors_in_one_shape() {
             "",
         ),
         (
+            srv.req(Method::POST, &format!("/api/chains/{id}/resume")),
+            StatusCode::CONFLICT,
+            "conflict",
+            "nothing to resume",
+        ),
+        (
+            srv.req(Method::POST, &format!("/api/chains/{UNKNOWN}/resume")),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "",
+        ),
+        (
             srv.req(Method::POST, "/api/chains")
                 .json(&json!({"task": "x".repeat(70_000)})),
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -500,6 +513,63 @@ async fn abort_over_http_stops_the_agent_process() {
         Some(5),
         "an aborted chain's exit code"
     );
+}
+
+/// A chain aborted through the API runs again on `resume`: a new session, in the same operator,
+/// from its last handoff; a running chain cannot be resumed twice.
+#[tokio::test]
+async fn an_aborted_chain_resumes_over_http_with_a_new_session() {
+    let op = Op::new();
+    let srv = Server::start(&op, &["--scenario", "hang"]);
+    let id = srv.start_chain("hang around").await;
+    srv.wait_status(&id, "running").await;
+    let (st, v) = srv
+        .post(&format!("/api/chains/{id}/resume"), Value::Null)
+        .await;
+    assert_eq!(
+        (st, error_code(&v).as_str()),
+        (StatusCode::CONFLICT, "conflict"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already running"),
+        "{v}"
+    );
+    srv.post(&format!("/api/chains/{id}/abort"), Value::Null)
+        .await;
+    srv.wait_status(&id, "aborted").await;
+    assert!(
+        eventually(Duration::from_secs(10), || processes_in(&op.workdir())
+            .is_empty()),
+        "the agent outlived the abort"
+    );
+    let (st, v) = srv
+        .post(&format!("/api/chains/{id}/resume"), Value::Null)
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["state"], "resuming");
+    let c = srv
+        .wait_chain(&id, "a second session running", |c| {
+            c["status"] == "running"
+                && c["sessions"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .any(|x| x["index"] == 2 && x["status"] == "running")
+                })
+        })
+        .await;
+    assert_eq!(c["sessions"][0]["status"], "interrupted", "{c}");
+    assert!(
+        eventually(Duration::from_secs(20), || !processes_in(&op.workdir())
+            .is_empty()),
+        "the resumed chain's agent never started"
+    );
+    srv.post(&format!("/api/chains/{id}/abort"), Value::Null)
+        .await;
+    srv.wait_status(&id, "aborted").await;
+    srv.stop().await;
 }
 
 #[tokio::test]
@@ -840,14 +910,34 @@ async fn binding_off_loopback_needs_a_token_and_then_every_read_needs_it() {
     assert_eq!(st, StatusCode::ACCEPTED);
 }
 
-/// Open descriptors of a process.
-/// The sockets a process holds (its files, such as the store's, come and go on their own).
-fn open_sockets(pid: u32) -> usize {
+/// The TCP connections to `port` that process `pid` has accepted: its socket descriptors whose
+/// inode is a connection on that local port in /proc/net/tcp{,6}. (Counting every socket it holds
+/// also counted its own unix sockets, which come and go: 258 seen for a cap of 256.) Connections
+/// still in the kernel's accept queue belong to no process and are not counted.
+fn accepted_connections(pid: u32, port: u16) -> usize {
+    let mut on_port = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is `HEX_IP:HEX_PORT`, st `0A` is LISTEN, field 9 the inode.
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port)
+                && f.get(3) != Some(&"0A")
+                && let Some(inode) = f.get(9)
+            {
+                on_port.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
         d.flatten()
             .filter(|e| {
                 std::fs::read_link(e.path())
-                    .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                    .is_ok_and(|l| on_port.contains(l.to_string_lossy().as_ref()))
             })
             .count()
     })
@@ -872,7 +962,11 @@ async fn slow_and_idle_clients_are_cut_and_cannot_take_the_servers_descriptors()
     let srv = Server::start(&op, &[]);
     let addr = srv.url.trim_start_matches("http://").to_string();
     let pid = srv.child.id();
-    let before = open_sockets(pid);
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap();
 
     // Headers that never end, sent slowly.
     let mut slow_head = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -899,9 +993,10 @@ async fn slow_and_idle_clients_are_cut_and_cannot_take_the_servers_descriptors()
         silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let held = open_sockets(pid) - before;
+    let held = accepted_connections(pid, port);
+    // It holds as many as it may (the count sees them), and no more.
     assert!(
-        held <= operator::http::MAX_CONNECTIONS,
+        held > operator::http::MAX_CONNECTIONS / 2 && held <= operator::http::MAX_CONNECTIONS,
         "{held} sockets for {} connections",
         silent.len() + 3
     );

@@ -343,7 +343,7 @@ pub async fn get_one(
 #[serde(rename_all = "camelCase")]
 pub struct Ack {
     pub id: String,
-    /// What was done: `aborting`, `archived`.
+    /// What was done: `aborting`, `resuming`, `archived`.
     pub state: String,
 }
 
@@ -375,6 +375,29 @@ pub async fn abort(
         axum::Json(Ack {
             id,
             state: "aborting".into(),
+        }),
+    ))
+}
+
+/// Resume a chain that ended without completing (failed, stopped at its session or budget
+/// limit, aborted) or was interrupted: it runs again in this operator from its last handoff, with
+/// the settings it was started with (nothing in the request can change them); a chain stopped
+/// at a limit gets a new allowance of sessions, as with `operator run --resume`.
+#[utoipa::path(post, path = "/api/chains/{id}/resume", tag = "chains",
+    params(("id" = String, Path, description = "chain id")),
+    responses((status = 202, body = Ack), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub async fn resume(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<(StatusCode, axum::Json<Ack>)> {
+    find(&st, &id).await?;
+    st.control()?.resume_chain(&id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Ack {
+            id,
+            state: "resuming".into(),
         }),
     ))
 }

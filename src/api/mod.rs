@@ -39,6 +39,8 @@ pub trait Control: Send + Sync {
     /// `Ok(false)`: this operator does not run (or queue) that chain.
     async fn abort(&self, chain_id: &str) -> Result<bool, ControlError>;
     async fn start(&self, req: StartRequest) -> Result<StartOutcome, ControlError>;
+    /// Runs an ended or interrupted chain again from its last handoff, with its stored settings.
+    async fn resume_chain(&self, chain_id: &str) -> Result<(), ControlError>;
     /// Pause, resume or stop, exactly as the signals do.
     async fn signal(&self, ev: SignalEvent) -> Result<(), ControlError>;
 }
@@ -56,6 +58,9 @@ pub enum ControlError {
     /// No such mission (404).
     #[error("{0}")]
     UnknownMission(String),
+    /// No such chain (404).
+    #[error("{0}")]
+    UnknownChain(String),
     /// The request, or the configuration it would run with, is invalid (422).
     #[error("{0}")]
     Invalid(String),
@@ -71,7 +76,9 @@ impl From<ControlError> for ApiError {
         match e {
             ControlError::Gone => ApiError::Unavailable(e.to_string()),
             ControlError::Busy(m) => ApiError::Conflict(m),
-            ControlError::UnknownMission(m) => ApiError::NotFound(m),
+            ControlError::UnknownMission(m) | ControlError::UnknownChain(m) => {
+                ApiError::NotFound(m)
+            }
             ControlError::Invalid(m) => ApiError::Unprocessable(m),
             ControlError::Store(s) => s.into(),
             ControlError::Internal(m) => ApiError::Internal(m),
@@ -160,6 +167,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(chains::list, chains::create))
         .routes(routes!(chains::get_one, chains::delete))
         .routes(routes!(chains::abort))
+        .routes(routes!(chains::resume))
         .routes(routes!(approvals::list))
         .routes(routes!(approvals::answer))
         .routes(routes!(chains::session))

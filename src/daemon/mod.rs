@@ -108,6 +108,7 @@ enum ControlMsg {
         StartRequest,
         oneshot::Sender<Result<StartOutcome, ControlError>>,
     ),
+    Resume(String, oneshot::Sender<Result<(), ControlError>>),
 }
 
 /// The API's handle on this run.
@@ -168,6 +169,14 @@ impl api::Control for DaemonControl {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(ControlMsg::Start(req, reply))
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    async fn resume_chain(&self, chain_id: &str) -> Result<(), ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(ControlMsg::Resume(chain_id.to_string(), reply))
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
@@ -781,6 +790,10 @@ async fn run(
                     let _ = reply.send(answer);
                     None
                 }
+                Some(ControlMsg::Resume(id, reply)) => {
+                    let _ = reply.send(d.on_resume(&id).await);
+                    None
+                }
                 None => None,
             },
         };
@@ -1003,6 +1016,52 @@ impl Daemon<'_> {
             let _ = self.operator.cast(OperatorMsg::Submit(batch));
         }
         Ok(outcome)
+    }
+
+    /// A chain resumed through the API: run here again from its last handoff.
+    async fn on_resume(&mut self, id: &str) -> Result<(), ControlError> {
+        if *self.mode_tx.borrow() == Mode::Stopping {
+            return Err(ControlError::Busy(
+                "the operator is stopping; resume the chain with `operator run --resume` later"
+                    .into(),
+            ));
+        }
+        if self.opts.enqueue {
+            return Err(ControlError::Busy(
+                "this operator queues chains for a fleet and runs none; resume the chain with \
+                 `operator run --store URL --resume ID`"
+                    .into(),
+            ));
+        }
+        let snap = self
+            .operator
+            .call(OperatorMsg::Status, Some(CALL_TIMEOUT))
+            .await
+            .map_err(|_| gone())?
+            .success_or(gone())?;
+        if snap.running.iter().chain(&snap.queued).any(|c| c == id) {
+            return Err(ControlError::Busy(format!(
+                "chain {id} is already running in this operator"
+            )));
+        }
+        let batch = prepare_resume(&self.store, Some(id), self.opts, Ok)
+            .await
+            .map_err(|e| match e {
+                RunError::UnknownChain(_) => ControlError::UnknownChain(e.to_string()),
+                RunError::Store(s) => ControlError::Store(s),
+                RunError::NotResumable { .. } | RunError::Busy { .. } => {
+                    ControlError::Busy(e.to_string())
+                }
+                RunError::Spawn(_) => ControlError::Internal(e.to_string()),
+                _ => ControlError::Invalid(e.to_string()),
+            })?;
+        tracing::info!(chain.id = %id, "resumed through the API");
+        if !self.ids.iter().any(|c| c == id) {
+            self.ids.push(id.to_string());
+        }
+        self.known.extend(batch.jobs.iter().map(Job::key));
+        let _ = self.operator.cast(OperatorMsg::Submit(batch));
+        Ok(())
     }
 
     /// A stop, pause, resume or reload — from a signal, the API, or the fleet. `persist`: a

@@ -287,6 +287,7 @@ fn act(client: &Client, a: Action, tx: &mpsc::Sender<Msg>) {
         Action::Resume => ("/api/orchestrator/resume".into(), json!({}), "resumed"),
         Action::Stop => ("/api/orchestrator/stop".into(), json!({}), "stopping"),
         Action::Kill(id) => (format!("/api/chains/{id}/abort"), json!({}), "killed"),
+        Action::ResumeChain(id) => (format!("/api/chains/{id}/resume"), json!({}), "resumed"),
         Action::Approve { chain, approval } => (
             format!("/api/chains/{chain}/approvals/{approval}"),
             json!({"decision": "approve"}),

@@ -98,6 +98,8 @@ pub enum Action {
     Resume,
     Stop,
     Kill(String),
+    /// Run an ended or interrupted chain again from its last handoff.
+    ResumeChain(String),
     Approve {
         chain: String,
         approval: String,
@@ -412,6 +414,16 @@ impl State {
                     });
                 }
             }
+            KeyCode::Char('R') => {
+                if let Some(id) = self.selected_id() {
+                    self.confirm = Some(Confirm {
+                        question: format!(
+                            "Resume chain {id}? It runs again from its last handoff (y/N)"
+                        ),
+                        action: Action::ResumeChain(id),
+                    });
+                }
+            }
             KeyCode::Char('a') | KeyCode::Char('d') => {
                 if let (Screen::Chain(chain), Some(p)) = (&self.screen, self.pending.first()) {
                     let (chain, approval) = (chain.clone(), p.id.clone());
@@ -564,6 +576,11 @@ mod tests {
         assert_eq!(s.key(key(KeyCode::Char('y'))), [Action::Kill("c-2".into())]);
         s.key(key(KeyCode::Char('S')));
         assert_eq!(s.key(key(KeyCode::Char('y'))), [Action::Stop]);
+        s.key(key(KeyCode::Char('R')));
+        assert_eq!(
+            s.key(key(KeyCode::Char('y'))),
+            [Action::ResumeChain("c-2".into())]
+        );
     }
 
     #[test]

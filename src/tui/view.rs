@@ -115,7 +115,7 @@ fn footer(s: &State) -> Line<'static> {
             " ? help · q quit · Esc back · c costs · f fleet · p pause/resume · P pause now · S stop · r read again"
         }
         Screen::Chain(_) => {
-            " ? help · q quit · Esc back · h handoff/output · a approve · d deny · x kill · p pause/resume · S stop"
+            " ? help · q quit · Esc back · h handoff/output · a approve · d deny · x kill · R resume · p pause/resume · S stop"
         }
     };
     Line::from(keys)
@@ -518,6 +518,7 @@ fn help(f: &mut Frame, body: Rect) {
         "  h   (a chain) its last handoff / its live output",
         "  p   pause (no new session) / resume       P  pause now (sessions hand off)",
         "  x   kill the chain (asks first)           S  stop the operator (asks first)",
+        "  R   resume the chain from its last handoff (asks first)",
         "  a/d approve / deny the held tool call     o  the chain's dashboard URL",
         "  r   read everything again                 q  quit (the operator goes on)",
         "",
