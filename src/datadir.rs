@@ -54,6 +54,11 @@ impl DataDir {
         self.0.join("operator.log")
     }
 
+    /// What a run started by `operator run --tui` prints (its log lines and its summary).
+    pub fn run_log(&self) -> PathBuf {
+        self.0.join("run.log")
+    }
+
     /// A chain's folder.
     pub fn chain(&self, id: &str) -> PathBuf {
         self.0.join("chains").join(id)

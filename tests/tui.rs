@@ -134,6 +134,23 @@ async fn the_view_follows_a_chain_and_steers_the_operator() {
     t.until("the chain shown aborted", |s| {
         s.lines().any(|l| l.contains(&id) && l.contains("aborted"))
     });
+    // And resumed, with its confirmation: it runs again, in a new session.
+    t.send("R");
+    t.until("the question", |s| {
+        s.contains(&format!("Resume chain {id}?"))
+    });
+    t.send("y");
+    srv.wait_chain(&id, "running a new session", |c| {
+        c["status"] == "running"
+            && c["sessions"]
+                .as_array()
+                .and_then(|s| s.last())
+                .is_some_and(|s| s["status"] == "running")
+    })
+    .await;
+    t.until("the chain shown running again", |s| {
+        s.lines().any(|l| l.contains(&id) && l.contains("running"))
+    });
     t.send("q");
     assert!(t.wait().success());
 }
@@ -306,4 +323,102 @@ async fn a_mission_is_started_from_the_keyboard_after_its_plan() {
     assert!(ok, "the mission's two chains were not started");
     t.send("q");
     assert!(t.wait().success());
+}
+
+/// `operator run --tui <args>` as a user's shell starts it, on the sim agent with chains long
+/// enough to watch.
+fn run_tui_cmd(op: &Op, task: &str) -> CommandBuilder {
+    let mut c = CommandBuilder::new(BIN);
+    for a in ["run", "--tui", "--agent", "sim", "--task", task] {
+        c.arg(a);
+    }
+    user_env(
+        &mut c,
+        op,
+        &[
+            ("OPERATOR_WORKDIR", op.workdir().to_str().unwrap()),
+            ("OPERATOR_SIM__STEP", "300ms"),
+            ("OPERATOR_SIM__SCENARIO", "incomplete"),
+            ("OPERATOR_SIM__COMPLETE_AFTER", "50"),
+            ("OPERATOR_MAX_CONTINUATIONS", "60"),
+        ],
+    );
+    c
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// `run --tui`: the run in the background with the view in front. Quitting asks; `l` leaves the
+/// run going (`operator tui` finds it again, a second `run --tui` is refused with the reason,
+/// `operator stop` stops it); `s` stops it and ends with the run's exit code.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_with_the_view_in_front_asks_what_becomes_of_the_run_on_quit() {
+    let op = Op::new();
+    std::fs::create_dir_all(op.workdir()).unwrap();
+    let mut t = Pty::spawn(run_tui_cmd(&op, "Watched from the front"), 30, 110);
+    t.until("the chain running", |s| {
+        s.lines().any(|l| l.contains("c-") && l.contains("running"))
+    });
+    t.send("q");
+    t.until("the question", |s| s.contains("Quit: s stops the run"));
+    t.send("l");
+    assert!(t.wait().success());
+    let screen = t.screen();
+    let pid: i32 = screen
+        .split("in the background (pid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in:\n{screen}"));
+    assert!(alive(pid), "the run did not go on:\n{screen}");
+
+    // `operator tui` attaches to it; quitting that view asks nothing.
+    let mut again = Pty::spawn(tui_cmd(&op, &[], &[]), 30, 110);
+    again.until("the same chain, running", |s| {
+        s.lines().any(|l| l.contains("c-") && l.contains("running"))
+    });
+    again.send("q");
+    assert!(again.wait().success());
+    assert!(alive(pid));
+
+    // A second run on the same data dir is refused, and says why.
+    let mut second = Pty::spawn(run_tui_cmd(&op, "A second run"), 30, 110);
+    let status = second.wait();
+    assert!(!status.success());
+    let screen = second.screen();
+    assert!(
+        screen.contains("ended before it served its API") && screen.contains(&pid.to_string()),
+        "{screen}"
+    );
+
+    let out = op.cmd(&["stop"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        common::eventually(Duration::from_secs(30), || !alive(pid)),
+        "operator stop did not stop the background run"
+    );
+
+    // Once more, and `s` stops the run: the view waits for it and ends with its exit code.
+    let mut t = Pty::spawn(run_tui_cmd(&op, "Stopped from the front"), 30, 110);
+    t.until("the chain running", |s| {
+        s.lines()
+            .any(|l| l.contains("c-") && l.contains("running") && !l.contains("interrupted"))
+    });
+    t.send("q");
+    t.until("the question", |s| s.contains("Quit: s stops the run"));
+    t.send("s");
+    let status = t.wait();
+    let screen = t.screen();
+    assert!(screen.contains("the run stopped (exit code"), "{screen}");
+    assert!(
+        !status.success(),
+        "an interrupted run's exit code: {screen}"
+    );
+    assert!(common::processes_in(&op.workdir()).is_empty());
 }

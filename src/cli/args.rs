@@ -180,6 +180,11 @@ pub(super) struct RunArgs {
     /// else 127.0.0.1:3100).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
     pub(super) serve: Option<String>,
+    /// Run in the background and show the terminal view in front (`operator tui`); quitting it
+    /// asks whether to stop the run or leave it running. The run's output goes to run.log in
+    /// the data dir.
+    #[arg(long, conflicts_with_all = ["dry_run", "json", "enqueue"])]
+    pub(super) tui: bool,
     #[command(flatten)]
     pub(super) settings: SettingFlags,
 }

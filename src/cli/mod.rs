@@ -37,6 +37,7 @@ macro_rules! say {
 mod args;
 mod checks;
 mod control;
+mod front;
 mod init;
 mod manual;
 mod render;
@@ -178,15 +179,22 @@ async fn tui(t: &TuiArgs, op: &config::OperatorSettings) -> Result<u8> {
         ))
         .into());
     }
-    let token = match &op.api_token {
+    let target = crate::tui::Target {
+        url,
+        token: api_token(op),
+    };
+    crate::tui::run(target, crate::tui::Options::from_env(), None).await?;
+    Ok(exit::OK)
+}
+
+/// The token for the API's writes: operator.toml's, else the data dir's.
+fn api_token(op: &config::OperatorSettings) -> Option<String> {
+    match &op.api_token {
         Some(t) => Some(t.0.clone()),
         None => crate::api::security::read_or_create_token(&op.data_dir, false)
             .ok()
             .flatten(),
-    };
-    let target = crate::tui::Target { url, token };
-    crate::tui::run(target, crate::tui::Options::from_env()).await?;
-    Ok(exit::OK)
+    }
 }
 
 /// A mistake in how operator was called (exit 2).
@@ -268,6 +276,8 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
     let op = &loaded.operator;
     let data_dir = op.data_dir.clone();
     match &cli.command {
+        Command::Run(r) if r.tui => front::run_with_view(&loaded.operator, r.serve.is_some()).await,
+        Command::Serve(s) if s.run.tui => front::run_with_view(&loaded.operator, true).await,
         Command::Run(r) => {
             let serve = r.serve.clone().map(|a| (a, false));
             run(r, &loaded, &ov, live_view, (op_file, env), serve).await

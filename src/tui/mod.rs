@@ -101,8 +101,24 @@ enum Msg {
     Planned(String, Result<serde_json::Value, String>),
 }
 
+/// The run a view started (`operator run --tui`), watched by it.
+pub struct Owned {
+    pub pid: u32,
+    /// Its exit code once it has ended.
+    pub ended: tokio::sync::watch::Receiver<Option<i32>>,
+}
+
+/// How the view ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The user quit (or a signal ended the view); a run it started goes on.
+    Quit,
+    /// The user asked the run it started to stop; the stop was sent.
+    StopRun,
+}
+
 /// Runs the view until the user quits, SIGTERM/SIGHUP arrives or the terminal closes.
-pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
+pub async fn run(target: Target, opts: Options, own: Option<Owned>) -> Result<Outcome, TuiError> {
     let client = Client::new(target.clone());
     let _screen = Screenful::enter()?;
     let backend = ratatui::backend::CrosstermBackend::new(std::io::stdout());
@@ -135,6 +151,11 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     let mut s = State::default();
+    let (own_pid, mut own_ended) = match own {
+        Some(o) => (Some(o.pid), Some(o.ended)),
+        None => (None, None),
+    };
+    s.own = own_pid.map(|pid| state::OwnRun { pid, ended: None });
     let mut dirty = true;
     // One read at a time, at most one every READ_GAP: a burst of events makes one read, not one
     // per event; a refresh asked for meanwhile runs after it.
@@ -221,6 +242,19 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
                 }
                 dirty = true;
             }
+            code = async {
+                match own_ended.as_mut() {
+                    Some(rx) => rx.wait_for(Option::is_some).await.ok().and_then(|c| *c),
+                    None => std::future::pending().await,
+                }
+            }, if own_ended.is_some() => {
+                own_ended = None;
+                if let (Some(o), Some(code)) = (s.own.as_mut(), code) {
+                    o.ended = Some(code);
+                    s.message = Some(format!("the run ended (exit code {code}); q quits"));
+                }
+                dirty = true;
+            }
             _ = poll.tick() => actions.push(Action::Refresh),
             _ = frame.tick() => {
                 if ended.load(std::sync::atomic::Ordering::Relaxed) {
@@ -251,7 +285,14 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
             match a {
                 Action::Quit => {
                     ws.abort();
-                    return Ok(());
+                    return Ok(Outcome::Quit);
+                }
+                Action::StopRun => {
+                    ws.abort();
+                    if let Err(e) = client.post("/api/orchestrator/stop", json!({})).await {
+                        tracing::debug!(cause = %e, "the stop was not acknowledged");
+                    }
+                    return Ok(Outcome::StopRun);
                 }
                 Action::Refresh => wanted = true,
                 Action::Plan(mission) => {
@@ -269,7 +310,7 @@ pub async fn run(target: Target, opts: Options) -> Result<(), TuiError> {
         }
     }
     ws.abort();
-    Ok(())
+    Ok(Outcome::Quit)
 }
 
 /// Carries out a write in the background; its outcome goes to the status line.
@@ -303,7 +344,9 @@ fn act(client: &Client, a: Action, tx: &mpsc::Sender<Msg>) {
             json!({"mission": mission}),
             "started",
         ),
-        Action::Refresh | Action::Browse(_) | Action::Plan(_) | Action::Quit => return,
+        Action::Refresh | Action::Browse(_) | Action::Plan(_) | Action::Quit | Action::StopRun => {
+            return;
+        }
     };
     let (client, tx) = (client.clone(), tx.clone());
     tokio::spawn(async move {

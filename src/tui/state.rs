@@ -114,14 +114,39 @@ pub enum Action {
     Plan(String),
     /// Start a mission whose plan was confirmed.
     Start(String),
+    /// Stop the run this view started, then quit (`operator run --tui`).
+    StopRun,
     Quit,
 }
 
-/// A question the user must answer with `y` before `action` is carried out.
+/// A question the user must answer with `yes` (`y`, mostly) before `action` is carried out;
+/// `other` is a second answer (a key and its action) when the question has two. Any other key
+/// cancels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Confirm {
     pub question: String,
+    pub yes: char,
     pub action: Action,
+    pub other: Option<(char, Action)>,
+}
+
+impl Confirm {
+    fn yes(question: String, action: Action) -> Self {
+        Self {
+            question,
+            yes: 'y',
+            action,
+            other: None,
+        }
+    }
+}
+
+/// The run this view started (`operator run --tui`): quitting asks what becomes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnRun {
+    pub pid: u32,
+    /// Its exit code once it has ended on its own.
+    pub ended: Option<i32>,
 }
 
 /// A tool call a chain holds for a person.
@@ -164,6 +189,8 @@ pub struct State {
     /// The missions folder, while the missions screen is open.
     pub missions: Vec<Mission>,
     pub mission_selected: usize,
+    /// The run this view started, if it did.
+    pub own: Option<OwnRun>,
 }
 
 impl Default for State {
@@ -190,6 +217,7 @@ impl Default for State {
             pane: Pane::Output,
             missions: Vec::new(),
             mission_selected: 0,
+            own: None,
         }
     }
 }
@@ -258,10 +286,7 @@ impl State {
             chains.len(),
             crate::progress::printable(&chains.join("; "))
         );
-        self.confirm = Some(Confirm {
-            question,
-            action: Action::Start(mission.to_string()),
-        });
+        self.confirm = Some(Confirm::yes(question, Action::Start(mission.to_string())));
     }
 
     /// A permission decision of the open chain (`session:permission`'s data).
@@ -286,17 +311,22 @@ impl State {
 
     /// A key pressed; what to do about it.
     pub fn key(&mut self, k: KeyEvent) -> Vec<Action> {
-        if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
-            return vec![Action::Quit];
-        }
+        let ctrl_c = k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c');
         if let Some(c) = self.confirm.take() {
             return match k.code {
-                KeyCode::Char('y') | KeyCode::Char('Y') => vec![c.action],
+                _ if ctrl_c => vec![Action::Quit],
+                KeyCode::Char(ch) if ch.to_ascii_lowercase() == c.yes => vec![c.action],
+                KeyCode::Char(ch) if c.other.as_ref().is_some_and(|(o, _)| *o == ch) => {
+                    c.other.map(|(_, a)| a).into_iter().collect()
+                }
                 _ => {
                     self.message = Some("cancelled".into());
                     Vec::new()
                 }
             };
+        }
+        if ctrl_c {
+            return self.quit();
         }
         if self.filtering {
             match k.code {
@@ -319,7 +349,7 @@ impl State {
             return Vec::new();
         }
         match k.code {
-            KeyCode::Char('q') => return vec![Action::Quit],
+            KeyCode::Char('q') => return self.quit(),
             KeyCode::Char('?') => self.help = true,
             KeyCode::Char('/') if self.screen == Screen::Chains => self.filtering = true,
             KeyCode::Char('s') if self.screen == Screen::Chains => {
@@ -400,28 +430,25 @@ impl State {
             }
             KeyCode::Char('P') => return vec![Action::Pause { now: true }],
             KeyCode::Char('S') => {
-                self.confirm = Some(Confirm {
-                    question: "Stop the operator? Running sessions write their handoffs (y/N)"
-                        .into(),
-                    action: Action::Stop,
-                });
+                self.confirm = Some(Confirm::yes(
+                    "Stop the operator? Running sessions write their handoffs (y/N)".into(),
+                    Action::Stop,
+                ));
             }
             KeyCode::Char('x') => {
                 if let Some(id) = self.selected_id() {
-                    self.confirm = Some(Confirm {
-                        question: format!("Kill chain {id}? Its agent is stopped now (y/N)"),
-                        action: Action::Kill(id),
-                    });
+                    self.confirm = Some(Confirm::yes(
+                        format!("Kill chain {id}? Its agent is stopped now (y/N)"),
+                        Action::Kill(id),
+                    ));
                 }
             }
             KeyCode::Char('R') => {
                 if let Some(id) = self.selected_id() {
-                    self.confirm = Some(Confirm {
-                        question: format!(
-                            "Resume chain {id}? It runs again from its last handoff (y/N)"
-                        ),
-                        action: Action::ResumeChain(id),
-                    });
+                    self.confirm = Some(Confirm::yes(
+                        format!("Resume chain {id}? It runs again from its last handoff (y/N)"),
+                        Action::ResumeChain(id),
+                    ));
                 }
             }
             KeyCode::Char('a') | KeyCode::Char('d') => {
@@ -444,6 +471,25 @@ impl State {
             _ => {}
         }
         Vec::new()
+    }
+
+    /// `q` or Ctrl-C: quits at once, unless the view started a run that still goes on — then it
+    /// asks whether to stop the run or leave it running.
+    fn quit(&mut self) -> Vec<Action> {
+        match self.own {
+            Some(OwnRun { pid, ended: None }) => {
+                self.confirm = Some(Confirm {
+                    question: format!(
+                        "Quit: s stops the run · l leaves it running (pid {pid}) · Esc stays"
+                    ),
+                    yes: 's',
+                    action: Action::StopRun,
+                    other: Some(('l', Action::Quit)),
+                });
+                Vec::new()
+            }
+            _ => vec![Action::Quit],
+        }
     }
 
     fn open(&mut self, id: String) {
@@ -542,6 +588,32 @@ mod tests {
 
     fn ids(s: &State) -> Vec<&str> {
         s.visible().iter().map(|c| c.id.as_str()).collect()
+    }
+
+    #[test]
+    fn quitting_a_view_that_started_its_run_asks_what_becomes_of_it() {
+        let mut s = state();
+        assert_eq!(s.key(key(KeyCode::Char('q'))), [Action::Quit]);
+        s.own = Some(OwnRun {
+            pid: 42,
+            ended: None,
+        });
+        assert!(s.key(key(KeyCode::Char('q'))).is_empty());
+        assert!(s.confirm.as_ref().unwrap().question.contains("pid 42"));
+        assert!(
+            s.key(key(KeyCode::Char('y'))).is_empty(),
+            "y is no answer here"
+        );
+        s.key(key(KeyCode::Char('q')));
+        assert_eq!(s.key(key(KeyCode::Char('s'))), [Action::StopRun]);
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert!(s.key(ctrl_c).is_empty(), "Ctrl-C asks too");
+        assert_eq!(s.key(key(KeyCode::Char('l'))), [Action::Quit]);
+        s.own = Some(OwnRun {
+            pid: 42,
+            ended: Some(0),
+        });
+        assert_eq!(s.key(key(KeyCode::Char('q'))), [Action::Quit]);
     }
 
     #[test]

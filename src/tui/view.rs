@@ -61,7 +61,8 @@ pub fn draw(f: &mut Frame, s: &State, theme: Theme, now_s: i64) {
         help(f, body);
     }
     if let Some(c) = &s.confirm {
-        let area = centered(body, 70, 3);
+        let width = (c.question.chars().count() as u16 + 4).clamp(40, body.width.max(40));
+        let area = centered(body, width, 3);
         f.render_widget(Clear, area);
         f.render_widget(
             Paragraph::new(c.question.as_str())
