@@ -14,7 +14,8 @@ use portable_pty::CommandBuilder;
 fn user_env(c: &mut CommandBuilder, op: &Op, env: &[(&str, &str)]) {
     c.cwd(op.root.path());
     for (k, _) in std::env::vars() {
-        if k.starts_with("OPERATOR_") || k == "NO_COLOR" {
+        let desktop = ["DISPLAY", "WAYLAND_DISPLAY", "SSH_CONNECTION", "SSH_TTY"];
+        if k.starts_with("OPERATOR_") || k == "NO_COLOR" || desktop.contains(&k.as_str()) {
             c.env_remove(k);
         }
     }
@@ -33,6 +34,14 @@ fn tui_cmd(op: &Op, args: &[&str], env: &[(&str, &str)]) -> CommandBuilder {
     }
     user_env(&mut c, op, env);
     c
+}
+
+/// Keeps what the screen shows as `target/screenshots/<name>.txt` (docs/tui.md shows them).
+fn keep_screen(t: &Pty, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows: Vec<String> = t.rows().iter().map(|r| r.trim_end().to_string()).collect();
+    std::fs::write(dir.join(format!("{name}.txt")), rows.join("\n") + "\n").unwrap();
 }
 
 /// The sessions so far on the chain's row (the `n` of `n/max`).
@@ -76,6 +85,7 @@ async fn the_view_follows_a_chain_and_steers_the_operator() {
     t.until("the sessions", |s| {
         s.contains("SESSION") && s.contains("HANDOFF")
     });
+    keep_screen(&t, "tui-chain");
     // Its last handoff, rendered: headings without their `###`.
     t.send("h");
     t.until("the handoff", |s| {
@@ -87,10 +97,12 @@ async fn the_view_follows_a_chain_and_steers_the_operator() {
         s.contains("CHAIN") && s.contains("AGE")
     });
     // The costs and the fleet.
+    keep_screen(&t, "tui-chains");
     t.send("c");
     t.until("the costs", |s| {
         s.contains("today (UTC)") && s.contains("forecast")
     });
+    keep_screen(&t, "tui-costs");
     t.send("f");
     t.until("the fleet", |s| s.contains("no workers share it"));
     t.send("\x1b");
@@ -421,4 +433,61 @@ async fn run_with_the_view_in_front_asks_what_becomes_of_the_run_on_quit() {
         "an interrupted run's exit code: {screen}"
     );
     assert!(common::processes_in(&op.workdir()).is_empty());
+}
+
+/// `o` on a desktop opens the chain's page with the desktop's opener (`xdg-open`, here a script
+/// that notes its argument); over ssh it only shows the URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn o_opens_the_chains_page_on_a_desktop_and_shows_it_over_ssh() {
+    use std::os::unix::fs::PermissionsExt;
+    let op = Op::new();
+    let srv = Server::start_with(
+        &op,
+        &["serve", "--listen", "127.0.0.1:0", "--agent", "sim"],
+        &[],
+    );
+    let id = srv.start_chain("Open me").await;
+    let bin = op.root.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let opened = op.root.path().join("opened");
+    let script = bin.join("xdg-open");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nprintf '%s' \"$1\" > {}\n", opened.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let page = format!("{}/chains/{id}", srv.url.trim_end_matches('/'));
+
+    let over_ssh = [
+        ("PATH", path.as_str()),
+        ("DISPLAY", ":0"),
+        ("SSH_CONNECTION", "10.0.0.1 5000 10.0.0.2 22"),
+    ];
+    let mut t = Pty::spawn(tui_cmd(&op, &[], &over_ssh), 30, 110);
+    t.until("the chain", |s| s.contains(&id));
+    t.send("o");
+    t.until("the URL", |s| s.contains(&page));
+    t.send("q");
+    assert!(t.wait().success());
+    assert!(!opened.exists(), "a browser was opened over ssh");
+
+    let desktop = [("PATH", path.as_str()), ("DISPLAY", ":0")];
+    let mut t = Pty::spawn(tui_cmd(&op, &[], &desktop), 30, 110);
+    t.until("the chain", |s| s.contains(&id));
+    t.send("o");
+    t.until("said opened", |s| s.contains("in your browser"));
+    t.send("q");
+    assert!(t.wait().success());
+    assert!(
+        common::eventually(Duration::from_secs(10), || std::fs::read_to_string(&opened)
+            .is_ok_and(|u| u == page)),
+        "the opener was not given the page: {:?}",
+        std::fs::read_to_string(&opened)
+    );
 }

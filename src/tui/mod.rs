@@ -303,7 +303,14 @@ pub async fn run(target: Target, opts: Options, own: Option<Owned>) -> Result<Ou
                     });
                 }
                 Action::Browse(id) => {
-                    s.message = Some(format!("{}/chains/{id}", target.url.trim_end_matches('/')));
+                    let url = format!("{}/chains/{id}", target.url.trim_end_matches('/'));
+                    s.message = Some(
+                        if crate::model::is_valid_chain_id(&id) && open_in_browser(&url) {
+                            format!("opened {url} in your browser")
+                        } else {
+                            url
+                        },
+                    );
                 }
                 other => act(&client, other, &msg_tx),
             }
@@ -356,6 +363,38 @@ fn act(client: &Client, a: Action, tx: &mpsc::Sender<Msg>) {
         };
         let _ = tx.send(Msg::Done(m)).await;
     });
+}
+
+/// Opens `url` in the desktop's browser when the view runs on a desktop (a display, no ssh);
+/// whether it did. Over ssh the URL is only shown: a browser there would open on the far machine.
+fn open_in_browser(url: &str) -> bool {
+    let var = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let desktop = (var("DISPLAY") || var("WAYLAND_DISPLAY") || cfg!(target_os = "macos"))
+        && !var("SSH_CONNECTION")
+        && !var("SSH_TTY");
+    if !desktop {
+        return false;
+    }
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    match tokio::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(mut child) => {
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 fn now_s() -> i64 {
