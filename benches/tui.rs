@@ -3,9 +3,10 @@
 //! the operator it watches, with and without the view attached. 100 chains listed; idle, then
 //! with chains streaming their agents' output, on the chains screen and on an open chain.
 //!
-//! `cargo bench --bench tui` measures 15 s windows with 8 chains streaming; without `--bench`
-//! (under `cargo test --all-targets`) a quick pass of 2 s windows, so CI notices a bench that no
-//! longer runs.
+//! `cargo bench --bench tui` measures 15 s windows: 100 chains listed and idle, then 100 more
+//! streaming (a tool call every 500 ms each, 200 output lines a second in all); without `--bench`
+//! (under `cargo test --all-targets`) a quick pass of 2 s windows with 10 chains streaming, so CI
+//! notices a bench that no longer runs.
 
 use std::io::Read;
 use std::path::Path;
@@ -221,12 +222,16 @@ fn stop(mut serve: Child) {
 #[tokio::main]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (secs, streaming) = if full { (15, 8) } else { (2, 4) };
+    let (secs, streaming, step) = if full {
+        (15, 100, "500ms")
+    } else {
+        (2, 10, "100ms")
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     std::fs::create_dir_all(root.join("config/missions")).expect("missions dir");
     std::fs::create_dir_all(root.join("work")).expect("workdir");
-    let listed = 100 - streaming;
+    let listed = 100;
     mission(
         root,
         "done",
@@ -237,7 +242,9 @@ async fn main() {
         root,
         "live",
         streaming,
-        "sim = { scenario = \"incomplete\", complete_after = 100000, step = \"20ms\", turns = 3 }\n",
+        &format!(
+            "sim = {{ scenario = \"incomplete\", complete_after = 100000, step = \"{step}\", turns = 3 }}\n"
+        ),
     );
     let mut cmd = Command::new(BIN);
     cmd.args([
@@ -285,8 +292,7 @@ async fn main() {
     })
     .await;
     println!(
-        "operator tui, {} chains listed, {secs} s windows (view: a 140×50 pty read as fast as it comes):",
-        listed + streaming
+        "operator tui, {listed} chains listed, then {streaming} more streaming (a step every {step} each); {secs} s windows; the view on a 140×50 pty read as fast as it comes:"
     );
     println!(
         "  {:<40} {:>9}  {:>9}  {:>12}  {:>9}",

@@ -126,15 +126,21 @@ fn gone() -> ControlError {
     ControlError::Gone
 }
 
+/// What the Operator runs and queues now.
+async fn snapshot(
+    operator: &ActorRef<OperatorMsg>,
+) -> Result<crate::supervisor::Snapshot, ControlError> {
+    operator
+        .call(OperatorMsg::Status, Some(CALL_TIMEOUT))
+        .await
+        .map_err(|_| gone())?
+        .success_or(gone())
+}
+
 #[async_trait::async_trait]
 impl api::Control for DaemonControl {
     async fn status(&self) -> Result<OperatorStatus, ControlError> {
-        let snap = self
-            .operator
-            .call(OperatorMsg::Status, Some(CALL_TIMEOUT))
-            .await
-            .map_err(|_| gone())?
-            .success_or(gone())?;
+        let snap = snapshot(&self.operator).await?;
         let mode = match *self.mode.borrow() {
             Mode::Running => "running",
             Mode::Paused { interrupt: false } => "paused",
@@ -1033,12 +1039,7 @@ impl Daemon<'_> {
                     .into(),
             ));
         }
-        let snap = self
-            .operator
-            .call(OperatorMsg::Status, Some(CALL_TIMEOUT))
-            .await
-            .map_err(|_| gone())?
-            .success_or(gone())?;
+        let snap = snapshot(&self.operator).await?;
         if snap.running.iter().chain(&snap.queued).any(|c| c == id) {
             return Err(ControlError::Busy(format!(
                 "chain {id} is already running in this operator"

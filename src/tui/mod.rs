@@ -20,8 +20,12 @@ use state::{Action, Link, Screen, State};
 
 /// The most often the screen is drawn: events are applied as they come, frames are dropped.
 const FRAME: Duration = Duration::from_millis(100);
-/// The least time between two reads of the lists.
+/// The least time between two reads of the lists after a key or a write.
 const READ_GAP: Duration = Duration::from_millis(300);
+/// The least time between two reads of the lists that events asked for: with a hundred chains
+/// streaming, sessions end many times a second, and each read of the lists costs the operator
+/// (benches/tui.rs).
+const EVENT_READ_GAP: Duration = Duration::from_secs(1);
 /// How often the lists are read again without an event (ages, and while the socket is down).
 const POLL: Duration = Duration::from_secs(2);
 
@@ -161,6 +165,8 @@ pub async fn run(target: Target, opts: Options, own: Option<Owned>) -> Result<Ou
     // per event; a refresh asked for meanwhile runs after it.
     let mut reading = false;
     let mut wanted = true;
+    // A read that events asked for, held to EVENT_READ_GAP.
+    let mut wanted_by_events = false;
     let mut last_read: Option<tokio::time::Instant> = None;
     let read = |s: &State, tx: &mpsc::Sender<Msg>| {
         let screen = s.screen.clone();
@@ -190,6 +196,9 @@ pub async fn run(target: Target, opts: Options, own: Option<Owned>) -> Result<Ou
             },
             Some(ev) = ev_rx.recv() => {
                 actions = s.event(&ev);
+                let before = actions.len();
+                actions.retain(|a| *a != Action::Refresh);
+                wanted_by_events |= actions.len() != before;
                 dirty = true;
             }
             Some(link) = link_rx.recv() => {
@@ -260,9 +269,12 @@ pub async fn run(target: Target, opts: Options, own: Option<Owned>) -> Result<Ou
                 if ended.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                let due = last_read.is_none_or(|t| t.elapsed() >= READ_GAP);
-                if wanted && !reading && due {
+                let since = last_read.map(|t| t.elapsed());
+                let due = since.is_none_or(|t| t >= READ_GAP);
+                let due_events = since.is_none_or(|t| t >= EVENT_READ_GAP);
+                if !reading && ((wanted && due) || (wanted_by_events && due_events)) {
                     wanted = false;
+                    wanted_by_events = false;
                     reading = true;
                     last_read = Some(tokio::time::Instant::now());
                     read(&s, &msg_tx);
