@@ -25,15 +25,19 @@ fn user_env(c: &mut CommandBuilder, op: &Op, env: &[(&str, &str)]) {
     }
 }
 
-/// `operator tui <args>` for `op`'s data dir, as a user's shell would start it.
-fn tui_cmd(op: &Op, args: &[&str], env: &[(&str, &str)]) -> CommandBuilder {
+/// `operator <args>` for `op`'s data dir, as a user's shell would start it.
+fn user_cmd(op: &Op, args: &[&str], env: &[(&str, &str)]) -> CommandBuilder {
     let mut c = CommandBuilder::new(BIN);
-    c.arg("tui");
     for a in args {
         c.arg(a);
     }
     user_env(&mut c, op, env);
     c
+}
+
+/// `operator tui <args>` for `op`'s data dir, as a user's shell would start it.
+fn tui_cmd(op: &Op, args: &[&str], env: &[(&str, &str)]) -> CommandBuilder {
+    user_cmd(op, &[&["tui"], args].concat(), env)
 }
 
 /// Keeps what the screen shows as `target/screenshots/<name>.txt` (docs/tui.md shows them).
@@ -340,13 +344,9 @@ async fn a_mission_is_started_from_the_keyboard_after_its_plan() {
 /// `operator run --tui <args>` as a user's shell starts it, on the sim agent with chains long
 /// enough to watch.
 fn run_tui_cmd(op: &Op, task: &str) -> CommandBuilder {
-    let mut c = CommandBuilder::new(BIN);
-    for a in ["run", "--tui", "--agent", "sim", "--task", task] {
-        c.arg(a);
-    }
-    user_env(
-        &mut c,
+    user_cmd(
         op,
+        &["run", "--tui", "--agent", "sim", "--task", task],
         &[
             ("OPERATOR_WORKDIR", op.workdir().to_str().unwrap()),
             ("OPERATOR_SIM__STEP", "300ms"),
@@ -354,8 +354,7 @@ fn run_tui_cmd(op: &Op, task: &str) -> CommandBuilder {
             ("OPERATOR_SIM__COMPLETE_AFTER", "50"),
             ("OPERATOR_MAX_CONTINUATIONS", "60"),
         ],
-    );
-    c
+    )
 }
 
 fn alive(pid: i32) -> bool {

@@ -3,6 +3,7 @@
 //! asks whether to stop the run or leave it running under its pid file.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -131,8 +132,6 @@ pub(super) async fn run_with_view(op: &config::OperatorSettings, serves: bool) -
         }
     }
 }
-
-use std::io::IsTerminal;
 
 /// Waits until the run (`pid`) serves its API on this data dir: its URL, or the run's exit code
 /// when it ended first (or did not serve in time, and was stopped).

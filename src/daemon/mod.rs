@@ -126,6 +126,26 @@ fn gone() -> ControlError {
     ControlError::Gone
 }
 
+/// Why a start or a resume asked through the API cannot be done, as the API answers it: the
+/// chain unknown (404), not resumable or busy (409), its settings or agent invalid (422), the
+/// store (its own status), a failure of ours (500).
+impl From<RunError> for ControlError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Store(s) => ControlError::Store(s),
+            RunError::UnknownChain(_) => ControlError::UnknownChain(e.to_string()),
+            RunError::NotResumable { .. } | RunError::NothingToResume | RunError::Busy { .. } => {
+                ControlError::Busy(e.to_string())
+            }
+            RunError::Config(c) => ControlError::Invalid(c.to_string().trim_end().to_string()),
+            RunError::Agent(_) | RunError::BadStoredConfig { .. } => {
+                ControlError::Invalid(e.to_string())
+            }
+            RunError::Spawn(_) => ControlError::Internal(e.to_string()),
+        }
+    }
+}
+
 /// What the Operator runs and queues now.
 async fn snapshot(
     operator: &ActorRef<OperatorMsg>,
@@ -1045,17 +1065,7 @@ impl Daemon<'_> {
                 "chain {id} is already running in this operator"
             )));
         }
-        let batch = prepare_resume(&self.store, Some(id), self.opts, Ok)
-            .await
-            .map_err(|e| match e {
-                RunError::UnknownChain(_) => ControlError::UnknownChain(e.to_string()),
-                RunError::Store(s) => ControlError::Store(s),
-                RunError::NotResumable { .. } | RunError::Busy { .. } => {
-                    ControlError::Busy(e.to_string())
-                }
-                RunError::Spawn(_) => ControlError::Internal(e.to_string()),
-                _ => ControlError::Invalid(e.to_string()),
-            })?;
+        let batch = prepare_resume(&self.store, Some(id), self.opts, Ok).await?;
         tracing::info!(chain.id = %id, "resumed through the API");
         if !self.ids.iter().any(|c| c == id) {
             self.ids.push(id.to_string());
@@ -1218,14 +1228,7 @@ async fn api_start(
     let mut opts = opts.clone();
     opts.concurrency = req.concurrency.or(opts.concurrency);
     opts.continue_missions = false;
-    let batch = prepare_new(store, &plans, &opts)
-        .await
-        .map_err(|e| match e {
-            RunError::Agent(a) => ControlError::Invalid(a.to_string()),
-            RunError::Config(c) => ControlError::Invalid(c.to_string().trim_end().to_string()),
-            RunError::Store(s) => ControlError::Store(s),
-            other => ControlError::Internal(other.to_string()),
-        })?;
+    let batch = prepare_new(store, &plans, &opts).await?;
     let ids: Vec<String> = batch.jobs.iter().map(|j| j.chain_id.clone()).collect();
     for j in &batch.jobs {
         tracing::info!(chain.id = %j.chain_id, name = %j.name, mission = j.mission.as_deref().unwrap_or("-"), "chain started through the API");
