@@ -1,5 +1,5 @@
-//! The HTTP surface: the API's routes and the dashboard's pages composed into one guarded router
-//! (body limit, security guard, CORS), and the server that runs it (connection cap, header and
+//! The HTTP surface: the API's routes, the dashboard's pages and MCP (`/mcp`) composed into one
+//! guarded router (body limit, security guard, CORS), and the server that runs it (connection cap, header and
 //! request timeouts). It sits above both `api` and
 //! `web`, so neither needs the other's routes.
 
@@ -21,8 +21,23 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, ApiError, AppState, BODY_LIMIT, security};
 
-/// The whole HTTP surface, guarded.
+/// The whole HTTP surface, guarded: the API and the dashboard, and MCP at `/mcp` in front of
+/// them (each of its tools is a request to the guarded API, carrying the MCP request's own
+/// credentials).
 pub fn router(state: AppState) -> Router {
+    let api = guarded_api(state.clone());
+    Router::new()
+        .route_service("/mcp", crate::mcp::http_service(api.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            state.security.clone(),
+            security::guard,
+        ))
+        .layer(security::cors())
+        .merge(api)
+}
+
+/// The API's routes and the dashboard's pages behind the security guard.
+fn guarded_api(state: AppState) -> Router {
     let (api, doc) = api::routes();
     let doc = Arc::new(doc);
     api.route(
@@ -37,6 +52,10 @@ pub fn router(state: AppState) -> Router {
     .method_not_allowed_fallback(|m: axum::http::Method, uri: axum::http::Uri| async move {
         ApiError::MethodNotAllowed(format!("{m} is not allowed on {}", uri.path()))
     })
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        api::journal::writes,
+    ))
     .layer(DefaultBodyLimit::max(BODY_LIMIT))
     .layer(axum::middleware::from_fn_with_state(
         state.security.clone(),

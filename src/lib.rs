@@ -20,6 +20,7 @@
 //! - [`git`]: commits, branches, worktrees, pushes and pull requests through the `git` CLI.
 //! - [`web`]: the dashboard pages (templates, markdown, charts), served with the API.
 //! - [`tui`]: `operator tui`, the terminal view of a running operator, through its API.
+//! - [`mcp`]: the MCP server (`operator mcp`, `/mcp`): tools and resources over the same API.
 //! - [`quota`]: the operator-wide scheduler of usage limits, session caps and quiet hours.
 //! - [`cost`]: pricing; [`redact`]: masking secrets; [`cli`]: the command line; [`doctor`]:
 //!   setup checks; [`fault`]: test-only fault injection.
@@ -42,6 +43,7 @@ pub mod git;
 pub mod handoff;
 pub mod host;
 pub mod http;
+pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod notify;

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::chains::find;
 use super::error::{ApiError, ApiJson, ApiPath, ApiResult};
+use super::journal::origin;
 use crate::permissions::Approval;
 use crate::store::approvals::{self, ApprovalError};
 
@@ -34,15 +35,6 @@ pub async fn list(
 ) -> ApiResult<axum::Json<Vec<Approval>>> {
     find(&st, &id).await?;
     Ok(axum::Json(approvals::list(&*st.store, Some(&id)).await?))
-}
-
-/// Who answers: a bearer token is a program (`api`), the CSRF token the dashboard's form.
-pub fn origin(headers: &HeaderMap) -> &'static str {
-    if headers.contains_key(axum::http::header::AUTHORIZATION) {
-        "api"
-    } else {
-        "dashboard"
-    }
 }
 
 /// Answers one held call (`approve` or `deny`); 409 when it was already settled.

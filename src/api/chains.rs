@@ -219,6 +219,39 @@ pub struct ListQuery {
     limit: Option<u32>,
     /// Include archived chains.
     archived: Option<bool>,
+    /// Only the chains of this mission (its name, as in `mission`).
+    mission: Option<String>,
+    /// Only chains started since then: a duration back from now (`24h`, `7d`), a date
+    /// (`2026-12-01`, UTC) or an RFC 3339 time.
+    since: Option<String>,
+}
+
+/// The start of a `since` filter as the store's timestamps (RFC 3339 UTC, milliseconds).
+pub fn since_bound(since: &str, now: std::time::SystemTime) -> Result<String, String> {
+    let s = since.trim();
+    let at = if let Ok(d) = humantime::parse_duration(s) {
+        now.checked_sub(d)
+            .ok_or_else(|| format!("`since` {s} reaches before 1970"))?
+    } else if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        std::time::SystemTime::from(t)
+    } else if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        let t = d
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .map_err(|e| format!("`since` {s}: {e}"))?
+            .timestamp();
+        std::time::SystemTime::from(t)
+    } else {
+        return Err(format!(
+            "`since` is `{s}`; expected a duration back from now (`24h`, `7d`), a date (`2026-12-01`) or an RFC 3339 time"
+        ));
+    };
+    // humantime formats years 1970 to 9999 only.
+    match at.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) if d.as_secs() < 253_402_300_800 => {
+            Ok(humantime::format_rfc3339_millis(at).to_string())
+        }
+        _ => Err(format!("`since` {s} is not between 1970 and 9999")),
+    }
 }
 
 /// A page of chains, newest first.
@@ -252,6 +285,17 @@ pub async fn list(
             "`limit` must be from 1 to {MAX_PAGE}"
         )));
     }
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| since_bound(s, std::time::SystemTime::now()))
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    if q.mission.as_ref().is_some_and(|m| m.len() > 200) {
+        return Err(ApiError::BadRequest(
+            "`mission` is longer than 200 characters".into(),
+        ));
+    }
     if let Some(c) = &q.cursor {
         check_id(c)?;
         if st.store.get_chain(c).await?.is_none() {
@@ -266,6 +310,8 @@ pub async fn list(
             before: q.cursor.clone(),
             limit: limit + 1,
             with_sessions: false,
+            mission: q.mission.clone(),
+            since,
         })
         .await?
         .into_iter()
@@ -311,7 +357,11 @@ pub struct StartChainBody {
 pub async fn create(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<Map<String, Value>>,
-) -> ApiResult<(StatusCode, axum::Json<ChainRecord>)> {
+) -> ApiResult<(
+    StatusCode,
+    axum::Extension<super::journal::Created>,
+    axum::Json<ChainRecord>,
+)> {
     let req = parse_start(&body, &["task", "name"])?;
     if req.task.is_none() {
         return Err(ApiError::Unprocessable("`task` is required".into()));
@@ -324,7 +374,11 @@ pub async fn create(
         .first()
         .ok_or_else(|| ApiError::Internal("no chain was created".into()))?;
     let chain = find(&st, id).await?;
-    Ok((StatusCode::CREATED, axum::Json(chain)))
+    Ok((
+        StatusCode::CREATED,
+        axum::Extension(super::journal::Created(ids.clone())),
+        axum::Json(chain),
+    ))
 }
 
 /// One chain with its sessions.
@@ -694,6 +748,29 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn since_takes_a_duration_a_date_or_a_time() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_780_000_000);
+        assert_eq!(
+            since_bound("24h", now).unwrap(),
+            humantime::format_rfc3339_millis(now - std::time::Duration::from_secs(86_400))
+                .to_string()
+        );
+        assert_eq!(
+            since_bound("2026-12-01", now).unwrap(),
+            "2026-12-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            since_bound("2026-12-01T10:00:00+02:00", now).unwrap(),
+            "2026-12-01T08:00:00.000Z"
+        );
+        let e = since_bound("yesterday", now).unwrap_err();
+        assert!(e.contains("`24h`") && e.contains("yesterday"), "{e}");
+        assert!(since_bound("100000000000d", now).is_err());
+        assert!(since_bound("1969-12-31", now).is_err());
+        assert!(since_bound("2100-01-01T00:00:00Z", now).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod approvals;
 pub mod chains;
 pub mod error;
+pub mod journal;
 pub mod orchestrator;
 pub mod security;
 pub mod ws;

@@ -110,7 +110,11 @@ pub struct StartResponse {
 pub async fn start(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<Map<String, Value>>,
-) -> ApiResult<(StatusCode, axum::Json<StartResponse>)> {
+) -> ApiResult<(
+    StatusCode,
+    axum::Extension<super::journal::Created>,
+    axum::Json<StartResponse>,
+)> {
     let req = parse_start(&body, &["mission", "concurrency", "dryRun"])?;
     if req.mission.is_none() {
         return Err(ApiError::Unprocessable("`mission` is required".into()));
@@ -118,10 +122,12 @@ pub async fn start(
     Ok(match st.control()?.start(req).await? {
         StartOutcome::Started(chains) => (
             StatusCode::CREATED,
+            axum::Extension(super::journal::Created(chains.clone())),
             axum::Json(StartResponse { chains, plan: None }),
         ),
         StartOutcome::Plan(plan) => (
             StatusCode::OK,
+            axum::Extension(super::journal::Created(Vec::new())),
             axum::Json(StartResponse {
                 chains: Vec::new(),
                 plan: Some(plan),

@@ -9,6 +9,9 @@
 //! - Writes (POST, DELETE, …): the token as `Authorization: Bearer`, or the CSRF token of this
 //!   process in `X-CSRF-Token` (what the dashboard's forms send; same-origin pages read it from
 //!   `/api/csrf`, which other origins cannot read).
+//! - `/mcp` is let in as a read (free on a loopback bind, the token elsewhere): each of its tools
+//!   is then a request to the API, with the MCP request's `Authorization`, judged by these same
+//!   rules (a write tool without the token is refused as a write is).
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -300,7 +303,7 @@ fn is_public(path: &str) -> bool {
 
 /// Pages people open in a browser (not the API, the WebSocket or metrics).
 fn is_page(path: &str) -> bool {
-    !(path.starts_with("/api/") || path == "/ws" || path == "/metrics")
+    !(path.starts_with("/api/") || path == "/ws" || path == "/metrics" || path == "/mcp")
 }
 
 /// The decision for one request, apart from the framework (unit-tested).
@@ -330,6 +333,7 @@ pub fn check(
     if is_public(path) {
         return Ok(());
     }
+    let method = if path == "/mcp" { &Method::GET } else { method };
     let by_bearer = sec.token_ok(bearer(headers));
     let by_cookie = sec.token_ok(cookie_token(headers));
     if bearer(headers).is_some() && !by_bearer {

@@ -57,6 +57,10 @@ pub(super) enum Command {
     /// A full-screen terminal view of a running operator: watch and steer its chains.
     #[command(after_long_help = TUI_EXAMPLES)]
     Tui(TuiArgs),
+    /// An MCP server on stdin/stdout, so an agent or chat client can list, start and steer chains
+    /// (`claude mcp add operator -- operator mcp`); `operator serve` also offers it at /mcp.
+    #[command(after_long_help = MCP_EXAMPLES)]
+    Mcp(McpArgs),
     /// Print the API token (creating <data_dir>/api-token, mode 0600, if there is none).
     Token,
     /// The cost ledger: today, this week, all time, per model, mission and chain, and the burn rate.
@@ -338,6 +342,15 @@ pub(super) struct TuiArgs {
 }
 
 #[derive(Debug, Args)]
+pub(super) struct McpArgs {
+    /// The operator's API (default: the one serving this data dir, from <data_dir>/api.addr, found
+    /// again at each call; with none, the read tools read the data dir); the token is
+    /// OPERATOR_API_TOKEN, else `api_token`, else <data_dir>/api-token.
+    #[arg(long, value_name = "URL")]
+    pub(super) url: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub(super) struct ConfigArgs {
     /// A mission file or the name of one in config/missions/ (default: a `run --task` chain).
     pub(super) mission: Option<String>,
@@ -378,6 +391,12 @@ const TUI_EXAMPLES: &str = "Examples:
   operator serve &  operator tui         # the operator serving this data dir (also `run --serve`)
   OPERATOR_API_TOKEN=… operator tui --url http://10.0.0.5:3100
   ssh -L 3100:127.0.0.1:3100 box         # then, on your machine: operator tui --url http://127.0.0.1:3100";
+
+const MCP_EXAMPLES: &str = "Examples:
+  claude mcp add operator -- operator mcp          # Claude Code, in the repository the operator runs in
+  codex mcp add operator -- operator mcp           # Codex CLI
+  operator mcp --url http://10.0.0.5:3100          # another machine's operator (OPERATOR_API_TOKEN=…)
+  claude mcp add --transport http operator http://127.0.0.1:3100/mcp   # over HTTP, from `operator serve`";
 
 const INIT_EXAMPLES: &str = "Examples:
   operator init                          # claude, a first mission that surveys the repository

@@ -40,6 +40,7 @@ mod control;
 mod front;
 mod init;
 mod manual;
+mod mcp;
 mod render;
 mod run;
 mod settings;
@@ -333,6 +334,7 @@ async fn dispatch(cli: Cli, live_view: bool) -> Result<u8> {
         Command::Doctor(d) => doctor(d, &loaded, &ov).await,
         Command::Config(c) => show_config(c, &loaded, &ov),
         Command::Tui(t) => tui(t, op).await,
+        Command::Mcp(m) => mcp::mcp(m, op).await,
         Command::SimAgent(_)
         | Command::Guard
         | Command::Init(_)

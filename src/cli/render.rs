@@ -200,6 +200,7 @@ pub(super) async fn list(op: &config::OperatorSettings, l: &ListArgs) -> Result<
             before: None,
             limit: l.limit,
             with_sessions: l.json,
+            ..Default::default()
         })
         .await?;
     if l.json {

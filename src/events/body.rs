@@ -142,6 +142,9 @@ bodies! {
     /// A reload changed `chains` chains and added `added`.
     Reloaded = "orchestrator:reloaded" { chains: usize, added: usize }
     ReloadFailed = "orchestrator:reload-failed" { error: String }
+    /// A write was accepted through the API (`action`, e.g. `abort_chain`; `origin`: `api`,
+    /// `dashboard` or `mcp`).
+    Request = "operator:request" { action: String, origin: String }
     /// A person answered a held call through the API (`origin`: who).
     Approval = "operator:approval" { approval_id: String, status: String, origin: String }
     /// A webhook was delivered.

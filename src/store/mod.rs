@@ -100,6 +100,10 @@ pub struct ChainQuery {
     pub limit: u32,
     /// Include each chain's sessions (otherwise only totals).
     pub with_sessions: bool,
+    /// Only the chains of this mission.
+    pub mission: Option<String>,
+    /// Only chains started at or after this time (RFC 3339 UTC, as [`crate::model::now_rfc3339`]).
+    pub since: Option<String>,
 }
 
 /// The session's state recorded at its start, before the agent runs.

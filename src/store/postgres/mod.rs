@@ -322,6 +322,7 @@ impl Store for PostgresStore {
                WHERE ($1 IS NULL OR status = $1) AND ($2 OR NOT archived) \
                AND ($3 IS NULL OR (started_at, id) < \
                     (SELECT started_at, id FROM chains WHERE id = $3)) \
+               AND ($5::TEXT IS NULL OR mission = $5) AND ($6::TEXT IS NULL OR started_at >= $6) \
                ORDER BY started_at DESC, id DESC LIMIT $4) p ON p.page_id = c.id \
              ORDER BY c.started_at DESC, c.id DESC"
         );
@@ -334,6 +335,8 @@ impl Store for PostgresStore {
             } else {
                 q.limit
             }))
+            .bind(q.mission.as_deref())
+            .bind(q.since.as_deref())
             .fetch_all(&self.pool)
             .await?;
         let mut chains = rows
