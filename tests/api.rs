@@ -187,11 +187,24 @@ async fn a_chain_started_over_http_runs_and_everything_about_it_can_be_read() {
 
     // The journal of the chain.
     let (_, evs) = srv.get(&format!("/api/chains/{id}/events")).await;
+    // The request that started it is journaled with who asked (`api`: the bearer token).
+    let requests: Vec<&Value> = evs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "operator:request")
+        .collect();
+    assert_eq!(requests.len(), 1, "{evs}");
+    assert_eq!(
+        requests[0]["data"],
+        json!({"action": "start_chain", "origin": "api"})
+    );
     let kinds: Vec<&str> = evs
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
+        .filter(|k| *k != "operator:request")
         .collect();
     assert_eq!(kinds.first(), Some(&"chain:started"));
     assert_eq!(kinds.last(), Some(&"chain:complete"));

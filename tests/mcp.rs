@@ -643,3 +643,149 @@ async fn mcp_over_http_needs_the_token_off_loopback_and_refuses_foreign_origins(
         "a localhost page may read, as with the API: {v}"
     );
 }
+
+/// The real Claude Code CLI, as a user configures it (`--mcp-config` naming `operator mcp`), told
+/// by the fake Messages API to list the chains and then start one: the chain runs and completes
+/// on the operator, and the CLI sends each tool's result back to the model.
+#[tokio::test]
+async fn claude_code_lists_and_starts_a_chain_through_operator_mcp() {
+    let Some(claude) = common::cli::claude_bin() else {
+        return;
+    };
+    let op = Op::new();
+    let srv = Server::start(&op, &["--scenario", "complete"]);
+    let api = FakeApi::start(
+        vec![
+            // MCP tools are deferred: the model first fetches their schemas.
+            Step::tool(
+                "ToolSearch",
+                json!({"query": "select:mcp__operator__list_chains,mcp__operator__start_chain", "max_results": 5}),
+            ),
+            Step::tool("mcp__operator__list_chains", json!({})),
+            Step::tool(
+                "mcp__operator__start_chain",
+                json!({"task": "Write HELLO.md", "name": "from-claude"}),
+            ),
+            Step::text("I started the chain."),
+        ],
+        Step::text("Nothing more to do."),
+    )
+    .await;
+    let config = op.write(
+        "mcp.json",
+        &json!({"mcpServers": {"operator": {
+            "command": common::BIN, "args": ["mcp"],
+            "env": {"OPERATOR_DATA_DIR": op.data_dir()}
+        }}})
+        .to_string(),
+    );
+    let home = op.root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cmd = std::process::Command::new(&claude);
+    cmd.current_dir(op.root.path())
+        .args([
+            "-p",
+            "List my operator chains, then start one that writes HELLO.md",
+        ])
+        .arg("--mcp-config")
+        .arg(&config)
+        .args([
+            "--strict-mcp-config",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+        ])
+        .args([
+            "--allowedTools",
+            "mcp__operator__list_chains,mcp__operator__start_chain",
+        ])
+        .env("ANTHROPIC_BASE_URL", &api.url)
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("CLAUDE_CODE_MAX_RETRIES", "2")
+        .env("HOME", &home)
+        .env_remove("CLAUDECODE")
+        .stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OPERATOR_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("run claude");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "claude failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let reqs = api.scripted();
+    assert_eq!(reqs.len(), 4, "{stdout}");
+    // The CLI told the model of our tools (deferred: by name, until it asks for them).
+    assert!(
+        reqs[0].to_string().contains("mcp__operator__start_chain"),
+        "{}",
+        reqs[0]
+    );
+    // Each tool's result went back to the model in the next request.
+    let results = |r: &Value| -> String {
+        r["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+            .filter(|c| c["type"] == "tool_result")
+            .map(|c| c["content"].to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        results(&reqs[1]).contains("mcp__operator__start_chain"),
+        "{}",
+        results(&reqs[1])
+    );
+    // From then on the requests carry the tools with the schemas generated from our code.
+    let tools = reqs[2]["tools"].as_array().expect("tools");
+    let start = tools
+        .iter()
+        .find(|t| t["name"] == "mcp__operator__start_chain")
+        .unwrap_or_else(|| panic!("start_chain's schema was not loaded: {}", reqs[2]["tools"]));
+    assert_eq!(
+        start["input_schema"]["required"],
+        json!(["task"]),
+        "{start}"
+    );
+    assert!(
+        start["input_schema"]["properties"]["task"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("What the chain should do")),
+        "{start}"
+    );
+    assert!(
+        results(&reqs[2]).contains(r#"\"chains\": []"#),
+        "{}",
+        results(&reqs[2])
+    );
+    // The chain it started runs on the operator and completes.
+    let (_, page) = srv.get("/api/chains").await;
+    let chains = page["chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 1, "{page}");
+    assert_eq!(chains[0]["name"], "from-claude");
+    let id = chains[0]["id"].as_str().unwrap();
+    assert!(results(&reqs[3]).contains(id), "{}", results(&reqs[3]));
+    srv.wait_status(id, "complete").await;
+    let (_, events) = srv.get(&format!("/api/chains/{id}/events")).await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "operator:request"
+                && e["data"] == json!({"action": "start_chain", "origin": "mcp"})),
+        "{events}"
+    );
+}
