@@ -434,6 +434,16 @@ fn list_and_show_read_the_store() {
     let id = chains(&out)[0].id.clone();
     let list = op.run(&["list"]);
     assert!(String::from_utf8_lossy(&list.stdout).contains(&id));
+    // Filters: by start time and by mission (this chain has none).
+    let list = op.run(&["list", "--since", "1h"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&id));
+    let list = op.run(&["list", "--since", "2100-01-01"]);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(&id));
+    let list = op.run(&["list", "--mission", "nightly"]);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(&id));
+    let list = op.run(&["list", "--since", "yesterday"]);
+    assert_eq!(list.status.code(), Some(2));
+    assert!(common::stderr(&list).contains("--since: `since` is `yesterday`"));
     let show = op.run(&["show", &id]);
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(

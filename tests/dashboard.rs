@@ -255,6 +255,27 @@ async fn the_home_page_follows_a_chain_live_and_kill_stops_it() {
         &format!("return !document.querySelector(\"#active tr[data-chain='{id}']\");"),
     )
     .await;
+    // Its page offers to run it again; after the confirmation it runs a second session.
+    c.goto(&format!("{}/chains/{id}", srv.url)).await.unwrap();
+    click(c, "button.resume").await;
+    c.accept_alert().await.expect("a confirmation dialog");
+    let resumed = srv
+        .wait_chain(&id, "running its second session", |v| {
+            v["status"] == "running" && v["sessions"].as_array().is_some_and(|s| s.len() == 2)
+        })
+        .await;
+    assert_eq!(resumed["name"], "main");
+    let (_, events) = srv.get(&format!("/api/chains/{id}/events")).await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "operator:request"
+                && e["data"]
+                    == serde_json::json!({"action": "resume_chain", "origin": "dashboard"})),
+        "{events}"
+    );
     let _ = b.client.clone().close().await;
 }
 

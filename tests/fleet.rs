@@ -58,8 +58,34 @@ fn enqueue(op: &Op, url: &str, mission: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// A running `operator worker`, killed (SIGKILL, its agents die with it) if a test ends without
+/// stopping it: a failing assertion must not leave workers claiming chains on the machine.
+struct Worker(Child);
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `operator worker` with its own data dir.
-fn worker(op: &Op, url: &str, name: &str, capacity: u32, lease: &str) -> Child {
+fn worker(op: &Op, url: &str, name: &str, capacity: u32, lease: &str) -> Worker {
     worker_env(op, url, name, capacity, lease, &[])
 }
 
@@ -71,7 +97,7 @@ fn worker_env(
     capacity: u32,
     lease: &str,
     env: &[(&str, &str)],
-) -> Child {
+) -> Worker {
     let data = op.root.path().join(format!("data-{name}"));
     let mut cmd = op.cmd(&[
         "worker",
@@ -86,10 +112,12 @@ fn worker_env(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    Worker(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// `n` workers named `w0`, `w1`, … with the same capacity, lease and extra environment.
@@ -100,13 +128,13 @@ fn workers(
     capacity: u32,
     lease: &str,
     env: &[(&str, &str)],
-) -> Vec<Child> {
+) -> Vec<Worker> {
     (0..n)
         .map(|i| worker_env(op, url, &format!("w{i}"), capacity, lease, env))
         .collect()
 }
 
-fn stop(mut w: Child) {
+fn stop(mut w: Worker) {
     let pid = nix::unistd::Pid::from_raw(w.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -617,7 +645,7 @@ async fn serve_shows_the_fleet_relays_its_events_and_pauses_every_worker() {
     })
     .await
     .unwrap();
-    let workers: Vec<Child> = (0..2)
+    let workers: Vec<Worker> = (0..2)
         .map(|i| worker(&op, &url, &format!("w{i}"), 2, "3s"))
         .collect();
     let srv = common::api::Server::start_with(

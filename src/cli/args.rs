@@ -466,6 +466,13 @@ pub(super) struct ListArgs {
     /// Only chains in this state (running, complete, failed, …).
     #[arg(long)]
     pub(super) status: Option<String>,
+    /// Only the chains of this mission.
+    #[arg(long, value_name = "NAME")]
+    pub(super) mission: Option<String>,
+    /// Only chains started since then: a duration back from now (24h, 7d), a date (2026-12-01,
+    /// UTC) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN")]
+    pub(super) since: Option<String>,
     /// Chains listed at most.
     #[arg(long, default_value_t = 50)]
     pub(super) limit: u32,

@@ -192,6 +192,12 @@ pub(super) async fn list(op: &config::OperatorSettings, l: &ListArgs) -> Result<
         Some(s) => Some(s.parse::<ChainStatus>().map_err(UsageError)?),
         None => None,
     };
+    let since = l
+        .since
+        .as_deref()
+        .map(|s| crate::api::chains::since_bound(s, std::time::SystemTime::now()))
+        .transpose()
+        .map_err(|e| UsageError(format!("--since: {e}")))?;
     let store = open_store(op).await?;
     let chains = store
         .list_chains(&ChainQuery {
@@ -200,7 +206,8 @@ pub(super) async fn list(op: &config::OperatorSettings, l: &ListArgs) -> Result<
             before: None,
             limit: l.limit,
             with_sessions: l.json,
-            ..Default::default()
+            mission: l.mission.clone(),
+            since,
         })
         .await?;
     if l.json {

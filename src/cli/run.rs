@@ -110,7 +110,11 @@ pub(super) async fn api_setup(
     let bound = listener.local_addr()?;
     let url = format!("http://{bound}");
     let addr_file = crate::datadir::DataDir::new(&op.data_dir).api_addr_file();
-    std::fs::write(&addr_file, format!("{url}\n"))
+    // Written whole, then renamed into place: `operator tui`, `operator mcp` and scripts read it
+    // while the operator starts, and must never see it empty.
+    let partial = addr_file.with_extension("addr.partial");
+    std::fs::write(&partial, format!("{url}\n"))
+        .and_then(|()| std::fs::rename(&partial, &addr_file))
         .with_context(|| format!("writing {}", addr_file.display()))?;
     eprintln!(
         "operator: API on {url}/ (writes need the token in {}, or `operator token`)",

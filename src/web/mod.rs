@@ -333,9 +333,11 @@ async fn chain_ctx(st: &AppState, id: &str) -> Result<minijinja::Value, ApiError
         .collect();
     let model = chain.config["model"].as_str().unwrap_or("?").to_string();
     let active = !chain.status.is_terminal();
+    // What `POST /api/chains/{id}/resume` takes: a chain that ended without succeeding.
+    let resumable = chain.status.is_terminal() && !chain.status.is_success();
     let worker = st.store.holder(id).await?;
     Ok(
-        context! { chain => chain, sessions => sessions, history => history, model => model, active => active, worker => worker, pending => pending, approvals => approvals },
+        context! { chain => chain, sessions => sessions, history => history, model => model, active => active, resumable => resumable, worker => worker, pending => pending, approvals => approvals },
     )
 }
 
