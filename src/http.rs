@@ -1,7 +1,7 @@
 //! The HTTP surface: the API's routes, the dashboard's pages and MCP (`/mcp`) composed into one
-//! guarded router (body limit, security guard, CORS), and the server that runs it (connection cap, header and
-//! request timeouts). It sits above both `api` and
-//! `web`, so neither needs the other's routes.
+//! guarded router (body limit, security guard, CORS), and the server that runs it (connection
+//! cap, header and request timeouts). It sits above `api`, `web` and `mcp`, so none needs another's
+//! routes.
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -30,6 +30,15 @@ task = "Second task"
 after = ["one"]
 "#;
 
+/// A mission whose chain hangs (the operator's defaults say `complete`; a mission overrides them).
+const STUCK: &str = r#"name = "stuck"
+[defaults.sim]
+scenario = "hang"
+[[chain]]
+name = "stuck"
+task = "Hang until aborted"
+"#;
+
 type Client = RunningService<RoleClient, ()>;
 
 /// `operator mcp` in `op`'s root, connected to the SDK's client.
@@ -83,7 +92,16 @@ async fn the_sdks_client_calls_every_tool_over_stdio() {
     let op = Op::new();
     std::fs::create_dir_all(op.root.path().join("config/missions")).unwrap();
     op.write("config/missions/pair.toml", MISSION);
-    let srv = Server::start(&op, &["--scenario", "complete"]);
+    op.write("config/missions/stuck.toml", STUCK);
+    op.write(
+        "config/operator.toml",
+        "[defaults.sim]\nscenario = \"complete\"\n",
+    );
+    let srv = Server::start_with(
+        &op,
+        &["serve", "--listen", "127.0.0.1:0", "--agent", "sim"],
+        &[],
+    );
     let (c, _child) = connect(&op).await;
 
     // Tools, with schemas generated from the code.
@@ -330,6 +348,43 @@ async fn the_sdks_client_calls_every_tool_over_stdio() {
             .is_err()
     );
 
+    // A chain that hangs: aborted, resumed and aborted again through MCP.
+    let stuck = ok(&c, "start_mission", json!({"mission": "stuck"})).await;
+    let sid = stuck["chains"][0]
+        .as_str()
+        .expect("the stuck chain")
+        .to_string();
+    srv.wait_status(&sid, "running").await;
+    let acked = ok(&c, "abort_chain", json!({"chain_id": sid})).await;
+    assert_eq!(acked["state"], "aborting", "{acked}");
+    srv.wait_status(&sid, "aborted").await;
+    let acked = ok(&c, "resume_chain", json!({"chain_id": sid})).await;
+    assert_eq!(acked["state"], "resuming", "{acked}");
+    srv.wait_chain(&sid, "running its second session", |v| {
+        v["status"] == "running" && v["sessions"].as_array().is_some_and(|s| s.len() == 2)
+    })
+    .await;
+    ok(&c, "abort_chain", json!({"chain_id": sid})).await;
+    srv.wait_status(&sid, "aborted").await;
+    let (_, events) = srv.get(&format!("/api/chains/{sid}/events")).await;
+    let steered: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "operator:request")
+        .map(|e| &e["data"]["action"])
+        .collect();
+    assert_eq!(
+        steered,
+        [
+            &json!("start_mission"),
+            &json!("abort_chain"),
+            &json!("resume_chain"),
+            &json!("abort_chain")
+        ],
+        "{events}"
+    );
+
     // Pause and resume, journaled as MCP's.
     assert_eq!(ok(&c, "pause", json!({})).await["state"], "paused");
     assert_eq!(ok(&c, "status", json!({})).await["mode"], "paused");
@@ -359,7 +414,7 @@ async fn the_sdks_client_calls_every_tool_over_stdio() {
         srv.log()
     );
     let listed = ok(&c, "list_chains", json!({})).await;
-    assert_eq!(listed["chains"].as_array().unwrap().len(), 3, "{listed}");
+    assert_eq!(listed["chains"].as_array().unwrap().len(), 4, "{listed}");
     assert_eq!(
         ok(&c, "get_handoff", json!({"chain_id": id}))
             .await

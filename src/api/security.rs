@@ -576,6 +576,28 @@ mod tests {
     }
 
     #[test]
+    fn mcp_is_let_in_as_a_read_and_its_tools_are_judged_as_api_requests() {
+        let local = headers(&[("host", "127.0.0.1:3100")]);
+        let bearer = format!("Bearer {}", "t".repeat(32));
+        // Loopback: open, like a read (the write tools' own API requests need the token).
+        assert!(check(&sec(false), &Method::POST, "/mcp", &local).is_ok());
+        assert!(check(&sec(false), &Method::POST, "/api/chains", &local).is_err());
+        // Elsewhere: the token, for everything.
+        let e = check(&sec(true), &Method::POST, "/mcp", &local);
+        assert!(matches!(e, Err(ApiError::Unauthorized(_))), "{e:?}");
+        let with = headers(&[("host", "127.0.0.1:3100"), ("authorization", &bearer)]);
+        assert!(check(&sec(true), &Method::POST, "/mcp", &with).is_ok());
+        // A foreign page, never.
+        let foreign = headers(&[
+            ("host", "127.0.0.1:3100"),
+            ("origin", "https://evil.example"),
+            ("authorization", &bearer),
+        ]);
+        let e = check(&sec(false), &Method::POST, "/mcp", &foreign);
+        assert!(matches!(e, Err(ApiError::Forbidden(_))), "{e:?}");
+    }
+
+    #[test]
     fn bad_hosts_and_origins_are_refused_before_anything_else() {
         let s = sec(false);
         let bearer = format!("Bearer {}", "t".repeat(32));
