@@ -93,14 +93,24 @@ impl OperatorMcp {
         self.backend.call(Method::POST, path, Some(body), c).await
     }
 
+    /// A request about one chain (`/api/chains/{id}{rest}`), its id checked first.
+    async fn on_chain(
+        &self,
+        method: Method,
+        id: &str,
+        rest: &str,
+        c: &Caller,
+    ) -> Result<Value, Failure> {
+        let id = chain_id(id)?;
+        let body = (method != Method::GET).then(|| json!({}));
+        self.backend
+            .call(method, &format!("/api/chains/{id}{rest}"), body, c)
+            .await
+    }
+
     /// The chain's latest session index (0: none yet).
-    async fn latest_session(&self, id: &str, c: &Caller) -> Result<(Value, u32), Failure> {
-        let chain = self.get(&format!("/api/chains/{id}"), c).await?;
-        let last = chain["sessions"]
-            .as_array()
-            .and_then(|s| s.iter().filter_map(|s| s["index"].as_u64()).max())
-            .unwrap_or(0) as u32;
-        Ok((chain, last))
+    async fn latest_session(&self, id: &str, c: &Caller) -> Result<u32, Failure> {
+        Ok(latest(&self.get(&format!("/api/chains/{id}"), c).await?))
     }
 
     /// The handoff of `session` (default: the latest written), as markdown with a header line.
@@ -108,8 +118,20 @@ impl OperatorMcp {
         let id = chain_id(id)?;
         let (from, to) = match session {
             Some(n) => (n, n),
-            None => (1, self.latest_session(id, c).await?.1),
+            None => (1, self.latest_session(id, c).await?),
         };
+        self.handoff_between(id, from, to, session, c).await
+    }
+
+    /// The newest handoff of sessions `from..=to` (`asked`: the session named, for the error).
+    async fn handoff_between(
+        &self,
+        id: &str,
+        from: u32,
+        to: u32,
+        asked: Option<u32>,
+        c: &Caller,
+    ) -> Result<Value, Failure> {
         for n in (from..=to).rev() {
             let d = self
                 .get(&format!("/api/chains/{id}/sessions/{n}"), c)
@@ -120,22 +142,31 @@ impl OperatorMcp {
         }
         Err(Failure {
             status: 404,
-            message: match session {
+            message: match asked {
                 Some(n) => format!("session {n} of chain `{id}` wrote no handoff (yet)"),
                 None => format!("chain `{id}` has no handoff yet"),
             },
         })
     }
 
+    /// The chain's report: one read of the chain serves both the report and its latest handoff.
     async fn report(&self, id: &str, c: &Caller) -> Result<String, Failure> {
         let id = chain_id(id)?;
         let chain = self.get(&format!("/api/chains/{id}"), c).await?;
-        let handoff = match self.handoff(id, None, c).await {
+        let handoff = match self.handoff_between(id, 1, latest(&chain), None, c).await {
             Ok(Value::String(h)) => Some(h),
             _ => None,
         };
         Ok(render::report(&chain, handoff.as_deref()))
     }
+}
+
+/// A chain's latest session index, from its JSON (0: none yet).
+fn latest(chain: &Value) -> u32 {
+    chain["sessions"]
+        .as_array()
+        .and_then(|s| s.iter().filter_map(|s| s["index"].as_u64()).max())
+        .unwrap_or(0) as u32
 }
 
 #[tool_router]
@@ -176,11 +207,10 @@ impl OperatorMcp {
         Parameters(p): Parameters<ChainId>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
-        let r = match chain_id(&p.chain_id) {
-            Ok(id) => self.get(&format!("/api/chains/{id}"), &caller(&ctx)).await,
-            Err(f) => Err(f),
-        };
-        answer(r)
+        answer(
+            self.on_chain(Method::GET, &p.chain_id, "", &caller(&ctx))
+                .await,
+        )
     }
 
     #[tool(
@@ -209,7 +239,7 @@ impl OperatorMcp {
             let id = chain_id(&p.chain_id)?;
             let n = match p.session {
                 Some(n) => n,
-                None => self.latest_session(id, &c).await?.1,
+                None => self.latest_session(id, &c).await?,
             };
             if n == 0 {
                 return Err(Failure {
@@ -350,14 +380,10 @@ impl OperatorMcp {
         Parameters(p): Parameters<ChainId>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
-        let r = match chain_id(&p.chain_id) {
-            Ok(id) => {
-                self.post(&format!("/api/chains/{id}/abort"), json!({}), &caller(&ctx))
-                    .await
-            }
-            Err(f) => Err(f),
-        };
-        answer(r)
+        answer(
+            self.on_chain(Method::POST, &p.chain_id, "/abort", &caller(&ctx))
+                .await,
+        )
     }
 
     #[tool(
@@ -368,18 +394,10 @@ impl OperatorMcp {
         Parameters(p): Parameters<ChainId>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
-        let r = match chain_id(&p.chain_id) {
-            Ok(id) => {
-                self.post(
-                    &format!("/api/chains/{id}/resume"),
-                    json!({}),
-                    &caller(&ctx),
-                )
-                .await
-            }
-            Err(f) => Err(f),
-        };
-        answer(r)
+        answer(
+            self.on_chain(Method::POST, &p.chain_id, "/resume", &caller(&ctx))
+                .await,
+        )
     }
 
     #[tool(
@@ -413,14 +431,10 @@ impl OperatorMcp {
         Parameters(p): Parameters<ChainId>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
-        let r = match chain_id(&p.chain_id) {
-            Ok(id) => {
-                self.get(&format!("/api/chains/{id}/approvals"), &caller(&ctx))
-                    .await
-            }
-            Err(f) => Err(f),
-        };
-        answer(r)
+        answer(
+            self.on_chain(Method::GET, &p.chain_id, "/approvals", &caller(&ctx))
+                .await,
+        )
     }
 
     #[tool(
