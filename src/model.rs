@@ -31,10 +31,18 @@ pub enum ChainStatus {
     Aborted,
     /// Stopped at a usage limit instead of waiting for it (`--no-wait`); resumable.
     WaitingLimit,
+    /// Complete, its pull request pushed: waiting for the forge's checks (`wait_for_checks`).
+    AwaitingChecks,
+    /// Complete, its branch in the repository's merge queue (`merge_queue`).
+    Merging,
+    /// The pull request's checks did not finish within `checks_timeout`; resumable (waits again).
+    ChecksTimeout,
+    /// Evicted from the merge queue `max_evictions` times; the branch is kept; resumable.
+    MergeFailed,
 }
 
 impl ChainStatus {
-    pub const ALL: [ChainStatus; 13] = [
+    pub const ALL: [ChainStatus; 17] = [
         Self::Queued,
         Self::Running,
         Self::Paused,
@@ -48,6 +56,10 @@ impl ChainStatus {
         Self::Failed,
         Self::Aborted,
         Self::WaitingLimit,
+        Self::AwaitingChecks,
+        Self::Merging,
+        Self::ChecksTimeout,
+        Self::MergeFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +77,10 @@ impl ChainStatus {
             Self::Failed => "failed",
             Self::Aborted => "aborted",
             Self::WaitingLimit => "waiting-limit",
+            Self::AwaitingChecks => "awaiting-checks",
+            Self::Merging => "merging",
+            Self::ChecksTimeout => "checks-timeout",
+            Self::MergeFailed => "merge-failed",
         }
     }
 
@@ -72,7 +88,13 @@ impl ChainStatus {
     pub fn is_terminal(self) -> bool {
         !matches!(
             self,
-            Self::Queued | Self::Running | Self::Paused | Self::Waiting | Self::AwaitingApproval
+            Self::Queued
+                | Self::Running
+                | Self::Paused
+                | Self::Waiting
+                | Self::AwaitingApproval
+                | Self::AwaitingChecks
+                | Self::Merging
         )
     }
 
@@ -96,6 +118,10 @@ impl ChainStatus {
                 | Self::WaitingLimit
                 | Self::MaxContinuations
                 | Self::BudgetExceeded
+                | Self::AwaitingChecks
+                | Self::Merging
+                | Self::ChecksTimeout
+                | Self::MergeFailed
         )
     }
 }

@@ -4,92 +4,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
+use common::repo::{events_in, git, remote, repo, subjects};
 use common::{Op, chains, stderr};
 use operator::model::ChainStatus;
-use operator::store::Store;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A repository in the op's workdir with one commit (and no identity of its own unless asked).
-fn repo(op: &Op, identity: bool) {
-    let w = op.workdir();
-    git(&w, &["init", "-q", "-b", "main"]);
-    if identity {
-        git(&w, &["config", "user.name", "Repo Owner"]);
-        git(&w, &["config", "user.email", "owner@example.com"]);
-    }
-    std::fs::write(w.join("README.md"), "hello\n").unwrap();
-    git(&w, &["add", "README.md"]);
-    git(
-        &w,
-        &[
-            "-c",
-            "user.name=Setup",
-            "-c",
-            "user.email=setup@example.com",
-            "commit",
-            "-q",
-            "-m",
-            "initial",
-        ],
-    );
-}
-
-/// A bare repository beside the workdir, as `origin`.
-fn remote(op: &Op) -> std::path::PathBuf {
-    let r = op.root.path().join("remote.git");
-    git(
-        op.root.path(),
-        &["init", "-q", "--bare", "-b", "main", r.to_str().unwrap()],
-    );
-    git(
-        &op.workdir(),
-        &["remote", "add", "origin", r.to_str().unwrap()],
-    );
-    r
-}
 
 fn mission(op: &Op, body: &str) -> String {
     op.write("mission.toml", body).display().to_string()
 }
 
-fn subjects(dir: &Path, rev: &str) -> Vec<String> {
-    git(dir, &["log", "--format=%s", rev])
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 async fn event_kinds(op: &Op, id: &str) -> Vec<(String, serde_json::Value)> {
     events_in(&op.data_dir(), id).await
-}
-
-async fn events_in(data_dir: &Path, id: &str) -> Vec<(String, serde_json::Value)> {
-    operator::store::sqlite::SqliteStore::open(data_dir)
-        .await
-        .unwrap()
-        .events(Some(id), 0, 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.kind, e.data))
-        .collect()
 }
 
 #[tokio::test]

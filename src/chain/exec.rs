@@ -184,8 +184,69 @@ impl ChainState {
             }
             Cmd::Measure { index } => return self.measure(index).await.map(Some),
             Cmd::RunGates { index } => return self.run_gates(index).await.map(Some),
+            Cmd::Land { index } => return self.land(me, index).await,
         }
         Ok(None)
+    }
+
+    /// Starts landing session `index`'s COMPLETE in a task of its own (it answers with
+    /// [`ChainMsg::Landed`]); a chain with nothing to land on is complete at once.
+    async fn land(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        index: u32,
+    ) -> Result<Option<Event>, ActorProcessingErr> {
+        let way = self
+            .git
+            .as_ref()
+            .and_then(|ws| land::Way::of(&self.settings, ws).map(|w| (w, ws.clone())));
+        let Some((way, ws)) = way else {
+            tracing::info!(parent: &self.span, "nothing to land on (no branch or worktree of its own): complete");
+            return Ok(Some(Event::Landed(machine::Landed::Done(None))));
+        };
+        self.ctx
+            .store
+            .set_flag(&land::landing_flag(&self.id), Some(way.as_str()))
+            .await?;
+        self.set_status(way.status(), None).await?;
+        let job = land::Job {
+            ctx: self.ctx.clone(),
+            id: self.id.clone(),
+            index,
+            settings: self.settings.clone(),
+            ws,
+        };
+        let me = me.clone();
+        let task = tokio::spawn(
+            async move {
+                let l = land::run(job, way).await;
+                let _ = me.cast(ChainMsg::Landed(l));
+            }
+            .instrument(self.span.clone()),
+        );
+        self.landing = Some(task.abort_handle());
+        Ok(None)
+    }
+
+    /// The landing answered.
+    pub(super) async fn landed(
+        &mut self,
+        me: &ActorRef<ChainMsg>,
+        l: machine::Landed,
+    ) -> Result<(), ActorProcessingErr> {
+        self.landing = None;
+        match &l {
+            machine::Landed::Done(_) => self.landed = true,
+            machine::Landed::Again { .. } => {
+                // Back to sessions: a restart runs the next one, not the landing.
+                self.ctx
+                    .store
+                    .set_flag(&land::landing_flag(&self.id), None)
+                    .await?;
+            }
+            machine::Landed::Failed(..) => {}
+        }
+        self.step(me, Event::Landed(l)).await
     }
 
     /// The operator-wide quota's answer for the next session: a usage limit hit by any chain

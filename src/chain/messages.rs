@@ -24,6 +24,8 @@ pub enum ChainMsg {
     Reconfigure(Box<ChainSettings>, Arc<dyn Agent>),
     /// Look for answers to held tool calls.
     CheckApprovals,
+    /// The chain's landing (checks, merge queue) answered.
+    Landed(super::machine::Landed),
 }
 
 impl From<SessionReport> for ChainMsg {

@@ -12,6 +12,7 @@ pub mod cost;
 mod exec;
 pub mod gates;
 pub mod handoffs;
+mod land;
 pub mod machine;
 mod messages;
 pub mod policy;
@@ -151,6 +152,9 @@ pub struct ChainState {
     held: Vec<approvals::Held>,
     /// The chain's state and decisions.
     machine: ChainMachine,
+    /// The landing in progress (its task), and whether the chain landed.
+    landing: Option<tokio::task::AbortHandle>,
+    landed: bool,
 }
 
 pub struct Chain;
@@ -190,10 +194,25 @@ impl ChainState {
         status: ChainStatus,
         reason: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(h) = self.landing.take() {
+            h.abort();
+        }
         if let Some(ws) = &self.git {
-            vcs::finish(&self.ctx, &self.id, &self.settings, ws, status).await;
+            vcs::finish(&self.ctx, &self.id, &self.settings, ws, status, self.landed).await;
         }
         self.set_status(status, reason.as_deref()).await?;
+        if !matches!(
+            status,
+            ChainStatus::Interrupted | ChainStatus::ChecksTimeout
+        ) {
+            // Over, and recorded so: a resume starts afresh (a stopped or timed-out landing
+            // lands again; one that dies before this line lands again and finds it done).
+            for key in [land::landing_flag(&self.id), land::evictions_flag(&self.id)] {
+                if let Err(e) = self.ctx.store.set_flag(&key, None).await {
+                    tracing::warn!(parent: &self.span, cause = %e, "could not clear the landing's record");
+                }
+            }
+        }
         self.ctx
             .bus
             .emit(Some(&self.id), None, Body::ended(status, reason.clone()))
@@ -262,6 +281,11 @@ impl Actor for Chain {
         // Calls its previous life held for a person went with that session's agent.
         approvals::settle_stale(&*a.ctx.store, &a.chain_id).await;
         machine.refused = refused;
+        // It was landing when its previous life ended: it lands again before anything else.
+        machine.land_pending = store
+            .get_flag(&land::landing_flag(&a.chain_id))
+            .await?
+            .is_some();
         let next_index = machine.next_index;
         let cost = spawn_cost(&me, &a.chain_id, &a.ctx, a.settings.max_session_cost_usd).await?;
         let handoffs = spawn_handoffs(&me, &a.chain_id, &a.task, &a.ctx).await?;
@@ -289,6 +313,8 @@ impl Actor for Chain {
             last_judged: None,
             account,
             held: Vec::new(),
+            landing: None,
+            landed: false,
         };
         st.set_status(ChainStatus::Running, None).await?;
         // Forward run-mode changes (pause, resume, stop) as messages.
@@ -381,6 +407,7 @@ impl Actor for Chain {
             }
             ChainMsg::CheckApprovals => st.check_approvals(&me).await?,
             ChainMsg::Abort => st.step(&me, Event::Abort).await?,
+            ChainMsg::Landed(l) => st.landed(&me, l).await?,
         }
         Ok(())
     }

@@ -168,8 +168,16 @@ pub fn pr_body(chain: &crate::model::ChainRecord, last_handoff: Option<&str>) ->
 
 /// At the chain's end: push (after a success or max-continuations, when asked and a remote
 /// exists), open the pull request, and remove a clean worktree.
-pub async fn finish(ctx: &Ctx, id: &str, s: &ChainSettings, ws: &Workspace, status: ChainStatus) {
-    if (s.auto_push || s.pull_request) && pushes(status) {
+/// `landed`: its landing already pushed it (or put it on its target): no push, no pull request.
+pub async fn finish(
+    ctx: &Ctx,
+    id: &str,
+    s: &ChainSettings,
+    ws: &Workspace,
+    status: ChainStatus,
+    landed: bool,
+) {
+    if (s.auto_push || s.opens_pr()) && pushes(status) && !landed {
         match ws.push().await {
             Ok(Push::Pushed { remote, branch }) => {
                 tracing::info!(chain.id = id, %remote, %branch, "git: pushed");
@@ -183,8 +191,11 @@ pub async fn finish(ctx: &Ctx, id: &str, s: &ChainSettings, ws: &Workspace, stat
                         },
                     )
                     .await;
-                if s.pull_request {
-                    pull_request(ctx, id, ws, status).await;
+                if s.opens_pr()
+                    && pull_request(ctx, id, ws, status).await.is_some()
+                    && s.merge == crate::config::MergeMode::Auto
+                {
+                    auto_merge(ctx, id, s, ws).await;
                 }
             }
             Ok(Push::Skipped(why)) => {
@@ -253,9 +264,30 @@ pub async fn finish(ctx: &Ctx, id: &str, s: &ChainSettings, ws: &Workspace, stat
     }
 }
 
-async fn pull_request(ctx: &Ctx, id: &str, ws: &Workspace, status: ChainStatus) {
+/// Without waiting for checks, `merge = "auto"` turns on the forge's auto-merge.
+async fn auto_merge(ctx: &Ctx, id: &str, s: &ChainSettings, ws: &Workspace) {
+    let body = match ws.pr_merge(s.merge_method, true).await {
+        Ok(()) => Body::GitPrMerged {
+            url: None,
+            method: s.merge_method.flag().trim_start_matches('-').to_string(),
+            auto: true,
+        },
+        Err(e) => Body::GitPrMergeFailed {
+            error: e.to_string(),
+        },
+    };
+    ctx.bus.emit(Some(id), None, body).await;
+}
+
+/// Opens the chain's pull request; its URL.
+pub async fn pull_request(
+    ctx: &Ctx,
+    id: &str,
+    ws: &Workspace,
+    status: ChainStatus,
+) -> Option<String> {
     let Ok(Some(mut chain)) = ctx.store.get_chain(id).await else {
-        return;
+        return None;
     };
     chain.status = status;
     let last = ctx.store.last_handoff(id).await.ok().flatten();
@@ -272,6 +304,7 @@ async fn pull_request(ctx: &Ctx, id: &str, ws: &Workspace, status: ChainStatus) 
                     },
                 )
                 .await;
+            Some(url)
         }
         Ok(None) => {
             ctx.bus
@@ -283,6 +316,7 @@ async fn pull_request(ctx: &Ctx, id: &str, ws: &Workspace, status: ChainStatus) 
                     },
                 )
                 .await;
+            None
         }
         Err(e) => {
             ctx.bus
@@ -294,6 +328,7 @@ async fn pull_request(ctx: &Ctx, id: &str, ws: &Workspace, status: ChainStatus) 
                     },
                 )
                 .await;
+            None
         }
     }
 }

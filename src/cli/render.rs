@@ -60,6 +60,8 @@ pub fn exit_code(chains: &[ChainRecord]) -> u8 {
                 | ChainStatus::Queued
                 | ChainStatus::Waiting
                 | ChainStatus::AwaitingApproval
+                | ChainStatus::AwaitingChecks
+                | ChainStatus::Merging
         )
     }) {
         exit::INTERRUPTED
@@ -71,7 +73,10 @@ pub fn exit_code(chains: &[ChainRecord]) -> u8 {
             })
     }) {
         exit::CREDENTIALS
-    } else if has(ChainStatus::Failed) {
+    } else if has(ChainStatus::Failed)
+        || has(ChainStatus::MergeFailed)
+        || has(ChainStatus::ChecksTimeout)
+    {
         exit::FAILED
     } else if has(ChainStatus::BudgetExceeded) {
         exit::BUDGET

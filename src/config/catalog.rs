@@ -122,7 +122,7 @@ pub const OPERATOR: [Setting; 20] = [
 ];
 
 /// A chain's keys: `[defaults]` of `operator.toml` or of a mission, and `[[chain]]` entries.
-pub const CHAIN: [Setting; 36] = [
+pub const CHAIN: [Setting; 44] = [
     s("agent", "The agent CLI: claude, codex, gemini or sim"),
     s("model", "The model the agent is asked to use"),
     s("max_turns", "Turns per session"),
@@ -240,6 +240,30 @@ pub const CHAIN: [Setting; 36] = [
         "A git worktree per chain: auto, always or never",
     ),
     s("keep_worktree", "Keep the chain's worktree after it ends"),
+    s(
+        "wait_for_checks",
+        "Wait for the pull request's checks; a failing one runs another session",
+    ),
+    s("checks_timeout", "How long the checks may take"),
+    s(
+        "checks_poll",
+        "The first pause between looks at the checks (doubles)",
+    ),
+    s("merge", "Merge the pull request when green: off or auto"),
+    s("merge_method", "How to merge: squash, merge or rebase"),
+    s(
+        "merge_queue",
+        "Land worktree chains through a local merge queue",
+    ),
+    e(
+        "merge_target",
+        "The branch the merge queue lands on (unset: the checked-out one)",
+        "\"main\"",
+    ),
+    s(
+        "max_evictions",
+        "Evictions from the merge queue before `merge-failed`",
+    ),
     e(
         "webhooks",
         "This chain's webhooks besides notify_webhook",

@@ -84,6 +84,34 @@ pub struct ChainSettings {
     /// Keep the worktree after the chain ends (default: removed when clean; the branch stays).
     #[serde(default)]
     pub keep_worktree: bool,
+    /// After a COMPLETE, wait for the pull request's checks (`gh pr checks`) and run another
+    /// session on the failures (implies `pull_request`).
+    #[serde(default)]
+    pub wait_for_checks: bool,
+    /// How long the checks may take before the chain ends `checks-timeout`.
+    #[serde(with = "humantime_serde", default = "default_checks_timeout")]
+    pub checks_timeout: Duration,
+    /// The first pause between two looks at the checks (it doubles, up to 5 minutes).
+    #[serde(with = "humantime_serde", default = "default_checks_poll")]
+    pub checks_poll: Duration,
+    /// `auto`: merge the pull request when its checks pass (or, without `wait_for_checks`,
+    /// turn on the forge's auto-merge).
+    #[serde(default)]
+    pub merge: MergeMode,
+    /// How a pull request is merged: squash, merge or rebase.
+    #[serde(default)]
+    pub merge_method: MergeMethod,
+    /// A chain that ran in a worktree lands through the repository's local merge queue:
+    /// rebased onto the target, verified, fast-forwarded, one at a time.
+    #[serde(default)]
+    pub merge_queue: bool,
+    /// The branch the merge queue lands on (unset: the branch checked out in the repository).
+    #[serde(default)]
+    pub merge_target: Option<String>,
+    /// Evictions from the merge queue (a conflict, a failing gate) before the chain ends
+    /// `merge-failed`.
+    #[serde(default = "default_max_evictions")]
+    pub max_evictions: u32,
     /// Commands that must pass (exit 0, in the workdir) before a COMPLETE is believed.
     #[serde(default)]
     pub verify: Vec<String>,
@@ -117,6 +145,25 @@ pub struct ChainSettings {
     /// How long a tool call held by an `ask` rule waits for a person before it is denied.
     #[serde(with = "humantime_serde", default = "default_approval_timeout")]
     pub approval_timeout: Duration,
+}
+
+impl ChainSettings {
+    /// The chain opens a pull request: asked for, or needed to wait for checks or to merge.
+    pub fn opens_pr(&self) -> bool {
+        self.pull_request || self.wait_for_checks || self.merge == MergeMode::Auto
+    }
+}
+
+fn default_checks_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+
+fn default_checks_poll() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_evictions() -> u32 {
+    3
 }
 
 fn default_approval_timeout() -> Duration {
@@ -163,6 +210,38 @@ pub enum WorktreeMode {
     Auto,
     Always,
     Never,
+}
+
+/// Whether a chain's pull request is merged by the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MergeMode {
+    /// A person merges it.
+    #[default]
+    Off,
+    /// Merged when its checks pass (or the forge's auto-merge is turned on).
+    Auto,
+}
+
+/// How `gh pr merge` merges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MergeMethod {
+    #[default]
+    Squash,
+    Merge,
+    Rebase,
+}
+
+impl MergeMethod {
+    /// `gh pr merge`'s flag.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Squash => "--squash",
+            Self::Merge => "--merge",
+            Self::Rebase => "--rebase",
+        }
+    }
 }
 
 /// What a webhook's body looks like.
@@ -1055,6 +1134,8 @@ fn plain_error(s: &str) -> String {
         "Continuation" => "fresh, resume",
         "DirtyStart" => "continue, refuse",
         "WorktreeMode" => "auto, always, never",
+        "MergeMode" => "off, auto",
+        "MergeMethod" => "squash, merge, rebase",
         _ => {
             return format!(
                 "{key} is `{value}`, which is not one of its values (docs/configuration.md lists them)"
@@ -1171,6 +1252,21 @@ const PERMISSION_MODES: [&str; 5] = [
 ];
 
 /// Every problem of a chain's settings (empty: they are sound).
+/// A branch name the operator accepts from settings: letters, digits and `-_./`, not starting
+/// with `-` or `/`, no `..`, not ending with `/` or `.lock` (so it is never read as an option
+/// and always a valid ref).
+pub fn valid_branch(b: &str) -> bool {
+    !b.is_empty()
+        && b.len() <= 200
+        && !b.starts_with(['-', '/', '.'])
+        && !b.ends_with(['/', '.'])
+        && !b.ends_with(".lock")
+        && !b.contains("..")
+        && !b.contains("//")
+        && b.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+}
+
 fn check_chain_settings(s: &ChainSettings) -> Vec<String> {
     let mut out = Vec::new();
     if s.max_turns == 0 {
@@ -1200,6 +1296,20 @@ fn check_chain_settings(s: &ChainSettings) -> Vec<String> {
     }
     if s.max_attempts == 0 {
         out.push("`max_attempts` must be at least 1".into());
+    }
+    if s.checks_timeout.is_zero() || s.checks_poll.is_zero() {
+        out.push("`checks_timeout` and `checks_poll` must be longer than zero".into());
+    }
+    if s.merge_queue && (s.wait_for_checks || s.merge == MergeMode::Auto) {
+        out.push("`merge_queue` lands branches locally; `wait_for_checks` and `merge = \"auto\"` land them through a pull request: choose one".into());
+    }
+    if let Some(t) = &s.merge_target
+        && !valid_branch(t)
+    {
+        out.push(format!(
+            "`merge_target` is `{}`: it must be a branch name (letters, digits, `-_./`, not starting with `-`)",
+            t.escape_debug()
+        ));
     }
     if s.retry_backoff.is_empty() {
         out.push("`retry_backoff` needs at least one duration".into());

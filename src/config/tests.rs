@@ -481,3 +481,74 @@ fn a_mission_file_is_utf8_text_within_the_apis_size_limit() {
         "{err}"
     );
 }
+
+#[test]
+fn a_merge_target_must_be_a_branch_name() {
+    for ok in ["main", "release/1.2", "feature_x-2"] {
+        assert!(super::valid_branch(ok), "{ok}");
+    }
+    for bad in [
+        "", "-f", "a..b", "a b", "x.lock", "/main", "main/", "a;rm", ".hidden",
+    ] {
+        assert!(!super::valid_branch(bad), "{bad}");
+    }
+}
+
+#[test]
+fn landing_settings_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = write(
+        dir.path(),
+        "ok.toml",
+        r#"
+[defaults]
+wait_for_checks = true
+checks_timeout = "45m"
+merge = "auto"
+merge_method = "rebase"
+[[chain]]
+name = "a"
+task = "x"
+"#,
+    );
+    let loaded = load_operator(None, &Env::default(), &Overrides::default()).unwrap();
+    let plan = loaded.plan_for_mission(&ok, &Overrides::default()).unwrap();
+    let s = &plan.chains[0].settings;
+    assert!(s.wait_for_checks && s.opens_pr() && !s.pull_request);
+    assert_eq!(s.checks_timeout, Duration::from_secs(45 * 60));
+    assert_eq!(s.checks_poll, Duration::from_secs(30));
+    assert_eq!(
+        (s.merge, s.merge_method),
+        (MergeMode::Auto, MergeMethod::Rebase)
+    );
+    assert!(!s.merge_queue);
+    assert_eq!(s.max_evictions, 3);
+
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        r#"
+[defaults]
+merge_queue = true
+wait_for_checks = true
+merge_target = "-f"
+merge_method = "octopus"
+[[chain]]
+name = "a"
+task = "x"
+"#,
+    );
+    let text = loaded
+        .plan_for_mission(&bad, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("`merge_queue` lands branches locally"),
+        "{text}"
+    );
+    assert!(text.contains("`merge_target` is `-f`"), "{text}");
+    assert!(
+        text.contains("merge_method") && text.contains("squash, merge, rebase"),
+        "{text}"
+    );
+}

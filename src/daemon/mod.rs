@@ -409,6 +409,8 @@ fn stopped_by_operator(status: ChainStatus) -> bool {
             | ChainStatus::Paused
             | ChainStatus::Waiting
             | ChainStatus::AwaitingApproval
+            | ChainStatus::AwaitingChecks
+            | ChainStatus::Merging
             | ChainStatus::Interrupted
     )
 }
@@ -494,6 +496,8 @@ pub async fn prepare_resume(
             | ChainStatus::Paused
             | ChainStatus::Waiting
             | ChainStatus::AwaitingApproval
+            | ChainStatus::AwaitingChecks
+            | ChainStatus::Merging
     ) && let Some(pid) = store
         .chain_owner(&chain.id)
         .await?

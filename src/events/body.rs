@@ -132,6 +132,20 @@ bodies! {
     GitPrCreated = "git:pr-created" { url: String }
     GitPrSkipped = "git:pr-skipped" { reason: String }
     GitPrFailed = "git:pr-failed" { error: String }
+    /// The chain is complete; the operator waits for its pull request's checks.
+    ChecksWaiting = "git:checks-waiting" { url: Option<String>, timeout_s: u64 }
+    /// Checks of the pull request failed: the next session carries them.
+    ChecksFailed = "git:checks-failed" { failed: Vec<String> }
+    ChecksPassed = "git:checks-passed" { checks: u32 }
+    /// The pull request was merged (`auto`: the forge's auto-merge was turned on).
+    GitPrMerged = "git:pr-merged" { url: Option<String>, method: String, auto: bool }
+    GitPrMergeFailed = "git:pr-merge-failed" { error: String }
+    /// The chain's branch joined the merge queue of its repository.
+    MergeQueued = "merge:queued" { branch: String, target: String }
+    /// The branch was rebased, verified and fast-forwarded onto the target.
+    MergeLanded = "merge:landed" { branch: String, target: String, sha: String }
+    /// The branch went back to its chain: a conflict or a failing gate on the rebased result.
+    MergeEvicted = "merge:evicted" { reason: String, files: Vec<String>, evictions: u32 }
     /// A mission's chains were queued.
     MissionStarted = "orchestrator:mission-started" { mission: String, chains: Vec<String> }
     /// The operator is stopping.

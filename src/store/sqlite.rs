@@ -605,7 +605,7 @@ impl Store for SqliteStore {
     async fn archive_old(&self, keep: u32) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE chains SET archived = 1 WHERE archived = 0 \
-             AND status NOT IN ('running', 'queued', 'paused', 'waiting', 'awaiting-approval') \
+             AND status NOT IN ('running', 'queued', 'paused', 'waiting', 'awaiting-approval', 'awaiting-checks', 'merging') \
              AND id NOT IN (SELECT id FROM chains ORDER BY started_at DESC, id DESC LIMIT ?1)",
         )
         .bind(i64::from(keep))

@@ -25,8 +25,16 @@ impl Theme {
         Style::default().fg(match s {
             ChainStatus::Running => Cyan,
             ChainStatus::Complete | ChainStatus::AssumedComplete => Green,
-            ChainStatus::Failed | ChainStatus::BudgetExceeded | ChainStatus::Aborted => Red,
-            ChainStatus::AwaitingApproval | ChainStatus::Paused | ChainStatus::Waiting => Yellow,
+            ChainStatus::Failed
+            | ChainStatus::BudgetExceeded
+            | ChainStatus::Aborted
+            | ChainStatus::MergeFailed
+            | ChainStatus::ChecksTimeout => Red,
+            ChainStatus::AwaitingApproval
+            | ChainStatus::AwaitingChecks
+            | ChainStatus::Merging
+            | ChainStatus::Paused
+            | ChainStatus::Waiting => Yellow,
             _ => Reset,
         })
     }

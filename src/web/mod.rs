@@ -209,6 +209,19 @@ async fn home_ctx(st: &AppState) -> Result<minijinja::Value, ApiError> {
         })
         .await?;
     let (active, ended): (Vec<_>, Vec<_>) = chains.iter().partition(|c| !c.status.is_terminal());
+    // The merge queue: the branch landing first, then those waiting, in the order they joined
+    // (their reason says since when).
+    let mut queue: Vec<&ChainRecord> = chains
+        .iter()
+        .filter(|c| c.status == crate::model::ChainStatus::Merging)
+        .collect();
+    queue.sort_by_key(|c| {
+        let landing = c
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("landing"));
+        (!landing, c.reason.clone())
+    });
     let mut costs = st.store.cost_report(10).await?;
     costs.daily_cap_usd = st.daily_cap_usd;
     let points: Vec<(String, f64)> = costs
@@ -221,6 +234,10 @@ async fn home_ctx(st: &AppState) -> Result<minijinja::Value, ApiError> {
         costs => serde_json::to_value(&costs).unwrap_or_default(),
         active => active.iter().map(|c| money_row(c)).collect::<Vec<_>>(),
         recent => ended.iter().take(10).map(|c| money_row(c)).collect::<Vec<_>>(),
+        queue => queue
+            .iter()
+            .map(|c| json!({"id": c.id, "name": c.name, "reason": c.reason}))
+            .collect::<Vec<_>>(),
         chart => chart::bars(&points, "$"),
     })
 }

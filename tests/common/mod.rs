@@ -10,6 +10,7 @@ pub mod invariants;
 pub mod pg;
 pub mod pty;
 pub mod records;
+pub mod repo;
 pub mod tmpfs;
 
 use std::path::{Path, PathBuf};

@@ -32,6 +32,9 @@ pub struct Limits {
     /// Fallback agents are configured: a usage limit holds this agent's account and the same
     /// session is tried again at once (the shell picks an agent whose account is free).
     pub fallback: bool,
+    /// A COMPLETE lands before the chain is complete: the pull request's checks are waited
+    /// for, or the branch goes through the merge queue.
+    pub landing: bool,
 }
 
 impl Limits {
@@ -51,6 +54,7 @@ impl Limits {
             gates: !s.verify.is_empty(),
             daily_cap_usd: None,
             fallback: s.fallback_agents.iter().any(|a| *a != s.agent),
+            landing: s.wait_for_checks || s.merge_queue,
         }
     }
 
@@ -325,6 +329,10 @@ pub struct ChainMachine {
     pub live: Option<super::Live>,
     /// The session being recorded and judged (between its end and the decision).
     pub(super) ending: Option<super::Ending>,
+    /// The chain's COMPLETE is landing (checks, merge queue): no session starts meanwhile.
+    pub landing: bool,
+    /// The chain was landing when its previous life ended: it lands before anything else.
+    pub land_pending: bool,
 }
 
 impl ChainMachine {
@@ -357,6 +365,8 @@ impl ChainMachine {
             admitted: false,
             live: None,
             ending: None,
+            landing: false,
+            land_pending: false,
         }
     }
 
@@ -723,6 +733,7 @@ pub(super) mod tests {
             gates: false,
             daily_cap_usd: None,
             fallback: false,
+            landing: false,
         }
     }
 

@@ -98,6 +98,21 @@ pub enum Event {
         failed: Vec<String>,
         note: Option<String>,
     },
+    /// The answer to [`Cmd::Land`] (it comes later: checks and queues take time).
+    Landed(Landed),
+}
+
+/// How a COMPLETE landed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Landed {
+    /// Checks green (and merged when asked), or the branch is on its target: complete.
+    Done(Option<String>),
+    /// Back to the chain: another session with `note` (failing checks, a conflict, a gate that
+    /// failed on the rebased result). `counted`: it counts against `max_continuations` (a
+    /// failing check); an eviction is bounded by `max_evictions` instead.
+    Again { note: String, counted: bool },
+    /// It cannot land: the chain ends so (`checks-timeout`, `merge-failed`).
+    Failed(ChainStatus, String),
 }
 
 /// What the chain learned from recording a session with its handoff.
@@ -193,6 +208,9 @@ pub enum Cmd {
     Measure { index: u32 },
     /// Run the verify gates; answer with [`Event::Gated`].
     RunGates { index: u32 },
+    /// Land session `index`'s COMPLETE (wait for the pull request's checks, or go through the
+    /// merge queue); answer later with [`Event::Landed`].
+    Land { index: u32 },
 }
 
 /// The running session, as the machine knows it.
@@ -307,8 +325,35 @@ impl ChainMachine {
                 failed,
                 note,
             } => self.gates_ran(at, &passed, &failed, note, &mut out),
+            Event::Landed(l) => self.landed(l, &mut out),
         }
         out
+    }
+
+    /// The landing answered: complete, another session, or the end it gives.
+    fn landed(&mut self, l: Landed, out: &mut Vec<Cmd>) {
+        if !std::mem::take(&mut self.landing) {
+            return;
+        }
+        match l {
+            Landed::Done(reason) => self.finish(ChainStatus::Complete, reason, out),
+            Landed::Failed(status, reason) => self.finish(status, Some(reason), out),
+            Landed::Again { note, counted } => {
+                let run = self.next_index - 1 - self.session_base;
+                if counted && run > self.limits.max_continuations {
+                    let why = note.lines().next().unwrap_or("").to_string();
+                    return self.finish(
+                        ChainStatus::MaxContinuations,
+                        Some(format!(
+                            "{run} sessions run and the checks still fail: {why}"
+                        )),
+                        out,
+                    );
+                }
+                self.note = Some(note);
+                out.push(Cmd::Next);
+            }
+        }
     }
 
     /// A session has ended and is being recorded or judged.
@@ -325,6 +370,27 @@ impl ChainMachine {
     /// The gate before a session: limits, the mode, a backoff; then the budget.
     fn next(&mut self, at: Moment, out: &mut Vec<Cmd>) {
         if self.live.is_some() || self.ending.is_some() {
+            return;
+        }
+        if self.landing || self.land_pending {
+            // A landing runs no session; an abort or a stop ends it (a stopped one lands
+            // again when the chain is resumed).
+            if self.aborting {
+                return self.finish(ChainStatus::Aborted, Some("aborted".into()), out);
+            }
+            if at.mode == Mode::Stopping {
+                return self.finish(
+                    ChainStatus::Interrupted,
+                    Some("the operator was stopped while the chain was landing".into()),
+                    out,
+                );
+            }
+            if std::mem::take(&mut self.land_pending) {
+                self.landing = true;
+                out.push(Cmd::Land {
+                    index: self.next_index.saturating_sub(1),
+                });
+            }
             return;
         }
         let before = Before {
@@ -829,6 +895,12 @@ impl ChainMachine {
         };
         match next {
             Next::Continue => out.push(Cmd::Next),
+            Next::Finish(ChainStatus::Complete, _) if self.limits.landing && !self.aborting => {
+                self.landing = true;
+                out.push(Cmd::Land {
+                    index: self.next_index.saturating_sub(1),
+                });
+            }
             Next::Finish(status, reason) => self.finish(status, reason, out),
         }
     }

@@ -724,3 +724,141 @@ fn an_error_kind_is_classified_from_the_facts() {
     let v = policy::classify(&transient());
     assert_eq!(v.error_kind, Some(ErrorKind::Transient));
 }
+
+impl Sim {
+    /// Runs the next session to a COMPLETE that is believed; returns the commands of the
+    /// measurement (the decision).
+    fn complete_session(&mut self) -> Vec<Cmd> {
+        self.start();
+        let index = self.m.next_index - 1;
+        self.end(index, ok());
+        assert_eq!(self.record(true), vec![Cmd::Measure { index }]);
+        self.on(Event::Measured(measured(true, false)))
+    }
+}
+
+#[test]
+fn a_complete_lands_before_the_chain_is_complete() {
+    let mut s = Sim::new(Limits {
+        landing: true,
+        ..limits()
+    });
+    let out = s.complete_session();
+    assert_eq!(out.last(), Some(&Cmd::Land { index: 1 }));
+    assert_eq!(finish_of(&out), None);
+    // While it lands, nothing starts a session (a timer, a resume of the operator).
+    assert!(s.on(Event::Next).is_empty());
+    assert!(s.on(Event::ModeChanged).is_empty());
+    let out = s.on(Event::Landed(Landed::Done(Some("https://pr/1".into()))));
+    assert_eq!(
+        finish_of(&out),
+        Some((ChainStatus::Complete, Some("https://pr/1".into())))
+    );
+    // Without landing a COMPLETE finishes at once.
+    let mut s = Sim::new(limits());
+    let out = s.complete_session();
+    assert_eq!(finish_of(&out).map(|f| f.0), Some(ChainStatus::Complete));
+}
+
+#[test]
+fn failing_checks_run_another_session_with_them_counted_against_max_continuations() {
+    let mut s = Sim::new(Limits {
+        landing: true,
+        max_continuations: 2,
+        ..limits()
+    });
+    s.complete_session();
+    let out = s.on(Event::Landed(Landed::Again {
+        note: "checks failed: test".into(),
+        counted: true,
+    }));
+    assert_eq!(out, vec![Cmd::Next]);
+    s.on(Event::Next);
+    let start = s.start_after_check();
+    assert!(
+        matches!(&start, Cmd::StartSession { index: 2, note: Some(n), .. } if n.contains("checks failed: test")),
+        "{start:?}"
+    );
+    s.on(Event::Started);
+    s.end(2, ok());
+    s.record(true);
+    let out = s.on(Event::Measured(measured(true, false)));
+    assert_eq!(out.last(), Some(&Cmd::Land { index: 2 }));
+    s.on(Event::Landed(Landed::Again {
+        note: "checks failed: lint".into(),
+        counted: true,
+    }));
+    s.complete_session();
+    // The third session is the last of 1 + 2: its checks failing ends the chain.
+    let out = s.on(Event::Landed(Landed::Again {
+        note: "checks failed: lint".into(),
+        counted: true,
+    }));
+    let (status, reason) = finish_of(&out).expect("a finish");
+    assert_eq!(status, ChainStatus::MaxContinuations);
+    assert!(
+        reason
+            .unwrap()
+            .contains("the checks still fail: checks failed: lint")
+    );
+    // An eviction is bounded by max_evictions (the shell's count), not by continuations.
+    let mut s = Sim::new(Limits {
+        landing: true,
+        max_continuations: 0,
+        ..limits()
+    });
+    s.complete_session();
+    let out = s.on(Event::Landed(Landed::Again {
+        note: "conflict".into(),
+        counted: false,
+    }));
+    assert_eq!(out, vec![Cmd::Next]);
+    let out = s.on(Event::Landed(Landed::Failed(
+        ChainStatus::MergeFailed,
+        "late".into(),
+    )));
+    assert!(
+        out.is_empty(),
+        "an answer with no landing is ignored: {out:?}"
+    );
+}
+
+#[test]
+fn an_abort_or_a_stop_ends_a_landing_and_a_restored_landing_lands_first() {
+    let mut s = Sim::new(Limits {
+        landing: true,
+        ..limits()
+    });
+    s.complete_session();
+    let out = s.on(Event::Abort);
+    assert_eq!(finish_of(&out).map(|f| f.0), Some(ChainStatus::Aborted));
+
+    let mut s = Sim::new(Limits {
+        landing: true,
+        ..limits()
+    });
+    s.complete_session();
+    s.mode = Mode::Stopping;
+    let out = s.on(Event::ModeChanged);
+    let (status, reason) = finish_of(&out).expect("a finish");
+    assert_eq!(status, ChainStatus::Interrupted);
+    assert!(reason.unwrap().contains("landing"));
+
+    // A chain restored in the middle of its landing lands again before any session.
+    let mut s = Sim::new(Limits {
+        landing: true,
+        ..limits()
+    });
+    s.m.next_index = 3;
+    s.m.land_pending = true;
+    assert_eq!(s.on(Event::Next), vec![Cmd::Land { index: 2 }]);
+    assert!(s.on(Event::Next).is_empty());
+    let out = s.on(Event::Landed(Landed::Failed(
+        ChainStatus::ChecksTimeout,
+        "checks did not finish".into(),
+    )));
+    assert_eq!(
+        finish_of(&out).map(|f| f.0),
+        Some(ChainStatus::ChecksTimeout)
+    );
+}

@@ -127,7 +127,7 @@ const MIGRATIONS: &[&str] = &[
 pub const QUEUE_CHANNEL: &str = "operator_queue";
 
 /// Statuses of chains that are not over (a worker may hold or claim them).
-const LIVE: &str = "('queued', 'running', 'paused', 'waiting', 'awaiting-approval', 'waiting-limit', 'interrupted')";
+const LIVE: &str = "('queued', 'running', 'paused', 'waiting', 'awaiting-approval', 'awaiting-checks', 'merging', 'waiting-limit', 'interrupted')";
 
 /// Serialises migrations of one database across processes (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x6f70_6572_6174_6f72; // "operator"
@@ -680,7 +680,7 @@ impl Store for PostgresStore {
     async fn archive_old(&self, keep: u32) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE chains SET archived = TRUE WHERE NOT archived \
-             AND status NOT IN ('running', 'queued', 'paused', 'waiting', 'awaiting-approval') \
+             AND status NOT IN ('running', 'queued', 'paused', 'waiting', 'awaiting-approval', 'awaiting-checks', 'merging') \
              AND id NOT IN (SELECT id FROM chains ORDER BY started_at DESC, id DESC LIMIT $1)",
         )
         .bind(i64::from(keep))

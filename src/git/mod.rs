@@ -1,6 +1,10 @@
 //! Git at the edge, through the `git` CLI: a chain's workspace (its repository, branch and worktree), a
 //! commit after each session, a push and a pull request (`gh`) at the end. Pure helpers (branch names,
-//! commit messages, pathspecs) are plain functions with tests beside them.
+//! commit messages, pathspecs) are plain functions with tests beside them. `forge`: the pull
+//! request's checks and merge (`gh`); `land`: rebase and fast-forward for the merge queue.
+
+pub mod forge;
+pub mod land;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -281,7 +285,7 @@ pub async fn open(
             env.push(("GIT_AUTHOR_EMAIL".into(), email));
         }
     }
-    let wants_branch = s.branch || s.pull_request || s.worktree == WorktreeMode::Always;
+    let wants_branch = s.branch || s.opens_pr() || s.worktree == WorktreeMode::Always;
     let branch = wants_branch.then(|| branch_name(task, chain_id));
     let mut ws = Workspace {
         repo: top.clone(),
