@@ -27,6 +27,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod backlog;
 pub mod chain;
 pub mod cli;
 pub mod config;

@@ -1,7 +1,8 @@
 //! From a finished chain to merged code, on real repositories with a bare remote: the pull
 //! request's checks fed back (a stand-in `gh` answers from files the test writes: GitHub is
 //! unreachable here), and the local merge queue landing parallel worktree chains one at a time,
-//! evicting a conflict and a gate that fails on the rebased result, and surviving a kill -9.
+//! evicting a conflict and a gate that fails on the rebased result, and surviving a kill -9; and
+//! missions from a backlog (a TASKS.md checklist, a forge's labelled issues).
 
 mod common;
 
@@ -620,5 +621,255 @@ async fn a_kill_9_mid_queue_resumes_and_lands_the_rest_nothing_twice() {
             .iter()
             .all(|f| files.contains(f)),
         "{files}"
+    );
+}
+
+const TASKS: &str = "# Tasks\n\nWhat the night shift does, in order.\n\n- [ ] Alpha\n  Make the alpha module.\n- [ ] Beta\n  after: gamma\n- [ ] Gamma\n- [x] Old work\n- [ ] Delta (after: alpha)\n- [ ] Epsilon\n";
+
+/// The commit that carries `Operator-Chain: <id>` last, and what it changed in TASKS.md.
+fn finishing_diff(w: &Path, id: &str) -> String {
+    let log = git(
+        w,
+        &[
+            "log",
+            "--format=%H %(trailers:key=Operator-Chain,valueonly)",
+            "main",
+        ],
+    );
+    let sha = log
+        .lines()
+        .find(|l| l.ends_with(id))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("no commit of {id}: {log}"))
+        .to_string();
+    git(w, &["show", "--format=", &sha, "--", "TASKS.md"])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tasks_file_becomes_ordered_chains_checked_off_as_they_finish_and_a_reload_adds_one() {
+    let op = Op::new();
+    repo(&op, true);
+    let w = op.workdir();
+    std::fs::write(w.join("TASKS.md"), TASKS).unwrap();
+    git(&w, &["add", "TASKS.md"]);
+    git(&w, &["commit", "-q", "-m", "tasks"]);
+    let m = op.write(
+        "backlog.toml",
+        "name = \"nightly\"\nbacklog = \"TASKS.md\"\nconcurrency = 1\n[defaults]\nsim = { scenario = \"incomplete\", complete_after = 0, write = \"work.txt\" }\n",
+    );
+    let m = m.to_str().unwrap();
+    // The plan first: five chains, in order, with their `after`.
+    let plan = op.run(&["run", m, "--dry-run"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    let text = String::from_utf8_lossy(&plan.stdout);
+    for name in ["alpha", "beta", "gamma", "delta", "epsilon"] {
+        assert!(text.contains(name), "{text}");
+    }
+    assert!(
+        !text.contains("old-work"),
+        "a done item is not planned: {text}"
+    );
+    assert!(text.contains("Make the alpha module."), "{text}");
+    assert!(
+        op.store()
+            .await
+            .list_chains(&Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let child = op
+        .cmd(&["run", m, "--json"])
+        .env("OPERATOR_SIM__STEP", "60ms")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::create_dir_all(op.data_dir()).unwrap();
+    let store = op.store().await;
+    // Once a session runs, the operator is listening for signals.
+    let running = || {
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| rt.block_on(store.list_chains(&Default::default())))
+            .is_ok_and(|l| l.iter().any(|c| c.totals.sessions > 0))
+    };
+    assert!(eventually(Duration::from_secs(60), running));
+    // A new item while the run goes on, then a reload: a sixth chain.
+    let now = std::fs::read_to_string(w.join("TASKS.md")).unwrap();
+    std::fs::write(
+        w.join("TASKS.md"),
+        format!("{now}- [ ] Zeta\n  The late one.\n"),
+    )
+    .unwrap();
+    signal(&child, nix::sys::signal::Signal::SIGHUP);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cs = chains(&out);
+    let mut names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["alpha", "beta", "delta", "epsilon", "gamma", "zeta"]
+    );
+    let by = |n: &str| cs.iter().find(|c| c.name == n).unwrap();
+    for c in &cs {
+        assert_eq!(
+            c.status,
+            ChainStatus::Complete,
+            "{}: {:?}",
+            c.name,
+            c.reason
+        );
+    }
+    assert_eq!(by("alpha").task, "Alpha\n\nMake the alpha module.");
+    assert_eq!(by("zeta").task, "Zeta\n\nThe late one.");
+    // `after:` markers ordered them.
+    let ended = |n: &str| by(n).sessions.last().unwrap().ended_at.clone().unwrap();
+    let started = |n: &str| by(n).sessions[0].started_at.clone();
+    assert!(started("beta") >= ended("gamma"));
+    assert!(started("delta") >= ended("alpha"));
+    // Every item is ticked, each in the commit that finished its chain.
+    let tasks = std::fs::read_to_string(w.join("TASKS.md")).unwrap();
+    assert_eq!(tasks.matches("- [x] ").count(), 7, "{tasks}");
+    assert!(!tasks.contains("- [ ] "), "{tasks}");
+    for c in &cs {
+        let title = c.task.lines().next().unwrap();
+        let diff = finishing_diff(&w, &c.id);
+        assert!(
+            diff.contains(&format!("+- [x] {title}")),
+            "{}: {diff}",
+            c.name
+        );
+        let events = events_in(&op.data_dir(), &c.id).await;
+        assert!(
+            events
+                .iter()
+                .any(|(k, d)| k == "chain:backlog-checked-off" && d["item"] == title),
+            "{}",
+            c.name
+        );
+    }
+    assert_eq!(git(&w, &["status", "--porcelain", "--", "TASKS.md"]), "");
+}
+
+#[tokio::test]
+async fn open_issues_with_a_label_become_chains_and_are_closed_when_done() {
+    let op = Op::new();
+    repo(&op, true);
+    let bin = op.root.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = op.root.path().join("gh-calls");
+    script(
+        &bin.join("gh"),
+        &format!(
+            r#"#!/bin/sh
+echo "$*" >> '{}'
+case "$1 $2" in
+  "issue list") printf '%s\n' '[{{"number":12,"title":"Fix the login","body":"It fails with 500.\nafter: #9"}},{{"number":9,"title":"Add a health check","body":""}}]' ;;
+  "issue comment"|"issue close") ;;
+  *) echo "unexpected gh call: $*" >&2; exit 2 ;;
+esac
+"#,
+            calls.display()
+        ),
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let m = op.write(
+        "issues.toml",
+        "name = \"issues\"\nbacklog = \"gh:label=operator\"\n[defaults]\nsim = { scenario = \"incomplete\", complete_after = 0, write = \"work.txt\" }\n",
+    );
+    let out = op
+        .cmd(&["run", m.to_str().unwrap(), "--json"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cs = chains(&out);
+    let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names.len(), 2);
+    let nine = cs.iter().find(|c| c.name == "issue-9").unwrap();
+    let twelve = cs.iter().find(|c| c.name == "issue-12").unwrap();
+    assert_eq!(twelve.task, "Fix the login\n\nIt fails with 500.");
+    assert!(twelve.sessions[0].started_at >= nine.sessions[0].ended_at.clone().unwrap());
+    let calls = lines(&calls);
+    assert_eq!(
+        calls[0],
+        "issue list --label operator --state open --limit 500 --json number,title,body"
+    );
+    for (n, id) in [("9", &nine.id), ("12", &twelve.id)] {
+        let comment = calls
+            .iter()
+            .position(|c| {
+                c.starts_with(&format!(
+                    "issue comment {n} --body Done by operator, chain `{id}`"
+                ))
+            })
+            .unwrap_or_else(|| panic!("no comment on #{n}: {calls:?}"));
+        let close = calls
+            .iter()
+            .position(|c| *c == format!("issue close {n}"))
+            .unwrap_or_else(|| panic!("#{n} not closed: {calls:?}"));
+        assert!(comment < close);
+    }
+    // A typo in the backlog's value is said, with the file, before anything runs.
+    let bad = op.write("bad.toml", "name = \"bad\"\nbacklog = \"../TASKS.md\"\n");
+    let out = op.run(&["run", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.toml")
+            && err.contains("backlog")
+            && err.contains("inside the mission's workdir"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn backlog_chains_in_worktrees_land_through_the_queue_each_item_ticked_on_main() {
+    let op = Op::new();
+    repo(&op, true);
+    let w = op.workdir();
+    // Adjacent one-line items: each branch ticks its own on the rebased result, so the ticks
+    // never conflict.
+    std::fs::write(w.join("TASKS.md"), "- [ ] One\n- [ ] Two\n- [ ] Three\n").unwrap();
+    git(&w, &["add", "TASKS.md"]);
+    git(&w, &["commit", "-q", "-m", "tasks"]);
+    let m = op.write(
+        "queue.toml",
+        "name = \"q\"\nbacklog = \"TASKS.md\"\nconcurrency = 3\n[defaults]\nmerge_queue = true\nsim = { scenario = \"incomplete\", complete_after = 0, write = \"work.txt\" }\n",
+    );
+    let out = op.run(&["run", m.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cs = chains(&out);
+    assert_eq!(cs.len(), 3);
+    for c in &cs {
+        assert_eq!(
+            c.status,
+            ChainStatus::Complete,
+            "{}: {:?}",
+            c.name,
+            c.reason
+        );
+        let events = events_in(&op.data_dir(), &c.id).await;
+        assert_eq!(landed(&events), 1, "{}", c.name);
+        assert!(
+            !events.iter().any(|(k, _)| k == "merge:evicted"),
+            "{}: {events:?}",
+            c.name
+        );
+    }
+    assert_eq!(
+        git(&w, &["show", "main:TASKS.md"]),
+        "- [x] One\n- [x] Two\n- [x] Three\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.join("TASKS.md")).unwrap(),
+        "- [x] One\n- [x] Two\n- [x] Three\n",
+        "the main tree followed"
     );
 }

@@ -115,6 +115,8 @@ pub async fn run(job: Job, way: Way) -> Landed {
 
 /// Pushes, finds or opens the pull request, and waits for its checks.
 async fn checks(j: &Job) -> Landed {
+    // The item is ticked in the branch the pull request merges.
+    vcs::check_off(&j.ctx, &j.id, &j.settings, Some(&j.ws), false, "").await;
     match j.ws.push().await {
         Ok(Push::Pushed { remote, branch }) => {
             j.emit(Body::GitPushed { remote, branch }).await;
@@ -331,9 +333,6 @@ async fn land_once(
     // A rebase its previous life left half done (a kill -9) is undone first.
     j.ws.abort_rebase().await;
     let head = j.ws.head().await?;
-    if git_land::is_ancestor(origin, &head, &old).await? {
-        return Ok(Some(Landed::Done(Some(format!("already on {target}")))));
-    }
     if !git_land::is_ancestor(origin, &old, &head).await?
         && let Rebase::Conflict { files, excerpt } = j.ws.rebase(target).await?
     {
@@ -341,6 +340,14 @@ async fn land_once(
         let note = conflict_note(branch, target, &files, &excerpt);
         let reason = format!("conflict with {target} in {}", files.join(", "));
         return Ok(Some(evict(j, reason, files, note).await));
+    }
+    // The item is ticked in the commit that lands (on the rebased branch: no conflict with
+    // the items other branches ticked); a branch with nothing new gets a commit for it.
+    vcs::check_off(&j.ctx, &j.id, &j.settings, Some(&j.ws), false, "").await;
+    let head = j.ws.head().await?;
+    if git_land::is_ancestor(origin, &head, &old).await? {
+        // Nothing lands twice: a branch that landed before a restart is found here.
+        return Ok(Some(Landed::Done(Some(format!("already on {target}")))));
     }
     let leftover = j.ws.leftover_markers(&old).await?;
     if !leftover.is_empty() {

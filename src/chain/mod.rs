@@ -197,6 +197,26 @@ impl ChainState {
         if let Some(h) = self.landing.take() {
             h.abort();
         }
+        if status == ChainStatus::Complete {
+            // A landing ticked a file item already (this finds it done); an issue is closed
+            // only now that the work is in.
+            let said = format!(
+                "Done by operator, chain `{}`: {}",
+                self.id,
+                reason.as_deref().unwrap_or("complete")
+            );
+            for forge in [false, true] {
+                vcs::check_off(
+                    &self.ctx,
+                    &self.id,
+                    &self.settings,
+                    self.git.as_ref(),
+                    forge,
+                    &said,
+                )
+                .await;
+            }
+        }
         if let Some(ws) = &self.git {
             vcs::finish(&self.ctx, &self.id, &self.settings, ws, status, self.landed).await;
         }

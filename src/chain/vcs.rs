@@ -129,6 +129,75 @@ pub async fn commit(ctx: &Ctx, id: &str, name: &str, index: u32, ws: &Workspace,
     }
 }
 
+/// Checks the chain's backlog item off, if it has one: a file's change is folded into the
+/// chain's last commit (so the item is ticked in the commit that finished it); with `forge`, an
+/// issue is commented on (`summary`) and closed. Reported on the bus; never fails the chain.
+pub async fn check_off(
+    ctx: &Ctx,
+    id: &str,
+    s: &ChainSettings,
+    ws: Option<&Workspace>,
+    forge: bool,
+    summary: &str,
+) {
+    let Some(item) = s.backlog_item.clone() else {
+        return;
+    };
+    let is_forge = matches!(
+        crate::backlog::Source::parse(&item.spec),
+        Ok(crate::backlog::Source::GitHub { .. })
+    );
+    if is_forge != forge {
+        return;
+    }
+    let base = ws
+        .map(|w| w.workdir.clone())
+        .unwrap_or_else(|| s.workdir.clone());
+    let summary = summary.to_string();
+    let it = item.clone();
+    let done = tokio::task::spawn_blocking(move || crate::backlog::check_off(&it, &base, &summary))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let how = match done {
+        Ok(crate::backlog::CheckedOff::Nothing) => return,
+        Ok(crate::backlog::CheckedOff::Forge(how)) => Ok(how),
+        Ok(crate::backlog::CheckedOff::Files(paths)) => match ws {
+            Some(ws) => {
+                let abs: Vec<std::path::PathBuf> =
+                    paths.iter().map(|p| ws.workdir.join(p)).collect();
+                let message = format!(
+                    "operator: check off {}\n\nOperator-Chain: {id}\n",
+                    git::summary(&item.title, 60)
+                );
+                match ws.fold_in(&abs, id, &message).await {
+                    Ok(Some(sha)) => Ok(format!("ticked in {}", &sha[..sha.len().min(10)])),
+                    Ok(None) => Ok("ticked (nothing to commit)".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            None => Ok("ticked in the file (not a git repository)".into()),
+        },
+        Err(e) => Err(e),
+    };
+    let body = match how {
+        Ok(how) => {
+            tracing::info!(chain.id = id, item = %item.title, %how, "backlog item checked off");
+            Body::BacklogCheckedOff {
+                item: item.title,
+                how,
+            }
+        }
+        Err(error) => {
+            tracing::warn!(chain.id = id, item = %item.title, %error, "the backlog item could not be checked off");
+            Body::BacklogCheckOffFailed {
+                item: item.title,
+                error,
+            }
+        }
+    };
+    ctx.bus.emit(Some(id), None, body).await;
+}
+
 /// Whether a chain that ended so is pushed.
 pub fn pushes(status: ChainStatus) -> bool {
     matches!(

@@ -16,7 +16,14 @@ const SIM_KEYS: &[&str] = &[
     "tool",
 ];
 const CHAIN_ENTRY_KEYS: &[&str] = &["name", "task", "after"];
-const MISSION_KEYS: &[&str] = &["name", "description", "concurrency", "defaults", "chain"];
+const MISSION_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "concurrency",
+    "backlog",
+    "defaults",
+    "chain",
+];
 /// Keys of `operator.toml`'s top level: the operator-wide settings and `[defaults]`.
 const OPERATOR_KEYS: [&str; catalog::OPERATOR.len() + 1] = {
     let settings = catalog::keys(&catalog::OPERATOR);

@@ -112,6 +112,10 @@ pub struct ChainSettings {
     /// `merge-failed`.
     #[serde(default = "default_max_evictions")]
     pub max_evictions: u32,
+    /// The backlog item the chain works on (set by a mission's `backlog`, not by a file's
+    /// key): checked off when the chain completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog_item: Option<crate::backlog::BacklogItem>,
     /// Commands that must pass (exit 0, in the workdir) before a COMPLETE is believed.
     #[serde(default)]
     pub verify: Vec<String>,
@@ -978,8 +982,27 @@ impl Loaded {
                 None
             }
         };
+        let backlog = match file.table.get("backlog").map(|v| v.clone().into_string()) {
+            None => None,
+            Some(Ok(spec)) => match crate::backlog::Source::parse(&spec) {
+                Ok(_) => Some(spec),
+                Err(e) => {
+                    issues.push(issue(&file.name, "backlog", &e));
+                    None
+                }
+            },
+            Some(Err(_)) => {
+                issues.push(issue(
+                    &file.name,
+                    "backlog",
+                    "expected a string: `TASKS.md`, `tasks/` or `gh:label=<label>`",
+                ));
+                None
+            }
+        };
         let entries = match file.table.get("chain").map(|v| v.clone().into_array()) {
             Some(Ok(a)) if !a.is_empty() => a,
+            None if backlog.is_some() || file.table.contains_key("backlog") => Vec::new(),
             Some(Ok(_)) | None => {
                 issues.push(issue(
                     &file.name,
@@ -1081,6 +1104,17 @@ impl Loaded {
                 })),
             }
         }
+        if let Some(spec) = &backlog {
+            self.backlog_chains(
+                &file.name,
+                &defaults,
+                overrides,
+                spec,
+                &mut chains,
+                &mut order,
+                &mut issues,
+            );
+        }
         let names: Vec<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
         for (i, (name, after)) in order.iter().enumerate() {
             if names[..i].contains(&name.as_str()) {
@@ -1116,6 +1150,69 @@ impl Loaded {
             concurrency: concurrency.unwrap_or(chains.len().max(1)),
             chains,
         })
+    }
+}
+
+impl Loaded {
+    /// A chain per open item of the mission's backlog, after its `[[chain]]`s.
+    #[allow(clippy::too_many_arguments)]
+    fn backlog_chains(
+        &self,
+        file: &str,
+        defaults: &Map<String, Value>,
+        overrides: &Overrides,
+        spec: &str,
+        chains: &mut Vec<ChainPlan>,
+        order: &mut Vec<(String, Vec<String>)>,
+        issues: &mut Vec<Issue>,
+    ) {
+        let base = match self.chain_settings(Some((file, defaults)), None, overrides) {
+            Ok(s) => s,
+            Err(ms) => {
+                // With [[chain]]s the defaults' errors are reported with theirs already.
+                if order.is_empty() {
+                    issues.extend(ms.into_iter().map(|m| Issue {
+                        file: Some(file.to_string()),
+                        key: Some("defaults".into()),
+                        message: clean_error_str(&m, file),
+                    }));
+                }
+                return;
+            }
+        };
+        let items = match crate::backlog::load(spec, &base.workdir) {
+            Ok(items) => items,
+            Err(e) => {
+                issues.push(issue(file, "backlog", &e));
+                return;
+            }
+        };
+        for item in items.into_iter().filter(|i| !i.done) {
+            if order.iter().any(|(n, _)| *n == item.name) {
+                issues.push(issue(
+                    file,
+                    "backlog",
+                    &format!(
+                        "the backlog's item `{}` is named `{}`, as a [[chain]] of the mission is",
+                        item.title, item.name
+                    ),
+                ));
+                continue;
+            }
+            let mut settings = base.clone();
+            settings.backlog_item = Some(crate::backlog::BacklogItem {
+                spec: spec.to_string(),
+                key: item.key.clone(),
+                title: item.title.clone(),
+            });
+            order.push((item.name.clone(), item.after.clone()));
+            chains.push(ChainPlan {
+                name: item.name.clone(),
+                task: item.task(),
+                after: item.after,
+                settings,
+            });
+        }
     }
 }
 

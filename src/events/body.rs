@@ -140,6 +140,9 @@ bodies! {
     /// The pull request was merged (`auto`: the forge's auto-merge was turned on).
     GitPrMerged = "git:pr-merged" { url: Option<String>, method: String, auto: bool }
     GitPrMergeFailed = "git:pr-merge-failed" { error: String }
+    /// The chain's backlog item was checked off (`how`: the commit, or the forge's issue).
+    BacklogCheckedOff = "chain:backlog-checked-off" { item: String, how: String }
+    BacklogCheckOffFailed = "chain:backlog-check-off-failed" { item: String, error: String }
     /// The chain's branch joined the merge queue of its repository.
     MergeQueued = "merge:queued" { branch: String, target: String }
     /// The branch was rebased, verified and fast-forwarded onto the target.

@@ -396,6 +396,58 @@ impl Workspace {
         }))
     }
 
+    /// Folds `paths` into the chain's last commit when it is the chain's own (`Operator-Chain:
+    /// <chain>`), else commits them with `message`; the new commit's sha (`None`: nothing to
+    /// commit).
+    pub async fn fold_in(
+        &self,
+        paths: &[PathBuf],
+        chain: &str,
+        message: &str,
+    ) -> Result<Option<String>, GitError> {
+        let mut add = vec!["add", "-A", "--"];
+        let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        add.extend(shown.iter().map(String::as_str));
+        git(&self.repo, &add, &[]).await?;
+        let staged = git(&self.repo, &["diff", "--cached", "--name-only"], &[]).await?;
+        if staged.trim().is_empty() {
+            return Ok(None);
+        }
+        let last = git(&self.repo, &["log", "-1", "--format=%B"], &[])
+            .await
+            .unwrap_or_default();
+        let ours = last
+            .lines()
+            .any(|l| l.trim() == format!("Operator-Chain: {chain}"));
+        let out = if ours {
+            run_in(
+                "git",
+                &self.repo,
+                &["commit", "-q", "--no-verify", "--amend", "--no-edit"],
+                &self.env,
+                None,
+            )
+            .await?
+        } else {
+            run_in(
+                "git",
+                &self.repo,
+                &["commit", "-q", "--no-verify", "-F", "-"],
+                &self.env,
+                Some(message),
+            )
+            .await?
+        };
+        if !out.ok {
+            return Err(GitError::Command {
+                args: "commit".into(),
+                message: crate::redact::redact(out.stderr.trim()).into_owned(),
+            });
+        }
+        let sha = git(&self.repo, &["rev-parse", "HEAD"], &[]).await?;
+        Ok(Some(sha.trim().to_string()))
+    }
+
     /// Pushes the chain's branch (or the current one) to `origin`, else the first remote.
     pub async fn push(&self) -> Result<Push, GitError> {
         let remotes = git(&self.repo, &["remote"], &[]).await?;
