@@ -152,7 +152,7 @@ task = "Fix the parser"
     assert_eq!(waiting, 3);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn checks_that_never_finish_end_the_chain_checks_timeout_and_a_resume_waits_again() {
     let op = Op::new();
     repo(&op, true);
@@ -167,28 +167,55 @@ name = "m"
 sim = { scenario = "incomplete", complete_after = 0, write = "x.txt" }
 wait_for_checks = true
 checks_poll = "50ms"
-checks_timeout = "1s"
+checks_timeout = "3s"
 [[chain]]
 name = "a"
 task = "Slow CI"
 "#,
     );
-    let out = op
-        .cmd(&["run", m.to_str().unwrap(), "--json"])
-        .env("PATH", &path)
-        .output()
+    // With the API and the dashboard on, as a person watching the night would.
+    let mut srv = common::api::Server::start_with(
+        &op,
+        &["run", m.to_str().unwrap(), "--serve", "127.0.0.1:0"],
+        &[("PATH", path.as_str())],
+    );
+    let mut id = String::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let rt = tokio::runtime::Handle::current();
+            let (_, v) = tokio::task::block_in_place(|| rt.block_on(srv.get("/api/chains")));
+            id = v["chains"][0]["id"].as_str().unwrap_or("").to_string();
+            !id.is_empty()
+        }),
+        "{}",
+        srv.log()
+    );
+    srv.wait_chain(&id, "awaiting its pull request's checks", |v| {
+        v["status"] == "awaiting-checks" && v["reason"] == "checks of https://github.com/o/r/pull/7"
+    })
+    .await;
+    let page = srv
+        .http
+        .get(format!("{}/", srv.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
         .unwrap();
-    let c = &chains(&out)[0];
-    assert_eq!(c.status, ChainStatus::ChecksTimeout, "{}", stderr(&out));
+    assert!(page.contains("st-awaiting-checks"), "{page}");
+    let listed = String::from_utf8_lossy(&op.run(&["list"]).stdout).into_owned();
+    assert!(listed.contains("awaiting-checks"), "{listed}");
+    let shown = String::from_utf8_lossy(&op.run(&["show", &id]).stdout).into_owned();
+    assert!(shown.contains("awaiting-checks"), "{shown}");
+    let code = srv.child.wait().unwrap().code();
+    assert_eq!(code, Some(1), "a run that did not land is a failure");
+    let c = op.store().await.get_chain(&id).await.unwrap().unwrap();
+    assert_eq!(c.status, ChainStatus::ChecksTimeout, "{}", srv.log());
     let reason = c.reason.as_deref().unwrap_or("");
     assert!(
-        reason.contains("did not finish within 1s") && reason.contains("still running: test"),
+        reason.contains("did not finish within 3s") && reason.contains("still running: test"),
         "{reason}"
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a run that did not land is a failure"
     );
     let listed = op.run(&["list"]);
     assert!(
