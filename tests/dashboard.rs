@@ -179,11 +179,15 @@ async fn the_home_page_follows_a_chain_live_and_kill_stops_it() {
     };
     let c = &b.client;
     let op = Op::new();
-    // Slow sessions, so the chain is seen running before it completes.
+    // Slow sessions, and five of them, so the chain is seen running before it completes even
+    // on a loaded machine (a full suite's run once missed it with three).
     let srv = Server::start_with(
         &op,
         &["serve", "--listen", "127.0.0.1:0", "--agent", "sim"],
-        &[("OPERATOR_SIM__STEP", "250ms")],
+        &[
+            ("OPERATOR_SIM__STEP", "250ms"),
+            ("OPERATOR_SIM__COMPLETE_AFTER", "4"),
+        ],
     );
     let id = srv.start_chain("Follow me live").await;
     srv.wait_status(&id, "running").await;
@@ -213,7 +217,7 @@ async fn the_home_page_follows_a_chain_live_and_kill_stops_it() {
         .find_all(Locator::Css("#timeline details.session"))
         .await
         .unwrap();
-    assert_eq!(bars.len(), 3);
+    assert_eq!(bars.len(), 5);
     shot(c, "chain").await;
     drop(srv);
 

@@ -17,7 +17,8 @@ use operator::store::Store;
 /// A stand-in `gh` in `<root>/bin`: it records each call's arguments in `<root>/gh/calls`, opens
 /// a pull request (`pr create`), says it exists afterwards (`pr view`), answers the n-th `pr
 /// checks` from `gh/checks.<n>.json` (else `gh/checks.json`) exiting 8 as `gh` does while checks
-/// run or fail, gives a failed run's log, and merges.
+/// run or fail, gives a failed run's log, and merges (refusing a merge that is not `--auto` while
+/// `gh/refuse-merge` exists, as branch protection does).
 fn stand_in_gh(op: &Op) -> (PathBuf, String) {
     let bin = op.root.path().join("bin");
     let dir = op.root.path().join("gh");
@@ -40,7 +41,9 @@ case "$1 $2" in
     f="$d/checks.$n.json"; [ -f "$f" ] || f="$d/checks.json"
     cat "$f"; exit 8 ;;
   "run view") printf 'test_parse\tRun tests\t2026-12-03T01:02:03Z thread main panicked: assertion failed: parse of 1+ is Err (run %s)\n' "$3" ;;
-  "pr merge") echo "$*" >> "$d/merged" ;;
+  "pr merge")
+    case "$*" in *--auto*) ;; *) if [ -f "$d/refuse-merge" ]; then echo 'X Pull request o/r#7 is not mergeable: the base branch policy prohibits the merge.' >&2; exit 1; fi ;; esac
+    echo "$*" >> "$d/merged" ;;
   *) echo "unexpected gh call: $*" >&2; exit 2 ;;
 esac
 "#
@@ -150,6 +153,57 @@ task = "Fix the parser"
         .filter(|(k, _)| k == "git:checks-waiting")
         .count();
     assert_eq!(waiting, 3);
+}
+
+#[tokio::test]
+async fn a_protected_branch_gets_the_forges_auto_merge_and_merge_auto_alone_turns_it_on() {
+    let op = Op::new();
+    repo(&op, true);
+    remote(&op);
+    let (gh, path) = stand_in_gh(&op);
+    std::fs::write(gh.join("checks.json"), check("pass")).unwrap();
+    std::fs::write(gh.join("refuse-merge"), "").unwrap();
+    let run = |body: &str| {
+        let m = op.write("mission.toml", body);
+        op.cmd(&["run", m.to_str().unwrap(), "--json"])
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        "name = \"m\"\n[defaults]\nsim = { scenario = \"incomplete\", complete_after = 0, write = \"x.txt\" }\nwait_for_checks = true\nchecks_poll = \"50ms\"\nmerge = \"auto\"\n[[chain]]\nname = \"a\"\ntask = \"Protected\"\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    let reason = c.reason.as_deref().unwrap_or("");
+    assert!(
+        reason.starts_with("https://github.com/o/r/pull/7: auto-merge is on")
+            && reason.contains("not mergeable"),
+        "{reason}"
+    );
+    let branch = git(&op.workdir(), &["rev-parse", "--abbrev-ref", "HEAD"]);
+    assert_eq!(
+        lines(&gh.join("merged")),
+        [format!("pr merge {} --squash --auto", branch.trim())]
+    );
+    let events = events_in(&op.data_dir(), &c.id).await;
+    let merged = events.iter().find(|(k, _)| k == "git:pr-merged").unwrap();
+    assert_eq!(merged.1["auto"], true);
+
+    // Without waiting for checks, `merge = "auto"` turns the forge's auto-merge on at once.
+    std::fs::remove_file(gh.join("merged")).unwrap();
+    git(&op.workdir(), &["checkout", "-q", "main"]);
+    let out = run(
+        "name = \"n\"\n[defaults]\nsim = { scenario = \"incomplete\", complete_after = 0, write = \"y.txt\" }\nmerge = \"auto\"\nmerge_method = \"merge\"\n[[chain]]\nname = \"b\"\ntask = \"Quick\"\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete);
+    let branch = git(&op.workdir(), &["rev-parse", "--abbrev-ref", "HEAD"]);
+    assert_eq!(
+        lines(&gh.join("merged")),
+        [format!("pr merge {} --merge --auto", branch.trim())]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
