@@ -954,3 +954,53 @@ async fn backlog_chains_in_worktrees_land_through_the_queue_each_item_ticked_on_
         "the main tree followed"
     );
 }
+
+#[tokio::test]
+async fn a_lone_chain_with_the_merge_queue_works_in_a_worktree_and_lands() {
+    let op = Op::new();
+    let r = shared_repo(&op);
+    let w = op.workdir();
+    let m = op.write(
+        "lone.toml",
+        "name = \"lone\"\n[defaults]\nmerge_queue = true\nauto_push = true\nsim = { scenario = \"incomplete\", complete_after = 1, write = \"lone.txt\" }\n[[chain]]\nname = \"a\"\ntask = \"Alone\"\n",
+    );
+    let out = op.run(&["run", m.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c = &chains(&out)[0];
+    assert_eq!(c.status, ChainStatus::Complete, "{:?}", c.reason);
+    assert!(
+        c.reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("landed on main at ")
+    );
+    // It worked beside the main tree, which moved only when the branch landed.
+    assert_eq!(
+        git(&w, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
+        "main"
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.join("lone.txt"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    assert_eq!(
+        git(&w, &["rev-parse", "main"]),
+        git(&r, &["rev-parse", "main"])
+    );
+    assert_eq!(git(&w, &["worktree", "list"]).lines().count(), 1);
+    // `worktree = "never"` cannot go with it.
+    let bad = op.write(
+        "bad.toml",
+        "name = \"bad\"\n[defaults]\nmerge_queue = true\nworktree = \"never\"\n[[chain]]\nname = \"a\"\ntask = \"x\"\n",
+    );
+    let out = op.run(&["run", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("`merge_queue` lands branches from worktrees"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -168,7 +168,7 @@ fn the_operator_file_with_every_example_uncommented_is_still_valid() {
             _ => format!("{l}\n"),
         })
         .collect();
-    assert_eq!(set, 56, "every setting has a line to uncomment");
+    assert_eq!(set, 64, "every setting has a line to uncomment");
     std::fs::write(&path, uncommented).unwrap();
     ok(&operator(d, &["validate", "survey"], &[]));
     ok(&operator(d, &["run", "survey", "--dry-run"], &[]));

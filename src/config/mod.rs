@@ -156,6 +156,12 @@ impl ChainSettings {
     pub fn opens_pr(&self) -> bool {
         self.pull_request || self.wait_for_checks || self.merge == MergeMode::Auto
     }
+
+    /// The chain works in a worktree of its own: asked for, or to land through the merge queue.
+    pub fn in_worktree(&self) -> bool {
+        self.worktree == WorktreeMode::Always
+            || (self.merge_queue && self.worktree == WorktreeMode::Auto)
+    }
 }
 
 fn default_checks_timeout() -> Duration {
@@ -1396,6 +1402,9 @@ fn check_chain_settings(s: &ChainSettings) -> Vec<String> {
     }
     if s.checks_timeout.is_zero() || s.checks_poll.is_zero() {
         out.push("`checks_timeout` and `checks_poll` must be longer than zero".into());
+    }
+    if s.merge_queue && s.worktree == WorktreeMode::Never {
+        out.push("`merge_queue` lands branches from worktrees, and `worktree = \"never\"` forbids them: drop one".into());
     }
     if s.merge_queue && (s.wait_for_checks || s.merge == MergeMode::Auto) {
         out.push("`merge_queue` lands branches locally; `wait_for_checks` and `merge = \"auto\"` land them through a pull request: choose one".into());

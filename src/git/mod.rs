@@ -285,7 +285,7 @@ pub async fn open(
             env.push(("GIT_AUTHOR_EMAIL".into(), email));
         }
     }
-    let wants_branch = s.branch || s.opens_pr() || s.worktree == WorktreeMode::Always;
+    let wants_branch = s.branch || s.opens_pr() || s.in_worktree();
     let branch = wants_branch.then(|| branch_name(task, chain_id));
     let mut ws = Workspace {
         repo: top.clone(),
@@ -304,7 +304,7 @@ pub async fn open(
                 .is_ok()
         }
     };
-    if s.worktree == WorktreeMode::Always {
+    if s.in_worktree() {
         let b = branch
             .clone()
             .unwrap_or_else(|| branch_name(task, chain_id));
