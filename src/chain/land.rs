@@ -295,7 +295,11 @@ async fn queue(j: &Job) -> Landed {
         &format!("queued to land on {target} since {since}"),
     )
     .await;
-    let lock = queue_of(&origin.canonicalize().unwrap_or(origin.clone()));
+    // One queue per repository, whichever of its folders or worktrees a chain names.
+    let key = git_land::common_dir(&j.ws.repo)
+        .await
+        .unwrap_or_else(|_| origin.clone());
+    let lock = queue_of(&key);
     let _turn = lock.lock().await;
     j.status(ChainStatus::Merging, &format!("landing on {target}"))
         .await;

@@ -37,6 +37,13 @@ pub async fn checked_out(repo: &Path) -> Result<Option<String>, GitError> {
         .filter(|b| !b.is_empty()))
 }
 
+/// The repository's own `.git` folder, shared by its worktrees: what names "one repository".
+pub async fn common_dir(repo: &Path) -> Result<std::path::PathBuf, GitError> {
+    let out = git(repo, &["rev-parse", "--git-common-dir"], &[]).await?;
+    let dir = repo.join(out.trim());
+    Ok(dir.canonicalize().unwrap_or(dir))
+}
+
 /// The commit a ref names, if it exists.
 pub async fn rev(repo: &Path, r: &str) -> Result<Option<String>, GitError> {
     let spec = format!("{r}^{{commit}}");
