@@ -347,6 +347,23 @@ pub const INPUT_LIMIT: usize = 64 * 1024;
 
 /// Chain ids reach file paths and SQL parameters: accept only what we generate
 /// (and the names users give), never a path.
+/// A lowercase ASCII slug: letters and digits joined by `-`, at most 40 characters (empty when
+/// the text has none). Branch names and a backlog item's chain name are made from it.
+pub fn slug(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+        if out.len() >= 40 {
+            break;
+        }
+    }
+    out.trim_end_matches('-').to_string()
+}
+
 pub fn is_valid_chain_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64

@@ -309,19 +309,19 @@ fn shared_repo(op: &Op) -> PathBuf {
     r
 }
 
+/// A shell line that waits (up to 90 s) until `main` of the main tree's `shared.txt` says `what`.
+fn wait_for_main(op: &Op, what: &str) -> String {
+    format!(
+        "i=0; until git -C '{}' show main:shared.txt | grep -q '{what}'; do sleep 0.1; i=$((i+1)); [ $i -lt 900 ] || exit 1; done\n",
+        op.workdir().display()
+    )
+}
+
 /// A tool for the sim: resolves conflict markers in `shared.txt` when there are any (keeping
 /// both sides), else waits until `main` of the main tree says `wait_for` (when given), then
 /// replaces line `line` with `line by <who>`.
 fn editor(op: &Op, who: &str, line: &str, wait_for: Option<&str>) -> String {
-    let main = op.workdir();
-    let wait = wait_for
-        .map(|w| {
-            format!(
-                "i=0; until git -C '{}' show main:shared.txt | grep -q '{w}'; do sleep 0.1; i=$((i+1)); [ $i -lt 900 ] || exit 1; done\n",
-                main.display()
-            )
-        })
-        .unwrap_or_default();
+    let wait = wait_for.map(|w| wait_for_main(op, w)).unwrap_or_default();
     let path = op.root.path().join(format!("edit-{who}.sh"));
     script(
         &path,
@@ -460,8 +460,8 @@ async fn a_gate_that_fails_on_the_rebased_branch_evicts_it_and_max_evictions_end
     script(
         &b_tool,
         &format!(
-            "#!/bin/sh\ni=0; until git -C '{}' show main:shared.txt | grep -q 'two by a'; do sleep 0.1; i=$((i+1)); [ $i -lt 900 ] || exit 1; done\nif grep -q 'two by a' shared.txt; then echo fixed > b.txt; else echo b > b.txt; fi\n",
-            w.display()
+            "#!/bin/sh\n{}if grep -q 'two by a' shared.txt; then echo fixed > b.txt; else echo b > b.txt; fi\n",
+            wait_for_main(&op, "two by a")
         ),
     );
     let m = op.write(
@@ -533,8 +533,8 @@ sim = {{ scenario = "incomplete", complete_after = 0, turns = 1, tool = "{}" }}
     script(
         &b_tool,
         &format!(
-            "#!/bin/sh\ni=0; until git -C '{}' show main:shared.txt | grep -q 'two by a'; do sleep 0.1; i=$((i+1)); [ $i -lt 900 ] || exit 1; done\nsed -i 's/^two$/two by b/' shared.txt\necho b >> b.txt\n",
-            w.display()
+            "#!/bin/sh\n{}sed -i 's/^two$/two by b/' shared.txt\necho b >> b.txt\n",
+            wait_for_main(&op, "two by a")
         ),
     );
     let m = op.write(

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::slug;
+
 /// Where a mission's tasks come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -146,22 +148,6 @@ pub struct BacklogItem {
     pub spec: String,
     pub key: String,
     pub title: String,
-}
-
-/// A chain name from a title: lowercase letters and digits joined by `-`, at most 40.
-pub fn slug(title: &str) -> String {
-    let mut s = String::new();
-    for c in title.chars() {
-        if c.is_ascii_alphanumeric() {
-            s.push(c.to_ascii_lowercase());
-        } else if !s.ends_with('-') && !s.is_empty() {
-            s.push('-');
-        }
-        if s.len() >= 40 {
-            break;
-        }
-    }
-    s.trim_end_matches('-').to_string()
 }
 
 /// Names the drafts (unique slugs of their titles) and resolves their markers; an item's

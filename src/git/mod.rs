@@ -96,21 +96,9 @@ async fn git(dir: &Path, args: &[&str], env: &[(String, String)]) -> Result<Stri
     }
 }
 
-/// A lowercase ASCII slug of a task for a branch name: letters and digits joined by `-`, at
-/// most 40 characters, never empty.
+/// A lowercase ASCII slug of a task for a branch name ([`crate::model::slug`]), never empty.
 pub fn slug(task: &str) -> String {
-    let mut out = String::new();
-    for c in task.chars() {
-        if c.is_ascii_alphanumeric() {
-            out.push(c.to_ascii_lowercase());
-        } else if !out.ends_with('-') && !out.is_empty() {
-            out.push('-');
-        }
-        if out.len() >= 40 {
-            break;
-        }
-    }
-    let out = out.trim_matches('-').to_string();
+    let out = crate::model::slug(task);
     if out.is_empty() { "task".into() } else { out }
 }
 
