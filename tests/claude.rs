@@ -996,3 +996,88 @@ async fn a_failed_verify_gate_reaches_the_real_cli_in_the_next_prompt() {
     );
     assert!(second.contains("exit code 101"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_mission_runs_on_the_real_cli_as_a_new_user_and_ticks_each_item() {
+    let Some(bin) = claude_bin() else { return };
+    let op = Op::new();
+    let w = op.workdir();
+    let git = |args: &[&str]| common::repo::git(&w, args);
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(
+        w.join("TASKS.md"),
+        "- [ ] Add a README\n  One paragraph on what this is.\n- [ ] Add a LICENSE (after: add a readme)\n",
+    )
+    .unwrap();
+    git(&["add", "TASKS.md"]);
+    git(&[
+        "-c",
+        "user.name=U",
+        "-c",
+        "user.email=u@example.com",
+        "commit",
+        "-q",
+        "-m",
+        "tasks",
+    ]);
+    let m = op.write("tasks.toml", "name = \"tasks\"\nbacklog = \"TASKS.md\"\n");
+    let api = FakeApi::start(vec![], Step::text(COMPLETE)).await;
+    // Default settings: no agent, no permission mode, no flag a new user would not know.
+    let cmd = common::user_cmd(&op, &api, &bin, &["run", m.to_str().unwrap(), "--json"]);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = cmd;
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cs = chains(&out);
+    assert_eq!(cs.len(), 2);
+    let readme = cs.iter().find(|c| c.name == "add-a-readme").unwrap();
+    let license = cs.iter().find(|c| c.name == "add-a-license").unwrap();
+    assert_eq!(readme.config["agent"], "claude");
+    assert!(license.sessions[0].started_at >= readme.sessions[0].ended_at.clone().unwrap());
+    for c in &cs {
+        assert_eq!(
+            c.status,
+            ChainStatus::Complete,
+            "{}: {:?}",
+            c.name,
+            c.reason
+        );
+    }
+    // The CLI was asked with each item's task.
+    let asked: Vec<String> = api.scripted().iter().map(request_text).collect();
+    assert!(
+        asked
+            .iter()
+            .any(|t| t.contains("One paragraph on what this is."))
+    );
+    assert!(asked.iter().any(|t| t.contains("Add a LICENSE")));
+    // By default a mission runs its chains at once, so in one repository each item worked in a
+    // worktree on its own branch, and its tick went with its work: on that branch, not on main
+    // (`merge_queue` lands both).
+    let branches = git(&[
+        "for-each-ref",
+        "--format=%(refname:short)",
+        "refs/heads/operator/",
+    ]);
+    for (c, ticked) in [
+        (readme, "- [x] Add a README"),
+        (license, "- [x] Add a LICENSE"),
+    ] {
+        let suffix = c.id.rsplit('-').next().unwrap();
+        let branch = branches
+            .lines()
+            .find(|b| b.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no branch of {}: {branches}", c.name));
+        let text = git(&["show", &format!("{branch}:TASKS.md")]);
+        assert!(text.contains(ticked), "{branch}: {text}");
+        assert_eq!(text.matches("[x]").count(), 1, "{branch}: {text}");
+    }
+    assert!(
+        !std::fs::read_to_string(w.join("TASKS.md"))
+            .unwrap()
+            .contains("[x]")
+    );
+}
